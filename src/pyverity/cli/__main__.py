@@ -1,0 +1,3 @@
+from pyverity.cli import entry_point
+
+entry_point()
