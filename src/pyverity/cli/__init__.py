@@ -16,6 +16,17 @@ __all__ = ["COMMANDS", "entry_point", "main"]
 COMMANDS: dict[str, str] = {
     "digest": "compute the fs-verity digest of files (as `fsverity digest`)",
     "measure": "show the fs-verity digest recorded for files (kernel, or the .verity attribute)",
+    "sign": "sign files: v3 signature in <ns>.ima and descriptor in <ns>.verity",
+    "enable": "protect files unsigned: write the <ns>.verity descriptor",
+    "verify": "recompute digests and check attributes and signatures against a keyring",
+    "key": "generate keys and certificates, list a keyring",
+    "status": "show the daemon's per-file states, progress and errors",
+    "daemon": "run the background tree builder over the configured roots",
+    "rebuild": "ask the daemon to rebuild the tree of a STALE file",
+    "mount": "mount a directory through the verifying FUSE filesystem",
+    "umount": "unmount a pyverity FUSE mount",
+    "log": "show, verify and replay the measurement list",
+    "policy": "check a policy file and show what it decides for paths",
 }
 
 _USAGE = """\
