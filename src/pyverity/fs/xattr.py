@@ -53,7 +53,7 @@ def get_attr(target: Target, name: str, *, limit: int = MAX_ATTR_SIZE) -> bytes 
     except OSError as e:
         if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             return None
-        if e.errno == errno.E2BIG or e.errno == errno.ERANGE:
+        if e.errno in (errno.E2BIG, errno.ERANGE):
             raise FormatError(f"attribute {name} is larger than {limit} bytes") from e
         raise StorageError(f"cannot read attribute {name}: {e.strerror}") from e
     if len(value) > limit:
