@@ -19,6 +19,7 @@ _LAZY = {
     "TreeParams": "pyverity.format.params",
     "Descriptor": "pyverity.format.descriptor",
     "Error": "pyverity.errors",
+    "open": "pyverity.reader.api",
 }
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from pyverity.hashing.api import compute_digest as compute_digest
     from pyverity.hashing.result import FileDigest as FileDigest
     from pyverity.hashing.result import MerkleTree as MerkleTree
+    from pyverity.reader.api import open as open  # noqa: A004
 
 __all__ = sorted(_LAZY)  # noqa: PLE0605
 

@@ -1,0 +1,164 @@
+"""A read-only, seekable file object that returns only verified bytes.
+
+Data is read with ``pread`` into a private buffer, the blocks are hashed and checked, and those
+same bytes are returned — never bytes from an ``mmap`` of the file, which a writer could change
+between the check and the copy. A concurrent writer or a truncation gives EIO, never wrong
+bytes and never SIGBUS. Reads past the end of the protected data (the descriptor's
+``data_size``) return EOF even if the file has grown.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+from pyverity.format.descriptor import Descriptor
+from pyverity.hashing.result import FileDigest
+from pyverity.reader.verifier import BlockVerifier
+
+__all__ = ["DEFAULT_CHUNK", "VerifiedRawIO"]
+
+#: Largest span read and verified in one go (bounds the private buffer of one call).
+DEFAULT_CHUNK = 8 << 20
+
+Writable = bytearray | memoryview
+
+
+class VerifiedRawIO(io.RawIOBase):
+    """Raw verified reads over an open descriptor; wrap in :class:`io.BufferedReader`.
+
+    ``pread`` is safe to call from several threads at once (the FUSE mount does); the
+    position-based methods (``read``, ``seek``) are for one thread, as for any file object.
+    The descriptor is not exposed (``fileno()`` raises): reading it directly would bypass
+    verification.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        verifier: BlockVerifier,
+        *,
+        name: str,
+        closefd: bool = True,
+        chunk: int = DEFAULT_CHUNK,
+    ) -> None:
+        super().__init__()
+        self._fd = fd
+        self._verifier = verifier
+        self._closefd = closefd
+        self._size = verifier.data_size
+        self._bs = verifier.block_size
+        self._chunk_blocks = max(1, chunk // self._bs)
+        self._pos = 0
+        self.name = name
+
+    # -- what was appraised -------------------------------------------------------------
+    @property
+    def descriptor(self) -> Descriptor:
+        """The descriptor this handle was appraised with (later attribute changes don't count)."""
+        return self._verifier.descriptor
+
+    @property
+    def digest(self) -> FileDigest:
+        d = self.descriptor
+        return FileDigest(d.hash_alg.name, d.digest(), d.hash_algorithm)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def verifier(self) -> BlockVerifier:
+        return self._verifier
+
+    # -- io.RawIOBase ------------------------------------------------------------------
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a verified file does not expose its descriptor")
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._check_open()
+        if whence == os.SEEK_SET:
+            pos = offset
+        elif whence == os.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == os.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise OSError(22, "Invalid argument: negative seek position")
+        self._pos = pos
+        return pos
+
+    def readinto(self, buffer: Writable) -> int:  # type: ignore[override]
+        self._check_open()
+        data = self.pread(len(buffer), self._pos)
+        n = len(data)
+        memoryview(buffer).cast("B")[:n] = data
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        self._check_open()
+        data = self.pread(max(0, self._size - self._pos), self._pos)
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        if not self.closed and self._closefd and self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+        super().close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+
+    # -- verified positional reads -----------------------------------------------------
+    def pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` verified bytes at ``offset`` (fewer only at the end of the data)."""
+        if offset < 0 or size < 0:
+            raise OSError(22, "Invalid argument: negative offset or size")
+        end = min(offset + size, self._size)
+        if end <= offset:
+            return b""
+        bs = self._bs
+        pieces: list[bytes] = []
+        pos = offset
+        while pos < end:
+            first = pos // bs
+            last = min((end - 1) // bs, first + self._chunk_blocks - 1)
+            buf = self._read_blocks(first, last - first + 1)
+            self._verifier.verify_blocks(first, buf)
+            start = pos - first * bs
+            stop = min(end, (last + 1) * bs) - first * bs
+            pieces.append(bytes(memoryview(buf)[start:stop]))
+            pos = first * bs + stop
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _read_blocks(self, first: int, count: int) -> bytearray:
+        """Read ``count`` whole blocks into a private zero-filled buffer (short at EOF)."""
+        bs = self._bs
+        buf = bytearray(count * bs)
+        view = memoryview(buf)
+        base = first * bs
+        got = 0
+        while got < len(buf):
+            n = os.preadv(self._fd, [view[got:]], base + got)
+            if n == 0:
+                break
+            got += n
+        return buf
