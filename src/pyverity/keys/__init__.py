@@ -1,0 +1,49 @@
+"""Keys, certificates, keyrings and IMA signatures (securesystemslib's Signer/Key shape).
+
+* :class:`Signer` (``keyid``, ``public_key``, ``sign_digest(digest, hash_algo)``), loaded with
+  :func:`load_signer` (key file or ``file:`` URI, optional certificate/keyid, passphrase).
+* :func:`sign_v2` (0x03, whole-file hash) and :func:`sign_v3` (0x06, fs-verity digest) return
+  :class:`~pyverity.format.ima.ImaSignature` values.
+* :class:`PublicKey.verify_signature` raises :class:`BadSignatureError`;
+  :class:`Keyring` (a directory of certificates by keyid) raises :class:`UnknownKeyError` or
+  :class:`BadSignatureError` — both :class:`~pyverity.errors.SignatureError`, told apart by class
+  or by their ``reason`` attribute (``"unknown key"`` / ``"bad signature"``).
+* :func:`load_certificate` (PEM/DER); keyid = last 4 bytes of the SKID (:mod:`.keyid`).
+* :mod:`.generate` makes a key pair and a self-signed certificate for IMA.
+
+Importing this package imports ``cryptography``; the ``digest`` command never does.
+"""
+
+from pyverity.keys.cert import Certificate, load_certificate, parse_certificate
+from pyverity.keys.key import BadSignatureError, PublicKey, UnknownKeyError
+from pyverity.keys.keyid import keyid_from_public_key, parse_keyid, skid_keyid
+from pyverity.keys.keyring import Keyring
+from pyverity.keys.signer import (
+    FileSigner,
+    Passphrase,
+    Signer,
+    load_private_key,
+    load_signer,
+    sign_v2,
+    sign_v3,
+)
+
+__all__ = [
+    "BadSignatureError",
+    "Certificate",
+    "FileSigner",
+    "Keyring",
+    "Passphrase",
+    "PublicKey",
+    "Signer",
+    "UnknownKeyError",
+    "keyid_from_public_key",
+    "load_certificate",
+    "load_private_key",
+    "load_signer",
+    "parse_certificate",
+    "parse_keyid",
+    "sign_v2",
+    "sign_v3",
+    "skid_keyid",
+]

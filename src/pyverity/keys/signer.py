@@ -1,0 +1,209 @@
+"""Signing keys (the ``Signer`` half of securesystemslib's shape) and IMA signatures.
+
+* :class:`Signer` — abstract: ``keyid``, ``public_key`` and ``sign_digest(digest, hash_algo)``
+  returning the raw signature over a pre-hashed digest. :class:`FileSigner` holds a private key
+  loaded from a file; :func:`load_signer` picks the signer by URI scheme (``file:`` or a plain
+  path; other schemes such as ``pkcs11:`` are refused until a backend exists).
+* :func:`load_private_key` reads PEM or DER, encrypted or not; a passphrase is bytes, or a
+  callable asked only if the key turns out to be encrypted (the CLI reads prompt/file/env).
+* :func:`sign_v2` / :func:`sign_v3` make :class:`~pyverity.format.ima.ImaSignature` values:
+  v2 over a whole-file hash (as ``evmctl ima_sign``), v3 over ``H(ima_file_id)`` of an
+  fs-verity digest (spec/ima.md §2.3).
+
+Keyid choice (spec §2.5): an explicit keyid, else the certificate's SKID tail; a certificate
+without SKID, or no certificate at all, is refused without an explicit keyid unless
+``allow_computed_keyid`` (then: SHA-1 of the public key, what evmctl does), because the kernel
+finds keys only by SKID.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from pyverity.errors import InputError, SignatureError, UsageError
+from pyverity.format.ima import (
+    ImaSignature,
+    algo_by_id,
+    file_id_hash,
+    kernel_algo_for_verity,
+)
+from pyverity.keys.cert import Certificate, load_certificate
+from pyverity.keys.key import PublicKey, check_key_type, crypto_hash
+from pyverity.keys.keyid import keyid_from_public_key
+
+__all__ = [
+    "FileSigner",
+    "Passphrase",
+    "PrivateKeyTypes",
+    "Signer",
+    "load_private_key",
+    "load_signer",
+    "sign_v2",
+    "sign_v3",
+]
+
+PrivateKeyTypes = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+#: A passphrase, or a function asked for one only when the key is encrypted.
+Passphrase = bytes | Callable[[], bytes] | None
+
+MAX_KEY_FILE_SIZE = 64 * 1024
+
+
+class Signer(abc.ABC):
+    """Something that signs pre-hashed digests under one IMA keyid."""
+
+    @property
+    @abc.abstractmethod
+    def keyid(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def public_key(self) -> PublicKey: ...
+
+    @abc.abstractmethod
+    def sign_digest(self, digest: bytes, hash_algo: int) -> bytes:
+        """The raw signature over ``digest``, already hashed with kernel algorithm ``hash_algo``."""
+
+
+@dataclass(frozen=True)
+class FileSigner(Signer):
+    """A private key held in memory (loaded from a file)."""
+
+    private_key: PrivateKeyTypes
+    _keyid: int
+
+    @property
+    def keyid(self) -> int:
+        return self._keyid
+
+    @property
+    def public_key(self) -> PublicKey:
+        return PublicKey(self._keyid, self.private_key.public_key(), "private key")
+
+    def sign_digest(self, digest: bytes, hash_algo: int) -> bytes:
+        alg = algo_by_id(hash_algo)
+        if len(digest) != alg.digest_size:
+            raise SignatureError(f"{alg.name} digest must be {alg.digest_size} bytes")
+        chosen = Prehashed(crypto_hash(alg))
+        if isinstance(self.private_key, rsa.RSAPrivateKey):
+            return self.private_key.sign(digest, padding.PKCS1v15(), chosen)
+        return self.private_key.sign(digest, ec.ECDSA(chosen))
+
+
+def sign_v2(signer: Signer, hash_algo: int, file_hash: bytes) -> ImaSignature:
+    """A 0x03 v2 signature over a whole-file hash (``evmctl ima_sign``)."""
+    return ImaSignature.v2(hash_algo, signer.keyid, signer.sign_digest(file_hash, hash_algo))
+
+
+def sign_v3(signer: Signer, verity_algorithm: int, fsverity_digest: bytes) -> ImaSignature:
+    """A 0x06 v3 signature over an fs-verity digest (fs-verity algorithm number 1 or 2)."""
+    alg = kernel_algo_for_verity(verity_algorithm)
+    signed = file_id_hash(alg.id, fsverity_digest)
+    return ImaSignature.v3(alg.id, signer.keyid, signer.sign_digest(signed, alg.id))
+
+
+def _read_bounded(path: str | os.PathLike[str], what: str) -> bytes:
+    name = os.fsdecode(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_FILE_SIZE + 1)
+    except OSError as e:
+        raise InputError(f"can't read {what} '{name}': {e.strerror}") from e
+    if len(data) > MAX_KEY_FILE_SIZE:
+        raise InputError(f"{what} '{name}' is larger than {MAX_KEY_FILE_SIZE} bytes")
+    return data
+
+
+def _is_encrypted(data: bytes) -> bool:
+    return b"ENCRYPTED" in data[:4096] or b"Proc-Type: 4,ENCRYPTED" in data
+
+
+def load_private_key(
+    path: str | os.PathLike[str], passphrase: Passphrase = None
+) -> PrivateKeyTypes:
+    """Load an RSA (2048–4096) or ECDSA (P-256/P-384) private key, PEM or DER, maybe encrypted."""
+    name = os.fsdecode(path)
+    data = _read_bounded(path, "key")
+    pem = data.lstrip().startswith(b"-----BEGIN")
+    loader = serialization.load_pem_private_key if pem else serialization.load_der_private_key
+    password = passphrase if isinstance(passphrase, bytes) else None
+    for attempt in range(2):
+        try:
+            key = loader(data, password=password)
+            break
+        except TypeError as e:
+            # Encrypted without a password (or a password given for a plain key).
+            if password is None and callable(passphrase) and attempt == 0:
+                password = passphrase()
+                continue
+            if password is None:
+                raise SignatureError(
+                    f"key '{name}' is encrypted",
+                    remedy="give its passphrase with --pass-file FILE or --pass-env VAR",
+                ) from e
+            raise SignatureError(
+                f"key '{name}' is not encrypted, but a passphrase was given"
+            ) from e
+        except ValueError as e:
+            if password is not None and (not pem or _is_encrypted(data)):
+                raise SignatureError(f"wrong passphrase for key '{name}' (or a corrupt key)") from e
+            raise SignatureError(f"'{name}' is not a private key (PEM or DER)") from e
+    else:  # pragma: no cover - the loop always breaks or raises
+        raise SignatureError(f"cannot load key '{name}'")
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise SignatureError(f"key '{name}' is neither RSA nor ECDSA")
+    check_key_type(key, f"key '{name}'")
+    return key
+
+
+def _same_key(a: PrivateKeyTypes, cert: Certificate) -> bool:
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return a.public_key().public_bytes(der, pub) == cert.public_key.key.public_bytes(der, pub)
+
+
+def load_signer(
+    key: str,
+    *,
+    cert: str | os.PathLike[str] | None = None,
+    keyid: int | None = None,
+    passphrase: Passphrase = None,
+    allow_computed_keyid: bool = False,
+) -> FileSigner:
+    """A signer for the key at ``key`` (a path or a ``file:`` URI).
+
+    With ``cert``: the key must match it, and the keyid is its SKID tail. ``keyid`` overrides.
+    Without either, the keyid is SHA-1 of the public key only if ``allow_computed_keyid``.
+    """
+    if ":" in key.split("/", 1)[0] and not key.startswith("file:"):
+        scheme = key.split(":", 1)[0]
+        raise UsageError(f"key URI scheme '{scheme}:' is not supported (use a file path)")
+    path = key.removeprefix("file:")
+    private = load_private_key(path, passphrase)
+    if cert is not None:
+        c = load_certificate(cert)
+        if not _same_key(private, c):
+            raise SignatureError(f"key '{path}' does not match certificate '{os.fsdecode(cert)}'")
+        if keyid is None:
+            if not c.keyid_from_skid:
+                raise SignatureError(
+                    f"certificate '{os.fsdecode(cert)}' has no Subject Key Identifier:"
+                    " the kernel could never find this key",
+                    remedy="give the keyid with --keyid HEX, or use a certificate with an SKID",
+                )
+            keyid = c.keyid
+    if keyid is None:
+        if not allow_computed_keyid:
+            raise SignatureError(
+                "no certificate given: cannot know the keyid the kernel will look up",
+                remedy="give --cert CERT (its SKID is the keyid) or --keyid HEX",
+            )
+        keyid = keyid_from_public_key(private.public_key())
+    return FileSigner(private, keyid)

@@ -1,0 +1,75 @@
+"""Protection attributes: read, check, appraise, write (DESIGN.md §2, §3).
+
+Reading (:mod:`.attrs`): ``read_protection(fd, namespace) -> Protection`` — both attributes
+from an open descriptor, strictly parsed and bounds-checked; ``Protection.kind`` is
+``ProtectionKind.NONE | VERITY | VERITY_SIGNED | CLASSIC``; ``Protection.tree_params()`` the
+parameters to build with; ``Protection.fingerprint`` changes iff a raw value changes.
+Malformed values raise :class:`InvalidProtectionError` carrying the fingerprint.
+
+Appraising (:mod:`.appraise`): ``appraisal_result(protection, computed, keyring) ->
+AppraisalResult(state=READY|MISMATCH|INVALID, reason, message, ...)`` and
+``verify_protection(...)`` (raises). ``computed`` is the built tree's ``Descriptor``, or the
+whole-file hash for CLASSIC. End to end: ``appraise_file(path, keyring)`` / ``verify_file``.
+
+Writing (:mod:`.sign`): ``sign_file`` (descriptor first, signature last, one ``setxattr``
+each), ``enable_file`` (descriptor only), ``imasign_file`` (classic 0x03 v2).
+"""
+
+from pyverity.protect.appraise import (
+    AppraisalResult,
+    AppraisalState,
+    ContentMismatchError,
+    MissingKeyringError,
+    NotProtectedError,
+    Reason,
+    appraisal_result,
+    classic_hash_algo,
+    verify_declared_signature,
+    verify_protection,
+)
+from pyverity.protect.attrs import (
+    InvalidProtectionError,
+    Protection,
+    ProtectionKind,
+    fingerprint,
+    parse_protection,
+    read_protection,
+)
+from pyverity.protect.check import appraise_file, verify_file
+from pyverity.protect.sign import (
+    SignedFile,
+    enable_file,
+    imasign_file,
+    sign_file,
+    verity_values,
+    whole_file_hash,
+    write_protection,
+)
+
+__all__ = [
+    "AppraisalResult",
+    "AppraisalState",
+    "ContentMismatchError",
+    "InvalidProtectionError",
+    "MissingKeyringError",
+    "NotProtectedError",
+    "Protection",
+    "ProtectionKind",
+    "Reason",
+    "SignedFile",
+    "appraisal_result",
+    "appraise_file",
+    "classic_hash_algo",
+    "enable_file",
+    "fingerprint",
+    "imasign_file",
+    "parse_protection",
+    "read_protection",
+    "sign_file",
+    "verify_declared_signature",
+    "verify_file",
+    "verify_protection",
+    "verity_values",
+    "whole_file_hash",
+    "write_protection",
+]

@@ -1,0 +1,183 @@
+"""Writing protection: sign or enable a file (DESIGN.md §2).
+
+* :func:`sign_file` — build the tree, write the descriptor to ``<ns>.verity`` **first** and the
+  0x06 v3 signature to ``<ns>.ima`` **last**, each in one ``setxattr``, so a watcher never
+  pairs a new signature with an old descriptor.
+* :func:`enable_file` — the unsigned mode: write only the descriptor; a stale 0x06 signature
+  (which could no longer match) is removed after it.
+* :func:`imasign_file` — classic ``evmctl ima_sign``: a 0x03 v2 signature over the whole-file
+  hash (a stale descriptor is removed first, since descriptor + classic value is invalid).
+* :func:`verity_values` / :func:`whole_file_hash` compute without writing (``--sigfile``,
+  ``--builtin-sig``, and the verifier).
+
+Everything opens the file once (regular files only) and writes attributes on that descriptor;
+the file's identity (dev, ino, size, mtime) is checked between hashing and writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from pyverity.errors import FileChangedError
+from pyverity.format.descriptor import Descriptor
+from pyverity.format.ima import ImaSignature, KernelHashAlgo, XattrType, parse_ima_value
+from pyverity.format.params import TreeParams
+from pyverity.fs.openfile import identity, open_regular
+from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr, remove_attr, set_attr
+from pyverity.hashing import MerkleTree, build_tree
+from pyverity.hashing.progress import CancelCheck, ProgressFn
+from pyverity.keys.signer import Signer, sign_v2, sign_v3
+
+__all__ = [
+    "SignedFile",
+    "enable_file",
+    "imasign_file",
+    "sign_file",
+    "verity_values",
+    "whole_file_hash",
+    "write_protection",
+]
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class SignedFile:
+    """What was computed (and, unless told otherwise, written) for one file."""
+
+    path: str
+    descriptor: Descriptor | None
+    signature: ImaSignature | None
+    #: The whole-file hash, for classic signatures.
+    file_hash: bytes | None = None
+
+
+def whole_file_hash(fd: int, alg: KernelHashAlgo, progress: ProgressFn | None = None) -> bytes:
+    """Hash the whole content of ``fd`` with a kernel algorithm; refuse a file that changes."""
+    before = identity(os.fstat(fd))
+    alg.hash(b"")  # raises FormatError for algorithms hashlib lacks
+    h = hashlib.new(alg.hashlib_name or "")
+    offset = 0
+    while True:
+        chunk = os.pread(fd, _CHUNK, offset)
+        if not chunk:
+            break
+        h.update(chunk)
+        offset += len(chunk)
+        if progress is not None:
+            progress(offset)
+    if offset != before.size or identity(os.fstat(fd)) != before:
+        raise FileChangedError("file changed while it was being hashed")
+    return h.digest()
+
+
+def verity_values(
+    fd: int,
+    params: TreeParams,
+    signer: Signer | None,
+    *,
+    jobs: int | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelCheck | None = None,
+) -> tuple[MerkleTree, ImaSignature | None]:
+    """Build the tree of ``fd`` (digest only) and, with a signer, its v3 signature."""
+    tree = build_tree(fd, params, keep_tree=False, jobs=jobs, progress=progress, cancel=cancel)
+    sig = None
+    if signer is not None:
+        d = tree.descriptor
+        sig = sign_v3(signer, d.hash_algorithm, d.digest())
+    return tree, sig
+
+
+def write_protection(
+    fd: int, namespace: str, descriptor: Descriptor | None, signature: bytes | None
+) -> None:
+    """Write the descriptor first, then the IMA value; each in one ``setxattr``."""
+    if descriptor is not None:
+        set_attr(fd, attr_name(namespace, VERITY_SUFFIX), descriptor.to_bytes())
+    if signature is not None:
+        set_attr(fd, attr_name(namespace, IMA_SUFFIX), signature)
+
+
+def _check_unchanged(fd: int, before: tuple[int, int, int, int]) -> None:
+    if identity(os.fstat(fd)) != before:
+        raise FileChangedError("file changed while it was being signed; nothing written")
+
+
+def sign_file(
+    path: str | os.PathLike[str],
+    signer: Signer,
+    params: TreeParams | None = None,
+    *,
+    namespace: str = "security",
+    write: bool = True,
+    jobs: int | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelCheck | None = None,
+) -> SignedFile:
+    """Sign ``path``: descriptor to ``<ns>.verity``, then the v3 signature to ``<ns>.ima``."""
+    params = params or TreeParams()
+    fd = open_regular(path)
+    try:
+        before = identity(os.fstat(fd))
+        tree, sig = verity_values(fd, params, signer, jobs=jobs, progress=progress, cancel=cancel)
+        assert sig is not None  # noqa: S101 - a signer was given
+        if write:
+            _check_unchanged(fd, before)
+            write_protection(fd, namespace, tree.descriptor, sig.to_bytes())
+    finally:
+        os.close(fd)
+    return SignedFile(os.fsdecode(path), tree.descriptor, sig)
+
+
+def enable_file(
+    path: str | os.PathLike[str],
+    params: TreeParams | None = None,
+    *,
+    namespace: str = "security",
+    jobs: int | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelCheck | None = None,
+) -> SignedFile:
+    """Protect ``path`` unsigned: write only ``<ns>.verity`` (drop a stale 0x06 signature)."""
+    params = params or TreeParams()
+    fd = open_regular(path)
+    try:
+        before = identity(os.fstat(fd))
+        tree, _ = verity_values(fd, params, None, jobs=jobs, progress=progress, cancel=cancel)
+        _check_unchanged(fd, before)
+        write_protection(fd, namespace, tree.descriptor, None)
+        ima_name = attr_name(namespace, IMA_SUFFIX)
+        old = get_attr(fd, ima_name)
+        if old is not None and old[:1] == bytes([XattrType.IMA_VERITY_DIGSIG]):
+            remove_attr(fd, ima_name)
+    finally:
+        os.close(fd)
+    return SignedFile(os.fsdecode(path), tree.descriptor, None)
+
+
+def imasign_file(
+    path: str | os.PathLike[str],
+    signer: Signer,
+    alg: KernelHashAlgo,
+    *,
+    namespace: str = "security",
+    write: bool = True,
+    progress: ProgressFn | None = None,
+) -> SignedFile:
+    """Classic signing (``evmctl ima_sign``): a 0x03 v2 signature over the whole-file hash."""
+    fd = open_regular(path)
+    try:
+        before = identity(os.fstat(fd))
+        digest = whole_file_hash(fd, alg, progress)
+        sig = sign_v2(signer, alg.id, digest)
+        if write:
+            _check_unchanged(fd, before)
+            remove_attr(fd, attr_name(namespace, VERITY_SUFFIX))
+            write_protection(fd, namespace, None, sig.to_bytes())
+    finally:
+        os.close(fd)
+    parse_ima_value(sig.to_bytes())  # self-check: what we wrote parses
+    return SignedFile(os.fsdecode(path), None, sig, digest)
