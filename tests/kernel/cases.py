@@ -1,0 +1,182 @@
+"""The conformance cases run in one boot: what goes on the disk, the guest script, the results.
+
+Digest cases: files enabled with ``FS_IOC_ENABLE_VERITY`` inside the VM; the kernel's
+``FS_IOC_MEASURE_VERITY`` digest and ``FS_IOC_READ_VERITY_METADATA`` tree and descriptor are
+written to ``/results`` for the host to compare with pyverity's bytes.
+
+Signature cases: files signed on the host (v3, type 0x06), the certificate loaded into a
+``_ima`` keyring, an appraise + measure policy written, each file opened once; the kernel's
+verdicts and its measurement list are written to ``/results``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+__all__ = [
+    "DIGEST_CASES",
+    "POLICY",
+    "SIG_CASES",
+    "DigestCase",
+    "SigCase",
+    "guest_script",
+    "parse_lines",
+    "payload",
+]
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class DigestCase:
+    size: int
+    algorithm: str = "sha256"
+    salt: bytes = b""
+    block_size: int = 4096
+
+    @property
+    def name(self) -> str:
+        return f"{self.algorithm}-b{self.block_size}-s{len(self.salt)}-n{self.size}"
+
+    @property
+    def number(self) -> int:
+        return {"sha256": 1, "sha512": 2}[self.algorithm]
+
+    @property
+    def kernel_accepts(self) -> bool:
+        """Kernel 6.1: the block size must equal PAGE_SIZE (spec/fsverity.md §1.2)."""
+        return self.block_size == 4096
+
+
+SALT11 = bytes.fromhex("00112233445566778899aa")
+SALT32 = bytes(range(0x80, 0xA0))
+# sha256, 4 KiB: 128 hashes per block, so 1 level up to 512 KiB, 2 up to 64 MiB.
+# sha512, 4 KiB: 64 hashes per block, so 1 level up to 256 KiB, 2 up to 16 MiB, then 3.
+DIGEST_CASES: tuple[DigestCase, ...] = (
+    *(
+        DigestCase(n)
+        for n in (0, 1, 4095, 4096, 4097, 128 * 4096, 128 * 4096 + 1, MiB, 3 * MiB + 123)
+    ),
+    *(
+        DigestCase(n, "sha512")
+        for n in (0, 1, 4096, 64 * 4096, 64 * 4096 + 1, 64 * 64 * 4096 + 4097)
+    ),
+    DigestCase(1, salt=SALT11),
+    DigestCase(MiB + 1, salt=SALT11),
+    DigestCase(4097, "sha512", salt=SALT32),
+    DigestCase(300_000, "sha512", salt=SALT11),
+    # Refused by kernel 6.1 (block size != PAGE_SIZE): EINVAL.
+    DigestCase(4097, block_size=1024),
+    DigestCase(4097, block_size=65536),
+)
+
+
+def payload(name: str, size: int) -> bytes:
+    """Deterministic pseudo-random content of one test file."""
+    return random.Random(name).randbytes(size)
+
+
+@dataclass(frozen=True)
+class SigCase:
+    """One file of the appraisal run.
+
+    ``sign``: which content the v3 signature covers: "self" (the file as enabled), "other"
+    (another file's content), "original" (content before a tamper), "wrongkey" (signed by a
+    key not in the keyring), "corrupt" (one signature byte flipped) or None (no attribute).
+    """
+
+    name: str
+    size: int
+    owner: int
+    verity: bool
+    sign: str | None
+    expect_open: bool
+    algorithm: str = "sha256"
+    salt: bytes = b""
+
+
+SIG_CASES: tuple[SigCase, ...] = (
+    SigCase("good", 70_000, 1000, verity=True, sign="self", expect_open=True),
+    SigCase("good512", 5_000, 1000, verity=True, sign="self", expect_open=True, algorithm="sha512"),
+    SigCase("goodsalt", 9_000, 1000, verity=True, sign="self", expect_open=True, salt=SALT11),
+    SigCase("othersig", 12, 1000, verity=True, sign="other", expect_open=False),
+    SigCase("tampered", 20_000, 1000, verity=True, sign="original", expect_open=False),
+    SigCase("noverity", 8_000, 1000, verity=False, sign="self", expect_open=False),
+    SigCase("unsigned", 6_000, 1000, verity=True, sign=None, expect_open=False),
+    SigCase("wrongkey", 3_000, 1000, verity=True, sign="wrongkey", expect_open=False),
+    SigCase("corrupt", 3_000, 1000, verity=True, sign="corrupt", expect_open=False),
+    # Not appraised, measured with the ima-ngv2 template.
+    SigCase("ngv2", 50_000, 1001, verity=True, sign=None, expect_open=True),
+)
+
+POLICY = (
+    "appraise func=FILE_CHECK mask=MAY_READ fowner=1000 digest_type=verity appraise_type=sigv3\n"
+    "measure func=FILE_CHECK mask=MAY_READ fowner=1000 digest_type=verity template=ima-sigv2\n"
+    "measure func=FILE_CHECK mask=MAY_READ fowner=1001 digest_type=verity template=ima-ngv2\n"
+)
+
+
+def _salt_arg(salt: bytes) -> str:
+    return salt.hex() if salt else "-"
+
+
+def guest_script(tpm: bool) -> str:
+    """``run.sh``: runs inside the VM with ``/mnt`` (the test disk) as working directory."""
+    lines = [
+        "R=/mnt/results",
+        "mkdir -p $R/digest",
+        'log() { echo "$*" >> $R/kernel.txt; }',
+        # Digest cases.
+    ]
+    for c in DIGEST_CASES:
+        f, salt = f"/mnt/digest/{c.name}", _salt_arg(c.salt)
+        lines += [
+            f"log enable {c.name} $(vhelper enable {f} {c.number} {c.block_size} {salt})",
+            f"log measure {c.name} $(vhelper measure {f})",
+            f"log tree {c.name} $(vhelper readmeta {f} 1 $R/digest/{c.name}.tree)",
+            f"log descriptor {c.name} $(vhelper readmeta {f} 2 $R/digest/{c.name}.desc)",
+            f"log read {c.name} $(vhelper read {f})",
+        ]
+    # Signature cases: owners, attributes, fs-verity, keyring, policy, then one open each.
+    for s in SIG_CASES:
+        f = f"/mnt/sig/{s.name}"
+        lines.append(f"chown {s.owner} {f}")
+        if s.sign is not None:
+            lines.append(f"log setxattr {s.name} $(vhelper setxattr {f} security.ima {f}.ima)")
+        if s.verity:
+            number = {"sha256": 1, "sha512": 2}[s.algorithm]
+            lines.append(
+                f"log enable {s.name} $(vhelper enable {f} {number} 4096 {_salt_arg(s.salt)})"
+            )
+            lines.append(f"log measure {s.name} $(vhelper measure {f})")
+    lines += [
+        "log addkey _ima $(vhelper addkey _ima /mnt/sig/cert.der)",
+        # Debian 6.1 has no CONFIG_IMA_READ_POLICY: the write status is all we can see.
+        "cat /mnt/sig/policy > /sys/kernel/security/ima/policy; log policy $?",
+    ]
+    lines += [f"log open {s.name} $(vhelper read /mnt/sig/{s.name})" for s in SIG_CASES]
+    lines += [
+        "cp /sys/kernel/security/ima/binary_runtime_measurements $R/",
+        "cp /sys/kernel/security/ima/ascii_runtime_measurements $R/",
+        "cat /sys/kernel/security/ima/violations > $R/violations",
+    ]
+    if tpm:
+        lines += [
+            "for b in sha1 sha256; do",
+            "  p=/sys/class/tpm/tpm0/pcr-$b/10",
+            "  [ -r $p ] && cat $p > $R/pcr10-$b",
+            "done",
+        ]
+    lines += ["dmesg > $R/dmesg", "log done"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_lines(text: str) -> dict[tuple[str, str], str]:
+    """``kernel.txt`` lines ``<what> <case> <result...>`` keyed by (what, case)."""
+    out: dict[tuple[str, str], str] = {}
+    for line in text.splitlines():
+        what, _, rest = line.partition(" ")
+        case, _, result = rest.partition(" ")
+        out[(what, case)] = result
+    return out

@@ -1,0 +1,166 @@
+"""One VM boot for the whole kernel suite: stage the disk, boot, read the results back.
+
+The boot is skipped (with its reason) only where it cannot run at all: qemu, the kernel image,
+busybox, e2fsprogs or gcc missing. With ``CI=true`` that skip is a failure instead, so CI can
+never go green without the kernel having judged pyverity's bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.kernel import harness
+from tests.kernel.cases import DIGEST_CASES, POLICY, SIG_CASES, guest_script, parse_lines, payload
+from tests.kernel.signing import TestKey, make_key, v3_signature
+
+_TIMING = pytest.StashKey[list[str]]()
+
+
+@dataclass
+class KernelRun:
+    kernel: harness.KernelImage
+    stage: Path  # what the disk was made from (inputs)
+    results: Path  # /results read back from the disk
+    lines: dict[tuple[str, str], str]
+    key: TestKey
+    tpm: bool
+    boot: harness.VMRun
+    signatures: dict[str, bytes] = field(default_factory=dict)
+
+    def text(self, name: str) -> str:
+        return (self.results / name).read_text()
+
+
+def _need_vm() -> None:
+    reason = harness.unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"kernel suite cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(f"kernel suite: {reason}")
+
+
+def _stage(stage: Path, key: TestKey, other: TestKey) -> dict[str, bytes]:
+    """Write the data files, signatures, certificate, policy; return the signatures made."""
+    from pyverity.format import hashalg
+    from pyverity.format.params import TreeParams
+    from pyverity.hashing import compute_digest
+
+    (stage / "digest").mkdir()
+    for c in DIGEST_CASES:
+        (stage / "digest" / c.name).write_bytes(payload(c.name, c.size))
+    sig_dir = stage / "sig"
+    sig_dir.mkdir()
+    signatures: dict[str, bytes] = {}
+    other_content = payload("good", 70_000)
+    for s in SIG_CASES:
+        data = payload(s.name, s.size)
+        params = TreeParams(hashalg.by_name(s.algorithm), 4096, s.salt)
+        signed = {"other": other_content, "original": data}.get(s.sign or "", data)
+        if s.sign == "original":
+            data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        (sig_dir / s.name).write_bytes(data)
+        if s.sign is None:
+            continue
+        (sig_dir / "tmp").write_bytes(signed)
+        digest = compute_digest(sig_dir / "tmp", params).digest
+        value = v3_signature(other if s.sign == "wrongkey" else key, s.algorithm, digest)
+        if s.sign == "corrupt":
+            value = value[:-5] + bytes([value[-5] ^ 0x40]) + value[-4:]
+        signatures[s.name] = value
+        (sig_dir / f"{s.name}.ima").write_bytes(value)
+    (sig_dir / "tmp").unlink()
+    (sig_dir / "cert.der").write_bytes(key.cert_der)
+    (sig_dir / "policy").write_text(POLICY)
+    return signatures
+
+
+def _start_swtpm(state: Path) -> subprocess.Popen[bytes] | None:
+    if shutil.which("swtpm") is None:
+        return None
+    sock = state / "swtpm.sock"
+    proc = subprocess.Popen(
+        [
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--terminate",
+            "--tpmstate",
+            f"dir={state}",
+            "--ctrl",
+            f"type=unixio,path={sock}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        if sock.exists():
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    return None
+
+
+@pytest.fixture(scope="session")
+def kernel_run(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> KernelRun:
+    _need_vm()
+    started = time.monotonic()
+    kernel = harness.find_kernel()
+    assert kernel is not None
+    initramfs = harness.initramfs_for(kernel)
+    base = tmp_path_factory.mktemp("kernel")
+    stage = base / "stage"
+    stage.mkdir()
+    key, other = make_key("pyverity kernel test"), make_key("pyverity wrong key")
+    signatures = _stage(stage, key, other)
+    tpm_state = base / "tpm"
+    tpm_state.mkdir()
+    swtpm = _start_swtpm(tpm_state)
+    (stage / "run.sh").write_text(guest_script(tpm=swtpm is not None))
+    disk = base / "disk.img"
+    harness.make_disk(stage, disk, 128)
+    try:
+        boot = harness.run_vm(
+            kernel, initramfs, disk, tpm_socket=tpm_state / "swtpm.sock" if swtpm else None
+        )
+    finally:
+        if swtpm is not None:
+            swtpm.terminate()
+            swtpm.wait(timeout=10)
+    if not boot.finished:
+        pytest.fail(f"the VM did not finish its script; console tail:\n{boot.console[-4000:]}")
+    results = harness.read_back(disk, "/results", base / "out")
+    disk.unlink()
+    run = KernelRun(
+        kernel=kernel,
+        stage=stage,
+        results=results,
+        lines=parse_lines((results / "kernel.txt").read_text()),
+        key=key,
+        tpm=swtpm is not None,
+        boot=boot,
+        signatures=signatures,
+    )
+    request.config.stash.setdefault(_TIMING, []).append(
+        f"kernel suite: {kernel.version} booted and ran its script in {boot.seconds:.1f} s "
+        f"(TPM: {'swtpm' if run.tpm else 'none'}); "
+        f"set-up incl. boot {time.monotonic() - started:.1f} s"
+    )
+    return run
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    for line in config.stash.get(_TIMING, []):
+        terminalreporter.write_line(line)

@@ -1,0 +1,54 @@
+"""The kernel's fs-verity digests, trees and descriptors equal pyverity's (kernel 6.1, ext4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyverity.format import hashalg
+from pyverity.format.params import TreeParams
+from pyverity.hashing import build_tree
+from tests.kernel.cases import DIGEST_CASES, DigestCase
+from tests.kernel.conftest import KernelRun
+
+pytestmark = pytest.mark.kernel
+
+ACCEPTED = [c for c in DIGEST_CASES if c.kernel_accepts]
+REFUSED = [c for c in DIGEST_CASES if not c.kernel_accepts]
+
+
+def _params(case: DigestCase) -> TreeParams:
+    return TreeParams(hashalg.by_name(case.algorithm), case.block_size, case.salt)
+
+
+def lines_of(run: KernelRun, what: str, case: DigestCase) -> str:
+    return run.lines[(what, case.name)]
+
+
+@pytest.mark.parametrize("case", ACCEPTED, ids=lambda c: c.name)
+def test_kernel_digest_tree_and_descriptor_equal_pyverity(
+    kernel_run: KernelRun, case: DigestCase
+) -> None:
+    lines = kernel_run.lines
+    assert lines[("enable", case.name)] == "OK"
+    ours = build_tree(kernel_run.stage / "digest" / case.name, _params(case), keep_tree=True)
+    digest = ours.file_digest()
+    assert lines[("measure", case.name)] == f"{case.number} {digest.hex()}"
+    kernel_desc = (kernel_run.results / "digest" / f"{case.name}.desc").read_bytes()
+    kernel_tree = (kernel_run.results / "digest" / f"{case.name}.tree").read_bytes()
+    assert kernel_desc == ours.descriptor.to_bytes()
+    assert kernel_tree == ours.tree
+    # The kernel read the whole file back through its own verification.
+    assert lines[("read", case.name)] == str(case.size)
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=lambda c: c.name)
+def test_kernel_61_refuses_block_size_other_than_page_size(
+    kernel_run: KernelRun, case: DigestCase
+) -> None:
+    assert lines_of(kernel_run, "enable", case) == "ERR 22 Invalid argument"
+    assert lines_of(kernel_run, "measure", case).startswith("ERR 61 ")  # ENODATA: not verity
+    # pyverity itself computes these digests (as `fsverity digest` does); the parameters are
+    # within the bounds it accepts from attributes, only this kernel cannot enable them.
+    params = _params(case)
+    params.check_bounded()
+    assert build_tree(kernel_run.stage / "digest" / case.name, params).file_digest().digest
