@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import BinaryIO
 
-from pyverity.errors import FileChangedError, InputError
 from pyverity.format.params import TreeParams
-from pyverity.fs.openfile import identity, open_regular
+from pyverity.fs.openfile import open_regular
+from pyverity.hashing.fast import build_fast
 from pyverity.hashing.progress import CancelCheck, ProgressFn
 from pyverity.hashing.reference import build_from_stream
 from pyverity.hashing.result import FileDigest, MerkleTree
@@ -72,21 +73,14 @@ def _build_fd(
     progress: ProgressFn | None,
     cancel: CancelCheck | None,
 ) -> MerkleTree:
-    del jobs  # the parallel builder plugs in here
-    before = os.fstat(fd)
-    with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
-        try:
-            stream.seek(0)
-        except OSError as e:
-            raise InputError(f"can't seek: {e.strerror}") from e
-        tree = build_from_stream(
-            stream,
-            params,
-            keep_tree=keep_tree,
-            expected_size=before.st_size,
-            progress=progress,
-            cancel=cancel,
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        return build_fast(
+            fd, params, keep_tree=keep_tree, jobs=jobs, progress=progress, cancel=cancel
         )
-    if identity(os.fstat(fd)) != identity(before):
-        raise FileChangedError("file changed while it was being hashed")
-    return tree
+    # Anything else (a pipe, a socket, a character device given as a descriptor) is read as
+    # a stream from where it stands, by the reference builder.
+    with os.fdopen(os.dup(fd), "rb", buffering=0) as stream:
+        return build_from_stream(
+            stream, params, keep_tree=keep_tree, progress=progress, cancel=cancel
+        )

@@ -1,0 +1,106 @@
+"""Run hashers: the compiled accelerator, the pure path and the per-block reference agree."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pyverity.format.hashalg import SHA256, SHA512
+from pyverity.format.params import TreeParams
+from pyverity.hashing import runhash
+from pyverity.hashing.blockhash import block_hasher
+
+HAS_SHANI = platform.machine() in ("x86_64", "AMD64") and " sha_ni" in (
+    Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+)
+BLOCK_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+
+
+@pytest.fixture
+def with_accel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(runhash.NO_ACCEL_ENV, raising=False)
+    if runhash.accelerator() is None:
+        pytest.skip("the compiled accelerator is not built or this CPU lacks SHA-NI")
+
+
+def reference_run(params: TreeParams, data: bytes) -> bytes:
+    one = block_hasher(params)
+    bs = params.block_size
+    return b"".join(one(data[o : o + bs]) for o in range(0, len(data), bs))
+
+
+def test_accelerator_is_built_where_it_can_be(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI installs gcc and Python headers: on a SHA-NI machine the extension must be there."""
+    monkeypatch.delenv(runhash.NO_ACCEL_ENV, raising=False)
+    if not (HAS_SHANI and shutil.which("gcc")):
+        pytest.skip("no SHA-NI CPU or no C compiler here: the pure path is the only one")
+    assert runhash.accelerator() is not None
+
+
+def test_no_accel_environment_forces_pure_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(runhash.NO_ACCEL_ENV, "1")
+    assert runhash.accelerator() is None
+    with pytest.raises(RuntimeError, match="not available"):
+        runhash.run_hasher(TreeParams(), accel=True)
+
+
+def test_sha512_never_asks_for_the_accelerator() -> None:
+    with pytest.raises(RuntimeError, match="sha512"):
+        runhash.run_hasher(TreeParams(SHA512), accel=True)
+
+
+@pytest.mark.parametrize("alg", [SHA256, SHA512])
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+@pytest.mark.parametrize("salt_len", [0, 1, 16, 31, 32])
+def test_pure_matches_reference(alg: object, block_size: int, salt_len: int) -> None:
+    rng = random.Random(block_size * 100 + salt_len)
+    params = TreeParams(alg, block_size, rng.randbytes(salt_len))  # type: ignore[arg-type]
+    for n in (0, 1, 2, 3):
+        data = rng.randbytes(n * block_size)
+        assert runhash.pure_run_hasher(params)(data) == reference_run(params, data)
+
+
+@pytest.mark.usefixtures("with_accel")
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+@pytest.mark.parametrize("salt_len", [0, 1, 5, 16, 31, 32])
+def test_accelerated_matches_pure_and_reference(block_size: int, salt_len: int) -> None:
+    rng = random.Random(block_size + salt_len)
+    params = TreeParams(SHA256, block_size, rng.randbytes(salt_len))
+    accelerated = runhash.run_hasher(params, accel=True)
+    pure = runhash.run_hasher(params, accel=False)
+    for n in (0, 1, 2, 3, 4, 7):
+        data = rng.randbytes(n * block_size)
+        # A zero-padded partial last block, as the builders pass it.
+        if n:
+            data = data[: -rng.randrange(block_size)].ljust(n * block_size, b"\0")
+        want = reference_run(params, data)
+        assert accelerated(data) == want
+        assert pure(data) == want
+
+
+@pytest.mark.usefixtures("with_accel")
+def test_accelerator_takes_any_buffer_and_small_blocks() -> None:
+    from pyverity.hashing import _accel  # type: ignore[attr-defined]
+
+    data = bytearray(os.urandom(64 * 5))
+    params = TreeParams(SHA256, 64)
+    want = reference_run(params, bytes(data))
+    assert _accel.sha256_blocks(memoryview(data), 64, b"") == want
+    assert _accel.sha256_blocks(data, 64, b"") == want
+    with pytest.raises(ValueError, match="multiple of 64"):
+        _accel.sha256_blocks(data[:100], 64, b"")
+    with pytest.raises(ValueError, match="multiple of 64"):
+        _accel.sha256_blocks(data, 64, b"salt")
+
+
+def test_default_hasher_is_accelerated_only_for_sha256(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(runhash.NO_ACCEL_ENV, raising=False)
+    data = os.urandom(8192)
+    for alg in (SHA256, SHA512):
+        params = TreeParams(alg, 4096, b"s")
+        assert runhash.run_hasher(params)(data) == reference_run(params, data)
