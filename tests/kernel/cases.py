@@ -97,17 +97,17 @@ class SigCase:
 
 
 SIG_CASES: tuple[SigCase, ...] = (
-    SigCase("good", 70_000, 1000, verity=True, sign="self", expect_open=True),
+    SigCase("good", 20_000, 1000, verity=True, sign="self", expect_open=True),
     SigCase("good512", 5_000, 1000, verity=True, sign="self", expect_open=True, algorithm="sha512"),
-    SigCase("goodsalt", 9_000, 1000, verity=True, sign="self", expect_open=True, salt=SALT11),
+    SigCase("goodsalt", 9_001, 1000, verity=True, sign="self", expect_open=True, salt=SALT11),
     SigCase("othersig", 12, 1000, verity=True, sign="other", expect_open=False),
-    SigCase("tampered", 20_000, 1000, verity=True, sign="original", expect_open=False),
-    SigCase("noverity", 8_000, 1000, verity=False, sign="self", expect_open=False),
+    SigCase("tampered", 10_000, 1000, verity=True, sign="original", expect_open=False),
+    SigCase("noverity", 5_000, 1000, verity=False, sign="self", expect_open=False),
     SigCase("unsigned", 6_000, 1000, verity=True, sign=None, expect_open=False),
     SigCase("wrongkey", 3_000, 1000, verity=True, sign="wrongkey", expect_open=False),
     SigCase("corrupt", 3_000, 1000, verity=True, sign="corrupt", expect_open=False),
     # Not appraised, measured with the ima-ngv2 template.
-    SigCase("ngv2", 50_000, 1001, verity=True, sign=None, expect_open=True),
+    SigCase("ngv2", 12_000, 1001, verity=True, sign=None, expect_open=True),
 )
 
 POLICY = (

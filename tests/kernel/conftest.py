@@ -59,7 +59,7 @@ def _stage(stage: Path, key: TestKey, other: TestKey) -> dict[str, bytes]:
     sig_dir = stage / "sig"
     sig_dir.mkdir()
     signatures: dict[str, bytes] = {}
-    other_content = payload("good", 70_000)
+    other_content = payload(SIG_CASES[0].name, SIG_CASES[0].size)  # "good"
     for s in SIG_CASES:
         data = payload(s.name, s.size)
         params = TreeParams(hashalg.by_name(s.algorithm), 4096, s.salt)

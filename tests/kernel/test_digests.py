@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pyverity.format import hashalg
@@ -52,3 +56,39 @@ def test_kernel_61_refuses_block_size_other_than_page_size(
     params = _params(case)
     params.check_bounded()
     assert build_tree(kernel_run.stage / "digest" / case.name, params).file_digest().digest
+
+
+def test_pyverity_digest_cli_prints_the_kernel_digests(
+    kernel_run: KernelRun, tmp_path: Path
+) -> None:
+    groups: dict[tuple[str, bytes], list[DigestCase]] = {}
+    for case in ACCEPTED:
+        groups.setdefault((case.algorithm, case.salt), []).append(case)
+    for (alg, salt), cases in groups.items():
+        cmd = [sys.executable, "-m", "pyverity.cli", "digest", f"--hash-alg={alg}"]
+        cmd += [f"--salt={salt.hex()}"] if salt else []
+        cmd += [str(kernel_run.stage / "digest" / c.name) for c in cases]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+        for case, line in zip(cases, out, strict=True):
+            _number, hexdigest = kernel_run.lines[("measure", case.name)].split()
+            assert line == f"{alg}:{hexdigest} {kernel_run.stage / 'digest' / case.name}"
+    # The tree and descriptor files of the largest (3-level) case, as written by the CLI.
+    big = max(ACCEPTED, key=lambda c: c.size)
+    tree, desc = tmp_path / "tree", tmp_path / "desc"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyverity.cli",
+            "digest",
+            f"--hash-alg={big.algorithm}",
+            f"--out-merkle-tree={tree}",
+            f"--out-descriptor={desc}",
+            str(kernel_run.stage / "digest" / big.name),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    results = kernel_run.results / "digest"
+    assert tree.read_bytes() == (results / f"{big.name}.tree").read_bytes()
+    assert desc.read_bytes() == (results / f"{big.name}.desc").read_bytes()
