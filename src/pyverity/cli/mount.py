@@ -1,0 +1,89 @@
+"""``pyverity mount SOURCE MOUNTPOINT``: the verifying FUSE filesystem over a directory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pyverity.cli._common import ArgumentParser
+from pyverity.errors import UsageError
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="pyverity mount",
+        description=(
+            "Mount SOURCE on MOUNTPOINT through a FUSE filesystem that appraises every open"
+            " (EACCES when an enforcing appraisal fails) and verifies every read block by block"
+            " (EIO for a corrupt block). Protection holds for access through MOUNTPOINT only:"
+            " keep SOURCE out of reach (see docs/mount.md)."
+        ),
+    )
+    p.add_argument("source", metavar="SOURCE", help="directory to serve")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where to mount it")
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="IMA-style policy (default: appraise every"
+        " file that carries a descriptor or signature)",
+    )
+    p.add_argument("--keyring", metavar="DIR", help="directory of trusted certificates")
+    p.add_argument(
+        "--rw",
+        action="store_true",
+        help="pass writes through (written protected files become STALE until signed again)",
+    )
+    p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    p.add_argument("--log", metavar="LIST", help="measurement list to append first opens to")
+    p.add_argument(
+        "--mode",
+        choices=("enforce", "log"),
+        default="enforce",
+        help="enforce: deny failed appraisals (default); log: log them and serve",
+    )
+    p.add_argument(
+        "--xattr-ns",
+        choices=("security", "user"),
+        default="security",
+        help="attribute namespace (default: security)",
+    )
+    p.add_argument(
+        "--no-keep-cache",
+        action="store_true",
+        help="never keep verified pages in the page cache between opens",
+    )
+    p.add_argument(
+        "--unsafe-no-verify",
+        action="store_true",
+        help="serve without any verification (benchmark baseline only)",
+    )
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from pyverity.fuse.config import AppraiseMode, MountConfig
+    from pyverity.reader.appraise import ReaderOptions
+
+    for option in ("policy", "keyring", "log"):
+        if getattr(args, option) is not None:
+            raise UsageError(f"--{option} is not wired into the mount yet")
+    if args.unsafe_no_verify:
+        log.warning("UNSAFE: serving every file without verification (--unsafe-no-verify)")
+    config = MountConfig(
+        source=Path(args.source),
+        mountpoint=Path(args.mountpoint),
+        rw=args.rw,
+        mode=AppraiseMode(args.mode),
+        reader=ReaderOptions(xattr_ns=args.xattr_ns),
+        keep_cache=not args.no_keep_cache,
+        unsafe_no_verify=args.unsafe_no_verify,
+    )
+    from pyverity.fuse.mount import run_mount
+
+    run_mount(config, foreground=args.foreground)
+    return 0

@@ -1,0 +1,75 @@
+"""The fs-verity ioctls FUSE forwards to its server (Linux ≥ 6.10), spec/fsverity.md §6.
+
+In FUSE's restricted ioctl mode the kernel copies the argument for us: for
+``FS_IOC_MEASURE_VERITY`` one buffer of ``4 + digest_size`` bytes (in and out), for
+``FS_IOC_ENABLE_VERITY`` the 128-byte ``fsverity_enable_arg`` followed by the salt and the
+signature. libfuse hands the server that buffer as ``data``; these functions parse and fill it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import struct
+from dataclasses import dataclass
+
+from pyverity.errors import FormatError
+from pyverity.format.descriptor import Descriptor
+from pyverity.format.hashalg import by_number
+from pyverity.format.params import MAX_SALT_SIZE, TreeParams
+
+__all__ = [
+    "FS_IOC_ENABLE_VERITY",
+    "FS_IOC_MEASURE_VERITY",
+    "EnableRequest",
+    "parse_enable",
+    "write_measure",
+]
+
+FS_IOC_ENABLE_VERITY = 0x40806685
+FS_IOC_MEASURE_VERITY = 0xC0046686
+#: ``struct fsverity_enable_arg`` (native endian, 128 bytes).
+_ENABLE = struct.Struct("=IIIIQIIQ88s")
+#: ``struct fsverity_digest`` header (native endian).
+_DIGEST = struct.Struct("=HH")
+MAX_SIG_SIZE = 16128
+
+
+@dataclass(frozen=True)
+class EnableRequest:
+    params: TreeParams
+    signature: bytes
+
+
+def _os_error(code: int, message: str) -> OSError:
+    return OSError(code, message)
+
+
+def write_measure(data: int, descriptor: Descriptor) -> None:
+    """Answer ``FS_IOC_MEASURE_VERITY`` into the kernel-prepared buffer at address ``data``."""
+    _, capacity = _DIGEST.unpack(ctypes.string_at(data, _DIGEST.size))
+    digest = descriptor.digest()
+    if capacity < len(digest):
+        raise _os_error(errno.EOVERFLOW, "digest buffer too small")
+    out = _DIGEST.pack(descriptor.hash_algorithm, len(digest)) + digest
+    ctypes.memmove(data, out, len(out))
+
+
+def parse_enable(data: int) -> EnableRequest:
+    """Parse ``FS_IOC_ENABLE_VERITY``'s argument, with the kernel's checks in its order."""
+    (version, alg, block_size, salt_size, _salt_ptr, sig_size, reserved1, _sig_ptr, reserved2) = (
+        _ENABLE.unpack(ctypes.string_at(data, _ENABLE.size))
+    )
+    if version != 1 or reserved1 or any(reserved2):
+        raise _os_error(errno.EINVAL, "bad fsverity_enable_arg version or reserved field")
+    if block_size <= 0 or block_size & (block_size - 1):
+        raise _os_error(errno.EINVAL, "block size is not a power of 2")
+    if salt_size > MAX_SALT_SIZE or sig_size > MAX_SIG_SIZE:
+        raise _os_error(errno.EMSGSIZE, "salt or signature too large")
+    tail = ctypes.string_at(data + _ENABLE.size, salt_size + sig_size)
+    try:
+        params = TreeParams(by_number(alg), block_size, tail[:salt_size])
+        params.check_bounded()
+    except FormatError as e:
+        raise _os_error(errno.EINVAL, str(e)) from e
+    return EnableRequest(params, tail[salt_size:])
