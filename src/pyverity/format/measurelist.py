@@ -1,0 +1,507 @@
+"""IMA measurement-list records: template fields, template hashes, binary and ascii forms.
+
+spec/ima.md §4. Pure bytes <-> objects, no I/O.
+
+A :class:`MeasurementRecord` is one entry of ``binary_runtime_measurements``: the PCR index, the
+20-byte SHA-1 template digest the kernel stores in the legacy list, the template name and the
+raw ``data`` bytes of each template field. Integers are little-endian, as the kernel writes them
+on x86-64/arm64 hosts (and on every host under ``ima_canonical_fmt``).
+
+- :func:`template_fields` maps a template name (``ima-ng``, ``ima-sigv2``… or a custom format
+  string ``d-ng|n-ng|sig``) to its field ids.
+- :class:`DigestField` encodes and decodes ``d-ng`` (``sha256:\\0`` + digest) and ``d-ngv2``
+  (``verity:sha256:\\0`` + digest) fields; :func:`encode_name` the ``n-ng`` field (spaces become
+  ``_`` and the NUL is counted, as the kernel stores it).
+- :meth:`MeasurementRecord.template_hash` is the kernel's template hash for one PCR bank
+  (``H(u32 len ‖ data …)``, or the legacy ``ima`` recipe); :meth:`MeasurementRecord.build`
+  computes the stored SHA-1 digest.
+- :meth:`MeasurementRecord.to_bytes` / :func:`parse_binary` are the binary record;
+  :meth:`MeasurementRecord.ascii_line` / :func:`parse_ascii_line` the ascii line (the ascii form
+  loses nothing for the templates pyverity writes, so a record can be rebuilt from it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyverity.errors import FormatError
+
+__all__ = [
+    "MAX_FIELD_COUNT",
+    "MAX_NAME_LEN",
+    "MAX_TEMPLATE_DATA",
+    "SHA1_DIGEST_SIZE",
+    "TEMPLATE_FIELDS",
+    "WRITABLE_TEMPLATES",
+    "DigestField",
+    "MeasurementRecord",
+    "ParsedList",
+    "TruncatedRecordError",
+    "encode_name",
+    "iter_binary",
+    "parse_ascii_line",
+    "parse_binary",
+    "template_fields",
+]
+
+_U32 = struct.Struct("<I")
+_HEADER = struct.Struct("<I20sI")  # pcr, sha1 template digest, template name length
+
+SHA1_DIGEST_SIZE = 20
+#: The template digest column of a violation entry (extended into PCRs as 0xFF…).
+_ZERO_DIGEST = bytes(SHA1_DIGEST_SIZE)
+
+#: Template name -> field ids (spec/ima.md §4.1).
+TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
+    "ima": ("d", "n"),
+    "ima-ng": ("d-ng", "n-ng"),
+    "ima-ngv2": ("d-ngv2", "n-ng"),
+    "ima-sig": ("d-ng", "n-ng", "sig"),
+    "ima-sigv2": ("d-ngv2", "n-ng", "sig"),
+    "ima-buf": ("d-ng", "n-ng", "buf"),
+    "ima-modsig": ("d-ng", "n-ng", "sig", "d-modsig", "modsig"),
+    "evm-sig": (
+        "d-ng",
+        "n-ng",
+        "evmsig",
+        "xattrnames",
+        "xattrlengths",
+        "xattrvalues",
+        "iuid",
+        "igid",
+        "imode",
+    ),
+}
+
+#: The templates pyverity's own list writes.
+WRITABLE_TEMPLATES = ("ima-ng", "ima-ngv2", "ima-sig", "ima-sigv2")
+
+#: How each field is shown in the ascii list.
+_RENDER = {
+    "d": "hex",
+    "n": "string",
+    "d-ng": "digest",
+    "d-ngv2": "digest",
+    "d-modsig": "digest",
+    "n-ng": "string",
+    "sig": "hex",
+    "buf": "hex",
+    "modsig": "hex",
+    "evmsig": "hex",
+    "xattrnames": "string",
+    "xattrlengths": "hex",
+    "xattrvalues": "hex",
+    "iuid": "uint",
+    "igid": "uint",
+    "imode": "uint",
+}
+
+#: ``IMA_EVENT_NAME_LEN_MAX``: the legacy ``ima`` template pads names to this + 1 bytes.
+_IMA_EVENT_NAME_LEN_MAX = 255
+#: Bounds applied before anything is allocated (an untrusted list cannot make us allocate more).
+MAX_NAME_LEN = 255
+MAX_TEMPLATE_DATA = 1 << 20
+MAX_FIELD_COUNT = 16
+
+
+class TruncatedRecordError(FormatError):
+    """The bytes end inside a record: a torn tail (crash during an append) or a cut copy."""
+
+    def __init__(self, message: str, *, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+def template_fields(name: str) -> tuple[str, ...]:
+    """The field ids of template ``name`` (a known name or a ``|``-separated format string)."""
+    fields = TEMPLATE_FIELDS.get(name)
+    if fields is not None:
+        return fields
+    parts = tuple(name.split("|"))
+    if all(p in _RENDER for p in parts) and len(parts) <= MAX_FIELD_COUNT and "d" not in parts:
+        return parts
+    raise FormatError(f"unknown measurement template {name!r}")
+
+
+@dataclass(frozen=True)
+class DigestField:
+    """A ``d-ng`` / ``d-ngv2`` field: ``[kind:]algo:`` NUL digest.
+
+    ``kind`` is ``"ima"`` (a hash of the file content) or ``"verity"`` (an fs-verity digest) for
+    ``d-ngv2``, and ``None`` for ``d-ng``, which cannot tell them apart. ``algo`` is the kernel's
+    hash name (``sha256``); it is empty only in entries of very old kernels (``:`` NUL digest).
+    """
+
+    algo: str
+    digest: bytes
+    kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in (None, "ima", "verity"):
+            raise FormatError(f"unknown digest type {self.kind!r} (ima or verity)")
+        if ":" in self.algo or "\0" in self.algo or len(self.algo) > 32:
+            raise FormatError(f"bad hash algorithm name {self.algo!r}")
+        if not 0 < len(self.digest) <= 64:
+            raise FormatError(f"digest of {len(self.digest)} bytes")
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.kind}:{self.algo}:" if self.kind else f"{self.algo}:"
+
+    def to_bytes(self) -> bytes:
+        return self.prefix.encode("ascii") + b"\0" + self.digest
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, v2: bool) -> DigestField:
+        nul = data.find(b"\0")
+        if nul < 1 or data[nul - 1 : nul] != b":":
+            raise FormatError("digest field has no 'algo:' prefix")
+        try:
+            prefix = data[: nul - 1].decode("ascii")
+        except UnicodeDecodeError:
+            raise FormatError("digest field prefix is not ascii") from None
+        kind: str | None = None
+        if v2:
+            kind, sep, prefix = prefix.partition(":")
+            if not sep:
+                raise FormatError("d-ngv2 field has no 'type:' prefix")
+        return cls(algo=prefix, digest=bytes(data[nul + 1 :]), kind=kind)
+
+    @classmethod
+    def parse(cls, text: str, *, v2: bool) -> DigestField:
+        """Parse the ascii form (``sha256:hex`` or ``verity:sha256:hex``)."""
+        prefix, sep, hexdigest = text.rpartition(":")
+        if not sep:
+            raise FormatError(f"digest {text!r} has no 'algo:' prefix")
+        try:
+            digest = bytes.fromhex(hexdigest)
+        except ValueError:
+            raise FormatError(f"digest {text!r} is not hex") from None
+        return cls.from_bytes(prefix.encode("ascii", "replace") + b":\0" + digest, v2=v2)
+
+    def __str__(self) -> str:
+        return self.prefix + self.digest.hex()
+
+
+def encode_name(name: str | bytes) -> bytes:
+    """The ``n-ng`` field data: the name with spaces replaced by ``_``, NUL included."""
+    raw = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else name
+    if b"\0" in raw:
+        raise FormatError("a measured name cannot contain NUL")
+    return raw.replace(b" ", b"_") + b"\0"
+
+
+def _u32(value: int) -> bytes:
+    return _U32.pack(value)
+
+
+@dataclass(frozen=True)
+class MeasurementRecord:
+    """One measurement-list entry (spec/ima.md §4.4)."""
+
+    pcr: int
+    template_digest: bytes
+    template_name: str
+    fields: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.pcr < 1 << 32:
+            raise FormatError(f"PCR index {self.pcr} out of range")
+        if len(self.template_digest) != SHA1_DIGEST_SIZE:
+            raise FormatError(f"template digest of {len(self.template_digest)} bytes (not 20)")
+        if not 0 < len(self.template_name.encode()) <= MAX_NAME_LEN:
+            raise FormatError("template name empty or too long")
+        ids = template_fields(self.template_name)
+        if len(ids) != len(self.fields):
+            raise FormatError(
+                f"template {self.template_name} has {len(ids)} fields, record has "
+                f"{len(self.fields)}"
+            )
+        if self.template_name == "ima" and (
+            len(self.fields[0]) != SHA1_DIGEST_SIZE
+            or not self.fields[1].endswith(b"\0")
+            or len(self.fields[1]) > _IMA_EVENT_NAME_LEN_MAX + 1
+        ):
+            raise FormatError("malformed 'ima' template entry")
+        if len(self.template_data()) > MAX_TEMPLATE_DATA:
+            raise FormatError("template data too large")
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, pcr: int, template_name: str, fields: tuple[bytes, ...]) -> MeasurementRecord:
+        """A record whose stored digest is the SHA-1 template hash of ``fields``."""
+        probe = cls(pcr, _ZERO_DIGEST, template_name, fields)
+        return cls(pcr, probe.template_hash("sha1"), template_name, fields)
+
+    @classmethod
+    def for_file(
+        cls,
+        template_name: str,
+        digest: DigestField,
+        name: str | bytes,
+        signature: bytes = b"",
+        *,
+        pcr: int = 10,
+    ) -> MeasurementRecord:
+        """The entry of one measured file (``ima-ng``, ``ima-ngv2``, ``ima-sig``, ``ima-sigv2``)."""
+        if template_name not in WRITABLE_TEMPLATES:
+            raise FormatError(
+                f"template {template_name!r} cannot be written",
+                remedy="use one of " + ", ".join(WRITABLE_TEMPLATES),
+            )
+        ids = TEMPLATE_FIELDS[template_name]
+        v2 = ids[0] == "d-ngv2"
+        if v2 and digest.kind is None:
+            raise FormatError(f"template {template_name} needs the digest type (ima or verity)")
+        if not v2:
+            digest = DigestField(digest.algo, digest.digest)
+        fields: tuple[bytes, ...] = (digest.to_bytes(), encode_name(name))
+        if "sig" in ids:
+            fields += (signature,)
+        elif signature:
+            raise FormatError(f"template {template_name} has no signature field")
+        return cls.build(pcr, template_name, fields)
+
+    # -- fields -------------------------------------------------------------------------------
+
+    @property
+    def field_ids(self) -> tuple[str, ...]:
+        return template_fields(self.template_name)
+
+    def field(self, field_id: str) -> bytes | None:
+        """The data of the first field called ``field_id``, or ``None`` if the template lacks it."""
+        for fid, data in zip(self.field_ids, self.fields, strict=True):
+            if fid == field_id:
+                return data
+        return None
+
+    @property
+    def is_violation(self) -> bool:
+        """A ToMToU/open-writers entry: all-zero template digest, extended as 0xFF."""
+        return self.template_digest == _ZERO_DIGEST
+
+    @property
+    def digest(self) -> DigestField | None:
+        """The file digest (``d-ng``/``d-ngv2``; ``d`` as sha1), or ``None``."""
+        if (data := self.field("d-ngv2")) is not None:
+            return DigestField.from_bytes(data, v2=True)
+        if (data := self.field("d-ng")) is not None:
+            return DigestField.from_bytes(data, v2=False)
+        if (data := self.field("d")) is not None:
+            return DigestField("sha1", data)
+        return None
+
+    @property
+    def file_name(self) -> str:
+        """The measured name (``n-ng``/``n``) without its NUL; spaces appear as ``_``."""
+        data = self.field("n-ng")
+        if data is None:
+            data = self.field("n") or b""
+        return data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+    @property
+    def signature(self) -> bytes:
+        """The ``sig`` field (the whole ``security.ima`` value), empty if none."""
+        return self.field("sig") or b""
+
+    # -- hashing ------------------------------------------------------------------------------
+
+    def template_data(self) -> bytes:
+        """The template data as hashed (non-``ima`` templates: ``u32 len ‖ data`` per field)."""
+        if self.template_name == "ima":
+            return self.fields[0] + self.fields[1].ljust(_IMA_EVENT_NAME_LEN_MAX + 1, b"\0")
+        return b"".join(_u32(len(f)) + f for f in self.fields)
+
+    def template_hash(self, algo: str) -> bytes:
+        """The template digest for a PCR bank of hash ``algo`` (spec/ima.md §4.3)."""
+        return hashlib.new(algo, self.template_data()).digest()
+
+    def pcr_extend_value(self, algo: str) -> bytes:
+        """What the kernel extends into bank ``algo``: the template hash; 0xFF… for a violation."""
+        if self.is_violation:
+            return b"\xff" * hashlib.new(algo).digest_size
+        return self.template_hash(algo)
+
+    def verify_template_digest(self) -> None:
+        """Raise :class:`FormatError` unless the stored digest is the SHA-1 template hash."""
+        if self.is_violation:
+            return
+        if not hmac.compare_digest(self.template_hash("sha1"), self.template_digest):
+            raise FormatError("template digest does not match the template data")
+
+    # -- serialization ------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        name = self.template_name.encode()
+        head = _HEADER.pack(self.pcr, self.template_digest, len(name)) + name
+        if self.template_name == "ima":
+            ev = self.fields[1][:-1]
+            return head + self.fields[0] + _u32(len(ev)) + ev
+        data = self.template_data()
+        return head + _u32(len(data)) + data
+
+    def ascii_line(self) -> str:
+        """The ``ascii_runtime_measurements`` line, with its newline."""
+        parts = [f"{self.pcr:2d} {self.template_digest.hex()} {self.template_name}"]
+        for fid, data in zip(self.field_ids, self.fields, strict=True):
+            parts.append(_render(fid, data))
+        return " ".join(parts) + "\n"
+
+
+def _render(fid: str, data: bytes) -> str:
+    how = _RENDER[fid]
+    if how == "hex":
+        return data.hex()
+    if how == "string":
+        return data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if how == "uint":
+        return str(int.from_bytes(data, "little")) if data else ""
+    if not data:
+        return ""
+    nul = data.find(b"\0")
+    return data[:nul].decode("ascii", "replace") + data[nul + 1 :].hex()
+
+
+# -- binary list ------------------------------------------------------------------------------
+
+
+def _take(data: memoryview, pos: int, size: int, start: int) -> bytes:
+    if pos + size > len(data):
+        raise TruncatedRecordError(
+            f"record at offset {start} is incomplete ({len(data) - start} bytes)", offset=start
+        )
+    return bytes(data[pos : pos + size])
+
+
+def _parse_one(data: memoryview, start: int) -> tuple[MeasurementRecord, int]:
+    pcr, digest, name_len = _HEADER.unpack(_take(data, start, _HEADER.size, start))
+    pos = start + _HEADER.size
+    if not 0 < name_len <= MAX_NAME_LEN:
+        raise FormatError(f"record at offset {start}: template name length {name_len}")
+    raw_name = _take(data, pos, name_len, start)
+    pos += name_len
+    try:
+        name = raw_name.decode("ascii")
+        ids = template_fields(name)
+    except (UnicodeDecodeError, FormatError):
+        raise FormatError(f"record at offset {start}: unknown template {raw_name!r}") from None
+    fields: list[bytes] = []
+    if name == "ima":
+        fields.append(_take(data, pos, SHA1_DIGEST_SIZE, start))
+        pos += SHA1_DIGEST_SIZE
+        (ev_len,) = _U32.unpack(_take(data, pos, 4, start))
+        if ev_len > _IMA_EVENT_NAME_LEN_MAX:
+            raise FormatError(f"record at offset {start}: event name length {ev_len}")
+        fields.append(_take(data, pos + 4, ev_len, start) + b"\0")
+        pos += 4 + ev_len
+    else:
+        (total,) = _U32.unpack(_take(data, pos, 4, start))
+        if total > MAX_TEMPLATE_DATA:
+            raise FormatError(f"record at offset {start}: template data length {total}")
+        body = _take(data, pos + 4, total, start)
+        pos += 4 + total
+        at = 0
+        for fid in ids:
+            if at + 4 > total:
+                raise FormatError(f"record at offset {start}: field {fid} overruns the entry")
+            (flen,) = _U32.unpack_from(body, at)
+            if at + 4 + flen > total:
+                raise FormatError(f"record at offset {start}: field {fid} overruns the entry")
+            fields.append(body[at + 4 : at + 4 + flen])
+            at += 4 + flen
+        if at != total:
+            raise FormatError(f"record at offset {start}: {total - at} bytes after the fields")
+    try:
+        record = MeasurementRecord(pcr, digest, name, tuple(fields))
+    except FormatError as exc:
+        raise FormatError(f"record at offset {start}: {exc}") from None
+    return record, pos
+
+
+def iter_binary(data: bytes | memoryview) -> Iterator[tuple[int, MeasurementRecord]]:
+    """Yield ``(offset, record)`` for each record; raise at the first malformed one.
+
+    Ending inside a record raises :class:`TruncatedRecordError` (with ``offset``).
+    """
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        record, end = _parse_one(view, pos)
+        yield pos, record
+        pos = end
+
+
+@dataclass(frozen=True)
+class ParsedList:
+    """What :func:`parse_binary` found: the records and where the good part ends."""
+
+    records: tuple[MeasurementRecord, ...]
+    #: Byte offset where each record starts.
+    offsets: tuple[int, ...]
+    #: Length of the well-formed prefix (== len(data) unless there is a torn tail).
+    end: int
+    #: The torn tail, if ``allow_torn_tail`` and the data ended inside a record.
+    torn: TruncatedRecordError | None = None
+
+
+def parse_binary(data: bytes | memoryview, *, allow_torn_tail: bool = False) -> ParsedList:
+    """Parse a whole binary list. A torn tail raises, or is reported if ``allow_torn_tail``."""
+    records: list[MeasurementRecord] = []
+    offsets: list[int] = []
+    view = memoryview(data)
+    end = 0
+    while end < len(view):
+        try:
+            record, next_end = _parse_one(view, end)
+        except TruncatedRecordError as exc:
+            if not allow_torn_tail:
+                raise
+            return ParsedList(tuple(records), tuple(offsets), end, exc)
+        records.append(record)
+        offsets.append(end)
+        end = next_end
+    return ParsedList(tuple(records), tuple(offsets), end)
+
+
+# -- ascii list -------------------------------------------------------------------------------
+
+
+def parse_ascii_line(line: str) -> MeasurementRecord:
+    """Rebuild a record from one ascii line (templates of ``d-ng``/``d-ngv2``, ``n-ng``, ``sig``).
+
+    Names are taken as shown: the kernel already stored spaces as ``_``; a name containing a
+    newline cannot be read back from the ascii list (use the binary list).
+    """
+    text = line[:-1] if line.endswith("\n") else line
+    head = text.split(" ", 3)
+    if len(head) < 4:
+        raise FormatError("ascii line has fewer than 4 columns")
+    pcr_text, digest_hex, name, rest = head
+    try:
+        pcr = int(pcr_text)
+        digest = bytes.fromhex(digest_hex)
+    except ValueError:
+        raise FormatError("ascii line: bad PCR or template digest column") from None
+    ids = template_fields(name)
+    if ids[0] not in ("d-ng", "d-ngv2") or ids[1] != "n-ng" or not set(ids[2:]) <= {"sig"}:
+        raise FormatError(f"ascii line: template {name} cannot be rebuilt from text")
+    dtext, _, rest = rest.partition(" ")
+    sig_hex = ""
+    if len(ids) == 3:
+        rest, sep, sig_hex = rest.rpartition(" ")
+        if not sep:
+            raise FormatError("ascii line: missing signature column")
+    dfield = DigestField.parse(dtext, v2=ids[0] == "d-ngv2")
+    try:
+        sig = bytes.fromhex(sig_hex)
+    except ValueError:
+        raise FormatError("ascii line: signature is not hex") from None
+    fields: tuple[bytes, ...] = (dfield.to_bytes(), rest.encode("utf-8", "surrogateescape") + b"\0")
+    if len(ids) == 3:
+        fields += (sig,)
+    return MeasurementRecord(pcr, digest, name, fields)
