@@ -82,6 +82,25 @@ def _stage(stage: Path, key: TestKey, other: TestKey) -> dict[str, bytes]:
     return signatures
 
 
+#: What a saved vector keeps of one run (see tests/vectors/kernel-6.1-ima-pyverity/README.md).
+VECTOR_FILES = (
+    "binary_runtime_measurements",
+    "ascii_runtime_measurements",
+    "kernel.txt",
+    "violations",
+    "pcr10-sha1",
+    "pcr10-sha256",
+)
+
+
+def _save_vector(run: KernelRun, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in VECTOR_FILES:
+        if (run.results / name).exists():
+            shutil.copyfile(run.results / name, dest / name)
+    shutil.copytree(run.stage / "sig", dest / "sig", dirs_exist_ok=True)
+
+
 def _start_swtpm(state: Path) -> subprocess.Popen[bytes] | None:
     if shutil.which("swtpm") is None:
         return None
@@ -151,6 +170,9 @@ def kernel_run(
         boot=boot,
         signatures=signatures,
     )
+    save = os.environ.get("PYVERITY_SAVE_KERNEL_VECTOR")
+    if save:
+        _save_vector(run, Path(save))
     request.config.stash.setdefault(_TIMING, []).append(
         f"kernel suite: {kernel.version} booted and ran its script in {boot.seconds:.1f} s "
         f"(TPM: {'swtpm' if run.tpm else 'none'}); "
