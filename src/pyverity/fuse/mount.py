@@ -21,6 +21,8 @@ __all__ = ["is_mounted", "run_mount", "umount"]
 
 log = logging.getLogger(__name__)
 
+_LOOP_ENDED = 8
+
 
 def _load_mfusepy() -> object:
     try:
@@ -69,6 +71,11 @@ def run_mount(
     try:
         mfusepy.FUSE(ops, os.fspath(config.mountpoint), raw_fi=True, **options)  # type: ignore[attr-defined]
     except RuntimeError as e:
+        # fuse_main returns 8 when its loop ends, which includes SIGTERM/SIGINT/SIGHUP: libfuse
+        # has unmounted by then. Other codes mean the mount was never made.
+        if e.args == (_LOOP_ENDED,) and not is_mounted(config.mountpoint):
+            log.info("unmounted %s", config.mountpoint)
+            return
         raise StorageError(f"cannot mount on '{config.mountpoint}': libfuse error {e}") from e
 
 

@@ -1,0 +1,100 @@
+"""Running ``pyverity mount`` in a subprocess for the FUSE tests, always unmounted afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyverity.format.params import TreeParams
+from pyverity.fs.xattr import attr_name, set_attr
+from pyverity.hashing.api import build_tree
+from pyverity.hashing.result import MerkleTree
+
+NS = "security"
+
+
+def fuse_skip_reason() -> str | None:
+    if not Path("/dev/fuse").exists():
+        return "no /dev/fuse on this machine"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 not installed (apt-get install fuse3)"
+    if os.geteuid() != 0:
+        return "allow_other mounts and security.* attributes need root"
+    return None
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with Path("/proc/self/mounts").open() as f:
+        return any(line.split()[1] == target for line in f)
+
+
+def protect(path: Path, data: bytes, params: TreeParams | None = None) -> MerkleTree:
+    path.write_bytes(data)
+    tree = build_tree(path, params or TreeParams())
+    set_attr(path, attr_name(NS, "verity"), tree.descriptor.to_bytes())
+    return tree
+
+
+def flip(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def mounted(source: Path, mountpoint: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Mount in a foreground subprocess; on exit SIGTERM it and check it unmounted cleanly."""
+    mountpoint.mkdir(exist_ok=True)
+    log = mountpoint.parent / f"{mountpoint.name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pyverity.cli",
+                "mount",
+                "-f",
+                *args,
+                str(source),
+                str(mountpoint),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while not is_mounted(mountpoint):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mount did not come up: {log.read_text()}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        if is_mounted(mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
+            pytest.fail(f"mount left behind after SIGTERM: {log.read_text()}")
+    assert rc == 0, log.read_text()
+
+
+def mount_log(mountpoint: Path) -> str:
+    return (mountpoint.parent / f"{mountpoint.name}.log").read_text()
