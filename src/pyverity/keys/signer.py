@@ -34,7 +34,7 @@ from pyverity.format.ima import (
     file_id_hash,
     kernel_algo_for_verity,
 )
-from pyverity.keys.cert import Certificate, load_certificate
+from pyverity.keys.cert import Certificate, load_certificate, parse_certificate
 from pyverity.keys.key import PublicKey, check_key_type, crypto_hash
 from pyverity.keys.keyid import keyid_from_public_key
 
@@ -187,14 +187,22 @@ def load_signer(
         raise UsageError(f"key URI scheme '{scheme}:' is not supported (use a file path)")
     path = key.removeprefix("file:")
     private = load_private_key(path, passphrase)
+    c: Certificate | None = None
     if cert is not None:
         c = load_certificate(cert)
+    else:  # like evmctl: a PEM certificate in the key file itself names the keyid
+        data = _read_bounded(path, "key")
+        start = data.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            c = parse_certificate(data[start:], path)
+    if c is not None:
+        cert_name = os.fsdecode(cert) if cert is not None else path
         if not _same_key(private, c):
-            raise SignatureError(f"key '{path}' does not match certificate '{os.fsdecode(cert)}'")
+            raise SignatureError(f"key '{path}' does not match certificate '{cert_name}'")
         if keyid is None:
             if not c.keyid_from_skid:
                 raise SignatureError(
-                    f"certificate '{os.fsdecode(cert)}' has no Subject Key Identifier:"
+                    f"certificate '{cert_name}' has no Subject Key Identifier:"
                     " the kernel could never find this key",
                     remedy="give the keyid with --keyid HEX, or use a certificate with an SKID",
                 )

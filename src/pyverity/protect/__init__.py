@@ -37,12 +37,15 @@ from pyverity.protect.attrs import (
 )
 from pyverity.protect.check import appraise_file, verify_file
 from pyverity.protect.sign import (
+    HashedFile,
     SignedFile,
     enable_file,
+    hash_file,
     imasign_file,
     sign_file,
     verity_values,
     whole_file_hash,
+    write_hashed,
     write_protection,
 )
 
@@ -50,6 +53,7 @@ __all__ = [
     "AppraisalResult",
     "AppraisalState",
     "ContentMismatchError",
+    "HashedFile",
     "InvalidProtectionError",
     "MissingKeyringError",
     "NotProtectedError",
@@ -62,6 +66,7 @@ __all__ = [
     "classic_hash_algo",
     "enable_file",
     "fingerprint",
+    "hash_file",
     "imasign_file",
     "parse_protection",
     "read_protection",
@@ -71,5 +76,6 @@ __all__ = [
     "verify_protection",
     "verity_values",
     "whole_file_hash",
+    "write_hashed",
     "write_protection",
 ]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from pyverity.errors import FileChangedError
 from pyverity.format.descriptor import Descriptor
-from pyverity.format.ima import ImaSignature, KernelHashAlgo, XattrType, parse_ima_value
+from pyverity.format.ima import ImaSignature, KernelHashAlgo, XattrType
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import identity, open_regular
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr, remove_attr, set_attr
@@ -31,16 +31,29 @@ from pyverity.hashing.progress import CancelCheck, ProgressFn
 from pyverity.keys.signer import Signer, sign_v2, sign_v3
 
 __all__ = [
+    "HashedFile",
     "SignedFile",
     "enable_file",
+    "hash_file",
     "imasign_file",
     "sign_file",
     "verity_values",
     "whole_file_hash",
+    "write_hashed",
     "write_protection",
 ]
 
 _CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class HashedFile:
+    """A file's computed descriptor and the identity it had while hashed (picklable, so
+    worker processes can hash and the parent, which holds the key, can sign and write)."""
+
+    path: str
+    identity: tuple[int, int, int, int]
+    descriptor: Descriptor
 
 
 @dataclass(frozen=True)
@@ -106,30 +119,63 @@ def _check_unchanged(fd: int, before: tuple[int, int, int, int]) -> None:
         raise FileChangedError("file changed while it was being signed; nothing written")
 
 
+def hash_file(
+    path: str | os.PathLike[str],
+    params: TreeParams | None = None,
+    *,
+    jobs: int | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelCheck | None = None,
+) -> HashedFile:
+    """Open ``path`` (regular files only) and compute its descriptor; no key needed."""
+    fd = open_regular(path)
+    try:
+        before = identity(os.fstat(fd))
+        tree, _ = verity_values(
+            fd, params or TreeParams(), None, jobs=jobs, progress=progress, cancel=cancel
+        )
+    finally:
+        os.close(fd)
+    return HashedFile(os.fsdecode(path), before, tree.descriptor)
+
+
+def write_hashed(
+    hashed: HashedFile, signer: Signer | None, *, namespace: str = "security"
+) -> SignedFile:
+    """Sign (if ``signer``) and write a :func:`hash_file` result, if the file is unchanged.
+
+    With a signer: descriptor, then the 0x06 signature. Without (``enable``): the descriptor,
+    then a stale 0x06 signature, which could no longer match, is removed.
+    """
+    d = hashed.descriptor
+    sig = sign_v3(signer, d.hash_algorithm, d.digest()) if signer is not None else None
+    fd = open_regular(hashed.path)
+    try:
+        _check_unchanged(fd, hashed.identity)
+        write_protection(fd, namespace, d, None if sig is None else sig.to_bytes())
+        if sig is None:
+            ima_name = attr_name(namespace, IMA_SUFFIX)
+            old = get_attr(fd, ima_name)
+            if old is not None and old[:1] == bytes([XattrType.IMA_VERITY_DIGSIG]):
+                remove_attr(fd, ima_name)
+    finally:
+        os.close(fd)
+    return SignedFile(hashed.path, d, sig)
+
+
 def sign_file(
     path: str | os.PathLike[str],
     signer: Signer,
     params: TreeParams | None = None,
     *,
     namespace: str = "security",
-    write: bool = True,
     jobs: int | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelCheck | None = None,
 ) -> SignedFile:
     """Sign ``path``: descriptor to ``<ns>.verity``, then the v3 signature to ``<ns>.ima``."""
-    params = params or TreeParams()
-    fd = open_regular(path)
-    try:
-        before = identity(os.fstat(fd))
-        tree, sig = verity_values(fd, params, signer, jobs=jobs, progress=progress, cancel=cancel)
-        assert sig is not None  # noqa: S101 - a signer was given
-        if write:
-            _check_unchanged(fd, before)
-            write_protection(fd, namespace, tree.descriptor, sig.to_bytes())
-    finally:
-        os.close(fd)
-    return SignedFile(os.fsdecode(path), tree.descriptor, sig)
+    hashed = hash_file(path, params, jobs=jobs, progress=progress, cancel=cancel)
+    return write_hashed(hashed, signer, namespace=namespace)
 
 
 def enable_file(
@@ -142,20 +188,8 @@ def enable_file(
     cancel: CancelCheck | None = None,
 ) -> SignedFile:
     """Protect ``path`` unsigned: write only ``<ns>.verity`` (drop a stale 0x06 signature)."""
-    params = params or TreeParams()
-    fd = open_regular(path)
-    try:
-        before = identity(os.fstat(fd))
-        tree, _ = verity_values(fd, params, None, jobs=jobs, progress=progress, cancel=cancel)
-        _check_unchanged(fd, before)
-        write_protection(fd, namespace, tree.descriptor, None)
-        ima_name = attr_name(namespace, IMA_SUFFIX)
-        old = get_attr(fd, ima_name)
-        if old is not None and old[:1] == bytes([XattrType.IMA_VERITY_DIGSIG]):
-            remove_attr(fd, ima_name)
-    finally:
-        os.close(fd)
-    return SignedFile(os.fsdecode(path), tree.descriptor, None)
+    hashed = hash_file(path, params, jobs=jobs, progress=progress, cancel=cancel)
+    return write_hashed(hashed, None, namespace=namespace)
 
 
 def imasign_file(
@@ -167,7 +201,10 @@ def imasign_file(
     write: bool = True,
     progress: ProgressFn | None = None,
 ) -> SignedFile:
-    """Classic signing (``evmctl ima_sign``): a 0x03 v2 signature over the whole-file hash."""
+    """Classic signing (``evmctl ima_sign``): a 0x03 v2 signature over the whole-file hash.
+
+    A stale ``<ns>.verity`` descriptor is removed first (descriptor + classic is invalid).
+    """
     fd = open_regular(path)
     try:
         before = identity(os.fstat(fd))
@@ -179,5 +216,4 @@ def imasign_file(
             write_protection(fd, namespace, None, sig.to_bytes())
     finally:
         os.close(fd)
-    parse_ima_value(sig.to_bytes())  # self-check: what we wrote parses
     return SignedFile(os.fsdecode(path), None, sig, digest)

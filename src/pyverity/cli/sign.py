@@ -1,0 +1,225 @@
+"""``pyverity sign PATH... --key KEY``: sign files for IMA (DESIGN.md §2).
+
+Default: compute the fs-verity digest, write the descriptor to ``<ns>.verity`` and then the
+type 0x06 v3 signature to ``<ns>.ima`` (one ``setxattr`` each, in that order).
+
+* ``--sigfile``: write ``FILE.sig`` (the raw ``<ns>.ima`` value, as evmctl) instead of attributes.
+* ``--imasig``: classic ``evmctl ima_sign``: a 0x03 v2 signature over the whole-file hash
+  (``--hash-alg`` then takes kernel names: sha256 (default), sha1, sha224, sha384, sha512).
+* ``--builtin-sig OUT``: one FILE; write the fs-verity built-in PKCS#7 signature to OUT, byte
+  for byte what ``fsverity sign FILE OUT --key KEY --cert CERT`` writes (needs ``--cert``).
+* ``-r``: sign trees of files, hashed in parallel, progress bar on a terminal.
+
+The keyid is the certificate's SKID tail (``--cert``, or a certificate in the key file), or
+``--keyid HEX``; without either, SHA-1 of the public key, as evmctl, with a warning. A
+certificate without SKID is refused without ``--keyid``: the kernel could never find it.
+Passphrases: ``--pass-file F``, ``--pass-env VAR``, else a prompt when stdin is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyverity.cli._common import ArgumentParser
+from pyverity.cli.enable import (
+    Progress,
+    add_batch_options,
+    add_namespace_options,
+    add_tree_options,
+    namespace_of,
+    print_failure,
+    tree_params_of,
+)
+from pyverity.errors import Error, InputError, UsageError
+
+if TYPE_CHECKING:
+    from pyverity.keys import FileSigner
+
+__all__ = ["main", "passphrase_of"]
+
+logger = logging.getLogger(__name__)
+
+MAX_PASS_FILE = 4096
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="pyverity sign",
+        description="Sign files: v3 signature in <ns>.ima and descriptor in <ns>.verity.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH")
+    parser.add_argument("--key", required=True, help="private key (PEM/DER, or file:PATH)")
+    parser.add_argument("--cert", help="the key's X.509 certificate (its SKID gives the keyid)")
+    parser.add_argument("--keyid", help="keyid to write (8 hex digits), overriding the SKID")
+    add_tree_options(parser)
+    add_namespace_options(parser)
+    add_batch_options(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--sigfile", action="store_true", help="write FILE.sig, not attributes")
+    mode.add_argument(
+        "--imasig", action="store_true", help="classic 0x03 v2 signature of the whole file"
+    )
+    mode.add_argument(
+        "--builtin-sig", metavar="OUT", help="write the fs-verity built-in signature to OUT"
+    )
+    pw = parser.add_mutually_exclusive_group()
+    pw.add_argument("--pass-file", metavar="F", help="read the key's passphrase from F")
+    pw.add_argument("--pass-env", metavar="VAR", help="take the passphrase from $VAR")
+    return parser
+
+
+def passphrase_of(args: argparse.Namespace) -> bytes | None:
+    """The passphrase from ``--pass-file``/``--pass-env``; None means "prompt if needed"."""
+    pass_file = args.pass_file
+    pass_env = args.pass_env
+    if pass_file is not None:
+        try:
+            with open(pass_file, "rb") as f:
+                data = f.read(MAX_PASS_FILE)
+        except OSError as e:
+            raise InputError(f"can't read passphrase file '{pass_file}': {e.strerror}") from e
+        return data.split(b"\n", 1)[0].rstrip(b"\r")
+    if pass_env is not None:
+        value = os.environb.get(os.fsencode(pass_env))
+        if value is None:
+            raise UsageError(f"environment variable {pass_env} is not set")
+        return value
+    return None
+
+
+def _prompt() -> bytes:
+    import getpass
+
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "the key is encrypted and there is no terminal to ask for its passphrase",
+            remedy="use --pass-file FILE or --pass-env VAR",
+        )
+    return getpass.getpass("Passphrase: ").encode()
+
+
+def _check_mode_options(args: argparse.Namespace) -> None:
+    if args.imasig and (args.block_size != 4096 or args.salt):
+        raise UsageError("--block-size and --salt do not apply to --imasig")
+
+
+def main(argv: list[str]) -> int:
+    from pyverity.keys import load_signer, parse_keyid
+
+    args = build_parser().parse_args(argv)
+    _check_mode_options(args)
+    ns = namespace_of(args)
+    if args.builtin_sig is not None:
+        if len(args.paths) != 1 or args.recursive:
+            raise UsageError("--builtin-sig signs exactly one FILE")
+        if args.cert is None:
+            raise UsageError("--builtin-sig needs --cert (PKCS#7 names the signer's certificate)")
+    keyid = parse_keyid(args.keyid) if args.keyid is not None else None
+    given = passphrase_of(args)
+    signer = load_signer(
+        args.key,
+        cert=args.cert,
+        keyid=keyid,
+        passphrase=given if given is not None else _prompt,
+        allow_computed_keyid=True,
+    )
+    if args.cert is None and keyid is None:
+        logger.warning(
+            "no --cert: keyid %08x is SHA-1 of the public key (as evmctl); it matches the"
+            " certificate's SKID only if that was made the standard way",
+            signer.keyid,
+        )
+    if args.builtin_sig is not None:
+        return _builtin(args, signer)
+    if args.imasig:
+        return _imasig(args, signer, ns)
+    return _verity(args, signer, ns)
+
+
+def _builtin(args: argparse.Namespace, signer: FileSigner) -> int:
+    from pyverity.format.formatted_digest import FormattedDigest
+    from pyverity.keys import load_certificate
+    from pyverity.keys.builtin import builtin_signature
+    from pyverity.keys.generate import publish_file
+    from pyverity.protect.sign import hash_file
+
+    path = args.paths[0]
+    desc = hash_file(path, tree_params_of(args), jobs=args.jobs).descriptor
+    formatted = FormattedDigest(desc.hash_algorithm, desc.digest())
+    der = builtin_signature(formatted, signer.private_key, load_certificate(args.cert).cert)
+    publish_file(Path(args.builtin_sig), der, overwrite=True)
+    print(f"Signed file '{path}' ({desc.hash_alg.name}:{desc.digest().hex()})")
+    return 0
+
+
+def _imasig(args: argparse.Namespace, signer: FileSigner, ns: str) -> int:
+    from pyverity.format.ima import algo_by_name
+    from pyverity.protect.batch import expand_paths
+    from pyverity.protect.sign import imasign_file
+
+    alg = algo_by_name(args.hash_alg)
+    files = expand_paths(args.paths, recursive=args.recursive)
+    progress = Progress(len(files), "sign", enabled=args.recursive)
+    worst = 0
+    for path in files:
+        try:
+            done = imasign_file(path, signer, alg, namespace=ns, write=not args.sigfile)
+            assert done.signature is not None  # noqa: S101
+            if args.sigfile:
+                _write_sigfile(path, done.signature.to_bytes())
+        except Error as e:
+            print_failure(path, e.message, e.remedy)
+            worst = max(worst, e.exit_code)
+            progress.failed += 1
+        progress.done += 1
+    if args.recursive:
+        progress.summary()
+    return worst
+
+
+def _write_sigfile(path: str, value: bytes) -> None:
+    from pyverity.keys.generate import publish_file
+
+    publish_file(Path(path + ".sig"), value, overwrite=True)
+
+
+def _verity(args: argparse.Namespace, signer: FileSigner, ns: str) -> int:
+    from pyverity.keys import sign_v3
+    from pyverity.protect.batch import expand_paths, map_files
+    from pyverity.protect.sign import hash_file, write_hashed
+
+    params = tree_params_of(args)
+    files = expand_paths(args.paths, recursive=args.recursive)
+    progress = Progress(len(files), "sign", enabled=args.recursive)
+    fn = functools.partial(hash_file, params=params, jobs=1 if len(files) > 1 else args.jobs)
+    worst = 0
+    for out in map_files(fn, files, jobs=args.jobs, on_done=progress):
+        if out.failure is not None or out.value is None:
+            failure = out.failure
+            assert failure is not None  # noqa: S101
+            print_failure(out.path, failure.message, failure.remedy)
+            worst = max(worst, failure.exit_code)
+            continue
+        desc = out.value.descriptor
+        try:
+            if args.sigfile:
+                sig = sign_v3(signer, desc.hash_algorithm, desc.digest())
+                _write_sigfile(out.path, sig.to_bytes())
+            else:
+                write_hashed(out.value, signer, namespace=ns)
+        except Error as e:
+            print_failure(out.path, e.message, e.remedy)
+            worst = max(worst, e.exit_code)
+            progress.failed += 1
+            continue
+        if not args.recursive:
+            print(f"Signed file '{out.path}' ({desc.hash_alg.name}:{desc.digest().hex()})")
+    if args.recursive and not progress.enabled:
+        progress.summary()
+    return worst

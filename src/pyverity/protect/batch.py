@@ -1,0 +1,161 @@
+"""Many files at once: hash in worker processes, finish (sign, write, appraise) in the parent.
+
+Keys and keyrings stay in the parent (``cryptography`` key objects are not picklable, and key
+material should not be copied into workers); workers only run picklable top-level functions
+such as :func:`~pyverity.protect.sign.hash_file` and :func:`measure_file`. A failure of one file
+never stops the others: it comes back as a :class:`Failure`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from pyverity.errors import Error, FileChangedError, InputError
+from pyverity.format.descriptor import Descriptor
+from pyverity.fs.openfile import open_regular
+from pyverity.hashing import build_tree
+from pyverity.protect.appraise import classic_hash_algo
+from pyverity.protect.attrs import (
+    InvalidProtectionError,
+    Protection,
+    ProtectionKind,
+    read_protection,
+)
+from pyverity.protect.sign import whole_file_hash
+
+__all__ = ["Failure", "Measured", "Outcome", "expand_paths", "map_files", "measure_file"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one file failed: the error's one-line message, remedy, class name and exit code."""
+
+    message: str
+    remedy: str | None = None
+    error: str = "Error"
+    exit_code: int = 1
+    #: For invalid attributes: the ``reason`` of the error ("malformed" …).
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    path: str
+    value: T | None
+    failure: Failure | None
+
+
+def _guard(fn: Callable[[str], T], path: str) -> Outcome[T]:
+    try:
+        return Outcome(path, fn(path), None)
+    except Error as e:
+        failure = Failure(
+            e.message, e.remedy, type(e).__name__, e.exit_code, getattr(e, "reason", None)
+        )
+        return Outcome(path, None, failure)
+
+
+def map_files(
+    fn: Callable[[str], T],
+    paths: list[str],
+    *,
+    jobs: int | None = None,
+    on_done: Callable[[Outcome[T]], None] | None = None,
+) -> Iterator[Outcome[T]]:
+    """Apply picklable ``fn`` to each path, in ``jobs`` processes (default: CPUs; 1 = inline).
+
+    Outcomes are yielded in the order of ``paths``; ``on_done`` sees each as it completes.
+    """
+    workers = min(jobs or os.cpu_count() or 1, len(paths))
+    if workers <= 1:
+        for p in paths:
+            out = _guard(fn, p)
+            if on_done is not None:
+                on_done(out)
+            yield out
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: dict[Future[Outcome[T]], int] = {}
+        results: dict[int, Outcome[T]] = {}
+        it = iter(enumerate(paths))
+        next_index = 0
+
+        def submit() -> bool:
+            try:
+                i, p = next(it)
+            except StopIteration:
+                return False
+            pending[pool.submit(_guard, fn, p)] = i
+            return True
+
+        for _ in range(workers * 2):
+            if not submit():
+                break
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = pending.pop(fut)
+                out = fut.result()
+                results[i] = out
+                if on_done is not None:
+                    on_done(out)
+                submit()
+            while next_index in results:
+                yield results.pop(next_index)
+                next_index += 1
+
+
+def expand_paths(paths: Iterable[str], *, recursive: bool) -> list[str]:
+    """The files named: with ``recursive``, regular files under directories (symlinks not
+    followed, sorted); without, paths as given (a directory then fails when opened)."""
+    out: list[str] = []
+    for p in paths:
+        if recursive and Path(p).is_dir() and not Path(p).is_symlink():
+            for root, dirs, files in os.walk(p, followlinks=False):
+                dirs.sort()
+                for name in sorted(files):
+                    full = Path(root) / name
+                    if full.is_file() and not full.is_symlink():
+                        out.append(str(full))
+        else:
+            out.append(p)
+    return out
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a verifier needs from one file, computed without any key: the parsed attributes
+    (or why they are invalid) and the content's descriptor or whole-file hash."""
+
+    protection: Protection | None
+    invalid: str | None
+    computed: Descriptor | bytes | None
+
+
+def measure_file(path: str, namespace: str = "security", jobs: int | None = 1) -> Measured:
+    """Open ``path`` once, read and check its attributes, hash its content as they say."""
+    fd = open_regular(path)
+    try:
+        try:
+            protection = read_protection(fd, namespace)
+        except InvalidProtectionError as e:
+            return Measured(None, str(e), None)
+        if protection.kind is ProtectionKind.NONE:
+            return Measured(protection, None, None)
+        if protection.kind is ProtectionKind.CLASSIC:
+            return Measured(protection, None, whole_file_hash(fd, classic_hash_algo(protection)))
+        tree = build_tree(fd, protection.tree_params(), keep_tree=False, jobs=jobs)
+        return Measured(protection, None, tree.descriptor)
+    except FileChangedError:
+        raise
+    except OSError as e:  # pragma: no cover - open_regular and the builders wrap OSError
+        raise InputError(f"can't read '{path}': {e.strerror}") from e
+    finally:
+        os.close(fd)
