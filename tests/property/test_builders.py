@@ -47,10 +47,19 @@ def cases(draw: st.DrawFn) -> tuple[TreeParams, bytes]:
 
 
 def fast_build(
-    data: bytes, params: TreeParams, *, jobs: int, chunk_blocks: int, accel: bool | None
+    data: bytes,
+    params: TreeParams,
+    *,
+    jobs: int,
+    chunk_blocks: int,
+    accel: bool | None,
+    spool: bool = False,
 ) -> MerkleTree:
     options = FastOptions(
-        chunk_size=chunk_blocks * params.block_size, parallel_min_size=0, accel=accel
+        chunk_size=chunk_blocks * params.block_size,
+        parallel_min_size=0,
+        accel=accel,
+        spool_min_tree=0 if spool else 1 << 40,
     )
     with tempfile.TemporaryFile() as f:
         f.write(data)
@@ -64,13 +73,14 @@ def fast_build(
     st.integers(1, 3),
     st.integers(1, 5),
     st.sampled_from([None, False]),
+    st.booleans(),
 )
 def test_fast_equals_reference(
-    case: tuple[TreeParams, bytes], jobs: int, chunk_blocks: int, accel: bool | None
+    case: tuple[TreeParams, bytes], jobs: int, chunk_blocks: int, accel: bool | None, spool: bool
 ) -> None:
     params, data = case
     want = build_from_stream(io.BytesIO(data), params, keep_tree=True)
-    got = fast_build(data, params, jobs=jobs, chunk_blocks=chunk_blocks, accel=accel)
+    got = fast_build(data, params, jobs=jobs, chunk_blocks=chunk_blocks, accel=accel, spool=spool)
     assert got.descriptor.to_bytes() == want.descriptor.to_bytes()
     assert got.tree == want.tree
     assert got.file_digest() == want.file_digest()

@@ -34,6 +34,7 @@ from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.progress import CancelCheck, ProgressFn, check_cancel
 from pyverity.hashing.result import MerkleTree
 from pyverity.hashing.runhash import RunHasher, run_hasher
+from pyverity.hashing.spool import SPOOL_MIN_TREE, SpoolingFolder
 
 __all__ = ["DEFAULT_OPTIONS", "FastOptions", "build_fast", "default_jobs"]
 
@@ -56,6 +57,8 @@ class FastOptions:
     #: ``None``: use the compiled accelerator when it applies; ``False``: pure Python only;
     #: ``True``: require it.
     accel: bool | None = None
+    #: A kept tree at least this large is spooled through a temporary file (see ``spool``).
+    spool_min_tree: int = SPOOL_MIN_TREE
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.parallel_min_size < 0:
@@ -101,34 +104,61 @@ def build_fast(
     procs = max(1, min(procs, nchunks))
     run = run_hasher(params, accel=options.accel)
     folder = TreeFolder(params, keep_tree=keep_tree)
-    digest_size = params.digest_size
+    if keep_tree and params.geometry(size).tree_size >= options.spool_min_tree:
+        folder = SpoolingFolder(params, size)
     workers = _Workers(fd, run, size=size, chunk=chunk, block_size=bs)
     try:
         for w in range(1, procs):
-            workers.fork(first=w, step=procs, digests_per_chunk=chunk // bs * digest_size)
-        buf = bytearray(chunk)
-        view = memoryview(buf)
-        for k in range(nchunks):
-            check_cancel(cancel)
-            offset = k * chunk
-            want = min(chunk, size - offset)
-            if k % procs == 0:
-                digests = _hash_chunk(fd, view, offset, want, run=run, block_size=bs)
-            else:
-                nblocks = -(-want // bs)
-                digests = workers.receive(k % procs - 1, nblocks * digest_size)
-            folder.add(digests)
-            if progress is not None:
-                progress(offset + want)
+            workers.fork(first=w, step=procs, digests_per_chunk=chunk // bs * params.digest_size)
+        _fold_chunks(
+            fd,
+            folder,
+            workers,
+            procs,
+            run=run,
+            digest_size=params.digest_size,
+            progress=progress,
+            cancel=cancel,
+        )
         workers.join()
+        if identity(os.fstat(fd)) != before:
+            raise FileChangedError("file changed while it was being hashed")
+        return folder.finish(size)
     except BaseException:
         workers.kill()
         if identity(os.fstat(fd)) != before:
             raise FileChangedError("file changed while it was being hashed") from None
         raise
-    if identity(os.fstat(fd)) != before:
-        raise FileChangedError("file changed while it was being hashed")
-    return folder.finish(size)
+    finally:
+        if isinstance(folder, SpoolingFolder):
+            folder.close()
+
+
+def _fold_chunks(
+    fd: int,
+    folder: TreeFolder,
+    workers: _Workers,
+    procs: int,
+    *,
+    run: RunHasher,
+    digest_size: int,
+    progress: ProgressFn | None,
+    cancel: CancelCheck | None,
+) -> None:
+    """Hash this process's chunks, receive the others', and fold all of them in file order."""
+    size, chunk, bs = workers.size, workers.chunk, workers.block_size
+    view = memoryview(bytearray(chunk))
+    for k in range(-(-size // chunk)):
+        check_cancel(cancel)
+        offset = k * chunk
+        want = min(chunk, size - offset)
+        if k % procs == 0:
+            digests = _hash_chunk(fd, view, offset, want, run=run, block_size=bs)
+        else:
+            digests = workers.receive(k % procs - 1, -(-want // bs) * digest_size)
+        folder.add(digests)
+        if progress is not None:
+            progress(offset + want)
 
 
 def _hash_chunk(
@@ -153,9 +183,9 @@ class _Workers:
     def __init__(self, fd: int, run: RunHasher, *, size: int, chunk: int, block_size: int) -> None:
         self._fd = fd
         self._run = run
-        self._size = size
-        self._chunk = chunk
-        self._bs = block_size
+        self.size = size
+        self.chunk = chunk
+        self.block_size = block_size
         self._pids: list[int] = []
         self._pipes: list[int] = []
 
@@ -182,14 +212,14 @@ class _Workers:
             os.close(rfd)
             for other in self._pipes:
                 os.close(other)
-            buf = bytearray(self._chunk)
+            buf = bytearray(self.chunk)
             view = memoryview(buf)
-            nchunks = -(-self._size // self._chunk)
+            nchunks = -(-self.size // self.chunk)
             for k in range(first, nchunks, step):
-                offset = k * self._chunk
-                want = min(self._chunk, self._size - offset)
+                offset = k * self.chunk
+                want = min(self.chunk, self.size - offset)
                 digests = _hash_chunk(
-                    self._fd, view, offset, want, run=self._run, block_size=self._bs
+                    self._fd, view, offset, want, run=self._run, block_size=self.block_size
                 )
                 _write_all(wfd, digests)
             status = _EXIT_OK

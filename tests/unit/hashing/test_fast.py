@@ -34,6 +34,10 @@ def no_leftover_workers() -> Iterator[None]:
     assert set(children()) <= before, "a hashing worker was left running"
 
 
+def open_fds() -> set[str]:
+    return {p.name for p in Path("/proc/self/fd").iterdir()}
+
+
 def write(tmp_path: Path, data: bytes) -> Path:
     path = tmp_path / "f"
     path.write_bytes(data)
@@ -187,3 +191,26 @@ def test_dead_worker_is_an_error_not_a_crash(tmp_path: Path, sig: int) -> None:
     with pytest.raises((InputError, FileChangedError)):
         fast(path, TreeParams(), jobs=2, progress=kill, options=PARALLEL)
     assert workers, "no worker was forked"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_spooled_tree_is_the_same(tmp_path: Path, jobs: int) -> None:
+    params = TreeParams(SHA256, 1024, b"spool")
+    data = random.Random(3).randbytes(5000 * 1024 + 3)
+    path = write(tmp_path, data)
+    options = FastOptions(chunk_size=8192, parallel_min_size=0, spool_min_tree=0)
+    assert fast(path, params, keep_tree=True, jobs=jobs, options=options) == reference(data, params)
+
+
+def test_spool_is_closed_on_failure(tmp_path: Path) -> None:
+    path = write(tmp_path, bytes(64 * 4096))
+    options = FastOptions(chunk_size=4096, parallel_min_size=0, spool_min_tree=0)
+    before = open_fds()
+
+    def truncate(done: int) -> None:
+        if done == 8 * 4096:
+            os.truncate(path, 4096)
+
+    with pytest.raises(FileChangedError):
+        fast(path, TreeParams(), keep_tree=True, jobs=2, progress=truncate, options=options)
+    assert open_fds() <= before

@@ -1,0 +1,68 @@
+"""Keeping a large tree without holding it twice in memory.
+
+:class:`TreeFolder` keeps tree blocks in lists and joins them at the end, so a kept tree
+briefly costs twice its size. For large trees (a 16 GiB file has a 129 MiB tree with 4 KiB
+blocks) the fast builder instead writes each block, as it is emitted, at its place in the
+kernel's layout in an anonymous temporary file, and reads the finished tree back in one
+``pread``: the kernel fills a single ``bytes`` object, so the peak is one tree plus a block.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from pyverity.errors import StorageError
+from pyverity.format.params import TreeParams
+from pyverity.hashing.folder import TreeFolder
+from pyverity.hashing.result import MerkleTree
+
+__all__ = ["SPOOL_MIN_TREE", "SpoolingFolder"]
+
+#: Trees at least this large are spooled; smaller ones are kept in memory by the folder
+#: (twice a tree below this size is still within the tree + 64 MiB budget).
+SPOOL_MIN_TREE = 32 << 20
+
+
+class SpoolingFolder(TreeFolder):
+    """A :class:`TreeFolder` that keeps the tree in a temporary file instead of lists."""
+
+    def __init__(self, params: TreeParams, data_size: int) -> None:
+        super().__init__(params, keep_tree=False)
+        geometry = params.geometry(data_size)
+        self._level_start = geometry.level_start
+        self._tree_size = geometry.tree_size
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()/close()
+
+    def _emit(self, level: int, block: bytes | bytearray | memoryview) -> None:
+        index = self._level_start[level] + self._emitted[level]
+        offset = index * self._bs
+        if os.pwrite(self._file.fileno(), block, offset) != len(block):
+            raise StorageError("short write to the temporary tree file")
+        super()._emit(level, block)
+
+    def finish(self, data_size: int) -> MerkleTree:
+        try:
+            result = super().finish(data_size)
+            tree = self._read_back()
+        finally:
+            self.close()
+        return MerkleTree(result.descriptor, tree)
+
+    def _read_back(self) -> bytes:
+        fd = self._file.fileno()
+        tree = os.pread(fd, self._tree_size, 0)
+        if len(tree) == self._tree_size:
+            return tree
+        parts = [tree]  # reads are capped near 2 GiB: gather the rest
+        done = len(tree)
+        while done < self._tree_size:
+            part = os.pread(fd, self._tree_size - done, done)
+            if not part:
+                raise StorageError("the temporary tree file is shorter than the tree")
+            parts.append(part)
+            done += len(part)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._file.close()
