@@ -125,7 +125,7 @@ def guest_script(tpm: bool) -> str:
     """``run.sh``: runs inside the VM with ``/mnt`` (the test disk) as working directory."""
     lines = [
         "R=/mnt/results",
-        "mkdir -p $R/digest",
+        "mkdir -p $R/digest $R/sigdesc",
         'log() { echo "$*" >> $R/kernel.txt; }',
         # Digest cases.
     ]
@@ -150,6 +150,8 @@ def guest_script(tpm: bool) -> str:
                 f"log enable {s.name} $(vhelper enable {f} {number} 4096 {_salt_arg(s.salt)})"
             )
             lines.append(f"log measure {s.name} $(vhelper measure {f})")
+            # Before the policy: this open is neither appraised nor measured.
+            lines.append(f"log sigdesc {s.name} $(vhelper readmeta {f} 2 $R/sigdesc/{s.name})")
     lines += [
         "log addkey _ima $(vhelper addkey _ima /mnt/sig/cert.der)",
         # Debian 6.1 has no CONFIG_IMA_READ_POLICY: the write status is all we can see.

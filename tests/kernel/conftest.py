@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.kernel import harness
 from tests.kernel.cases import DIGEST_CASES, POLICY, SIG_CASES, guest_script, parse_lines, payload
-from tests.kernel.signing import TestKey, make_key, v3_signature
 
 _TIMING = pytest.StashKey[list[str]]()
 
@@ -29,10 +29,9 @@ class KernelRun:
     stage: Path  # what the disk was made from (inputs)
     results: Path  # /results read back from the disk
     lines: dict[tuple[str, str], str]
-    key: TestKey
+    keys: Path  # pyverity key generate output (ima.key, ima.pem, ima.der)
     tpm: bool
     boot: harness.VMRun
-    signatures: dict[str, bytes] = field(default_factory=dict)
 
     def text(self, name: str) -> str:
         return (self.results / name).read_text()
@@ -47,39 +46,55 @@ def _need_vm() -> None:
     pytest.skip(f"kernel suite: {reason}")
 
 
-def _stage(stage: Path, key: TestKey, other: TestKey) -> dict[str, bytes]:
-    """Write the data files, signatures, certificate, policy; return the signatures made."""
-    from pyverity.format import hashalg
-    from pyverity.format.params import TreeParams
-    from pyverity.hashing import compute_digest
+def _pyverity(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyverity.cli", *args], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, f"pyverity {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
 
+
+def _make_key(keys: Path, subject: str) -> Path:
+    """``pyverity key generate`` (RSA: Debian's 6.1 kernel has no ECDSA); returns the dir."""
+    _pyverity("key", "generate", "--type", "rsa", "--out", str(keys), "--subject", subject)
+    return keys
+
+
+def _stage(stage: Path, signing: Path, keys: Path, other: Path) -> None:
+    """Write the data files, their signatures (by ``pyverity sign``), certificate, policy."""
     (stage / "digest").mkdir()
     for c in DIGEST_CASES:
         (stage / "digest" / c.name).write_bytes(payload(c.name, c.size))
     sig_dir = stage / "sig"
     sig_dir.mkdir()
-    signatures: dict[str, bytes] = {}
+    signing.mkdir()
     other_content = payload(SIG_CASES[0].name, SIG_CASES[0].size)  # "good"
+    groups: dict[tuple[Path, str, bytes], list[str]] = {}
     for s in SIG_CASES:
         data = payload(s.name, s.size)
-        params = TreeParams(hashalg.by_name(s.algorithm), 4096, s.salt)
         signed = {"other": other_content, "original": data}.get(s.sign or "", data)
         if s.sign == "original":
             data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
         (sig_dir / s.name).write_bytes(data)
+        if s.sign is not None:
+            (signing / s.name).write_bytes(signed)
+            key = other if s.sign == "wrongkey" else keys
+            groups.setdefault((key, s.algorithm, s.salt), []).append(str(signing / s.name))
+    for (key, alg, salt), paths in groups.items():
+        salt_args = ["--salt", salt.hex()] if salt else []
+        _pyverity(
+            "sign", "--key", str(key / "ima.key"), "--cert", str(key / "ima.der"),
+            "--hash-alg", alg, *salt_args, "--sigfile", *paths,
+        )  # fmt: skip
+    for s in SIG_CASES:
         if s.sign is None:
             continue
-        (sig_dir / "tmp").write_bytes(signed)
-        digest = compute_digest(sig_dir / "tmp", params).digest
-        value = v3_signature(other if s.sign == "wrongkey" else key, s.algorithm, digest)
+        value = (signing / f"{s.name}.sig").read_bytes()
         if s.sign == "corrupt":
             value = value[:-5] + bytes([value[-5] ^ 0x40]) + value[-4:]
-        signatures[s.name] = value
         (sig_dir / f"{s.name}.ima").write_bytes(value)
-    (sig_dir / "tmp").unlink()
-    (sig_dir / "cert.der").write_bytes(key.cert_der)
+    shutil.copyfile(keys / "ima.der", sig_dir / "cert.der")
     (sig_dir / "policy").write_text(POLICY)
-    return signatures
 
 
 #: What a saved vector keeps of one run (see tests/vectors/kernel-6.1-ima-pyverity/README.md).
@@ -140,8 +155,9 @@ def kernel_run(
     base = tmp_path_factory.mktemp("kernel")
     stage = base / "stage"
     stage.mkdir()
-    key, other = make_key("pyverity kernel test"), make_key("pyverity wrong key")
-    signatures = _stage(stage, key, other)
+    keys = _make_key(base / "keys", "pyverity kernel test")
+    other = _make_key(base / "other-keys", "pyverity wrong key")
+    _stage(stage, base / "signing", keys, other)
     tpm_state = base / "tpm"
     tpm_state.mkdir()
     swtpm = _start_swtpm(tpm_state)
@@ -165,10 +181,9 @@ def kernel_run(
         stage=stage,
         results=results,
         lines=parse_lines((results / "kernel.txt").read_text()),
-        key=key,
+        keys=keys,
         tpm=swtpm is not None,
         boot=boot,
-        signatures=signatures,
     )
     save = os.environ.get("PYVERITY_SAVE_KERNEL_VECTOR")
     if save:
