@@ -1,0 +1,54 @@
+"""``pyverity daemon``: run the background tree builder over the configured roots."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pyverity.cli._common import ArgumentParser
+
+__all__ = ["main"]
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="pyverity daemon",
+        description="Watch directories; build, cache and track the Merkle trees of files"
+        " whose <ns>.ima or <ns>.verity attribute is written.",
+    )
+    p.add_argument("--config", type=Path, help="TOML file with the same keys as the options")
+    p.add_argument("--root", dest="roots", action="append", type=Path, metavar="DIR")
+    p.add_argument("--state-dir", type=Path, metavar="DIR")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR")
+    p.add_argument("--backend", choices=("cache", "none"))
+    p.add_argument("--keyring", type=Path, metavar="DIR")
+    p.add_argument("--xattr-ns", choices=("security", "user"))
+    p.add_argument("--workers", type=int, metavar="N")
+    p.add_argument("--crash-policy", choices=("resume", "restart"))
+    p.add_argument("--checkpoint-interval", type=float, metavar="SECONDS")
+    p.add_argument("--nice", type=int, metavar="N", help="CPU niceness of workers (0-19)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from pyverity.daemon.config import DaemonConfig, load_config
+    from pyverity.daemon.core import Daemon
+
+    config = load_config(args.config) if args.config else DaemonConfig()
+    roots = tuple(args.roots) if args.roots else None
+    config = config.with_options(
+        roots=roots,
+        state_dir=args.state_dir,
+        cache_dir=args.cache_dir,
+        backend=args.backend,
+        keyring=args.keyring,
+        xattr_ns=args.xattr_ns,
+        workers=args.workers,
+        crash_policy=args.crash_policy,
+        checkpoint_interval=args.checkpoint_interval,
+        nice=args.nice,
+    )
+    logging.getLogger("pyverity").setLevel(logging.INFO)
+    Daemon(config).run()
+    return 0

@@ -1,0 +1,96 @@
+"""A resumable tree build: level-0 digests from an offset on, folded after saved ones.
+
+The worker hashes the data blocks of an open descriptor with ``pread`` from ``offset``, feeding
+a :class:`~pyverity.hashing.folder.TreeFolder` that was first given the level-0 digests saved by
+a checkpoint. Every ``checkpoint_seconds`` it hands the new digests to ``on_checkpoint`` (the
+daemon appends them to the partial file). ``poll`` is called between chunks (about 1 MiB): it
+returns ``"cancel"`` or ``"yield"`` to stop, so a cancellation takes effect within milliseconds.
+A file that changes under the build raises :class:`FileChangedError`; the final tree is the one
+:func:`pyverity.hashing.build_tree` would give (tests compare them byte for byte).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from pyverity.errors import CancelledError, FileChangedError
+from pyverity.format.params import TreeParams
+from pyverity.fs.openfile import identity
+from pyverity.hashing.blockhash import block_hasher
+from pyverity.hashing.folder import TreeFolder
+from pyverity.hashing.result import MerkleTree
+
+__all__ = ["Stopped", "build_from_offset"]
+
+_CHUNK = 1 << 20
+
+
+class Stopped(CancelledError):  # noqa: N818 (a stop, not an error)
+    """The build was asked to stop; ``offset`` is where it stopped (a block boundary)."""
+
+    def __init__(self, why: str, offset: int) -> None:
+        super().__init__(f"build {why} at offset {offset}")
+        self.why = why
+        self.offset = offset
+
+
+def build_from_offset(
+    fd: int,
+    params: TreeParams,
+    snapshot: tuple[int, int, int, int],
+    *,
+    offset: int = 0,
+    leaves: bytes = b"",
+    checkpoint_seconds: float = 1.0,
+    on_progress: Callable[[int], None] | None = None,
+    on_checkpoint: Callable[[int, bytes], None] | None = None,
+    poll: Callable[[], str | None] | None = None,
+) -> MerkleTree:
+    """Build the tree of the file open as ``fd``, whose identity must stay ``snapshot``."""
+    size = snapshot[2]
+    bs, ds = params.block_size, params.digest_size
+    if offset % bs or offset > size or len(leaves) != offset // bs * ds:
+        raise ValueError("checkpoint does not match its offset")
+    if identity(os.fstat(fd)) != snapshot:
+        raise FileChangedError("file changed since it was queued")
+    hash_block = block_hasher(params)
+    folder = TreeFolder(params, keep_tree=True)
+    if leaves:
+        folder.add(leaves)
+    chunk = max(bs, _CHUNK - _CHUNK % bs)
+    pending = bytearray()
+    last_cp = last_report = time.monotonic()
+    while offset < size:
+        if poll is not None:
+            why = poll()
+            if why is not None:
+                if on_checkpoint is not None and pending:
+                    on_checkpoint(offset, bytes(pending))
+                raise Stopped(why, offset)
+        want = min(chunk, size - offset)
+        data = os.pread(fd, want, offset)
+        if len(data) != want:
+            raise FileChangedError("file shrank while it was being hashed")
+        if want % bs:
+            data += bytes(bs - want % bs)
+        view = memoryview(data)
+        digests = b"".join(hash_block(view[o : o + bs]) for o in range(0, len(data), bs))
+        folder.add(digests)
+        offset += want
+        now = time.monotonic()
+        if on_checkpoint is not None and offset < size:
+            pending += digests
+            if now - last_cp >= checkpoint_seconds:
+                on_checkpoint(offset, bytes(pending))
+                pending.clear()
+                last_cp = now
+        if on_progress is not None and now - last_report >= 0.1:
+            on_progress(offset)
+            last_report = now
+    if os.pread(fd, 1, size):
+        raise FileChangedError("file grew while it was being hashed")
+    if identity(os.fstat(fd)) != snapshot:
+        raise FileChangedError("file changed while it was being hashed")
+    return folder.finish(size)

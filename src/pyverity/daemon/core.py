@@ -1,0 +1,575 @@
+"""The daemon: one event loop over inotify, the workers and the control socket.
+
+Only this process writes the state database and the tree store (DESIGN.md §10). It observes
+files by opening them once (``O_NOFOLLOW|O_NONBLOCK``), checking ``fstat`` for a regular file
+and reading both attributes from that descriptor, asks :mod:`.lifecycle` what follows, and
+applies the decision: rows, cancellations, queued builds. Builds run in :mod:`.worker`
+processes which receive the descriptor itself, so the file built is the file observed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import selectors
+import signal
+import stat
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyverity.daemon import lifecycle
+from pyverity.daemon.config import DaemonConfig, check_private_dir, ima_policy_warning
+from pyverity.daemon.control import ControlMixin
+from pyverity.daemon.lifecycle import Cause, Decision, Observation
+from pyverity.daemon.pool import BACKGROUND, FIRST_USE, Job, JobQueue, Worker, WorkerPool
+from pyverity.daemon.protection import (
+    Protection,
+    appraise,
+    parse_protection,
+    read_attrs,
+)
+from pyverity.daemon.server import Client, Server
+from pyverity.daemon.watcher import Change, FileEvent, Watcher
+from pyverity.errors import ConfigurationError, Error, StorageError
+from pyverity.format.descriptor import Descriptor
+from pyverity.fs.openfile import identity
+from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr
+from pyverity.hashing.result import MerkleTree
+from pyverity.store.cache import open_store
+from pyverity.store.checkpoint import PartialStore
+from pyverity.store.statedb import Checkpoint, FileRecord, State, StateDB
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_COMMIT_EVERY = 0.25
+_MAX_RETRIES = 5
+
+
+def _lock(path: Path, mode: int, timeout: float) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise
+            time.sleep(0.05)
+        else:
+            return fd
+
+
+class Daemon(ControlMixin):
+    def __init__(self, config: DaemonConfig) -> None:
+        if not config.roots:
+            raise ConfigurationError("no roots to watch", remedy="give --root DIR or roots=[..]")
+        self.config = config
+        self.roots = tuple(os.path.realpath(r) for r in config.roots)
+        for r in self.roots:
+            if not Path(r).is_dir():
+                raise ConfigurationError(f"root {r} is not a directory")
+        check_private_dir(config.state_dir, "state directory")
+        if config.backend == "cache":
+            check_private_dir(config.cache_dir, "cache directory")
+        try:
+            self._lock_fd = _lock(config.state_dir / "daemon.lock", fcntl.LOCK_EX, 0)
+        except BlockingIOError:
+            raise ConfigurationError(
+                f"another daemon is using {config.state_dir}",
+                remedy="stop it first, or choose another --state-dir",
+            ) from None
+        # Workers of a killed daemon hold workers.lock shared until the kernel kills them.
+        self._workers_lock = str(config.state_dir / "workers.lock")
+        try:
+            os.close(_lock(Path(self._workers_lock), fcntl.LOCK_EX, 10))
+        except BlockingIOError:
+            raise ConfigurationError("workers of a previous daemon are still running") from None
+        warning = ima_policy_warning(config.xattr_ns)
+        if warning:
+            log.warning("%s", warning)
+        self.db = StateDB(config.state_dir / "state.db")
+        self.store = open_store(config.backend, config.cache_dir)
+        self.partial = PartialStore(config.state_dir)
+        clean = getattr(self.store, "clean_temp", None)
+        if clean is not None:
+            clean()
+        self.queue_ = JobQueue()
+        self.running: dict[str, Job] = {}
+        self.waiters: dict[str, list[tuple[Client, dict[str, Any], float]]] = {}
+        self.retry_at: dict[str, float] = {}
+        self.retries: dict[str, int] = {}
+        self.metrics: dict[str, int] = {
+            "events": 0,
+            "rescans": 0,
+            "builds_started": 0,
+            "builds_ready": 0,
+            "builds_mismatch": 0,
+            "builds_failed": 0,
+            "builds_cancelled": 0,
+            "builds_preempted": 0,
+            "bytes_hashed": 0,
+            "cache_rejects": 0,
+        }
+        self._job_ids = 0
+        self._stop = False
+        self.watcher: Watcher | None = None
+        self.pool: WorkerPool | None = None
+        self.server: Server | None = None
+        self._sel = selectors.DefaultSelector()
+
+    @staticmethod
+    def _need(value: T | None) -> T:
+        if value is None:
+            raise StorageError("daemon used before start()")
+        return value
+
+    # -- observing files ------------------------------------------------------------------------
+
+    def in_roots(self, path: str) -> bool:
+        return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots)
+
+    def observe(self, path: str) -> Observation | None:
+        """Open ``path`` once and read what it declares; None if it is gone or not regular."""
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                return None
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return self._observe_fd(path, fd)
+        finally:
+            os.close(fd)
+
+    def _observe_fd(self, path: str, fd: int) -> Observation | None:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        snap = identity(st)
+        try:
+            values = read_attrs(fd, self.config.xattr_ns)
+        except Error as e:
+            from pyverity.daemon.protection import AttrValues
+
+            bad = AttrValues(b"\0" + str(e).encode(), None)
+            return Observation(path, snap, bad, None, str(e))
+        if not values.present:
+            return Observation(path, snap, values)
+        try:
+            prot: Protection | None = parse_protection(values, st.st_size)
+            reason = ""
+        except Error as e:
+            prot, reason = None, str(e)
+        return Observation(path, snap, values, prot, reason)
+
+    def _has_attrs(self, path: str) -> bool:
+        ns = self.config.xattr_ns
+        try:
+            return any(
+                get_attr(path, attr_name(ns, s), limit=1 << 20) is not None
+                for s in (IMA_SUFFIX, VERITY_SUFFIX)
+            )
+        except Error:
+            return True
+
+    # -- applying decisions ---------------------------------------------------------------------
+
+    def apply(self, path: str, old: FileRecord | None, decision: Decision | None) -> None:
+        if decision is None:
+            return
+        if decision.cancel:
+            self.cancel(path, old)
+        rec = decision.record
+        if rec is None:
+            self.db.delete(path)
+            self._notify(path, None)
+            return
+        if old is not None and old.state != rec.state:
+            log.info("%s: %s -> %s %s", path, old.state, rec.state, rec.error)
+        rec = self.db.put(rec)
+        if decision.build:
+            self.enqueue(rec, BACKGROUND)
+        self._notify(path, rec)
+
+    def enqueue(self, rec: FileRecord, priority: int) -> None:
+        self.queue_.push(Job(rec.path, priority, rec.attr_fp))
+
+    def cancel(self, path: str, rec: FileRecord | None) -> None:
+        self.queue_.remove(path)
+        self.retry_at.pop(path, None)
+        job = self.running.get(path)
+        if job is not None and job.worker is not None and not job.stopping:
+            job.stopping = "cancel"
+            job.worker.tell("cancel", job.job_id)
+            self.metrics["builds_cancelled"] += 1
+        if rec is not None and rec.id is not None:
+            self.db.delete_checkpoint(rec.id)
+            self.partial.discard(rec.id)
+
+    def handle(self, ev: FileEvent) -> None:
+        self.metrics["events"] += 1
+        path = ev.path
+        if ev.change is Change.OVERFLOW:
+            self.rescan()
+            return
+        if ev.change is Change.DIR_GONE:
+            prefix = path.rstrip(os.sep) + os.sep
+            for gone in self.db.records_under(prefix):
+                self.apply(gone.path, gone, Decision(None, cancel=True))
+            return
+        rec = self.db.get(path)
+        if ev.change in (Change.WRITE, Change.CLOSE_WRITE):
+            if rec is None:
+                return
+            try:
+                snap = identity(os.lstat(path))
+            except OSError:
+                return
+            if ev.change is Change.CLOSE_WRITE and snap == rec.snapshot:
+                return
+            self.apply(path, rec, lifecycle.on_write(rec, snap))
+            return
+        if ev.change is Change.GONE:
+            if rec is not None:
+                self.apply(path, rec, Decision(None, cancel=True))
+            return
+        if rec is None and not self._has_attrs(path):
+            return
+        obs = self.observe(path)
+        if obs is None:
+            if rec is not None:
+                self.apply(path, rec, Decision(None, cancel=True))
+            return
+        cause = Cause.ATTR if ev.change is Change.ATTR else Cause.APPEARED
+        self.apply(path, rec, lifecycle.on_observe(rec, obs, cause))
+
+    def scan_file(self, path: str, cause: Cause = Cause.SCAN) -> None:
+        rec = self.db.get(path)
+        if rec is None and not self._has_attrs(path):
+            return
+        obs = self.observe(path)
+        if obs is None:
+            if rec is not None:
+                self.apply(path, rec, Decision(None, cancel=True))
+            return
+        self.apply(path, rec, lifecycle.on_observe(rec, obs, cause))
+
+    def rescan(self) -> None:
+        """Reconcile the database with the filesystem (start-up, overflow, on request)."""
+        self.metrics["rescans"] += 1
+        watcher = self._need(self.watcher)
+        seen: set[str] = set()
+        for root in self.roots:
+            for path in watcher.add_tree(root):
+                seen.add(path)
+                self.scan_file(path)
+        for rec in list(self.db.records()):
+            if rec.path not in seen:
+                self.apply(rec.path, rec, Decision(None, cancel=True))
+        self.db.commit()
+
+    # -- builds ---------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        pool = self._need(self.pool)
+        deferred: list[Job] = []
+        now = time.monotonic()
+        for path, when in list(self.retry_at.items()):
+            if when <= now:
+                del self.retry_at[path]
+                rec = self.db.get(path)
+                if rec is not None and rec.state in (State.PENDING, State.BUILDING):
+                    self.enqueue(rec, BACKGROUND)
+        while (worker := pool.idle()) is not None:
+            job = self.queue_.pop()
+            if job is None:
+                break
+            if job.path in self.running:
+                deferred.append(job)
+                continue
+            self._start(worker, job)
+        for job in deferred:
+            self.queue_.push(job)
+        if self.queue_.peek_priority() == FIRST_USE and pool.idle() is None:
+            victims = [
+                j for j in self.running.values() if j.priority == BACKGROUND and not j.stopping
+            ]
+            if victims and not any(j.stopping == "yield" for j in self.running.values()):
+                victim = victims[0]
+                victim.stopping = "yield"
+                self._need(victim.worker).tell("yield", victim.job_id)
+                self.metrics["builds_preempted"] += 1
+
+    def _start(self, worker: Worker, job: Job) -> None:
+        rec = self.db.get(job.path)
+        if rec is None or rec.attr_fp != job.attr_fp:
+            return
+        try:
+            if not stat.S_ISREG(os.lstat(job.path).st_mode):
+                raise FileNotFoundError
+            fd = os.open(job.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            self.apply(job.path, rec, Decision(None, cancel=True))
+            return
+        try:
+            obs = self._observe_fd(job.path, fd)
+            if obs is None or obs.values.fingerprint() != rec.attr_fp:
+                if obs is not None:
+                    self.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.ATTR))
+                return
+            if obs.snapshot != rec.snapshot:
+                self.apply(job.path, rec, lifecycle.on_write(rec, obs.snapshot))
+                return
+            prot = obs.protection
+            if prot is None or prot.params is None:
+                self.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.REBUILD))
+                return
+            file_id = self._need(rec.id)
+            params = prot.params
+            offset, leaves = 0, b""
+            cp = self.db.get_checkpoint(file_id)
+            if cp is not None:
+                if cp.attr_fp == rec.attr_fp and cp.snapshot == obs.snapshot:
+                    nbytes = cp.offset // params.block_size * params.digest_size
+                    saved = self.partial.load(file_id, nbytes)
+                    if saved is not None:
+                        offset, leaves = cp.offset, saved
+                if not offset:
+                    self.db.delete_checkpoint(file_id)
+                    self.partial.discard(file_id)
+            self._job_ids += 1
+            job.job_id = self._job_ids
+            job.snapshot = obs.snapshot
+            job.offset = job.progress = offset
+            job.leaf_bytes = len(leaves)
+            job.stopping = ""
+            job.extra = {"protection": prot, "file_id": file_id, "start": offset}
+            spec = {
+                "job_id": job.job_id,
+                "alg": params.hash_alg.number,
+                "block_size": params.block_size,
+                "salt": params.salt,
+                "snapshot": list(obs.snapshot),
+                "offset": offset,
+                "leaves": leaves,
+                "checkpoint_seconds": self.config.checkpoint_interval,
+            }
+            if offset:
+                log.info("%s: resuming build at offset %d", job.path, offset)
+            worker.start(job, spec, fd)
+        finally:
+            os.close(fd)
+        self.running[job.path] = job
+        self.metrics["builds_started"] += 1
+        self.db.put(rec.evolve(state=State.BUILDING, progress=offset, error=""))
+
+    def _finish(self, worker: Worker) -> Job | None:
+        job = worker.job
+        worker.job = None
+        if job is not None:
+            job.worker = None
+            if self.running.get(job.path) is job:
+                del self.running[job.path]
+        return job
+
+    def on_worker(self, worker: Worker) -> None:
+        try:
+            msg = worker.conn.recv()
+        except (EOFError, OSError):
+            self._worker_died(worker)
+            return
+        kind = msg[0]
+        job = worker.job
+        if kind == "hello" or job is None or msg[1] != job.job_id:
+            return
+        if kind == "done":
+            job.progress = job.snapshot[2]
+        if kind == "progress":
+            job.progress = msg[2]
+        elif kind == "checkpoint":
+            self._checkpoint(job, msg[2], msg[3])
+        else:
+            self._finish(worker)
+            self.metrics["bytes_hashed"] += max(0, job.progress - job.extra.get("start", 0))
+            if kind == "stopped":
+                self._stopped(job, msg[2], msg[3])
+            elif kind == "failed":
+                self._failed(job, msg[2], msg[3])
+            elif kind == "done":
+                self._done(job, Descriptor.from_bytes(msg[2]), msg[3])
+
+    def _checkpoint(self, job: Job, offset: int, leaves: bytes) -> None:
+        job.progress = max(job.progress, offset)
+        if job.stopping == "cancel":
+            return
+        file_id = job.extra["file_id"]
+        try:
+            self.partial.append(file_id, leaves, job.leaf_bytes)
+        except StorageError as e:
+            log.warning("%s: checkpoint not saved: %s", job.path, e)
+            return
+        job.leaf_bytes += len(leaves)
+        job.offset = offset
+        self.db.put_checkpoint(Checkpoint(file_id, job.attr_fp, offset, job.snapshot))
+
+    def _stopped(self, job: Job, why: str, offset: int) -> None:
+        job.progress = max(job.progress, offset)
+        if why == "yield" and job.stopping == "yield":
+            rec = self.db.get(job.path)
+            if rec is not None and rec.attr_fp == job.attr_fp:
+                self.db.put(rec.evolve(state=State.PENDING, progress=job.offset))
+                self.queue_.push(Job(job.path, BACKGROUND, job.attr_fp))
+
+    def _failed(self, job: Job, kind: str, message: str) -> None:
+        if job.stopping == "cancel":
+            return
+        rec = self.db.get(job.path)
+        if rec is None or rec.attr_fp != job.attr_fp:
+            return
+        self.metrics["builds_failed"] += 1
+        n = self.retries.get(job.path, 0) + 1
+        self.retries[job.path] = n
+        if kind == "FileChangedError" and n <= _MAX_RETRIES:
+            # An identity change at commit with no write event seen: observe again, retry.
+            log.info("%s: %s; retrying", job.path, message)
+            self.db.put(rec.evolve(state=State.PENDING, error=""))
+            self.scan_file(job.path, Cause.SCAN)
+            if job.path not in self.queue_ and self.db.get(job.path) is not None:
+                rec2 = self.db.get(job.path)
+                if rec2 is not None and rec2.state is State.PENDING:
+                    self.enqueue(rec2, job.priority)
+            return
+        delay = min(300.0, 2.0**n)
+        log.warning("%s: build failed (%s); retry in %.0f s", job.path, message, delay)
+        self.db.put(rec.evolve(state=State.PENDING, error=message))
+        self.retry_at[job.path] = time.monotonic() + delay
+
+    def _done(self, job: Job, descriptor: Descriptor, tree: bytes) -> None:
+        if job.stopping == "cancel":
+            return
+        rec = self.db.get(job.path)
+        if rec is None or rec.attr_fp != job.attr_fp:
+            return
+        if rec.snapshot != job.snapshot:
+            # Touched during the build (no write event): hash the current content again.
+            self.db.put(rec.evolve(state=State.PENDING))
+            self.enqueue(rec, job.priority)
+            return
+        built = MerkleTree(descriptor, tree)
+        result = appraise(job.extra["protection"], built)
+        if result.state == "READY":
+            try:
+                self.store.put(built)
+            except StorageError as e:
+                self._failed(job, "StorageError", str(e))
+                return
+            self.metrics["builds_ready"] += 1
+            new = rec.evolve(
+                state=State.READY,
+                progress=rec.size,
+                error="",
+                digest=result.digest,
+                ready_ns=time.time_ns(),
+            )
+        else:
+            self.metrics["builds_mismatch"] += 1
+            new = rec.evolve(state=State(result.state), error=result.reason, progress=rec.size)
+        self.retries.pop(job.path, None)
+        self.db.delete_checkpoint(self._need(rec.id))
+        self.partial.discard(self._need(rec.id))
+        self.apply(job.path, rec, Decision(new))
+
+    def _worker_died(self, worker: Worker) -> None:
+        pool = self._need(self.pool)
+        job = self._finish(worker)
+        log.warning("worker %d exited", worker.pid)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(worker.conn)
+        if self._stop:
+            return
+        new = pool.replace(worker)
+        self._sel.register(new.conn, selectors.EVENT_READ, ("worker", new))
+        if job is not None and not job.stopping:
+            self.queue_.push(Job(job.path, job.priority, job.attr_fp))
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def _commit(self) -> None:
+        for job in self.running.values():
+            self.db.set_progress(job.path, job.progress)
+        self.db.commit()
+        self.store.flush()
+
+    def start(self) -> None:
+        self.watcher = Watcher()
+        if self.config.crash_policy == "restart":
+            for rec in self.db.records((State.PENDING, State.BUILDING)):
+                if rec.id is not None:
+                    self.db.delete_checkpoint(rec.id)
+                    self.partial.discard(rec.id)
+        self.rescan()
+        live = {r.id for r in self.db.records((State.PENDING, State.BUILDING))}
+        for stale_id in self.partial.ids() - live:
+            self.partial.discard(stale_id)
+        self.db.commit()
+        self.pool = WorkerPool(self.config.workers, self._workers_lock, self.config.nice)
+        self.server = Server(self.config.socket)
+        self._sel.register(self.watcher.fd, selectors.EVENT_READ, ("inotify", None))
+        self._sel.register(self.server, selectors.EVENT_READ, ("listen", None))
+        for w in self.pool.workers:
+            self._sel.register(w.conn, selectors.EVENT_READ, ("worker", w))
+        log.info(
+            "watching %d directories under %s; %d queued",
+            self.watcher.watch_count,
+            ", ".join(self.roots),
+            len(self.queue_),
+        )
+
+    def run(self) -> None:
+        self.start()
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        last_commit = time.monotonic()
+        try:
+            while not self._stop:
+                self._dispatch()
+                for key, _ in self._sel.select(0.1):
+                    what, obj = key.data
+                    if what == "inotify":
+                        for ev in self._need(self.watcher).events():
+                            self.handle(ev)
+                    elif what == "worker":
+                        self.on_worker(obj)
+                    elif what == "listen":
+                        self._accept()
+                    elif what == "client":
+                        self._client_readable(obj)
+                now = time.monotonic()
+                self._expire_waiters()
+                if now - last_commit >= _COMMIT_EVERY:
+                    self._commit()
+                    last_commit = now
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self._stop = True
+        if self.pool is not None:
+            self.pool.stop()
+        self._commit()
+        if self.server is not None:
+            self.server.close()
+        if self.watcher is not None:
+            self.watcher.close()
+        self.db.close()
+        os.close(self._lock_fd)

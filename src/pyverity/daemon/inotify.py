@@ -1,0 +1,128 @@
+"""A minimal inotify binding through ``ctypes`` (no third-party module).
+
+Only what the watcher needs: a non-blocking instance, adding and removing directory watches,
+and parsing the event records read from the descriptor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyverity.errors import StorageError
+
+__all__ = ["Event", "Inotify", "Mask"]
+
+
+class Mask:
+    """The ``IN_*`` constants of ``<sys/inotify.h>``."""
+
+    ACCESS = 0x00000001
+    MODIFY = 0x00000002
+    ATTRIB = 0x00000004
+    CLOSE_WRITE = 0x00000008
+    MOVED_FROM = 0x00000040
+    MOVED_TO = 0x00000080
+    CREATE = 0x00000100
+    DELETE = 0x00000200
+    DELETE_SELF = 0x00000400
+    MOVE_SELF = 0x00000800
+    UNMOUNT = 0x00002000
+    Q_OVERFLOW = 0x00004000
+    IGNORED = 0x00008000
+    ONLYDIR = 0x01000000
+    DONT_FOLLOW = 0x02000000
+    EXCL_UNLINK = 0x04000000
+    ISDIR = 0x40000000
+    NONBLOCK = os.O_NONBLOCK
+    CLOEXEC = os.O_CLOEXEC
+
+    #: What the daemon watches on every directory under its roots.
+    DIRECTORY = (
+        ATTRIB
+        | MODIFY
+        | CLOSE_WRITE
+        | MOVED_FROM
+        | MOVED_TO
+        | CREATE
+        | DELETE
+        | DELETE_SELF
+        | MOVE_SELF
+        | ONLYDIR
+        | DONT_FOLLOW
+        | EXCL_UNLINK
+    )
+
+
+_HEADER = struct.Struct("iIII")
+
+
+@dataclass(frozen=True)
+class Event:
+    wd: int
+    mask: int
+    cookie: int
+    name: bytes
+
+    def has(self, bits: int) -> bool:
+        return bool(self.mask & bits)
+
+
+class Inotify:
+    """One inotify instance; :attr:`fd` goes into the daemon's selector."""
+
+    def __init__(self) -> None:
+        libc_name = ctypes.util.find_library("c") or "libc.so.6"
+        self._libc = ctypes.CDLL(libc_name, use_errno=True)
+        fd = self._libc.inotify_init1(Mask.NONBLOCK | Mask.CLOEXEC)
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise StorageError(f"inotify_init1 failed: {os.strerror(e)}")
+        self.fd: int = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def add_watch(self, path: str, mask: int = Mask.DIRECTORY) -> int | None:
+        """The watch descriptor, or None if ``path`` vanished or is not a directory."""
+        wd: int = self._libc.inotify_add_watch(self.fd, os.fsencode(path), ctypes.c_uint32(mask))
+        if wd < 0:
+            e = ctypes.get_errno()
+            if e in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ELOOP):
+                return None
+            if e == errno.ENOSPC:
+                raise StorageError(
+                    "inotify watch limit reached",
+                    remedy="raise fs.inotify.max_user_watches (sysctl)",
+                )
+            raise StorageError(f"inotify_add_watch({path}) failed: {os.strerror(e)}")
+        return wd
+
+    def rm_watch(self, wd: int) -> None:
+        self._libc.inotify_rm_watch(self.fd, wd)
+
+    def read(self) -> Iterator[Event]:
+        """Events available now (none if nothing is pending)."""
+        while True:
+            try:
+                buf = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return
+            yield from parse_events(buf)
+
+
+def parse_events(buf: bytes) -> Iterator[Event]:
+    off = 0
+    while off + _HEADER.size <= len(buf):
+        wd, mask, cookie, length = _HEADER.unpack_from(buf, off)
+        off += _HEADER.size
+        name = buf[off : off + length].split(b"\0", 1)[0]
+        off += length
+        yield Event(wd, mask, cookie, name)

@@ -1,0 +1,115 @@
+"""The per-file state machine of DESIGN.md §3, as pure functions of (record, observation).
+
+The daemon observes a file (opens it once, ``fstat``, reads both attributes from that
+descriptor) or is told of a write, asks :func:`on_observe` / :func:`on_write` what follows, and
+applies the :class:`Decision`. Keeping the rules here, free of I/O, lets the unit tests walk
+every transition.
+
+* A changed attribute value (or ``pyverity rebuild``) starts a new protection: PENDING and a
+  build, or INVALID, or CLASSIC (0x03/0x04: no tree).
+* A write (an ``IN_MODIFY``, or the identity snapshot differing at a scan or start-up) makes
+  PENDING, BUILDING, READY and MISMATCH files STALE; nothing leaves STALE but a changed value
+  or a rebuild request.
+* chmod, touch and other attributes (``IN_ATTRIB`` with the same value) change nothing but the
+  snapshot; if a build was running it will see the identity change and be retried.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pyverity.daemon.protection import AttrValues, Protection
+from pyverity.store.statedb import FileRecord, State
+
+__all__ = ["Cause", "Decision", "Observation", "on_observe", "on_write"]
+
+#: States a content change turns into STALE.
+_WRITABLE = (State.PENDING, State.BUILDING, State.READY, State.MISMATCH)
+
+
+class Cause(enum.Enum):
+    ATTR = "attr"  # IN_ATTRIB: an attribute written, or chmod/touch
+    APPEARED = "appeared"  # created or moved into a root
+    SCAN = "scan"  # start-up reconciliation or a rescan
+    REBUILD = "rebuild"  # an explicit request
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one open of a file showed: identity snapshot, attribute values, parse result."""
+
+    path: str
+    snapshot: tuple[int, int, int, int]
+    values: AttrValues
+    protection: Protection | None = None
+    invalid_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    #: The row to store, or None to delete the row (no attributes any more).
+    record: FileRecord | None
+    #: Queue a build of ``record``.
+    build: bool = False
+    #: Stop any queued or running build, and drop its checkpoint.
+    cancel: bool = False
+
+
+def _with_snapshot(rec: FileRecord, snap: tuple[int, int, int, int]) -> FileRecord:
+    dev, ino, size, mtime_ns = snap
+    return rec.evolve(dev=dev, ino=ino, size=size, mtime_ns=mtime_ns)
+
+
+def on_write(rec: FileRecord, snapshot: tuple[int, int, int, int] | None) -> Decision | None:
+    """An observed content change; None when it changes nothing."""
+    if rec.state not in _WRITABLE:
+        return None
+    new = rec.evolve(state=State.STALE, progress=0, error="content written since protection")
+    if snapshot is not None:
+        new = _with_snapshot(new, snapshot)
+    return Decision(new, build=False, cancel=True)
+
+
+def _new_protection(rec: FileRecord | None, obs: Observation) -> Decision:
+    dev, ino, size, mtime_ns = obs.snapshot
+    base = FileRecord(
+        path=obs.path,
+        state=State.PENDING,
+        dev=dev,
+        ino=ino,
+        size=size,
+        mtime_ns=mtime_ns,
+        attr_fp=obs.values.fingerprint(),
+    )
+    if rec is not None:
+        base = base.evolve(id=rec.id, created_ns=rec.created_ns)
+    prot = obs.protection
+    if prot is None:
+        return Decision(base.evolve(state=State.INVALID, error=obs.invalid_reason), cancel=True)
+    base = base.evolve(kind=prot.kind)
+    if not prot.needs_tree:
+        return Decision(base.evolve(state=State.CLASSIC), cancel=True)
+    if prot.unverified_descriptor is not None:
+        desc = prot.unverified_descriptor
+        base = base.evolve(digest=f"{desc.hash_alg.name}:{desc.digest().hex()}")
+    return Decision(base, build=True, cancel=True)
+
+
+def on_observe(rec: FileRecord | None, obs: Observation, cause: Cause) -> Decision | None:
+    """What follows from looking at a file; None when nothing changes."""
+    if not obs.values.present:
+        return None if rec is None else Decision(None, cancel=True)
+    if rec is None or cause is Cause.REBUILD or rec.attr_fp != obs.values.fingerprint():
+        return _new_protection(rec, obs)
+    if rec.snapshot == obs.snapshot:
+        if cause is not Cause.ATTR and rec.state in (State.PENDING, State.BUILDING):
+            return Decision(rec.evolve(state=State.PENDING), build=True)
+        return None
+    if cause is Cause.ATTR:
+        # Same attribute value: chmod, touch or another attribute. Not a content change.
+        return Decision(_with_snapshot(rec, obs.snapshot))
+    # Identity differs and no write event explains it: written while we were not looking.
+    if rec.state in _WRITABLE:
+        return on_write(rec, obs.snapshot)
+    return Decision(_with_snapshot(rec, obs.snapshot))

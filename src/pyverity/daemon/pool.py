@@ -1,0 +1,171 @@
+"""Worker processes and the priority queue of build jobs.
+
+First-use requests (``FIRST_USE``) are served before background builds; when every worker is
+busy with background work, one of those builds is asked to *yield*: it checkpoints, stops, and
+is requeued to resume later, so a first use waits for a chunk (~1 ms), not for a whole file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import send_handle
+from typing import Any
+
+__all__ = ["BACKGROUND", "FIRST_USE", "Job", "JobQueue", "Worker", "WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+FIRST_USE = 0
+BACKGROUND = 1
+
+
+@dataclass(eq=False)
+class Job:
+    path: str
+    priority: int
+    attr_fp: bytes
+    seq: int = 0
+    #: Set while running: the worker, and the offset/leaf bytes of the last checkpoint.
+    worker: Worker | None = None
+    job_id: int = 0
+    offset: int = 0
+    leaf_bytes: int = 0
+    snapshot: tuple[int, int, int, int] = (0, 0, 0, 0)
+    progress: int = 0
+    stopping: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class JobQueue:
+    """One queued job per path; the lowest ``(priority, seq)`` first."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str]] = []
+        self._jobs: dict[str, Job] = {}
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._jobs
+
+    def get(self, path: str) -> Job | None:
+        return self._jobs.get(path)
+
+    def push(self, job: Job) -> None:
+        """Queue ``job``, replacing a queued job of the same path (keeping the better priority)."""
+        old = self._jobs.get(job.path)
+        if old is not None:
+            job.priority = min(job.priority, old.priority)
+        job.seq = next(self._seq)
+        self._jobs[job.path] = job
+        heapq.heappush(self._heap, (job.priority, job.seq, job.path))
+
+    def remove(self, path: str) -> Job | None:
+        return self._jobs.pop(path, None)
+
+    def peek_priority(self) -> int | None:
+        self._drop_dead()
+        return self._heap[0][0] if self._heap else None
+
+    def pop(self) -> Job | None:
+        self._drop_dead()
+        if not self._heap:
+            return None
+        _, _, path = heapq.heappop(self._heap)
+        return self._jobs.pop(path)
+
+    def _drop_dead(self) -> None:
+        while self._heap:
+            prio, seq, path = self._heap[0]
+            job = self._jobs.get(path)
+            if job is not None and job.seq == seq and job.priority == prio:
+                return
+            heapq.heappop(self._heap)
+
+
+class Worker:
+    """One worker process, talking over a socket pair (pickled tuples, fds by SCM_RIGHTS)."""
+
+    def __init__(self, lock_path: str, nice: int) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pyverity.daemon.worker",
+                    str(child.fileno()),
+                    str(os.getpid()),
+                    lock_path,
+                    str(nice),
+                ],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self.conn = Connection(parent.detach())
+        self.job: Job | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def start(self, job: Job, spec: dict[str, Any], fd: int) -> None:
+        self.job = job
+        job.worker = self
+        self.conn.send(("build", spec))
+        send_handle(self.conn, fd, self.pid)
+
+    def tell(self, *msg: Any) -> None:
+        try:
+            self.conn.send(msg)
+        except OSError as e:
+            log.warning("worker %d unreachable: %s", self.pid, e)
+
+    def stop(self) -> None:
+        self.tell("exit")
+        self.conn.close()
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class WorkerPool:
+    def __init__(self, size: int, lock_path: str, nice: int) -> None:
+        self._lock_path = lock_path
+        self._nice = nice
+        self.workers: list[Worker] = [Worker(lock_path, nice) for _ in range(size)]
+
+    def idle(self) -> Worker | None:
+        return next((w for w in self.workers if w.job is None), None)
+
+    def busy(self) -> int:
+        return sum(1 for w in self.workers if w.job is not None)
+
+    def replace(self, dead: Worker) -> Worker:
+        """Replace a worker that exited (its socket closed)."""
+        dead.conn.close()
+        dead.proc.wait()
+        new = Worker(self._lock_path, self._nice)
+        self.workers[self.workers.index(dead)] = new
+        return new
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()

@@ -1,0 +1,197 @@
+"""The control socket: a Unix stream socket speaking JSON lines (one request, one reply).
+
+Requests are objects with ``op`` (``status``, ``wait``, ``build-now``, ``rebuild``, ``rescan``,
+``metrics``) and an optional ``id`` echoed in the reply. A request may carry an open
+descriptor of the file it names (``SCM_RIGHTS``); without one, the caller's credentials
+(``SO_PEERCRED``) must allow it to open the file itself. The socket lives in the daemon's 0700
+state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Client", "Peer", "Server", "may_open"]
+
+log = logging.getLogger(__name__)
+
+_MAX_LINE = 1 << 16
+_MAX_FDS = 4
+_UCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+    def groups(self) -> set[int]:
+        """The peer's supplementary groups, from ``/proc`` (empty if unavailable)."""
+        try:
+            text = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return set()
+        for line in text.splitlines():
+            if line.startswith("Groups:"):
+                return {int(g) for g in line.split()[1:]}
+        return set()
+
+
+def may_open(peer: Peer, path: str, fd: int | None) -> bool:
+    """Could ``peer`` open ``path`` for reading? An fd it sent for that same inode proves it."""
+    try:
+        st = Path(path).lstat()
+    except OSError:
+        return False
+    if fd is not None:
+        fst = os.fstat(fd)
+        return (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino) and stat.S_ISREG(fst.st_mode)
+    if peer.uid == 0:
+        return True
+    if peer.uid == st.st_uid:
+        bit = stat.S_IRUSR
+    elif peer.gid == st.st_gid or st.st_gid in peer.groups():
+        bit = stat.S_IRGRP
+    else:
+        bit = stat.S_IROTH
+    if not st.st_mode & bit:
+        return False
+    # Every directory on the way must be searchable by the peer too.
+    parent = Path(path).parent
+    while True:
+        try:
+            dst = parent.stat()
+        except OSError:
+            return False
+        if peer.uid == dst.st_uid:
+            xbit = stat.S_IXUSR
+        elif peer.gid == dst.st_gid or dst.st_gid in peer.groups():
+            xbit = stat.S_IXGRP
+        else:
+            xbit = stat.S_IXOTH
+        if not dst.st_mode & xbit:
+            return False
+        if parent == parent.parent:
+            return True
+        parent = parent.parent
+
+
+@dataclass(eq=False)
+class Client:
+    sock: socket.socket
+    peer: Peer
+    buf: bytearray = field(default_factory=bytearray)
+    fds: list[int] = field(default_factory=list)
+    closed: bool = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def reply(self, obj: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(5)
+            self.sock.sendall(data)
+        except OSError:
+            self.close()
+        finally:
+            if not self.closed:
+                self.sock.setblocking(False)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for fd in self.fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.fds.clear()
+            self.sock.close()
+
+
+Handler = Callable[[Client, dict[str, Any], int | None], None]
+
+
+class Server:
+    """The listening socket; :meth:`read` feeds complete requests to ``handler``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)
+        try:
+            self.sock.bind(str(path))
+        finally:
+            os.umask(old)
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def accept(self) -> Client | None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return None
+        conn.setblocking(False)
+        cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        return Client(conn, Peer(*_UCRED.unpack(cred)))
+
+    def read(self, client: Client, handler: Handler) -> None:
+        """Read what ``client`` sent; call ``handler`` per complete line; close on EOF/abuse."""
+        try:
+            data, fds, _, _ = socket.recv_fds(client.sock, 1 << 16, _MAX_FDS)
+        except BlockingIOError:
+            return
+        except OSError:
+            client.close()
+            return
+        client.fds.extend(fds)
+        if not data:
+            client.close()
+            return
+        client.buf += data
+        while b"\n" in client.buf:
+            line, _, rest = bytes(client.buf).partition(b"\n")
+            client.buf = bytearray(rest)
+            fd = client.fds.pop(0) if client.fds else None
+            try:
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise ValueError("not an object")  # noqa: TRY004
+            except ValueError as e:
+                client.reply({"ok": False, "error": f"bad request: {e}"})
+            else:
+                try:
+                    handler(client, request, fd)
+                except Exception as e:  # one bad request must not stop the daemon
+                    log.exception("control request failed")
+                    client.reply({"ok": False, "error": f"internal error: {e}"})
+            finally:
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        if len(client.buf) > _MAX_LINE:
+            client.reply({"ok": False, "error": "request too long"})
+            client.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

@@ -1,0 +1,135 @@
+"""Watching every directory under the roots, turning inotify records into file events.
+
+New directories are watched as they appear (and scanned, since files may be created in them
+before the watch exists). Symbolic links are never followed: directories are walked with
+``follow_symlinks=False`` and watched with ``IN_DONT_FOLLOW``. A queue overflow is reported as
+one :attr:`Change.OVERFLOW` event, on which the daemon rescans everything.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyverity.daemon.inotify import Event, Inotify, Mask
+
+__all__ = ["Change", "FileEvent", "Watcher", "walk_files"]
+
+log = logging.getLogger(__name__)
+
+
+class Change(enum.Enum):
+    ATTR = "attr"  # IN_ATTRIB: chmod, touch, or an attribute written
+    WRITE = "write"  # IN_MODIFY: content written or truncated
+    CLOSE_WRITE = "close_write"  # closed after being open for writing (maybe unchanged)
+    APPEARED = "appeared"  # created or moved in
+    GONE = "gone"  # deleted or moved out
+    DIR_GONE = "dir_gone"  # a directory moved out or deleted: everything under it
+    OVERFLOW = "overflow"  # events were lost: rescan
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    change: Change
+    path: str
+
+
+def walk_files(top: str) -> Iterator[tuple[str, bool]]:
+    """``(path, is_dir)`` for every directory and regular file under ``top`` (``top`` first)."""
+    yield top, True
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    yield e.path, True
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    yield e.path, False
+            except OSError:
+                continue
+
+
+class Watcher:
+    def __init__(self) -> None:
+        self._ino = Inotify()
+        self._dirs: dict[int, str] = {}
+        self._wds: dict[str, int] = {}
+
+    @property
+    def fd(self) -> int:
+        return self._ino.fd
+
+    @property
+    def watch_count(self) -> int:
+        return len(self._dirs)
+
+    def close(self) -> None:
+        self._ino.close()
+
+    def add_tree(self, top: str) -> Iterator[str]:
+        """Watch ``top`` and every directory below it; yields the regular files found."""
+        for path, is_dir in walk_files(top):
+            if is_dir:
+                wd = self._ino.add_watch(path)
+                if wd is not None:
+                    old = self._dirs.get(wd)
+                    if old is not None and old != path:
+                        self._wds.pop(old, None)
+                    self._dirs[wd] = path
+                    self._wds[path] = wd
+            else:
+                yield path
+
+    def _forget_under(self, prefix: str) -> None:
+        sub = prefix + os.sep
+        for path in [p for p in self._wds if p == prefix or p.startswith(sub)]:
+            wd = self._wds.pop(path)
+            self._dirs.pop(wd, None)
+            self._ino.rm_watch(wd)
+
+    def events(self) -> Iterator[FileEvent]:
+        """Translate what inotify has pending; new directories are watched and walked here."""
+        for ev in self._ino.read():
+            yield from self._translate(ev)
+
+    def _translate(self, ev: Event) -> Iterator[FileEvent]:
+        if ev.has(Mask.Q_OVERFLOW):
+            log.warning("inotify queue overflowed: rescanning")
+            yield FileEvent(Change.OVERFLOW, "")
+            return
+        if ev.has(Mask.IGNORED):
+            path = self._dirs.pop(ev.wd, None)
+            if path is not None and self._wds.get(path) == ev.wd:
+                del self._wds[path]
+            return
+        base = self._dirs.get(ev.wd)
+        if base is None or ev.has(Mask.DELETE_SELF | Mask.MOVE_SELF) or not ev.name:
+            return
+        path = f"{base}{os.sep}{os.fsdecode(ev.name)}"
+        if ev.has(Mask.ISDIR):
+            if ev.has(Mask.CREATE | Mask.MOVED_TO):
+                for f in self.add_tree(path):
+                    yield FileEvent(Change.APPEARED, f)
+            elif ev.has(Mask.MOVED_FROM | Mask.DELETE):
+                self._forget_under(path)
+                yield FileEvent(Change.DIR_GONE, path)
+            return
+        if ev.has(Mask.MODIFY):
+            yield FileEvent(Change.WRITE, path)
+        if ev.has(Mask.CLOSE_WRITE):
+            yield FileEvent(Change.CLOSE_WRITE, path)
+        if ev.has(Mask.ATTRIB):
+            yield FileEvent(Change.ATTR, path)
+        if ev.has(Mask.CREATE | Mask.MOVED_TO):
+            yield FileEvent(Change.APPEARED, path)
+        if ev.has(Mask.DELETE | Mask.MOVED_FROM):
+            yield FileEvent(Change.GONE, path)

@@ -1,0 +1,275 @@
+"""The tree stores: a content-addressed on-disk cache and the in-memory ``none`` backend.
+
+Layout of the cache (DESIGN.md §4): ``<dir>/objects/<alg>/<2 hex>/<hex digest>``, each file the
+256-byte descriptor followed by the Merkle tree in the kernel's layout (root level first), i.e.
+``fsverity digest --out-descriptor`` followed by ``--out-merkle-tree``. The name is derived
+from the file digest only, never from a file name, so identical files share one entry.
+
+The cache is **untrusted**: :meth:`TreeCache.get` checks the descriptor against the digest it
+was asked for and the length against the descriptor, discarding anything that does not match;
+the tree blocks are checked by whoever uses them — by :func:`verify_tree` in full, or block by
+block on the read path. Entries are published atomically (unique ``O_EXCL`` temp file in a
+0700 directory, ``fsync``, ``rename``, directory ``fsync``), so nothing partial is ever visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hmac
+import logging
+import os
+import secrets
+import stat
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pyverity.errors import FormatError, IntegrityError, StorageError
+from pyverity.format.descriptor import Descriptor
+from pyverity.hashing.blockhash import block_hasher
+from pyverity.hashing.result import MerkleTree
+
+__all__ = [
+    "BACKENDS",
+    "CachedTree",
+    "MemoryStore",
+    "TreeCache",
+    "TreeStore",
+    "open_store",
+    "verify_tree",
+]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("cache", "none")
+_DIR_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class CachedTree:
+    """A descriptor that matched the requested digest, and a tree not yet verified."""
+
+    descriptor: Descriptor
+    unverified_tree: bytes
+
+    def verified(self) -> MerkleTree:
+        """The tree after a full check against the descriptor's root (:func:`verify_tree`)."""
+        verify_tree(self.descriptor, self.unverified_tree)
+        return MerkleTree(self.descriptor, self.unverified_tree)
+
+
+def verify_tree(descriptor: Descriptor, unverified_tree: bytes) -> None:
+    """Check every block of a tree against its parent, up to the descriptor's root hash.
+
+    Raises :class:`IntegrityError` on any mismatch or a wrong length. Files of at most one
+    block have an empty tree (their root is the hash of the data, not checkable here).
+    """
+    try:
+        params = descriptor.params
+        geometry = params.geometry(descriptor.data_size)
+        geometry.check_bounded()
+    except FormatError as e:
+        raise IntegrityError(f"cached descriptor is out of bounds: {e}") from e
+    if len(unverified_tree) != geometry.tree_size:
+        raise IntegrityError(
+            f"cached tree is {len(unverified_tree)} bytes, expected {geometry.tree_size}"
+        )
+    hash_block = block_hasher(params)
+    bs, ds = params.block_size, params.digest_size
+    view = memoryview(unverified_tree)
+    for level, count in enumerate(geometry.level_counts):
+        start = geometry.level_start[level] * bs
+        end = start + count * bs
+        hashes = b"".join(hash_block(view[o : o + bs]) for o in range(start, end, bs))
+        if level + 1 == geometry.num_levels:
+            expected = descriptor.root_hash
+        else:
+            parent = geometry.level_start[level + 1] * bs
+            expected = bytes(view[parent : parent + count * ds])
+        if not hmac.compare_digest(hashes, expected):
+            raise IntegrityError(f"cached tree does not match its root (level {level})")
+
+
+class TreeStore(Protocol):
+    """What the daemon and the reader need from a backend."""
+
+    def get(self, algorithm: str, digest: bytes) -> CachedTree | None: ...
+
+    def put(self, tree: MerkleTree) -> None: ...
+
+    def discard(self, algorithm: str, digest: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+def _check_digest(algorithm: str, digest: bytes) -> str:
+    if not algorithm.isalnum() or len(digest) not in (32, 64):
+        raise StorageError(f"bad cache key {algorithm}:{digest.hex()}")
+    return digest.hex()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TreeCache:
+    """The on-disk cache under ``directory`` (created 0700 if missing)."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, batch_dir_sync: bool = False) -> None:
+        self.directory = Path(directory)
+        self._objects = self.directory / "objects"
+        self._tmp = self.directory / "tmp"
+        self._batch = batch_dir_sync
+        self._dirty_dirs: set[Path] = set()
+        try:
+            for d in (self.directory, self._objects, self._tmp):
+                d.mkdir(mode=_DIR_MODE, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create the tree cache in {directory}: {e.strerror}") from e
+
+    def path_for(self, algorithm: str, digest: bytes) -> Path:
+        hexd = _check_digest(algorithm, digest)
+        return self._objects / algorithm / hexd[:2] / hexd
+
+    def clean_temp(self) -> int:
+        """Remove temp files left by a crashed writer; call only while holding the state lock."""
+        removed = 0
+        for entry in os.scandir(self._tmp):
+            with contextlib.suppress(FileNotFoundError):
+                Path(entry.path).unlink()
+                removed += 1
+        return removed
+
+    def get(self, algorithm: str, digest: bytes) -> CachedTree | None:
+        """The entry for ``algorithm:digest``; None if absent or corrupted (then removed)."""
+        path = self.path_for(algorithm, digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                self._reject(path, "is a symbolic link")
+                return None
+            raise StorageError(f"cannot open cache entry {path}: {e.strerror}") from e
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size < Descriptor.SIZE:
+                self._reject(path, "is not a regular file of at least 256 bytes")
+                return None
+            raw = f.read(Descriptor.SIZE)
+            try:
+                desc = Descriptor.from_bytes(raw)
+                expected_size = Descriptor.SIZE + desc.params.geometry(desc.data_size).tree_size
+            except FormatError as e:
+                self._reject(path, f"bad descriptor: {e}")
+                return None
+            if desc.hash_alg.name != algorithm or not hmac.compare_digest(desc.digest(), digest):
+                self._reject(path, "descriptor does not hash to its name")
+                return None
+            if st.st_size != expected_size:
+                self._reject(path, f"is {st.st_size} bytes, expected {expected_size}")
+                return None
+            tree = f.read(expected_size - Descriptor.SIZE)
+        if len(tree) != expected_size - Descriptor.SIZE:
+            self._reject(path, "truncated while reading")
+            return None
+        return CachedTree(desc, tree)
+
+    def _reject(self, path: Path, why: str) -> None:
+        log.warning("discarding corrupted cache entry %s: %s", path, why)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    def discard(self, algorithm: str, digest: bytes) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path_for(algorithm, digest).unlink()
+
+    def put(self, tree: MerkleTree) -> None:
+        """Publish ``tree`` (which must carry its tree bytes) atomically under its digest."""
+        if tree.tree is None:
+            raise StorageError("cannot cache a tree that was not kept")
+        desc = tree.descriptor
+        final = self.path_for(desc.hash_alg.name, desc.digest())
+        tmp = self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            final.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    f.write(desc.to_bytes())
+                    f.write(tree.tree)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.rename(final)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StorageError(f"cannot write the tree cache: {e.strerror}") from e
+        self._dirty_dirs.add(final.parent)
+        if not self._batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """``fsync`` the directories of entries published since the last flush."""
+        dirs, self._dirty_dirs = self._dirty_dirs, set()
+        for d in dirs:
+            with contextlib.suppress(FileNotFoundError):
+                _fsync_dir(d)
+
+
+class MemoryStore:
+    """The ``none`` backend: trees in memory only (up to ``max_bytes``, least recent dropped)."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self._max = max_bytes
+        self._size = 0
+        self._trees: OrderedDict[tuple[str, bytes], MerkleTree] = OrderedDict()
+
+    def get(self, algorithm: str, digest: bytes) -> CachedTree | None:
+        tree = self._trees.get((algorithm, digest))
+        if tree is None or tree.tree is None:
+            return None
+        self._trees.move_to_end((algorithm, digest))
+        return CachedTree(tree.descriptor, tree.tree)
+
+    def put(self, tree: MerkleTree) -> None:
+        if tree.tree is None:
+            raise StorageError("cannot keep a tree that was not kept")
+        key = (tree.descriptor.hash_alg.name, tree.descriptor.digest())
+        old = self._trees.pop(key, None)
+        if old is not None and old.tree is not None:
+            self._size -= len(old.tree)
+        self._trees[key] = tree
+        self._size += len(tree.tree)
+        while self._size > self._max and len(self._trees) > 1:
+            _, dropped = self._trees.popitem(last=False)
+            self._size -= len(dropped.tree or b"")
+
+    def discard(self, algorithm: str, digest: bytes) -> None:
+        old = self._trees.pop((algorithm, digest), None)
+        if old is not None:
+            self._size -= len(old.tree or b"")
+
+    def flush(self) -> None:
+        return None
+
+
+def open_store(backend: str, cache_dir: str | os.PathLike[str] | None) -> TreeStore:
+    """The backend named ``backend`` (``cache`` needs ``cache_dir``)."""
+    if backend == "none":
+        return MemoryStore()
+    if backend == "cache":
+        if cache_dir is None:
+            raise StorageError("the cache backend needs a cache directory")
+        return TreeCache(cache_dir, batch_dir_sync=True)
+    raise StorageError(f"unknown storage backend '{backend}' (use cache or none)")
