@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 from pyverity.cli._common import ArgumentParser
-from pyverity.errors import UsageError
 
 __all__ = ["main"]
 
@@ -66,24 +65,43 @@ def _parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from pyverity.fuse.config import AppraiseMode, MountConfig
+    from pyverity.fuse.config import MountConfig
     from pyverity.reader.appraise import ReaderOptions
 
-    for option in ("policy", "keyring", "log"):
-        if getattr(args, option) is not None:
-            raise UsageError(f"--{option} is not wired into the mount yet")
     if args.unsafe_no_verify:
         log.warning("UNSAFE: serving every file without verification (--unsafe-no-verify)")
-    config = MountConfig(
-        source=Path(args.source),
-        mountpoint=Path(args.mountpoint),
-        rw=args.rw,
-        mode=AppraiseMode(args.mode),
-        reader=ReaderOptions(xattr_ns=args.xattr_ns),
-        keep_cache=not args.no_keep_cache,
-        unsafe_no_verify=args.unsafe_no_verify,
-    )
-    from pyverity.fuse.mount import run_mount
+    policy = keyring = measurements = None
+    if args.policy is not None:
+        from pyverity.policy.engine import Policy
 
-    run_mount(config, foreground=args.foreground)
+        policy = Policy.load(args.policy, mode=args.mode)
+    if args.keyring is not None:
+        from pyverity.keys.keyring import Keyring
+
+        keyring = Keyring.from_directory(args.keyring)
+    if args.log is not None:
+        from pyverity.measure.log import MeasurementLog
+
+        measurements = MeasurementLog.open(args.log)
+    try:
+        config = MountConfig(
+            source=Path(args.source),
+            mountpoint=Path(args.mountpoint),
+            rw=args.rw,
+            reader=ReaderOptions(
+                xattr_ns=args.xattr_ns,
+                policy=policy,
+                keyring=keyring,
+                enforce=args.mode == "enforce",
+                measurements=measurements,
+            ),
+            keep_cache=not args.no_keep_cache,
+            unsafe_no_verify=args.unsafe_no_verify,
+        )
+        from pyverity.fuse.mount import run_mount
+
+        run_mount(config, foreground=args.foreground)
+    finally:
+        if measurements is not None:
+            measurements.close()
     return 0

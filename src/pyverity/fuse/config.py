@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyverity.reader.appraise import ReaderOptions
 
-__all__ = ["AppraiseMode", "MountConfig"]
-
-
-class AppraiseMode(enum.Enum):
-    """What a failed appraisal does: deny (EACCES), or log it and serve the file unverified."""
-
-    ENFORCE = "enforce"
-    LOG = "log"
+__all__ = ["MountConfig"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +16,7 @@ class MountConfig:
     mountpoint: Path
     #: Pass writes through (a written protected file becomes STALE until signed again).
     rw: bool = False
-    mode: AppraiseMode = AppraiseMode.ENFORCE
+    #: Appraisal (policy, keyring, enforce or log), tree store and measurement list.
     reader: ReaderOptions = field(default_factory=ReaderOptions)
     #: Keep verified pages in the kernel's page cache while the backing file is unchanged.
     keep_cache: bool = True

@@ -28,7 +28,7 @@ from typing import Any
 from pyverity.errors import Error, FileChangedError, IntegrityError
 from pyverity.fs.openfile import FileIdentity, identity
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr, set_attr
-from pyverity.fuse.config import AppraiseMode, MountConfig
+from pyverity.fuse.config import MountConfig
 from pyverity.fuse.handles import Handle, HandleTable, InodeKey
 from pyverity.fuse.verity_ioctl import (
     FS_IOC_ENABLE_VERITY,
@@ -38,6 +38,7 @@ from pyverity.fuse.verity_ioctl import (
 )
 from pyverity.hashing.api import build_tree
 from pyverity.reader.api import open_fd
+from pyverity.reader.appraise import Access
 
 __all__ = ["VerityFS"]
 
@@ -81,6 +82,7 @@ class VerityFS:
     ) -> None:
         self.config = config
         self._source = os.fspath(config.source)
+        self._mountpoint = os.path.realpath(config.mountpoint)
         self._handles = HandleTable()
         self._context = context
         self._on_open = on_open
@@ -195,10 +197,11 @@ class VerityFS:
     def _open_for_reading(self, fd: int, key: InodeKey, path: str) -> Handle:
         if self.config.unsafe_no_verify:
             return Handle(fd, key, path, writable=False)
+        reader = self.config.reader
         try:
             fp = self._fingerprint(fd)
-            if fp is None:  # carries no protection: not appraised
-                return Handle(fd, key, path, writable=False)
+            if fp is None and reader.policy is None:
+                return Handle(fd, key, path, writable=False)  # no policy: only protected files
             with self._lock:
                 stale = self._stale.get(key)
                 if stale is not None and stale != fp:
@@ -206,13 +209,18 @@ class VerityFS:
                     stale = None
             if stale is not None:
                 raise IntegrityError(f"'{path}' was written since it was protected (STALE)")
-            raw = open_fd(fd, name=path, options=self.config.reader, closefd=False)
+            uid, gid = (self._context()[:2]) if self._context is not None else (None, None)
+            access = Access(os.path.join(self._mountpoint, path.lstrip("/")), uid, gid)
+            raw = open_fd(fd, access, reader, closefd=False)
         except Error as e:
-            if self.config.mode is AppraiseMode.ENFORCE:
-                log.warning("appraisal of '%s' failed, access denied: %s", path, e)
-                raise _err(errno.EACCES) from e
-            log.warning("appraisal of '%s' failed (log mode, serving it unverified): %s", path, e)
-            return Handle(fd, key, path, writable=False)
+            enforcing = (
+                reader.enforce if reader.policy is None else reader.policy.mode.value == "enforce"
+            )
+            if not enforcing:
+                log.warning("appraisal of '%s' failed (log mode, served unverified): %s", path, e)
+                return Handle(fd, key, path, writable=False)
+            log.warning("appraisal of '%s' failed, access denied: %s", path, e)
+            raise _err(errno.EACCES) from e
         return Handle(fd, key, path, writable=False, verified=raw)
 
     def _set_cache_flags(self, fi: Any, key: InodeKey, st: os.stat_result, writing: bool) -> None:

@@ -1,31 +1,49 @@
-"""Appraisal at open: attributes → descriptor (→ signature) → a tree to verify reads against.
+"""Appraisal at open: policy → attributes → signature → descriptor → a tree to check reads with.
 
 Everything is read from the one open descriptor, never from the path again, and kept for the
-life of the handle: an attribute changed while the file is open does not affect it. The tree
-comes from the caller's store (untrusted, checked block by block on read), or is built inline
-(the time it took is logged) and checked against the descriptor's root before use.
+life of the handle: an attribute changed while the file is open does not affect it. The
+signature is checked here, against the keyring, never taken from the daemon's word. The tree
+comes from the caller's store (untrusted: checked block by block on read, and discarded when a
+block fails), or is built inline — the time it took is logged — and compared with the
+descriptor before use. What the policy measures is appended to the measurement list.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from pyverity.errors import FormatError, IntegrityError
+from pyverity.errors import Error, IntegrityError, SignatureError
 from pyverity.format.descriptor import Descriptor
-from pyverity.fs.xattr import VERITY_SUFFIX, attr_name, get_attr
+from pyverity.format.ima import algo_by_id, kernel_algo_for_verity
+from pyverity.format.measurelist import DigestField
+from pyverity.format.params import TreeParams
 from pyverity.hashing.api import build_tree
 from pyverity.hashing.result import MerkleTree
+from pyverity.keys.keyring import Keyring
+from pyverity.measure.log import MeasurementLog
+from pyverity.policy.context import context_for_fd
+from pyverity.policy.engine import Decision, Policy
+from pyverity.protect.appraise import (
+    NotProtectedError,
+    classic_hash_algo,
+    verify_declared_signature,
+    verify_protection,
+)
+from pyverity.protect.attrs import Protection, ProtectionKind, read_protection
+from pyverity.protect.sign import whole_file_hash
 from pyverity.reader.tree import MemoryTree, TreeSource
 
-__all__ = ["Appraisal", "ReaderOptions", "TreeProvider", "appraise_fd", "read_descriptor"]
+__all__ = ["Appraisal", "ReaderOptions", "TreeProvider", "appraise_open"]
 
 log = logging.getLogger(__name__)
+
+#: Algorithm for measuring files that carry no verity digest (the kernel's default).
+_MEASURE_ALGO = 4  # sha256 in the kernel's numbering
 
 
 class CachedEntry(Protocol):
@@ -50,78 +68,188 @@ class TreeProvider(Protocol):
 
 @dataclass(frozen=True)
 class ReaderOptions:
-    """How files are appraised and where trees come from."""
+    """How files are appraised, where trees come from, where opens are measured."""
 
     #: Attribute namespace: ``security`` (default) or ``user``.
     xattr_ns: str = "security"
     #: Untrusted tree store (cache or memory); None builds every tree inline.
     store: TreeProvider | None = None
+    #: IMA-style policy; None appraises every file (it must be protected) and measures none.
+    policy: Policy | None = None
+    #: Trusted certificates (rules with ``keyring=`` name their own directory).
+    keyring: Keyring | None = None
+    #: Without a policy: deny a failed appraisal (True) or log it and serve unverified.
+    enforce: bool = True
+    #: Where first opens are recorded, when the policy measures them.
+    measurements: MeasurementLog | None = None
     #: Largest span read and verified at once.
     chunk: int = 8 << 20
     #: Called with the time (s) an inline build took, for metrics.
     on_inline_build: Callable[[float], None] | None = None
+    _keyrings: dict[str, Keyring] = field(default_factory=dict, compare=False, repr=False)
+
+    def keyring_for(self, decision: Decision | None) -> Keyring | None:
+        directory = decision.keyring if decision is not None else None
+        if directory is None:
+            return self.keyring
+        ring = self._keyrings.get(directory)
+        if ring is None:
+            ring = Keyring.from_directory(directory)
+            self._keyrings[directory] = ring
+        return ring
 
 
 @dataclass(frozen=True)
 class Appraisal:
-    """The outcome of appraising one open file: what its reads are checked against."""
+    """What reads of one open file are checked against (``descriptor`` None: classic IMA,
+    appraised by its whole-file hash at open, reads not checked block by block)."""
 
-    descriptor: Descriptor
+    descriptor: Descriptor | None
     tree: TreeSource
-    #: Where the tree came from: ``cache`` or ``inline``.
+    #: Where the tree came from: ``cache``, ``inline`` or ``none``.
     tree_origin: str
 
 
-def read_descriptor(fd: int, st: os.stat_result, *, name: str, xattr_ns: str) -> Descriptor:
-    """The ``<ns>.verity`` descriptor of an open file, parsed strictly and bounded.
+@dataclass(frozen=True)
+class Access:
+    """Who opens the file, for the policy's conditions (default: this process)."""
 
-    Raises :class:`IntegrityError` if the file is not protected or its size is not the
-    descriptor's ``data_size`` (the file changed since it was protected), :class:`FormatError`
-    if the attribute is malformed or out of bounds.
+    path: str
+    uid: int | None = None
+    gid: int | None = None
+
+
+def appraise_open(fd: int, access: Access, options: ReaderOptions) -> Appraisal | None:
+    """Appraise the open file ``fd``; None when it is to be served unverified.
+
+    Unverified means: the policy does not appraise it, or appraisal failed and is not
+    enforced (logged). An enforced failure raises the :class:`~pyverity.errors.Error`.
     """
-    attr = attr_name(xattr_ns, VERITY_SUFFIX)
-    unverified_raw = get_attr(fd, attr, limit=Descriptor.SIZE)
-    if unverified_raw is None:
-        raise IntegrityError(
-            f"'{name}' is not protected (no {attr} attribute)",
+    decision = None
+    if options.policy is not None:
+        ctx = context_for_fd(
+            fd, path=access.path, uid=access.uid, gid=access.gid, policy=options.policy
+        )
+        decision = options.policy.decide(ctx)
+    appraise = decision.appraise if decision is not None else True
+    enforce = decision.enforce if decision is not None else options.enforce
+    appraisal: Appraisal | None = None
+    protection: Protection | None = None
+    failure: Error | None = None
+    try:
+        protection = read_protection(fd, options.xattr_ns)
+        if appraise:
+            appraisal = _appraise(fd, protection, access.path, decision, options)
+    except Error as e:
+        failure = e
+    if decision is not None and decision.measure and options.measurements is not None:
+        _measure(
+            fd,
+            access.path,
+            decision,
+            protection=protection,
+            appraisal=appraisal,
+            measurements=options.measurements,
+        )
+    if failure is not None:
+        if enforce:
+            log.warning("appraisal of '%s' failed, access denied: %s", access.path, failure)
+            raise failure
+        log.warning("appraisal of '%s' failed (not enforced): %s", access.path, failure)
+        return None
+    if appraisal is None or appraisal.descriptor is None:
+        return None
+    return appraisal
+
+
+def _appraise(
+    fd: int, protection: Protection, name: str, decision: Decision | None, options: ReaderOptions
+) -> Appraisal:
+    kind = protection.kind
+    keyring = options.keyring_for(decision)
+    sig_required = decision.signature_required if decision is not None else keyring is not None
+    verity_required = decision.verity if decision is not None else False
+    sig = protection.signature
+    if kind is ProtectionKind.NONE:
+        raise NotProtectedError(
+            f"'{name}' is not protected (no {options.xattr_ns}.verity or .ima attribute)",
             remedy="protect it with `pyverity enable` or `pyverity sign`",
         )
-    try:
-        descriptor = Descriptor.from_bytes(unverified_raw)
-        descriptor.params.geometry(descriptor.data_size).check_bounded()
-    except FormatError as e:
-        raise FormatError(f"'{name}': invalid {attr} attribute: {e}") from e
-    if descriptor.data_size != st.st_size:
-        raise IntegrityError(
-            f"'{name}' is {st.st_size} bytes but was protected at {descriptor.data_size} bytes",
-            remedy="the file changed since it was protected; sign or enable it again",
-        )
-    return descriptor
-
-
-def appraise_fd(fd: int, descriptor: Descriptor, *, name: str, options: ReaderOptions) -> Appraisal:
-    """Find (or build) the tree for ``descriptor`` of the open file ``fd``."""
+    if kind is ProtectionKind.CLASSIC:
+        if verity_required:
+            raise SignatureError(
+                f"'{name}': a verity signature is required (verity-signature-required)"
+            )
+        computed = whole_file_hash(fd, classic_hash_algo(protection))
+        verify_protection(protection, computed, keyring)
+        return Appraisal(None, MemoryTree(b""), "none")
+    if sig_required and sig is None:
+        raise SignatureError(f"'{name}' carries no signature, and the policy requires one")
+    descriptor = protection.unverified_descriptor
+    if descriptor is None:
+        # Signature only: the digest is known after a build; the signature is checked over it.
+        tree = _build(fd, protection.tree_params(), name, options)
+        verify_protection(protection, tree.descriptor, keyring)
+        _put(options, tree)
+        return Appraisal(tree.descriptor, MemoryTree(tree.tree or b""), "inline")
+    if sig is not None and (keyring is not None or sig_required):
+        verify_declared_signature(protection, keyring)
+    elif sig is not None:
+        log.info("'%s' is signed but no keyring was given: checked against its descriptor", name)
     store = options.store
-    digest = descriptor.digest()
-    alg = descriptor.hash_alg.name
     if store is not None:
-        cached = store.get(alg, digest)
+        cached = store.get(descriptor.hash_alg.name, descriptor.digest())
         if cached is not None:
             return Appraisal(descriptor, MemoryTree(cached.unverified_tree), "cache")
-    t0 = time.monotonic()
-    tree = build_tree(fd, descriptor.params)
-    elapsed = time.monotonic() - t0
-    log.info("built the Merkle tree of '%s' inline in %.3f s", name, elapsed)
-    if options.on_inline_build is not None:
-        options.on_inline_build(elapsed)
-    built = tree.descriptor
-    if built.data_size != descriptor.data_size or not hmac.compare_digest(
-        built.root_hash, descriptor.root_hash
+    tree = _build(fd, descriptor.params, name, options)
+    if tree.descriptor.data_size != descriptor.data_size or not hmac.compare_digest(
+        tree.descriptor.root_hash, descriptor.root_hash
     ):
         raise IntegrityError(
             f"'{name}': content does not match its descriptor (root hash differs)",
             remedy="the file changed since it was protected; sign or enable it again",
         )
-    if store is not None:
-        store.put(tree)
+    _put(options, tree)
     return Appraisal(descriptor, MemoryTree(tree.tree or b""), "inline")
+
+
+def _build(fd: int, params: TreeParams, name: str, options: ReaderOptions) -> MerkleTree:
+    t0 = time.monotonic()
+    tree = build_tree(fd, params)
+    elapsed = time.monotonic() - t0
+    log.info("built the Merkle tree of '%s' inline in %.3f s", name, elapsed)
+    if options.on_inline_build is not None:
+        options.on_inline_build(elapsed)
+    return tree
+
+
+def _put(options: ReaderOptions, tree: MerkleTree) -> None:
+    if options.store is not None:
+        options.store.put(tree)
+
+
+def _measure(
+    fd: int,
+    name: str,
+    decision: Decision,
+    *,
+    protection: Protection | None,
+    appraisal: Appraisal | None,
+    measurements: MeasurementLog,
+) -> None:
+    """Record the first open of (name, digest); the digest is the verified fs-verity digest,
+    else a sha256 of the content (as IMA measures files without a verity digest)."""
+    try:
+        if appraisal is not None and appraisal.descriptor is not None:
+            d = appraisal.descriptor
+            algo = kernel_algo_for_verity(d.hash_algorithm).name
+            digest = DigestField(algo, d.digest(), kind="verity")
+        else:
+            alg = algo_by_id(_MEASURE_ALGO)
+            digest = DigestField(alg.name, whole_file_hash(fd, alg), kind="ima")
+        signature = protection.raw_ima if protection is not None and protection.raw_ima else b""
+        measurements.append(
+            digest, name, template=decision.template, signature=signature, pcr=decision.pcr
+        )
+    except Error as e:
+        log.warning("could not measure '%s': %s", name, e)
