@@ -237,17 +237,23 @@ def _measure(
     appraisal: Appraisal | None,
     measurements: MeasurementLog,
 ) -> None:
-    """Record the first open of (name, digest); the digest is the verified fs-verity digest,
-    else a sha256 of the content (as IMA measures files without a verity digest)."""
+    """Record the first open of (name, digest). The digest is the fs-verity digest (verified,
+    else the declared one, as IMA measures what it collected even when appraisal then fails),
+    or for a file without a descriptor a sha256 of its content (a v3 signature, which cannot
+    be checked against a content hash, is then left out of the entry)."""
     try:
-        if appraisal is not None and appraisal.descriptor is not None:
-            d = appraisal.descriptor
-            algo = kernel_algo_for_verity(d.hash_algorithm).name
-            digest = DigestField(algo, d.digest(), kind="verity")
+        descriptor = appraisal.descriptor if appraisal is not None else None
+        if descriptor is None and protection is not None:
+            descriptor = protection.unverified_descriptor
+        signature = protection.raw_ima if protection is not None and protection.raw_ima else b""
+        if descriptor is not None:
+            algo = kernel_algo_for_verity(descriptor.hash_algorithm).name
+            digest = DigestField(algo, descriptor.digest(), kind="verity")
         else:
             alg = algo_by_id(_MEASURE_ALGO)
             digest = DigestField(alg.name, whole_file_hash(fd, alg), kind="ima")
-        signature = protection.raw_ima if protection is not None and protection.raw_ima else b""
+            if protection is not None and protection.kind is not ProtectionKind.CLASSIC:
+                signature = b""
         measurements.append(
             digest, name, template=decision.template, signature=signature, pcr=decision.pcr
         )
