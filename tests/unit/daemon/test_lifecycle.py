@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import pytest
+
+from pyverity.daemon.lifecycle import Cause, Observation, on_observe, on_write
+from pyverity.daemon.protection import AttrValues, Protection
+from pyverity.format.descriptor import Descriptor
+from pyverity.format.params import TreeParams
+from pyverity.store.statedb import FileRecord, State
+
+DESC = Descriptor.for_tree(TreeParams(), 100, bytes(32))
+VALUES = AttrValues(None, DESC.to_bytes())
+PROT = Protection("descriptor", DESC.params, DESC)
+SNAP = (1, 2, 100, 5)
+
+
+def _obs(values: AttrValues = VALUES, snap: tuple[int, int, int, int] = SNAP) -> Observation:
+    return Observation("/r/f", snap, values, PROT if values.present else None)
+
+
+def _rec(state: State, snap: tuple[int, int, int, int] = SNAP) -> FileRecord:
+    return FileRecord("/r/f", state, *snap, attr_fp=VALUES.fingerprint(), id=1)
+
+
+def test_new_attribute_makes_pending_and_builds() -> None:
+    d = on_observe(None, _obs(), Cause.ATTR)
+    assert d is not None
+    assert d.build
+    assert d.record is not None
+    assert d.record.state is State.PENDING
+    assert d.record.digest == f"sha256:{DESC.digest().hex()}"
+
+
+def test_malformed_attribute_is_invalid_with_reason() -> None:
+    obs = Observation("/r/f", SNAP, AttrValues(b"\x07", None), None, "unknown type")
+    d = on_observe(None, obs, Cause.ATTR)
+    assert d is not None
+    assert d.record is not None
+    assert not d.build
+    assert d.record.state is State.INVALID
+    assert d.record.error == "unknown type"
+
+
+def test_classic_value_has_no_tree() -> None:
+    obs = Observation(
+        "/r/f", SNAP, AttrValues(b"\x04\x04" + bytes(32), None), Protection("ima-digest-ng")
+    )
+    d = on_observe(None, obs, Cause.SCAN)
+    assert d is not None
+    assert d.record is not None
+    assert d.record.state is State.CLASSIC
+    assert not d.build
+
+
+@pytest.mark.parametrize("state", [State.PENDING, State.BUILDING, State.READY, State.MISMATCH])
+def test_write_makes_stale_and_cancels(state: State) -> None:
+    d = on_write(_rec(state), (1, 2, 101, 6))
+    assert d is not None
+    assert d.cancel
+    assert not d.build
+    assert d.record is not None
+    assert d.record.state is State.STALE
+    assert d.record.size == 101
+
+
+@pytest.mark.parametrize("state", [State.STALE, State.INVALID, State.CLASSIC])
+def test_write_changes_nothing_else(state: State) -> None:
+    assert on_write(_rec(state), (1, 2, 101, 6)) is None
+
+
+def test_chmod_or_touch_is_not_a_content_change() -> None:
+    d = on_observe(_rec(State.READY), _obs(snap=(1, 2, 100, 99)), Cause.ATTR)
+    assert d is not None
+    assert d.record is not None
+    assert not d.build
+    assert not d.cancel
+    assert d.record.state is State.READY
+    assert d.record.mtime_ns == 99
+
+
+def test_same_value_does_not_leave_stale() -> None:
+    assert on_observe(_rec(State.STALE), _obs(), Cause.ATTR) is None
+    d = on_observe(_rec(State.STALE), _obs(snap=(1, 2, 100, 7)), Cause.ATTR)
+    assert d is not None
+    assert d.record is not None
+    assert d.record.state is State.STALE
+
+
+def test_changed_value_or_rebuild_leaves_stale() -> None:
+    other = AttrValues(None, Descriptor.for_tree(TreeParams(), 100, b"\1" * 32).to_bytes())
+    d = on_observe(_rec(State.STALE), _obs(other), Cause.ATTR)
+    assert d is not None
+    assert d.build
+    assert d.record is not None
+    assert d.record.state is State.PENDING
+    d = on_observe(_rec(State.STALE), _obs(), Cause.REBUILD)
+    assert d is not None
+    assert d.build
+
+
+def test_write_while_down_is_stale_at_startup_not_rebuilt() -> None:
+    for state in (State.READY, State.BUILDING, State.PENDING):
+        d = on_observe(_rec(state), _obs(snap=(1, 2, 100, 8)), Cause.SCAN)
+        assert d is not None
+        assert d.record is not None
+        assert d.record.state is State.STALE
+        assert not d.build
+
+
+def test_interrupted_build_is_resumed_at_startup() -> None:
+    d = on_observe(_rec(State.BUILDING), _obs(), Cause.SCAN)
+    assert d is not None
+    assert d.build
+    assert not d.cancel
+    assert d.record is not None
+    assert d.record.state is State.PENDING
+    assert on_observe(_rec(State.READY), _obs(), Cause.SCAN) is None
+
+
+def test_attributes_removed_deletes_row() -> None:
+    d = on_observe(_rec(State.READY), _obs(AttrValues(None, None)), Cause.ATTR)
+    assert d is not None
+    assert d.record is None
+    assert d.cancel
+    assert on_observe(None, _obs(AttrValues(None, None)), Cause.ATTR) is None

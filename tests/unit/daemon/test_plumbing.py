@@ -1,0 +1,132 @@
+"""The queue, the watcher (real inotify), caller checks and attribute parsing."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pyverity.daemon.pool import BACKGROUND, FIRST_USE, Job, JobQueue
+from pyverity.daemon.protection import AttrValues, appraise, parse_protection
+from pyverity.daemon.server import Peer, may_open
+from pyverity.daemon.watcher import Change, FileEvent, Watcher
+from pyverity.errors import FormatError
+from pyverity.format.descriptor import Descriptor
+from pyverity.format.params import TreeParams
+from pyverity.hashing import build_tree
+
+
+def test_queue_first_use_first_and_one_job_per_path() -> None:
+    q = JobQueue()
+    q.push(Job("/a", BACKGROUND, b""))
+    q.push(Job("/b", BACKGROUND, b""))
+    q.push(Job("/c", FIRST_USE, b""))
+    q.push(Job("/b", FIRST_USE, b""))  # bumped
+    q.push(Job("/a", BACKGROUND, b""))  # requeued: goes after /b? no, stays background
+    assert len(q) == 3
+    assert q.peek_priority() == FIRST_USE
+    assert [q.pop().path for _ in range(3)] == ["/c", "/b", "/a"]  # type: ignore[union-attr]
+    assert q.pop() is None
+    q.push(Job("/x", BACKGROUND, b""))
+    assert q.remove("/x") is not None
+    assert q.pop() is None
+
+
+def _drain(w: Watcher, until: float = 0.3) -> list[FileEvent]:
+    out: list[FileEvent] = []
+    deadline = time.monotonic() + until
+    while time.monotonic() < deadline:
+        out.extend(w.events())
+        time.sleep(0.02)
+    return out
+
+
+def test_watcher_sees_attr_write_and_new_directories(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    f = tmp_path / "d" / "f"
+    f.write_bytes(b"x")
+    w = Watcher()
+    try:
+        assert list(w.add_tree(str(tmp_path))) == [str(f)]
+        os.setxattr(f, "user.verity", b"v")
+        with f.open("ab") as fh:
+            fh.write(b"y")
+        (tmp_path / "new" / "deeper").mkdir(parents=True)
+        g = tmp_path / "new" / "deeper" / "g"
+        events = _drain(w)
+        g.write_bytes(b"z")
+        os.setxattr(g, "user.ima", b"i")
+        f.unlink()
+        events += _drain(w)
+    finally:
+        w.close()
+    kinds = {(e.change, e.path) for e in events}
+    assert (Change.ATTR, str(f)) in kinds
+    assert (Change.WRITE, str(f)) in kinds
+    assert (Change.CLOSE_WRITE, str(f)) in kinds
+    assert (Change.ATTR, str(g)) in kinds  # the new nested directory is watched
+    assert (Change.GONE, str(f)) in kinds
+
+
+def test_symlinked_directories_are_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(outside)
+    w = Watcher()
+    try:
+        assert list(w.add_tree(str(root))) == []
+        assert w.watch_count == 1
+    finally:
+        w.close()
+
+
+def test_may_open_by_credentials_or_descriptor(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    f.chmod(0o600)
+    st = f.stat()
+    owner = Peer(1, st.st_uid, st.st_gid)
+    stranger = Peer(1, 54321, 54321)
+    assert may_open(owner, str(f), None)
+    assert not may_open(stranger, str(f), None)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert may_open(stranger, str(f), fd)  # holding the file open proves access
+        g = tmp_path / "g"
+        g.write_bytes(b"y")
+        assert not may_open(stranger, str(g), fd)  # ...to that file only
+    finally:
+        os.close(fd)
+    f.chmod(0o644)
+    assert may_open(stranger, str(f), None) == bool(tmp_path.stat().st_mode & 0o001)
+
+
+def test_parse_protection_bounds_and_appraisal(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    f = tmp_path / "f"
+    f.write_bytes(data)
+    t = build_tree(f)
+    values = AttrValues(None, t.descriptor.to_bytes())
+    prot = parse_protection(values, len(data))
+    assert prot.params == TreeParams()
+    assert prot.needs_tree
+    assert appraise(prot, t).state == "READY"
+    other = build_tree(f, TreeParams(salt=b"x"))
+    assert appraise(prot, other).state == "MISMATCH"
+    with pytest.raises(FormatError, match="declares"):
+        parse_protection(values, len(data) + 1)
+    with pytest.raises(FormatError):
+        parse_protection(AttrValues(None, b"\1" * 256), len(data))
+    big = Descriptor(1, 20, len(data), bytes(32))  # 1 MiB blocks: out of bounds
+    with pytest.raises(FormatError):
+        parse_protection(AttrValues(None, big.to_bytes()), len(data))
+    assert parse_protection(AttrValues(b"\x04\x04" + bytes(32), None), 1).kind == "ima-digest-ng"
+    assert parse_protection(AttrValues(b"\x03\x02" + bytes(8), None), 1).kind == "ima-sig"
+    with pytest.raises(FormatError):
+        parse_protection(AttrValues(b"", None), 1)
+    assert values.fingerprint() != AttrValues(t.descriptor.to_bytes(), None).fingerprint()
