@@ -88,26 +88,6 @@ TARGET static void state_to_digest(ni_state s, uint8_t *out)
     _mm_storeu_si128((__m128i *)(out + 16), _mm_shuffle_epi8(efgh, mask));
 }
 
-/* The message schedule of one 64-byte block, four words per vector (lane 0 = lowest index),
- * with the round constants already added. */
-TARGET static inline void schedule(const uint8_t *blk, __m128i wk[16])
-{
-    const __m128i mask = bswap_mask();
-    __m128i w[16];
-    for (int g = 0; g < 4; g++)
-        w[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blk + 16 * g)), mask);
-#pragma GCC unroll 12
-    for (int g = 4; g < 16; g++) {
-        /* W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16], four t at a time. */
-        __m128i t = _mm_sha256msg1_epu32(w[g - 4], w[g - 3]);
-        t = _mm_add_epi32(t, _mm_alignr_epi8(w[g - 1], w[g - 2], 4));
-        w[g] = _mm_sha256msg2_epu32(t, w[g - 1]);
-    }
-#pragma GCC unroll 16
-    for (int g = 0; g < 16; g++)
-        wk[g] = _mm_add_epi32(w[g], _mm_load_si128((const __m128i *)&K256[4 * g]));
-}
-
 /* Four rounds: two sha256rnds2, the second on the upper half of the message vector. After
  * each instruction the roles of the two state registers swap (the old ABEF is the new CDGH). */
 #define FOUR_ROUNDS(s, m)                                               \
@@ -117,38 +97,61 @@ TARGET static inline void schedule(const uint8_t *blk, __m128i wk[16])
                                          _mm_shuffle_epi32((m), 0x0E)); \
     } while (0)
 
+/* The next four message words: W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16] for four t,
+ * from the previous sixteen held in four vectors (m0 oldest, m3 newest). */
+#define NEXT_MSG(m0, m1, m2, m3)                                                          \
+    _mm_sha256msg2_epu32(                                                                 \
+        _mm_add_epi32(_mm_sha256msg1_epu32((m0), (m1)), _mm_alignr_epi8((m3), (m2), 4)), \
+        (m3))
+
+/* One message: the message schedule is computed on the fly, four words ahead, in registers. */
 TARGET static void compress1(ni_state *st, const uint8_t *blk, size_t nblk)
 {
+    const __m128i mask = bswap_mask();
     ni_state s = *st;
     for (; nblk; nblk--, blk += SHA256_BLOCK) {
-        __m128i wk[16];
         ni_state saved = s;
-        schedule(blk, wk);
+        __m128i m[4];
 #pragma GCC unroll 16
-        for (int g = 0; g < 16; g++)
-            FOUR_ROUNDS(s, wk[g]);
+        for (int g = 0; g < 16; g++) {
+            if (g < 4)
+                m[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blk + 16 * g)), mask);
+            else
+                m[g & 3] = NEXT_MSG(m[g & 3], m[(g + 1) & 3], m[(g + 2) & 3], m[(g + 3) & 3]);
+            FOUR_ROUNDS(s, _mm_add_epi32(m[g & 3], _mm_load_si128((const __m128i *)&K256[4 * g])));
+        }
         s.abef = _mm_add_epi32(s.abef, saved.abef);
         s.cdgh = _mm_add_epi32(s.cdgh, saved.cdgh);
     }
     *st = s;
 }
 
-/* Two independent messages of the same length, their rounds interleaved. */
+/* Two independent messages of the same length, their instructions interleaved so that one
+ * stream's round instructions run while the other's wait for their results. */
 TARGET static void compress2(ni_state *st1, ni_state *st2, const uint8_t *b1, const uint8_t *b2,
                              size_t nblk)
 {
+    const __m128i mask = bswap_mask();
     ni_state s1 = *st1, s2 = *st2;
     for (; nblk; nblk--, b1 += SHA256_BLOCK, b2 += SHA256_BLOCK) {
-        __m128i wk1[16], wk2[16];
         ni_state saved1 = s1, saved2 = s2;
-        schedule(b1, wk1);
-        schedule(b2, wk2);
+        __m128i m1[4], m2[4];
 #pragma GCC unroll 16
         for (int g = 0; g < 16; g++) {
-            s1.cdgh = _mm_sha256rnds2_epu32(s1.cdgh, s1.abef, wk1[g]);
-            s2.cdgh = _mm_sha256rnds2_epu32(s2.cdgh, s2.abef, wk2[g]);
-            s1.abef = _mm_sha256rnds2_epu32(s1.abef, s1.cdgh, _mm_shuffle_epi32(wk1[g], 0x0E));
-            s2.abef = _mm_sha256rnds2_epu32(s2.abef, s2.cdgh, _mm_shuffle_epi32(wk2[g], 0x0E));
+            if (g < 4) {
+                m1[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(b1 + 16 * g)), mask);
+                m2[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(b2 + 16 * g)), mask);
+            } else {
+                m1[g & 3] = NEXT_MSG(m1[g & 3], m1[(g + 1) & 3], m1[(g + 2) & 3], m1[(g + 3) & 3]);
+                m2[g & 3] = NEXT_MSG(m2[g & 3], m2[(g + 1) & 3], m2[(g + 2) & 3], m2[(g + 3) & 3]);
+            }
+            const __m128i k = _mm_load_si128((const __m128i *)&K256[4 * g]);
+            __m128i wk1 = _mm_add_epi32(m1[g & 3], k);
+            __m128i wk2 = _mm_add_epi32(m2[g & 3], k);
+            s1.cdgh = _mm_sha256rnds2_epu32(s1.cdgh, s1.abef, wk1);
+            s2.cdgh = _mm_sha256rnds2_epu32(s2.cdgh, s2.abef, wk2);
+            s1.abef = _mm_sha256rnds2_epu32(s1.abef, s1.cdgh, _mm_shuffle_epi32(wk1, 0x0E));
+            s2.abef = _mm_sha256rnds2_epu32(s2.abef, s2.cdgh, _mm_shuffle_epi32(wk2, 0x0E));
         }
         s1.abef = _mm_add_epi32(s1.abef, saved1.abef);
         s1.cdgh = _mm_add_epi32(s1.cdgh, saved1.cdgh);

@@ -26,6 +26,7 @@ import fcntl
 import os
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyverity.errors import FileChangedError, InputError, UsageError
 from pyverity.format.params import TreeParams
@@ -34,9 +35,15 @@ from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.progress import CancelCheck, ProgressFn, check_cancel
 from pyverity.hashing.result import MerkleTree
 from pyverity.hashing.runhash import RunHasher, run_hasher
-from pyverity.hashing.spool import SPOOL_MIN_TREE, SpoolingFolder
 
-__all__ = ["DEFAULT_OPTIONS", "FastOptions", "build_fast", "default_jobs"]
+if TYPE_CHECKING:
+    from pyverity.hashing.spool import SpoolingFolder
+
+__all__ = ["DEFAULT_OPTIONS", "SPOOL_MIN_TREE", "FastOptions", "build_fast", "default_jobs"]
+
+#: Kept trees at least this large are spooled through a temporary file (``hashing.spool``):
+#: twice a smaller tree is still within the budget of the tree plus 64 MiB.
+SPOOL_MIN_TREE = 32 << 20
 
 # Exit statuses of a worker (anything else, or a signal, is an unexpected failure).
 _EXIT_OK = 0
@@ -104,8 +111,11 @@ def build_fast(
     procs = max(1, min(procs, nchunks))
     run = run_hasher(params, accel=options.accel)
     folder = TreeFolder(params, keep_tree=keep_tree)
+    spool: SpoolingFolder | None = None
     if keep_tree and params.geometry(size).tree_size >= options.spool_min_tree:
-        folder = SpoolingFolder(params, size)
+        from pyverity.hashing.spool import SpoolingFolder  # imported only when needed
+
+        folder = spool = SpoolingFolder(params, size)
     workers = _Workers(fd, run, size=size, chunk=chunk, block_size=bs)
     try:
         for w in range(1, procs):
@@ -130,8 +140,8 @@ def build_fast(
             raise FileChangedError("file changed while it was being hashed") from None
         raise
     finally:
-        if isinstance(folder, SpoolingFolder):
-            folder.close()
+        if spool is not None:
+            spool.close()
 
 
 def _fold_chunks(

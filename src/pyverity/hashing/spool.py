@@ -17,11 +17,7 @@ from pyverity.format.params import TreeParams
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.result import MerkleTree
 
-__all__ = ["SPOOL_MIN_TREE", "SpoolingFolder"]
-
-#: Trees at least this large are spooled; smaller ones are kept in memory by the folder
-#: (twice a tree below this size is still within the tree + 64 MiB budget).
-SPOOL_MIN_TREE = 32 << 20
+__all__ = ["SpoolingFolder"]
 
 
 class SpoolingFolder(TreeFolder):
