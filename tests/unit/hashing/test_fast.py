@@ -179,7 +179,8 @@ def test_growth_and_rewrite_while_hashing_are_detected(tmp_path: Path, jobs: int
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_dead_worker_is_an_error_not_a_crash(tmp_path: Path, sig: int) -> None:
-    path = write(tmp_path, bytes(64 * 4096))
+    # Big enough that the worker is still blocked on its full pipe when it is killed.
+    path = write(tmp_path, bytes(2048 * 4096))
     workers = []
 
     def kill(done: int) -> None:
