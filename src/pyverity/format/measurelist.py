@@ -478,7 +478,7 @@ def parse_ascii_line(line: str) -> MeasurementRecord:
     newline cannot be read back from the ascii list (use the binary list).
     """
     text = line[:-1] if line.endswith("\n") else line
-    head = text.split(" ", 3)
+    head = text.lstrip(" ").split(" ", 3)  # "%2d": PCRs below 10 have a leading space
     if len(head) < 4:
         raise FormatError("ascii line has fewer than 4 columns")
     pcr_text, digest_hex, name, rest = head

@@ -1,0 +1,109 @@
+"""pyverity log show|verify|pcrs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pyverity.cli import main
+from pyverity.format.measurelist import DigestField
+from pyverity.measure import MeasurementLog, pcr_path
+from tests.unit.measure.kernel_vectors import kernel_vectors_dir
+
+
+@pytest.fixture
+def our_list(tmp_path: Path) -> Path:
+    path = tmp_path / "list"
+    with MeasurementLog.open(path, default_template="ima-sigv2") as log:
+        for i in range(3):
+            log.append(DigestField("sha256", bytes([i]) * 32, "verity"), f"/f {i}")
+    return path
+
+
+def test_show_is_the_ascii_list(our_list: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["log", "show", str(our_list)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4
+    assert out[1].startswith("10 ")
+    assert out[2].endswith(" ima-sigv2 verity:sha256:" + "01" * 32 + " /f_1 ")
+
+
+def test_show_json(our_list: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["log", "show", "--json", str(our_list)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc[3]["name"] == "/f_2"
+    assert doc[3]["digest"] == "verity:sha256:" + "02" * 32
+
+
+def test_kernel_show_matches_kernel_ascii(capsys: pytest.CaptureFixture[str]) -> None:
+    d = kernel_vectors_dir()
+    assert main(["log", "show", str(d / "binary_runtime_measurements")]) == 0
+    assert capsys.readouterr().out == (d / "ascii_runtime_measurements").read_text()
+
+
+@pytest.mark.parametrize("name", ["binary_runtime_measurements", "ascii_runtime_measurements"])
+def test_verify_kernel_lists(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = kernel_vectors_dir() / name
+    assert main(["log", "verify", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"OK {path}: 6 entries")
+    assert "no PCR values" in captured.err
+
+
+def test_verify_kernel_list_with_keyring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = kernel_vectors_dir()
+    (tmp_path / "cert.der").write_bytes((d / "cert.der").read_bytes())
+    rc = main(["log", "verify", "--keyring", str(tmp_path), str(d / "binary_runtime_measurements")])
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL entry 5 (/mnt/denied): signature does not verify")
+    assert out.count("FAIL") == 1
+
+
+def test_verify_ours_and_tampering(our_list: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["log", "verify", str(our_list)]) == 0
+    assert "PCR replay" in capsys.readouterr().out
+    data = our_list.read_bytes()
+    our_list.write_bytes(data[: len(data) - 1])  # torn tail
+    assert main(["log", "verify", str(our_list)]) == 1
+    assert "incomplete" in capsys.readouterr().out
+
+
+def test_verify_with_pcr_option(our_list: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stored = json.loads(pcr_path(our_list).read_text())["banks"]
+    pcr_path(our_list).unlink()
+    good = ["--pcr", f"sha256:{stored['sha256']['10']}", "--pcr", f"sha1:10:{stored['sha1']['10']}"]
+    assert main(["log", "verify", *good, str(our_list)]) == 0
+    capsys.readouterr()
+    assert main(["log", "verify", "--pcr", "sha256:" + "00" * 32, str(our_list)]) == 1
+    assert "replaying entries 1..4 gives sha256 PCR 10" in capsys.readouterr().out
+    assert main(["log", "verify", "--pcr", "md5:00", str(our_list)]) == 2
+
+
+def test_verify_json(our_list: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["log", "verify", "--json", str(our_list)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True
+    assert doc["pcrs_compared"] is True
+    assert doc["entries"] == 4
+
+
+def test_pcrs(our_list: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stored = json.loads(pcr_path(our_list).read_text())["banks"]
+    assert main(["log", "pcrs", str(our_list)]) == 0
+    assert f"sha256 PCR-10: {stored['sha256']['10']}" in capsys.readouterr().out
+    assert main(["log", "pcrs", "--replay", "--json", str(our_list)]) == 0
+    assert json.loads(capsys.readouterr().out)["banks"] == stored
+    assert main(["log", "pcrs", "--evmctl", "sha1", str(our_list)]) == 0
+    assert f"PCR-10: {stored['sha1']['10']}\n" in capsys.readouterr().out
+
+
+def test_missing_list_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["log", "verify", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: cannot open measurement list")
+    assert "Traceback" not in err

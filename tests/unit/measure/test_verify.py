@@ -1,0 +1,129 @@
+"""verify_result: template hashes, replay against PCR values, signatures; tamper cases fail."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pyverity.errors import IntegrityError
+from pyverity.format.measurelist import DigestField, MeasurementRecord, parse_binary
+from pyverity.measure import MeasurementLog, PcrValues, read_list, verify_list, verify_result
+from tests.unit.measure.kernel_vectors import kernel_vectors_dir
+
+if TYPE_CHECKING:
+    from pyverity.keys.keyring import Keyring
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> tuple[list[MeasurementRecord], PcrValues]:
+    with MeasurementLog.open(tmp_path / "list", default_template="ima-ngv2") as log:
+        for i in range(5):
+            log.append(DigestField("sha256", bytes([i]) * 32, "verity"), f"/file{i}")
+        return list(log.records), log.pcrs
+
+
+def test_untouched_list_verifies(written: tuple[list[MeasurementRecord], PcrValues]) -> None:
+    recs, pcrs = written
+    report = verify_list(recs, expected=pcrs)
+    assert report.ok
+    assert report.entries == 6
+
+
+def test_changed_entry_is_named(written: tuple[list[MeasurementRecord], PcrValues]) -> None:
+    recs, pcrs = written
+    bad = dataclasses.replace(recs[3], fields=(recs[3].fields[0], b"/evil\0"))
+    report = verify_result([*recs[:3], bad, *recs[4:]], expected=pcrs)
+    kinds = {(p.index, p.kind) for p in report.problems}
+    assert (4, "template-hash") in kinds
+    assert any(p.kind == "replay" for p in report.problems)
+    with pytest.raises(IntegrityError, match=r"entry 4 \(/evil\)"):
+        verify_list([*recs[:3], bad, *recs[4:]], expected=pcrs)
+
+
+def test_changed_entry_with_recomputed_digest_fails_replay(
+    written: tuple[list[MeasurementRecord], PcrValues],
+) -> None:
+    recs, pcrs = written
+    forged = MeasurementRecord.build(10, "ima-ngv2", (recs[2].fields[0], b"/forged\0"))
+    report = verify_result([*recs[:2], forged, *recs[3:]], expected=pcrs)
+    assert [p.kind for p in report.problems] == ["replay", "replay"]  # sha1 and sha256 banks
+
+
+def test_dropped_last_entry_is_named(written: tuple[list[MeasurementRecord], PcrValues]) -> None:
+    recs, pcrs = written
+    with pytest.raises(IntegrityError, match=r"entries 6\.\.6 were dropped"):
+        verify_list(recs[:-1], expected=pcrs)
+
+
+def test_dropped_middle_entry_fails(written: tuple[list[MeasurementRecord], PcrValues]) -> None:
+    recs, pcrs = written
+    report = verify_result(recs[:2] + recs[3:], expected=pcrs)
+    assert {p.kind for p in report.problems} == {"count", "replay"}
+
+
+def test_reordered_entries_fail(written: tuple[list[MeasurementRecord], PcrValues]) -> None:
+    recs, pcrs = written
+    swapped = [recs[0], recs[2], recs[1], *recs[3:]]
+    with pytest.raises(IntegrityError, match="changed, dropped or reordered"):
+        verify_list(swapped, expected=pcrs)
+
+
+def test_appended_entry_is_named(written: tuple[list[MeasurementRecord], PcrValues]) -> None:
+    recs, pcrs = written
+    extra = MeasurementRecord.for_file("ima-ng", DigestField("sha256", bytes(32)), "/extra")
+    with pytest.raises(IntegrityError, match=r"entry 7 \(/extra\): not covered"):
+        verify_list([*recs, extra], expected=pcrs)
+
+
+def test_violation_is_replayed_as_ff() -> None:
+    fields = (b"sha256:\0" + bytes(32), b"/v\0")
+    violation = MeasurementRecord(10, bytes(20), "ima-ng", fields)
+    pcrs = PcrValues.replay([violation])
+    assert pcrs.get("sha256") == hashlib.sha256(bytes(32) + b"\xff" * 32).digest()
+    assert (
+        pcrs.get("sha1")
+        == hashlib.new("sha1", bytes(20) + b"\xff" * 20, usedforsecurity=False).digest()
+    )
+    assert verify_list([violation], expected=pcrs).ok
+
+
+@pytest.fixture
+def kernel_keyring(tmp_path: Path) -> Keyring:
+    """A keyring directory holding only the kernel vectors' certificate."""
+    from pyverity.keys.keyring import Keyring
+
+    (tmp_path / "cert.der").write_bytes((kernel_vectors_dir() / "cert.der").read_bytes())
+    return Keyring.from_directory(tmp_path)
+
+
+def test_kernel_list_template_hashes_and_signatures(kernel_keyring: Keyring) -> None:
+    d = kernel_vectors_dir()
+    recs = parse_binary((d / "binary_runtime_measurements").read_bytes()).records
+    keyring = kernel_keyring
+    report = verify_result(recs, keyring=keyring)
+    assert report.signatures_checked == 4  # hello, big, denied (v3) and classic (v2)
+    # The kernel measured /mnt/denied, then refused it: its signature is of other content.
+    assert [(p.index, p.kind, p.name) for p in report.problems] == [(5, "signature", "/mnt/denied")]
+
+
+def test_kernel_list_without_keyring_passes() -> None:
+    d = kernel_vectors_dir()
+    snap = read_list(d / "binary_runtime_measurements", pcrs=False)
+    assert snap.tail_problem is None
+    report = verify_list(snap.records)
+    assert report.entries == 6
+
+
+def test_kernel_list_signature_tamper_fails(kernel_keyring: Keyring) -> None:
+    d = kernel_vectors_dir()
+    recs = list(parse_binary((d / "binary_runtime_measurements").read_bytes()).records)
+    hello = recs[1]
+    sig = bytearray(hello.signature)
+    sig[-1] ^= 1
+    forged = MeasurementRecord.build(10, hello.template_name, (*hello.fields[:2], bytes(sig)))
+    report = verify_result([forged], keyring=kernel_keyring)
+    assert [p.kind for p in report.problems] == ["signature"]
