@@ -149,7 +149,7 @@ class _OutFile:
         os.fchmod(fd, 0o666 & ~_umask())
         return cls(path, tmp_path, fd)
 
-    def publish(self, data: bytes) -> None:
+    def publish(self, data: bytes | bytearray) -> None:
         """Write ``data``, fsync, rename over the target, fsync the directory."""
         from pathlib import Path
 
@@ -340,7 +340,7 @@ def _run(opts: DigestOptions) -> int:
     except Error as e:
         params_error = e
     keep_tree = opts.out_tree is not None
-    tree_out = bytearray()
+    tree_out: bytes | bytearray = b""
     descriptors = bytearray()
     out = sys.stdout
     for path in opts.files:
@@ -357,8 +357,13 @@ def _run(opts: DigestOptions) -> int:
                 os.close(fd)
         digest = result.file_digest()
         if keep_tree and result.tree:
-            # fsverity pwrite()s each file's tree at offset 0 of the same output file.
-            tree_out[: len(result.tree)] = result.tree
+            # fsverity pwrite()s each file's tree at offset 0 of the same output file. One
+            # file (the usual case) keeps its tree as is: no copy, peak memory = tree size.
+            if len(result.tree) >= len(tree_out):
+                tree_out = result.tree
+            else:
+                tree_out = bytearray(tree_out)
+                tree_out[: len(result.tree)] = result.tree
         descriptors += result.descriptor.to_bytes()
         text = digest.formatted().to_bytes().hex() if opts.for_builtin_sig else digest.hex()
         if opts.compact:
@@ -369,9 +374,9 @@ def _run(opts: DigestOptions) -> int:
             out.write(f"{digest.algorithm}:{text} {path}\n")
     out.flush()
     if opts.out_tree is not None:
-        opts.out_tree.publish(bytes(tree_out))
+        opts.out_tree.publish(tree_out)
     if opts.out_descriptor is not None:
-        opts.out_descriptor.publish(bytes(descriptors))
+        opts.out_descriptor.publish(descriptors)
     return 0
 
 
