@@ -334,3 +334,28 @@ def test_multiple_files_with_outputs(files: Path) -> None:
     assert got.stdout == ref.stdout
     assert (files / "t").read_bytes() == (files / "t.ref").read_bytes()
     assert (files / "d").read_bytes() == (files / "d.ref").read_bytes()
+
+
+SETPRIV = shutil.which("setpriv")
+
+
+@pytest.mark.skipif(
+    SETPRIV is None or os.geteuid() != 0,
+    reason="needs root and setpriv (util-linux) to run both tools as an unprivileged user",
+)
+def test_unreadable_file_matches() -> None:
+    """A file the caller cannot read: same message and exit code, run as user nobody."""
+    assert SETPRIV is not None
+    assert FSVERITY is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        secret = work / "secret"
+        secret.write_bytes(b"x")
+        secret.chmod(0)
+        drop = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        ref = run([*drop, FSVERITY, "digest", "secret"], work)
+        got = run([*drop, *PYVERITY, "digest", "secret"], work)
+    assert ref.returncode == 1
+    assert ref.stderr == "ERROR: can't open 'secret' for reading: Permission denied\n"
+    assert (got.returncode, got.stderr, got.stdout) == (ref.returncode, ref.stderr, ref.stdout)
