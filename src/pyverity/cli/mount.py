@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from pyverity.cli._common import ArgumentParser
+from pyverity.errors import UsageError
 
 __all__ = ["main"]
 
@@ -51,6 +52,16 @@ def _parser() -> ArgumentParser:
         help="attribute namespace (default: security)",
     )
     p.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="tree cache directory (the daemon's; default: trees kept in memory only)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="ask the daemon with this state directory for first-use builds (needs --cache)",
+    )
+    p.add_argument(
         "--no-keep-cache",
         action="store_true",
         help="never keep verified pages in the page cache between opens",
@@ -83,6 +94,19 @@ def main(argv: list[str]) -> int:
         from pyverity.measure.log import MeasurementLog
 
         measurements = MeasurementLog.open(args.log)
+    from pyverity.fuse.ops import LockedStore
+    from pyverity.store.cache import open_store
+
+    store = LockedStore(open_store("cache" if args.cache else "none", args.cache))
+    first_use_build = None
+    if args.state_dir is not None:
+        if args.cache is None:
+            raise UsageError("--state-dir needs --cache (the daemon's tree cache)")
+        from functools import partial
+
+        from pyverity.daemon.client import build_now
+
+        first_use_build = partial(build_now, state_dir=Path(args.state_dir), timeout=600)
     try:
         config = MountConfig(
             source=Path(args.source),
@@ -94,6 +118,8 @@ def main(argv: list[str]) -> int:
                 keyring=keyring,
                 enforce=args.mode == "enforce",
                 measurements=measurements,
+                store=store,
+                first_use_build=first_use_build,
             ),
             keep_cache=not args.no_keep_cache,
             unsafe_no_verify=args.unsafe_no_verify,

@@ -37,10 +37,11 @@ from pyverity.fuse.verity_ioctl import (
     write_measure,
 )
 from pyverity.hashing.api import build_tree
+from pyverity.hashing.result import MerkleTree
 from pyverity.reader.api import open_fd
-from pyverity.reader.appraise import Access
+from pyverity.reader.appraise import Access, CachedEntry, TreeProvider
 
-__all__ = ["VerityFS"]
+__all__ = ["LockedStore", "VerityFS"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,26 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 OpenHook = Callable[[str, Handle], None]
 #: Asks the caller's user id: ``(uid, gid, pid)`` of the process making the request.
 ContextFn = Callable[[], tuple[int, int, int]]
+
+
+class LockedStore:
+    """A tree store shared by the mount's threads, one call at a time."""
+
+    def __init__(self, store: TreeProvider) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+
+    def get(self, algorithm: str, digest: bytes) -> CachedEntry | None:
+        with self._lock:
+            return self._store.get(algorithm, digest)
+
+    def put(self, tree: MerkleTree) -> None:
+        with self._lock:
+            self._store.put(tree)
+
+    def discard(self, algorithm: str, digest: bytes) -> None:
+        with self._lock:
+            self._store.discard(algorithm, digest)
 
 
 def _err(code: int) -> OSError:
@@ -181,7 +202,7 @@ class VerityFS:
             handle = (
                 Handle(fd, key, path, writable=True)
                 if writing
-                else self._open_for_reading(fd, key, path)
+                else self._open_for_reading(fd, key, path, real)
             )
         except BaseException:
             os.close(fd)
@@ -194,7 +215,7 @@ class VerityFS:
             self._on_open(path, handle)
         return 0
 
-    def _open_for_reading(self, fd: int, key: InodeKey, path: str) -> Handle:
+    def _open_for_reading(self, fd: int, key: InodeKey, path: str, real: str) -> Handle:
         if self.config.unsafe_no_verify:
             return Handle(fd, key, path, writable=False)
         reader = self.config.reader
@@ -210,7 +231,7 @@ class VerityFS:
             if stale is not None:
                 raise IntegrityError(f"'{path}' was written since it was protected (STALE)")
             uid, gid = (self._context()[:2]) if self._context is not None else (None, None)
-            access = Access(os.path.join(self._mountpoint, path.lstrip("/")), uid, gid)
+            access = Access(os.path.join(self._mountpoint, path.lstrip("/")), uid, gid, real)
             raw = open_fd(fd, access, reader, closefd=False)
         except Error as e:
             enforcing = (

@@ -84,6 +84,10 @@ class ReaderOptions:
     measurements: MeasurementLog | None = None
     #: Largest span read and verified at once.
     chunk: int = 8 << 20
+    #: Asks the daemon for a first-use build of a file's own path on a cache miss
+    #: (e.g. ``pyverity.daemon.client.build_now``; its answer is never trusted: the tree is
+    #: read back from ``store`` and verified block by block). None: build inline.
+    first_use_build: Callable[[str], object] | None = None
     #: Called with the time (s) an inline build took, for metrics.
     on_inline_build: Callable[[float], None] | None = None
     _keyrings: dict[str, Keyring] = field(default_factory=dict, compare=False, repr=False)
@@ -117,6 +121,8 @@ class Access:
     path: str
     uid: int | None = None
     gid: int | None = None
+    #: The file's own path (the backing file under a mount), for the daemon's first-use build.
+    source_path: str | None = None
 
 
 def appraise_open(fd: int, access: Access, options: ReaderOptions) -> Appraisal | None:
@@ -139,7 +145,7 @@ def appraise_open(fd: int, access: Access, options: ReaderOptions) -> Appraisal 
     try:
         protection = read_protection(fd, options.xattr_ns)
         if appraise:
-            appraisal = _appraise(fd, protection, access.path, decision, options)
+            appraisal = _appraise(fd, protection, access, decision, options)
     except Error as e:
         failure = e
     if decision is not None and decision.measure and options.measurements is not None:
@@ -163,8 +169,13 @@ def appraise_open(fd: int, access: Access, options: ReaderOptions) -> Appraisal 
 
 
 def _appraise(
-    fd: int, protection: Protection, name: str, decision: Decision | None, options: ReaderOptions
+    fd: int,
+    protection: Protection,
+    access: Access,
+    decision: Decision | None,
+    options: ReaderOptions,
 ) -> Appraisal:
+    name = access.path
     kind = protection.kind
     keyring = options.keyring_for(decision)
     sig_required = decision.signature_required if decision is not None else keyring is not None
@@ -196,11 +207,9 @@ def _appraise(
         verify_declared_signature(protection, keyring)
     elif sig is not None:
         log.info("'%s' is signed but no keyring was given: checked against its descriptor", name)
-    store = options.store
-    if store is not None:
-        cached = store.get(descriptor.hash_alg.name, descriptor.digest())
-        if cached is not None:
-            return Appraisal(descriptor, MemoryTree(cached.unverified_tree), "cache")
+    cached = _from_store(descriptor, access, options)
+    if cached is not None:
+        return cached
     tree = _build(fd, descriptor.params, name, options)
     if tree.descriptor.data_size != descriptor.data_size or not hmac.compare_digest(
         tree.descriptor.root_hash, descriptor.root_hash
@@ -211,6 +220,33 @@ def _appraise(
         )
     _put(options, tree)
     return Appraisal(descriptor, MemoryTree(tree.tree or b""), "inline")
+
+
+def _from_store(descriptor: Descriptor, access: Access, options: ReaderOptions) -> Appraisal | None:
+    """The cached tree for ``descriptor``, asking the daemon for a first-use build on a miss."""
+    store = options.store
+    if store is None:
+        return None
+    alg, digest = descriptor.hash_alg.name, descriptor.digest()
+    cached = store.get(alg, digest)
+    if cached is not None:
+        return Appraisal(descriptor, MemoryTree(cached.unverified_tree), "cache")
+    if options.first_use_build is None or access.source_path is None:
+        return None
+    t0 = time.monotonic()
+    try:
+        options.first_use_build(access.source_path)
+    except Error as e:
+        log.info(
+            "first-use build of '%s' by the daemon failed (%s): building inline", access.path, e
+        )
+        return None
+    cached = store.get(alg, digest)
+    if cached is None:
+        log.info("the daemon built no tree for '%s': building inline", access.path)
+        return None
+    log.info("the daemon built the tree of '%s' in %.3f s", access.path, time.monotonic() - t0)
+    return Appraisal(descriptor, MemoryTree(cached.unverified_tree), "cache")
 
 
 def _build(fd: int, params: TreeParams, name: str, options: ReaderOptions) -> MerkleTree:

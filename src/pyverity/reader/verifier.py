@@ -24,6 +24,7 @@ from typing import NoReturn
 
 from pyverity.format.descriptor import Descriptor
 from pyverity.hashing.blockhash import block_hasher
+from pyverity.hashing.runhash import run_hasher
 from pyverity.reader.tree import TreeSource
 
 __all__ = ["BlockVerifier", "VerificationError"]
@@ -74,6 +75,8 @@ class BlockVerifier:
         self._ds = params.digest_size
         self._arity = params.arity
         self._hash = block_hasher(params)
+        #: Data blocks are hashed in runs (the compiled accelerator when available).
+        self._hash_run = run_hasher(params)
         self._root = descriptor.root_hash
         self._alg = params.hash_alg.name
         self._start = geometry.level_start
@@ -118,9 +121,7 @@ class BlockVerifier:
             return
         if first < 0 or first + count > self.num_data_blocks:
             raise ValueError(f"data blocks {first}..{first + count - 1} are beyond the file")
-        view = memoryview(data)
-        hash_block = self._hash
-        digests = b"".join([hash_block(view[i : i + bs]) for i in range(0, count * bs, bs)])
+        digests = self._hash_run(data)
         if self._levels == 0:
             # One data block: its hash is the root hash itself.
             self._check_data(first, digests, self._root, 0)
