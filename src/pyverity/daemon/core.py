@@ -25,12 +25,7 @@ from pyverity.daemon.config import DaemonConfig, check_private_dir, ima_policy_w
 from pyverity.daemon.control import ControlMixin
 from pyverity.daemon.lifecycle import Cause, Decision, Observation
 from pyverity.daemon.pool import BACKGROUND, FIRST_USE, Job, JobQueue, Worker, WorkerPool
-from pyverity.daemon.protection import (
-    Protection,
-    appraise,
-    parse_protection,
-    read_attrs,
-)
+from pyverity.daemon.protection import appraise, load_keyring, read_declared
 from pyverity.daemon.server import Client, Server
 from pyverity.daemon.watcher import Change, FileEvent, Watcher
 from pyverity.errors import ConfigurationError, Error, StorageError
@@ -94,6 +89,7 @@ class Daemon(ControlMixin):
         warning = ima_policy_warning(config.xattr_ns)
         if warning:
             log.warning("%s", warning)
+        self.keyring = load_keyring(config.keyring)
         self.db = StateDB(config.state_dir / "state.db")
         self.store = open_store(config.backend, config.cache_dir)
         self.partial = PartialStore(config.state_dir)
@@ -152,22 +148,9 @@ class Daemon(ControlMixin):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        snap = identity(st)
-        try:
-            values = read_attrs(fd, self.config.xattr_ns)
-        except Error as e:
-            from pyverity.daemon.protection import AttrValues
-
-            bad = AttrValues(b"\0" + str(e).encode(), None)
-            return Observation(path, snap, bad, None, str(e))
-        if not values.present:
-            return Observation(path, snap, values)
-        try:
-            prot: Protection | None = parse_protection(values, st.st_size)
-            reason = ""
-        except Error as e:
-            prot, reason = None, str(e)
-        return Observation(path, snap, values, prot, reason)
+        return Observation(
+            path, identity(st), read_declared(fd, self.config.xattr_ns, self.keyring)
+        )
 
     def _has_attrs(self, path: str) -> bool:
         ns = self.config.xattr_ns
@@ -320,19 +303,19 @@ class Daemon(ControlMixin):
             return
         try:
             obs = self._observe_fd(job.path, fd)
-            if obs is None or obs.values.fingerprint() != rec.attr_fp:
+            if obs is None or obs.declared.fingerprint != rec.attr_fp:
                 if obs is not None:
                     self.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.ATTR))
                 return
             if obs.snapshot != rec.snapshot:
                 self.apply(job.path, rec, lifecycle.on_write(rec, obs.snapshot))
                 return
-            prot = obs.protection
-            if prot is None or prot.params is None:
+            prot = obs.declared.protection
+            if prot is None or not prot.has_tree:
                 self.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.REBUILD))
                 return
             file_id = self._need(rec.id)
-            params = prot.params
+            params = prot.tree_params()
             offset, leaves = 0, b""
             cp = self.db.get_checkpoint(file_id)
             if cp is not None:
@@ -463,7 +446,7 @@ class Daemon(ControlMixin):
             self.enqueue(rec, job.priority)
             return
         built = MerkleTree(descriptor, tree)
-        result = appraise(job.extra["protection"], built)
+        result = appraise(job.extra["protection"], built, self.keyring)
         if result.state == "READY":
             try:
                 self.store.put(built)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pyverity.daemon.protection import AttrValues, Protection
+from pyverity.daemon.protection import Declared
 from pyverity.store.statedb import FileRecord, State
 
 __all__ = ["Cause", "Decision", "Observation", "on_observe", "on_write"]
@@ -41,9 +41,7 @@ class Observation:
 
     path: str
     snapshot: tuple[int, int, int, int]
-    values: AttrValues
-    protection: Protection | None = None
-    invalid_reason: str = ""
+    declared: Declared
 
 
 @dataclass(frozen=True)
@@ -80,27 +78,26 @@ def _new_protection(rec: FileRecord | None, obs: Observation) -> Decision:
         ino=ino,
         size=size,
         mtime_ns=mtime_ns,
-        attr_fp=obs.values.fingerprint(),
+        attr_fp=obs.declared.fingerprint,
     )
     if rec is not None:
         base = base.evolve(id=rec.id, created_ns=rec.created_ns)
-    prot = obs.protection
-    if prot is None:
-        return Decision(base.evolve(state=State.INVALID, error=obs.invalid_reason), cancel=True)
-    base = base.evolve(kind=prot.kind)
-    if not prot.needs_tree:
+    declared = obs.declared
+    if declared.protection is None:
+        reason = declared.invalid_reason or "invalid"
+        return Decision(base.evolve(state=State.INVALID, error=reason), cancel=True)
+    base = base.evolve(kind=declared.kind)
+    if not declared.needs_tree:
         return Decision(base.evolve(state=State.CLASSIC), cancel=True)
-    if prot.unverified_descriptor is not None:
-        desc = prot.unverified_descriptor
-        base = base.evolve(digest=f"{desc.hash_alg.name}:{desc.digest().hex()}")
+    base = base.evolve(digest=declared.declared_digest)
     return Decision(base, build=True, cancel=True)
 
 
 def on_observe(rec: FileRecord | None, obs: Observation, cause: Cause) -> Decision | None:
     """What follows from looking at a file; None when nothing changes."""
-    if not obs.values.present:
+    if not obs.declared.present:
         return None if rec is None else Decision(None, cancel=True)
-    if rec is None or cause is Cause.REBUILD or rec.attr_fp != obs.values.fingerprint():
+    if rec is None or cause is Cause.REBUILD or rec.attr_fp != obs.declared.fingerprint:
         return _new_protection(rec, obs)
     if rec.snapshot == obs.snapshot:
         if cause is not Cause.ATTR and rec.state in (State.PENDING, State.BUILDING):

@@ -1,65 +1,55 @@
-"""What a file's attributes declare, read from an open descriptor, and the appraisal of a build.
+"""The daemon's one door to the attributes: reading them from an open descriptor and appraising
+a finished build, both through :mod:`pyverity.protect` (no second parser or verifier here).
 
-This is the daemon's one door to attribute parsing and signature appraisal. Until
-``pyverity.protect`` lands it understands the descriptor-only (unsigned) mode and recognises
-classic 0x03/0x04 values; a type-0x06 signature is reported INVALID (not yet appraisable),
-never trusted.
+:func:`observe_fd` turns one ``fstat`` plus one read of both attributes into what the lifecycle
+needs: the fingerprint of the raw values, whether any is present, the parsed protection or the
+reason it is INVALID. A signature over a declared descriptor is checked right away (cheap: no
+content involved), so an untrusted key or a forged signature is INVALID without a build.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyverity.errors import Error, FormatError
+from pyverity.errors import Error
 from pyverity.format.descriptor import Descriptor
-from pyverity.format.params import TreeParams
-from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr
 from pyverity.hashing.result import MerkleTree
 
-__all__ = ["Appraisal", "AttrValues", "Protection", "appraise", "parse_protection", "read_attrs"]
+if TYPE_CHECKING:
+    from pyverity.keys import Keyring
+    from pyverity.protect import Protection
 
-#: IMA xattr types that are whole-file hashes or signatures (no tree): digest, v2 sig, digest-ng.
-CLASSIC_TYPES = {0x01: "ima-digest", 0x03: "ima-sig", 0x04: "ima-digest-ng"}
-VERITY_SIG_TYPE = 0x06
+__all__ = ["Appraisal", "Declared", "appraise", "load_keyring", "read_declared"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AttrValues:
-    """The raw, unverified values of ``<ns>.ima`` and ``<ns>.verity`` (None when absent)."""
+class Declared:
+    """What one read of a file's two attributes showed."""
 
-    unverified_ima: bytes | None
-    unverified_verity: bytes | None
+    #: Changes iff either raw value changes (absent and empty differ).
+    fingerprint: bytes
+    present: bool
+    protection: Protection | None = None
+    #: Why the values are INVALID (empty when ``protection`` is usable).
+    invalid_reason: str = ""
 
     @property
-    def present(self) -> bool:
-        return self.unverified_ima is not None or self.unverified_verity is not None
-
-    def fingerprint(self) -> bytes:
-        """SHA-256 over both values, length-prefixed: equal iff both values are equal."""
-        h = hashlib.sha256()
-        for v in (self.unverified_ima, self.unverified_verity):
-            if v is None:
-                h.update(b"\xff" * 8)
-            else:
-                h.update(len(v).to_bytes(8, "little"))
-                h.update(v)
-        return h.digest()
-
-
-@dataclass(frozen=True)
-class Protection:
-    """A parsed protection: its kind and, for tree kinds, the parameters of the tree to build."""
-
-    kind: str
-    params: TreeParams | None = None
-    #: The declared descriptor (from ``<ns>.verity``), parsed and bounded, not yet matched.
-    unverified_descriptor: Descriptor | None = None
+    def kind(self) -> str:
+        return self.protection.kind.value if self.protection is not None else ""
 
     @property
     def needs_tree(self) -> bool:
-        return self.params is not None
+        return self.protection is not None and self.protection.has_tree
+
+    @property
+    def declared_digest(self) -> str:
+        desc = self.protection.unverified_descriptor if self.protection else None
+        return f"{desc.hash_alg.name}:{desc.digest().hex()}" if desc is not None else ""
 
 
 @dataclass(frozen=True)
@@ -71,52 +61,49 @@ class Appraisal:
     digest: str = ""
 
 
-def read_attrs(fd: int, namespace: str) -> AttrValues:
-    """Both attributes, read (size-bounded) from the already opened descriptor ``fd``."""
-    return AttrValues(
-        get_attr(fd, attr_name(namespace, IMA_SUFFIX)),
-        get_attr(fd, attr_name(namespace, VERITY_SUFFIX)),
+def load_keyring(path: Path | None) -> Keyring | None:
+    if path is None:
+        return None
+    from pyverity.keys import Keyring
+
+    return Keyring.from_directory(path)
+
+
+def read_declared(fd: int, namespace: str, keyring: Keyring | None) -> Declared:
+    """Read and check both attributes of the open file ``fd``."""
+    from pyverity.protect import (
+        InvalidProtectionError,
+        ProtectionKind,
+        read_protection,
+        verify_declared_signature,
     )
 
-
-def parse_protection(values: AttrValues, file_size: int) -> Protection:
-    """Parse the attribute pair strictly; raises :class:`FormatError` (→ INVALID) with a reason."""
-    desc: Descriptor | None = None
-    if values.unverified_verity is not None:
-        desc = Descriptor.from_bytes(values.unverified_verity)
-        params = desc.params
-        params.geometry(desc.data_size).check_bounded()
-        if desc.data_size != file_size:
-            raise FormatError(
-                f"descriptor declares {desc.data_size} bytes, the file has {file_size}"
-            )
-    ima = values.unverified_ima
-    if ima is not None:
-        if not ima:
-            raise FormatError("empty IMA attribute")
-        kind = CLASSIC_TYPES.get(ima[0])
-        if kind is not None:
-            if desc is not None:
-                raise FormatError("a classic IMA value cannot accompany a verity descriptor")
-            return Protection(kind)
-        if ima[0] == VERITY_SIG_TYPE:
-            raise FormatError("v3 verity signatures cannot be appraised yet (no keyring support)")
-        raise FormatError(f"unknown IMA attribute type 0x{ima[0]:02x}")
-    if desc is None:
-        raise FormatError("no attribute present")
-    return Protection("descriptor", desc.params, desc)
+    try:
+        prot = read_protection(fd, namespace)
+    except InvalidProtectionError as e:
+        return Declared(e.fingerprint, True, None, str(e))
+    if prot.kind is ProtectionKind.NONE:
+        return Declared(prot.fingerprint, False)
+    if prot.kind is ProtectionKind.VERITY_SIGNED and prot.unverified_descriptor is not None:
+        try:
+            verify_declared_signature(prot, keyring)
+        except Error as e:
+            return Declared(prot.fingerprint, True, None, f"{getattr(e, 'reason', 'invalid')}: {e}")
+    if prot.kind is ProtectionKind.VERITY_SIGNED and keyring is None:
+        return Declared(prot.fingerprint, True, None, "signed, but the daemon has no keyring")
+    return Declared(prot.fingerprint, True, prot)
 
 
-def appraise(protection: Protection, computed: MerkleTree) -> Appraisal:
-    """Compare a freshly built tree with what the attributes declare."""
-    digest = str(computed.file_digest())
-    declared = protection.unverified_descriptor
-    if declared is None:
-        return Appraisal("INVALID", "nothing declared to compare with", digest)
-    if hmac.compare_digest(declared.to_bytes(), computed.descriptor.to_bytes()):
+def appraise(protection: Protection, built: MerkleTree, keyring: Keyring | None) -> Appraisal:
+    """Compare a freshly built tree with what the attributes declare (and their signature)."""
+    from pyverity.protect import appraisal_result
+
+    result = appraisal_result(protection, built.descriptor, keyring)
+    digest = str(built.file_digest())
+    if result.ok:
         return Appraisal("READY", "", digest)
-    return Appraisal("MISMATCH", "content does not hash to the declared root", digest)
+    return Appraisal(result.state.name, f"{result.reason.value}: {result.message}", digest)
 
 
-def describe_error(err: Error) -> str:
-    return str(err)
+def descriptor_of(protection: Protection) -> Descriptor | None:
+    return protection.unverified_descriptor

@@ -3,23 +3,32 @@ from __future__ import annotations
 import pytest
 
 from pyverity.daemon.lifecycle import Cause, Observation, on_observe, on_write
-from pyverity.daemon.protection import AttrValues, Protection
+from pyverity.daemon.protection import Declared
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
+from pyverity.protect import parse_protection
 from pyverity.store.statedb import FileRecord, State
 
 DESC = Descriptor.for_tree(TreeParams(), 100, bytes(32))
-VALUES = AttrValues(None, DESC.to_bytes())
-PROT = Protection("descriptor", DESC.params, DESC)
+
+
+def _declared(desc: Descriptor | None) -> Declared:
+    raw = None if desc is None else desc.to_bytes()
+    prot = parse_protection(raw, None, 100)
+    return Declared(prot.fingerprint, raw is not None, prot if raw else None)
+
+
+VALUES = _declared(DESC)
+NONE = _declared(None)
 SNAP = (1, 2, 100, 5)
 
 
-def _obs(values: AttrValues = VALUES, snap: tuple[int, int, int, int] = SNAP) -> Observation:
-    return Observation("/r/f", snap, values, PROT if values.present else None)
+def _obs(values: Declared = VALUES, snap: tuple[int, int, int, int] = SNAP) -> Observation:
+    return Observation("/r/f", snap, values)
 
 
 def _rec(state: State, snap: tuple[int, int, int, int] = SNAP) -> FileRecord:
-    return FileRecord("/r/f", state, *snap, attr_fp=VALUES.fingerprint(), id=1)
+    return FileRecord("/r/f", state, *snap, attr_fp=VALUES.fingerprint, id=1)
 
 
 def test_new_attribute_makes_pending_and_builds() -> None:
@@ -32,7 +41,7 @@ def test_new_attribute_makes_pending_and_builds() -> None:
 
 
 def test_malformed_attribute_is_invalid_with_reason() -> None:
-    obs = Observation("/r/f", SNAP, AttrValues(b"\x07", None), None, "unknown type")
+    obs = Observation("/r/f", SNAP, Declared(b"x" * 32, True, None, "unknown type"))
     d = on_observe(None, obs, Cause.ATTR)
     assert d is not None
     assert d.record is not None
@@ -42,9 +51,8 @@ def test_malformed_attribute_is_invalid_with_reason() -> None:
 
 
 def test_classic_value_has_no_tree() -> None:
-    obs = Observation(
-        "/r/f", SNAP, AttrValues(b"\x04\x04" + bytes(32), None), Protection("ima-digest-ng")
-    )
+    prot = parse_protection(None, b"\x04\x04" + bytes(32), 100)
+    obs = Observation("/r/f", SNAP, Declared(prot.fingerprint, True, prot))
     d = on_observe(None, obs, Cause.SCAN)
     assert d is not None
     assert d.record is not None
@@ -87,7 +95,7 @@ def test_same_value_does_not_leave_stale() -> None:
 
 
 def test_changed_value_or_rebuild_leaves_stale() -> None:
-    other = AttrValues(None, Descriptor.for_tree(TreeParams(), 100, b"\1" * 32).to_bytes())
+    other = _declared(Descriptor.for_tree(TreeParams(), 100, b"\1" * 32))
     d = on_observe(_rec(State.STALE), _obs(other), Cause.ATTR)
     assert d is not None
     assert d.build
@@ -118,8 +126,8 @@ def test_interrupted_build_is_resumed_at_startup() -> None:
 
 
 def test_attributes_removed_deletes_row() -> None:
-    d = on_observe(_rec(State.READY), _obs(AttrValues(None, None)), Cause.ATTR)
+    d = on_observe(_rec(State.READY), _obs(NONE), Cause.ATTR)
     assert d is not None
     assert d.record is None
     assert d.cancel
-    assert on_observe(None, _obs(AttrValues(None, None)), Cause.ATTR) is None
+    assert on_observe(None, _obs(NONE), Cause.ATTR) is None

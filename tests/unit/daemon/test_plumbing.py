@@ -6,13 +6,10 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from pyverity.daemon.pool import BACKGROUND, FIRST_USE, Job, JobQueue
-from pyverity.daemon.protection import AttrValues, appraise, parse_protection
+from pyverity.daemon.protection import appraise, read_declared
 from pyverity.daemon.server import Peer, may_open
 from pyverity.daemon.watcher import Change, FileEvent, Watcher
-from pyverity.errors import FormatError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
 from pyverity.hashing import build_tree
@@ -106,27 +103,38 @@ def test_may_open_by_credentials_or_descriptor(tmp_path: Path) -> None:
     assert may_open(stranger, str(f), None) == bool(tmp_path.stat().st_mode & 0o001)
 
 
-def test_parse_protection_bounds_and_appraisal(tmp_path: Path) -> None:
+def test_read_declared_and_appraise(tmp_path: Path) -> None:
     data = os.urandom(10_000)
     f = tmp_path / "f"
     f.write_bytes(data)
     t = build_tree(f)
-    values = AttrValues(None, t.descriptor.to_bytes())
-    prot = parse_protection(values, len(data))
-    assert prot.params == TreeParams()
-    assert prot.needs_tree
-    assert appraise(prot, t).state == "READY"
-    other = build_tree(f, TreeParams(salt=b"x"))
-    assert appraise(prot, other).state == "MISMATCH"
-    with pytest.raises(FormatError, match="declares"):
-        parse_protection(values, len(data) + 1)
-    with pytest.raises(FormatError):
-        parse_protection(AttrValues(None, b"\1" * 256), len(data))
-    big = Descriptor(1, 20, len(data), bytes(32))  # 1 MiB blocks: out of bounds
-    with pytest.raises(FormatError):
-        parse_protection(AttrValues(None, big.to_bytes()), len(data))
-    assert parse_protection(AttrValues(b"\x04\x04" + bytes(32), None), 1).kind == "ima-digest-ng"
-    assert parse_protection(AttrValues(b"\x03\x02" + bytes(8), None), 1).kind == "ima-sig"
-    with pytest.raises(FormatError):
-        parse_protection(AttrValues(b"", None), 1)
-    assert values.fingerprint() != AttrValues(t.descriptor.to_bytes(), None).fingerprint()
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert not read_declared(fd, "user", None).present
+        os.setxattr(fd, "user.verity", t.descriptor.to_bytes())
+        d = read_declared(fd, "user", None)
+        assert d.present
+        assert d.needs_tree
+        assert d.protection is not None
+        assert d.declared_digest == str(t.file_digest())
+        assert appraise(d.protection, t, None).state == "READY"
+        other = build_tree(f, TreeParams(salt=b"x"))
+        wrong = Descriptor.for_tree(TreeParams(), len(data), other.root_hash)
+        os.setxattr(fd, "user.verity", wrong.to_bytes())
+        d2 = read_declared(fd, "user", None)
+        assert d2.protection is not None
+        assert d2.fingerprint != d.fingerprint
+        assert appraise(d2.protection, t, None).state == "MISMATCH"
+        big = Descriptor(1, 20, len(data), bytes(32))  # 1 MiB blocks: out of bounds
+        os.setxattr(fd, "user.verity", big.to_bytes())
+        d3 = read_declared(fd, "user", None)
+        assert d3.present
+        assert d3.protection is None
+        assert d3.invalid_reason
+        os.removexattr(fd, "user.verity")
+        os.setxattr(fd, "user.ima", b"\x04\x04" + bytes(32))
+        d4 = read_declared(fd, "user", None)
+        assert d4.kind == "classic"
+        assert not d4.needs_tree
+    finally:
+        os.close(fd)
