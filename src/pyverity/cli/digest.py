@@ -349,9 +349,16 @@ def _run(opts: DigestOptions) -> int:
             if params is None:
                 raise params_error or UsageError("no tree parameters")
             if fd is None:
+                if sys.stdin is None:
+                    raise InputError("can't open '-' for reading: standard input is closed")
                 result = build_tree(sys.stdin.buffer, params, keep_tree=keep_tree)
             else:
                 result = build_tree(fd, params, keep_tree=keep_tree, jobs=opts.jobs)
+        except OSError as e:
+            raise InputError(
+                f"reading from '{path}': {e.strerror or e}",
+                remedy="ERROR: error reading file\n" + _LIB_FAILED,
+            ) from e
         finally:
             if fd is not None:
                 os.close(fd)

@@ -281,3 +281,20 @@ def test_no_cryptography_import(work: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.endswith("clean\n")
+
+
+def test_read_error_is_one_line(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyverity.hashing
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(pyverity.hashing, "build_tree", broken)
+    rc, out, err = run(["a1"], capsys)
+    assert (rc, out) == (1, "")
+    assert err == (
+        "ERROR: reading from 'a1': Input/output error\n"
+        "ERROR: error reading file\nERROR: failed to compute digest\n"
+    )
