@@ -227,12 +227,12 @@ def _fsuuid(d: _Draft, value: str) -> None:
     d.flags |= Flag.FSUUID
 
 
-def _list_option(flag: Flag, name: str) -> Callable[[_Draft, str], None]:
+def _list_option(flag: Flag, name: str, slot: str) -> Callable[[_Draft, str], None]:
     def handler(d: _Draft, value: str) -> None:
         items = tuple(value.split("|"))
         if not all(items):
             raise _RuleError(f"{name}= has an empty item")
-        _once(d, name, items)
+        _once(d, slot, items)
         d.flags |= flag
 
     return handler
@@ -316,8 +316,8 @@ _HANDLERS = {
     "fsmagic": _fsmagic,
     "fsname": _fsname,
     "fsuuid": _fsuuid,
-    "keyrings": _list_option(Flag.KEYRINGS, "keyrings"),
-    "label": _list_option(Flag.LABEL, "label"),
+    "keyrings": _list_option(Flag.KEYRINGS, "keyrings", "keyrings"),
+    "label": _list_option(Flag.LABEL, "label", "labels"),
     "digest_type": _digest_type,
     "appraise_type": _appraise_type,
     "appraise_flag": _appraise_flag,
