@@ -66,7 +66,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     return elapsed, done.stdout.split()[0]
 
 
-def speed(path: Path, runs: int) -> None:
+def speed(path: Path, runs: int, only: str | None = None) -> None:
     fsverity = shutil.which("fsverity")
     if fsverity is None:
         sys.exit("fsverity is not installed (apt-get install fsverity)")
@@ -82,6 +82,8 @@ def speed(path: Path, runs: int) -> None:
     print(f"file: {path} ({size} bytes, page-cached), {runs} pairs per variant, wall clock")
     print(f"{'variant':<36} {'pyverity':>9} {'fsverity':>9} {'ratio':>6}")
     for name, extra, env in variants:
+        if only is not None and only not in name:
+            continue
         ours: list[float] = []
         theirs: list[float] = []
         for i in range(runs):
@@ -172,6 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--file", type=Path, help="file to hash (default: a new 1 GiB file)")
     parser.add_argument("--runs", type=int, default=5, help="pairs per variant (default 5)")
+    parser.add_argument("--only", help="run only the variants whose name contains this")
     parser.add_argument("--memory", action="store_true", help="measure memory instead")
     parser.add_argument("--sparse-gib", type=int, default=16, help="sparse size for --memory")
     parser.add_argument("--dir", type=Path, default=Path("/dev/shm"), help="for --memory files")
@@ -180,12 +183,12 @@ def main() -> None:
         memory(args.sparse_gib * GIB, args.dir)
         return
     if args.file is not None:
-        speed(args.file, args.runs)
+        speed(args.file, args.runs, args.only)
         return
     with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
         path = Path(work) / "bench-1g"
         make_file(path, GIB)
-        speed(path, args.runs)
+        speed(path, args.runs, args.only)
 
 
 if __name__ == "__main__":
