@@ -124,6 +124,9 @@ def test_random_files_and_parameters(
 def boundaries() -> list[tuple[str, int, int, int]]:
     """``(alg, block size, level, data blocks)`` for every level 1–3 boundary under 256 MiB.
 
+    Each is tested at ``blocks - 1``, ``blocks`` and ``blocks + 1`` data blocks (the last both
+    as one byte past the boundary and as a whole extra block).
+
     A tree over ``A**k`` data blocks (``A = B / D``) has ``k`` levels; one block more needs
     ``k + 1``.
     """
@@ -176,6 +179,7 @@ def test_level_boundaries(case: tuple[str, int, int, int], tmp_path: Path) -> No
         ((blocks - 1) * bs, level),
         (blocks * bs, level),
         (blocks * bs + 1, level + 1),
+        ((blocks + 1) * bs, level + 1),
     ):
         f = tmp_path / "data"
         make_patterned(f, size, bs)
