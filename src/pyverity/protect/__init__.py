@@ -15,39 +15,90 @@ Writing (:mod:`.sign`): ``sign_file`` (descriptor first, signature last, one ``s
 each), ``enable_file`` (descriptor only), ``imasign_file`` (classic 0x03 v2).
 """
 
-from pyverity.protect.appraise import (
-    AppraisalResult,
-    AppraisalState,
-    ContentMismatchError,
-    MissingKeyringError,
-    NotProtectedError,
-    Reason,
-    appraisal_result,
-    classic_hash_algo,
-    verify_declared_signature,
-    verify_protection,
-)
-from pyverity.protect.attrs import (
-    InvalidProtectionError,
-    Protection,
-    ProtectionKind,
-    fingerprint,
-    parse_protection,
-    read_protection,
-)
-from pyverity.protect.check import appraise_file, verify_file
-from pyverity.protect.sign import (
-    HashedFile,
-    SignedFile,
-    enable_file,
-    hash_file,
-    imasign_file,
-    sign_file,
-    verity_values,
-    whole_file_hash,
-    write_hashed,
-    write_protection,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: name -> submodule; loaded on first use so that ``enable`` never imports ``cryptography``.
+_LAZY = {
+    **dict.fromkeys(
+        [
+            "AppraisalResult",
+            "AppraisalState",
+            "ContentMismatchError",
+            "MissingKeyringError",
+            "NotProtectedError",
+            "Reason",
+            "appraisal_result",
+            "classic_hash_algo",
+            "verify_declared_signature",
+            "verify_protection",
+        ],
+        "appraise",
+    ),
+    **dict.fromkeys(
+        [
+            "InvalidProtectionError",
+            "Protection",
+            "ProtectionKind",
+            "fingerprint",
+            "parse_protection",
+            "read_protection",
+        ],
+        "attrs",
+    ),
+    **dict.fromkeys(["appraise_file", "verify_file"], "check"),
+    **dict.fromkeys(
+        [
+            "HashedFile",
+            "SignedFile",
+            "enable_file",
+            "hash_file",
+            "imasign_file",
+            "sign_file",
+            "verity_values",
+            "whole_file_hash",
+            "write_hashed",
+            "write_protection",
+        ],
+        "sign",
+    ),
+}
+
+if TYPE_CHECKING:
+    from pyverity.protect.appraise import (
+        AppraisalResult,
+        AppraisalState,
+        ContentMismatchError,
+        MissingKeyringError,
+        NotProtectedError,
+        Reason,
+        appraisal_result,
+        classic_hash_algo,
+        verify_declared_signature,
+        verify_protection,
+    )
+    from pyverity.protect.attrs import (
+        InvalidProtectionError,
+        Protection,
+        ProtectionKind,
+        fingerprint,
+        parse_protection,
+        read_protection,
+    )
+    from pyverity.protect.check import appraise_file, verify_file
+    from pyverity.protect.sign import (
+        HashedFile,
+        SignedFile,
+        enable_file,
+        hash_file,
+        imasign_file,
+        sign_file,
+        verity_values,
+        whole_file_hash,
+        write_hashed,
+        write_protection,
+    )
+
 
 __all__ = [
     "AppraisalResult",
@@ -79,3 +130,10 @@ __all__ = [
     "write_hashed",
     "write_protection",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyverity.protect' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"pyverity.protect.{module}"), name)

@@ -19,7 +19,6 @@ from pyverity.errors import Error, FileChangedError, InputError
 from pyverity.format.descriptor import Descriptor
 from pyverity.fs.openfile import open_regular
 from pyverity.hashing import build_tree
-from pyverity.protect.appraise import classic_hash_algo
 from pyverity.protect.attrs import (
     InvalidProtectionError,
     Protection,
@@ -150,6 +149,8 @@ def measure_file(path: str, namespace: str = "security", jobs: int | None = 1) -
         if protection.kind is ProtectionKind.NONE:
             return Measured(protection, None, None)
         if protection.kind is ProtectionKind.CLASSIC:
+            from pyverity.protect.appraise import classic_hash_algo
+
             return Measured(protection, None, whole_file_hash(fd, classic_hash_algo(protection)))
         tree = build_tree(fd, protection.tree_params(), keep_tree=False, jobs=jobs)
         return Measured(protection, None, tree.descriptor)

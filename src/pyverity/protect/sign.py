@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyverity.errors import FileChangedError
 from pyverity.format.descriptor import Descriptor
@@ -28,7 +29,9 @@ from pyverity.fs.openfile import identity, open_regular
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr, remove_attr, set_attr
 from pyverity.hashing import MerkleTree, build_tree
 from pyverity.hashing.progress import CancelCheck, ProgressFn
-from pyverity.keys.signer import Signer, sign_v2, sign_v3
+
+if TYPE_CHECKING:  # keys (and cryptography) are imported only when signing
+    from pyverity.keys.signer import Signer
 
 __all__ = [
     "HashedFile",
@@ -99,6 +102,8 @@ def verity_values(
     tree = build_tree(fd, params, keep_tree=False, jobs=jobs, progress=progress, cancel=cancel)
     sig = None
     if signer is not None:
+        from pyverity.keys.signer import sign_v3
+
         d = tree.descriptor
         sig = sign_v3(signer, d.hash_algorithm, d.digest())
     return tree, sig
@@ -148,7 +153,11 @@ def write_hashed(
     then a stale 0x06 signature, which could no longer match, is removed.
     """
     d = hashed.descriptor
-    sig = sign_v3(signer, d.hash_algorithm, d.digest()) if signer is not None else None
+    sig = None
+    if signer is not None:
+        from pyverity.keys.signer import sign_v3
+
+        sig = sign_v3(signer, d.hash_algorithm, d.digest())
     fd = open_regular(hashed.path)
     try:
         _check_unchanged(fd, hashed.identity)
@@ -205,6 +214,8 @@ def imasign_file(
 
     A stale ``<ns>.verity`` descriptor is removed first (descriptor + classic is invalid).
     """
+    from pyverity.keys.signer import sign_v2
+
     fd = open_regular(path)
     try:
         before = identity(os.fstat(fd))

@@ -44,3 +44,18 @@ def test_enable_options_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "d" / "g").write_bytes(b"x")
     assert main(["enable", "-r", "--xattr-user", str(tmp_path / "d")]) == 0
     assert capsys.readouterr().err == "enable: 1 file done\n"
+
+
+def test_enable_imports_no_cryptography(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    code = (
+        "import sys; from pyverity.cli import main; "
+        f"rc = main(['enable', '--xattr-user', {str(f)!r}]); "
+        "assert 'cryptography' not in sys.modules, 'cryptography imported'; sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
