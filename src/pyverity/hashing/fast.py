@@ -16,7 +16,8 @@ any difference is a ``FileChangedError`` too. A worker that dies for any reason 
 error in the caller; workers are always reaped, and killed when the build stops early.
 
 Workers are forked (not spawned: no interpreter start-up, no re-import) and only for files
-of at least :attr:`FastOptions.parallel_min_size`; smaller files are hashed inline.
+of at least :attr:`FastOptions.parallel_min_size`; smaller files are hashed inline, and so is
+everything in a process where other Python threads run (forking there is unsafe).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -106,7 +108,7 @@ def build_fast(
     chunk = max(bs, options.chunk_size - options.chunk_size % bs)
     nchunks = -(-size // chunk)
     procs = jobs if jobs is not None else default_jobs()
-    if size < options.parallel_min_size:
+    if size < options.parallel_min_size or _other_threads():
         procs = 1
     procs = max(1, min(procs, nchunks))
     run = run_hasher(params, accel=options.accel)
@@ -169,6 +171,13 @@ def _fold_chunks(
         folder.add(digests)
         if progress is not None:
             progress(offset + want)
+
+
+def _other_threads() -> bool:
+    """True when Python threads besides this one run: forking then is unsafe (a lock held by
+    another thread stays held in the child; Python 3.12+ warns), so the build stays inline."""
+    threading = sys.modules.get("threading")
+    return threading is not None and threading.active_count() > 1
 
 
 def _hash_chunk(

@@ -215,3 +215,28 @@ def test_spool_is_closed_on_failure(tmp_path: Path) -> None:
     with pytest.raises(FileChangedError):
         fast(path, TreeParams(), keep_tree=True, jobs=2, progress=truncate, options=options)
     assert open_fds() <= before
+
+
+def test_no_fork_while_other_threads_run(tmp_path: Path) -> None:
+    import threading
+
+    data = random.Random(4).randbytes(20 * 4096)
+    path = write(tmp_path, data)
+    forked: list[list[int]] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        got = fast(
+            path,
+            TreeParams(),
+            keep_tree=True,
+            jobs=2,
+            progress=lambda _: forked.append(children()),
+            options=PARALLEL,
+        )
+    finally:
+        stop.set()
+        thread.join()
+    assert got == reference(data, TreeParams())
+    assert not any(forked)
