@@ -145,20 +145,29 @@ class VerifiedRawIO(io.RawIOBase):
             self._verifier.verify_blocks(first, buf)
             start = pos - first * bs
             stop = min(end, (last + 1) * bs) - first * bs
-            pieces.append(bytes(memoryview(buf)[start:stop]))
+            pieces.append(buf[start:stop])
             pos = first * bs + stop
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def _read_blocks(self, first: int, count: int) -> bytearray:
-        """Read ``count`` whole blocks into a private zero-filled buffer (short at EOF)."""
+    def _read_blocks(self, first: int, count: int) -> bytes:
+        """Read ``count`` whole blocks into a private buffer, zero-padded at EOF.
+
+        One ``pread`` into a fresh ``bytes`` object in the common case, so that a read of
+        whole blocks is returned without another copy (a full slice of ``bytes`` is itself).
+        """
         bs = self._bs
-        buf = bytearray(count * bs)
-        view = memoryview(buf)
+        want = count * bs
         base = first * bs
-        got = 0
-        while got < len(buf):
-            n = os.preadv(self._fd, [view[got:]], base + got)
-            if n == 0:
-                break
-            got += n
-        return buf
+        data = os.pread(self._fd, want, base)
+        if len(data) < want:
+            parts = [data]
+            got = len(data)
+            while got < want:
+                more = os.pread(self._fd, want - got, base + got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            parts.append(bytes(want - got))
+            data = b"".join(parts)
+        return data
