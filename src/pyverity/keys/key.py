@@ -117,7 +117,10 @@ class PublicKey:
         """Verify ``signature`` over the pre-hashed ``digest``; raise :class:`BadSignatureError`.
 
         RSA: PKCS#1 v1.5 with the DigestInfo of ``hash_algo``; ECDSA: ``digest`` is the message
-        hash (spec/ima.md §2.3–2.4).
+        hash (spec/ima.md §2.3–2.4). As in the kernel and every ECDSA implementation, only the
+        leftmost curve-size bits of a longer digest are used (SEC 1 §4.1.4): a v2 SHA-512
+        digest under P-256 is bound by its first 256 bits (v3 signs ``H(file id)``, so there a
+        change anywhere in the fs-verity digest changes everything signed).
         """
         alg = algo_by_id(hash_algo)
         if len(digest) != alg.digest_size:

@@ -17,11 +17,12 @@ the file's identity (dev, ino, size, mtime) is checked between hashing and writi
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pyverity.errors import FileChangedError
+from pyverity.errors import FileChangedError, StorageError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.ima import ImaSignature, KernelHashAlgo, XattrType
 from pyverity.format.params import TreeParams
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,17 @@ def _check_unchanged(fd: int, before: tuple[int, int, int, int]) -> None:
         raise FileChangedError("file changed while it was being signed; nothing written")
 
 
+def _restore(fd: int, name: str, old: bytes | None) -> None:
+    """Put back the previous value (best effort) after a failed second write."""
+    try:
+        if old is None:
+            remove_attr(fd, name)
+        else:
+            set_attr(fd, name, old)
+    except StorageError:  # pragma: no cover - the first write worked, so this should too
+        logger.warning("could not restore %s after a failed signature write", name)
+
+
 def hash_file(
     path: str | os.PathLike[str],
     params: TreeParams | None = None,
@@ -161,7 +174,15 @@ def write_hashed(
     fd = open_regular(hashed.path)
     try:
         _check_unchanged(fd, hashed.identity)
-        write_protection(fd, namespace, d, None if sig is None else sig.to_bytes())
+        verity_name = attr_name(namespace, VERITY_SUFFIX)
+        old_descriptor = get_attr(fd, verity_name)
+        set_attr(fd, verity_name, d.to_bytes())
+        if sig is not None:
+            try:
+                set_attr(fd, attr_name(namespace, IMA_SUFFIX), sig.to_bytes())
+            except StorageError:
+                _restore(fd, verity_name, old_descriptor)
+                raise
         if sig is None:
             ima_name = attr_name(namespace, IMA_SUFFIX)
             old = get_attr(fd, ima_name)

@@ -188,3 +188,29 @@ def test_result_and_verify_agree_on_wrong_inputs(tmp_path: Path) -> None:
         verify_protection(sig, tree.descriptor, None)
     with pytest.raises(IntegrityError):
         verify_protection(parse_protection(None, None, 12), None, None)
+
+
+def test_failed_signature_write_restores_descriptor(
+    tmp_path: Path, signer_and_ring, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from pyverity.errors import StorageError
+
+    signer, _ = signer_and_ring
+    f = _file(tmp_path)
+    enable_file(f, TreeParams(block_size=1024), namespace=NS)
+    before = os.getxattr(f, "user.verity")
+    real = sign_module.set_attr
+
+    def fail_ima(target: object, name: str, value: bytes) -> None:
+        if name.endswith(".ima"):
+            raise StorageError("cannot write attribute user.ima: No space left on device")
+        real(target, name, value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sign_module, "set_attr", fail_ima)
+    with pytest.raises(StorageError):
+        sign_file(f, signer, namespace=NS)
+    assert os.getxattr(f, "user.verity") == before
+    g = _file(tmp_path, name="g")
+    with pytest.raises(StorageError):
+        sign_file(g, signer, namespace=NS)
+    assert os.listxattr(g) == []
