@@ -13,8 +13,9 @@ Files (``LIST`` is the path given):
   ``LIST`` itself (exclusive to append, shared to read), so a reader sees a list and PCR values
   that agree.
 
-Crash recovery on open (:meth:`MeasurementLog.open`): a record cut short at the end of ``LIST``
-(a torn tail) or a zero-filled tail is truncated away, and nothing before it is touched;
+Crash recovery on open (:meth:`MeasurementLog.open`): bytes after those the PCR values cover
+that do not parse (a record cut short by a crash, a zero-filled tail) are truncated away, and
+nothing before them is touched; bad bytes inside the covered part are corruption (refused);
 records that reached the disk but not ``LIST.pcrs`` are extended into the PCR values; if
 ``LIST.pcrs`` covers *more* than the list holds, or the list does not replay to the stored
 values, entries were removed or changed and the writer refuses to open.
@@ -276,22 +277,26 @@ class MeasurementLog:
         try:
             data = _read_all(fd)
             records, _offsets, end, problem = scan_list(data)
+            stored = _load_pcrs(pcr_path(path))
             if problem is not None:
-                tail = data[end:]
-                if not problem.startswith("torn tail") and tail.strip(b"\0"):
+                # Bytes the PCR values cover were fsynced and acknowledged: damage there is
+                # corruption. Bytes after them were never acknowledged: a crash's torn tail.
+                confirmed = stored.size if stored is not None else 0
+                torn = problem.startswith("torn tail") or not data[end:].strip(b"\0")
+                if end < confirmed or (stored is None and (records or not torn)):
                     raise StorageError(
                         f"measurement list {path} is corrupt at byte {end}: {problem}",
                         remedy="move the list (and its .pcrs file) aside and start a new one",
                     )
                 logger.warning(
-                    "measurement list %s: dropping a torn tail of %d bytes at %d",
+                    "measurement list %s: dropping an unacknowledged tail of %d bytes at %d (%s)",
                     path,
-                    len(tail),
+                    len(data) - end,
                     end,
+                    problem,
                 )
                 os.ftruncate(fd, end)
                 os.fsync(fd)
-            stored = _load_pcrs(pcr_path(path))
             pcrs = cls._reconcile(path, records, end, stored, verify=verify)
             if pcrs is not stored:
                 _publish(pcr_path(path), pcrs.to_json())

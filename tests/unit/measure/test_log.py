@@ -172,3 +172,32 @@ def test_templates(tmp_path: Path) -> None:
         assert sig.signature == b"\x03\x02"
     with pytest.raises(StorageError, match="cannot be written"):
         MeasurementLog.open(tmp_path / "other", default_template="ima-buf")
+
+
+def test_unacknowledged_garbage_tail_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "list"
+    recs = _fill(path, 2)
+    good = path.read_bytes()
+    partial = MeasurementRecord.for_file("ima-ng", _digest(9), "/p").to_bytes()
+    # A record whose header reached the disk but whose data pages did not (zeros).
+    path.write_bytes(good + partial[:40] + bytes(len(partial) - 40))
+    with MeasurementLog.open(path) as log:
+        assert list(log.records) == recs
+    assert path.read_bytes() == good
+
+
+def test_a_file_that_is_not_a_list_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are my notes, not a measurement list\n" * 3)
+    with pytest.raises(StorageError, match="corrupt at byte 0"):
+        MeasurementLog.open(path)
+    assert path.read_bytes().startswith(b"these are my notes")
+
+
+def test_crash_during_the_first_append_is_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "list"
+    first = MeasurementRecord.for_file("ima-ng", _digest(0), "boot_aggregate").to_bytes()
+    path.write_bytes(first[:50])  # no LIST.pcrs was ever published
+    with MeasurementLog.open(path) as log:
+        assert len(log) == 1
+        assert log.records[0].file_name == "boot_aggregate"
