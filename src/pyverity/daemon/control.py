@@ -115,7 +115,10 @@ class ControlMixin:
     def _notify(self, path: str, rec: FileRecord | None) -> None:
         if rec is not None and rec.state in _BUSY:
             return
-        for client, req, _ in self.waiters.pop(path, []):
+        waiting = self.waiters.pop(path, [])
+        if waiting:
+            self.db.commit()  # what a waiter is told is what the database says
+        for client, req, _ in waiting:
             if rec is None:
                 client.reply({"ok": True, "id": req.get("id"), "path": path, "state": "NONE"})
             else:

@@ -102,7 +102,10 @@ def appraise(protection: Protection, built: MerkleTree, keyring: Keyring | None)
     digest = str(built.file_digest())
     if result.ok:
         return Appraisal("READY", "", digest)
-    return Appraisal(result.state.name, f"{result.reason.value}: {result.message}", digest)
+    reason = result.message
+    if not reason.startswith(result.reason.value):
+        reason = f"{result.reason.value}: {reason}"
+    return Appraisal(result.state.name, reason, digest)
 
 
 def descriptor_of(protection: Protection) -> Descriptor | None:

@@ -1,0 +1,185 @@
+"""Start the real daemon in a subprocess and look at what it did (database, cache, socket)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pyverity.daemon import client
+from pyverity.errors import StorageError
+from pyverity.store.statedb import FileRecord, StateDB
+
+TOOL_TIMEOUT = 120
+
+
+class Daemon:
+    """A ``pyverity daemon`` subprocess over ``root`` with its state and cache under ``base``."""
+
+    def __init__(self, base: Path, *args: str, ns: str = "user") -> None:
+        self.base = base
+        self.root = base / "root"
+        self.state = base / "state"
+        self.cache = base / "cache"
+        self.root.mkdir(exist_ok=True)
+        self.args = [
+            "--root",
+            str(self.root),
+            "--state-dir",
+            str(self.state),
+            "--cache-dir",
+            str(self.cache),
+            "--xattr-ns",
+            ns,
+            "--checkpoint-interval",
+            "0.1",
+            *args,
+        ]
+        self.ns = ns
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = base / "daemon.log"
+
+    def start(self, *extra: str, timeout: float = 20) -> Daemon:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pyverity.cli", "daemon", *self.args, *extra],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.log.read_text()}")
+            try:
+                client.request({"op": "metrics"}, state_dir=self.state, timeout=2)
+            except StorageError:
+                time.sleep(0.05)
+            else:
+                return self
+        raise AssertionError(f"daemon did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def workers(self) -> list[int]:
+        """Pids of live worker processes started by this daemon's tests (by command line)."""
+        out = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+                st = (d / "stat").read_text()
+            except OSError:
+                continue
+            if b"pyverity.daemon.worker" in cmd and str(self.state).encode() in b" ".join(cmd):
+                if st.rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(int(d.name))
+        return out
+
+    def request(self, req: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        return client.request(req, state_dir=self.state, **kw)
+
+    def metrics(self) -> dict[str, float]:
+        text = self.request({"op": "metrics"})["text"]
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def record(self, path: Path) -> FileRecord | None:
+        with StateDB(self.state / "state.db", readonly=True) as db:
+            return db.get(client.canonical_path(path))
+
+    def wait_state(self, path: Path, *states: str, timeout: float = 60) -> FileRecord:
+        deadline = time.monotonic() + timeout
+        rec = None
+        while time.monotonic() < deadline:
+            rec = self.record(path)
+            if rec is not None and str(rec.state) in states:
+                return rec
+            time.sleep(0.02)
+        raise AssertionError(f"{path} never reached {states}: {rec}\n{self.log.read_text()}")
+
+    def cache_entry(self, digest: str) -> Path:
+        alg, _, hexd = digest.partition(":")
+        return self.cache / "objects" / alg / hexd[:2] / hexd
+
+
+def fsverity_digest(path: Path, out: Path, *opts: str) -> tuple[str, bytes, bytes]:
+    """``fsverity digest`` of ``path``: the digest (``alg:hex``), descriptor and tree."""
+    desc, tree = out / "desc", out / "tree"
+    r = subprocess.run(
+        [
+            "fsverity",
+            "digest",
+            *opts,
+            str(path),
+            f"--out-descriptor={desc}",
+            f"--out-merkle-tree={tree}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=TOOL_TIMEOUT,
+    )
+    return r.stdout.split()[0], desc.read_bytes(), tree.read_bytes()
+
+
+def setfattr(path: Path, name: str, value: bytes) -> None:
+    subprocess.run(
+        ["setfattr", "-n", name, "-v", "0x" + value.hex(), str(path)],
+        check=True,
+        timeout=TOOL_TIMEOUT,
+    )
+
+
+def write_file(path: Path, size: int, *, sparse: bool = False) -> None:
+    with path.open("wb") as f:
+        if sparse:
+            f.truncate(size)
+            f.seek(size // 2)
+            f.write(os.urandom(4096))
+            return
+        chunk = os.urandom(1 << 20)
+        left = size
+        while left:
+            n = min(left, len(chunk))
+            f.write(chunk[:n])
+            left -= n
+        f.write(b"")
+    # distinct content per file
+    with path.open("r+b") as f:
+        f.write(os.urandom(64))
+
+
+def pyverity(
+    *args: str, check: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``pyverity`` command of this interpreter's installation."""
+    return subprocess.run(
+        [sys.executable, "-m", "pyverity.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )

@@ -1,0 +1,215 @@
+"""The daemon end to end: attributes written by other tools, writes, restarts (issue #4)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pyverity.daemon import client
+from tests.integration.harness import Daemon, fsverity_digest, pyverity, setfattr, write_file
+
+MiB = 1 << 20
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="security.* attributes need root")
+
+
+def _protect_with_setfattr(d: Daemon, f: Path, tmp: Path, *opts: str) -> tuple[str, bytes, bytes]:
+    digest, desc, tree = fsverity_digest(f, tmp, *opts)
+    setfattr(f, f"{d.ns}.verity", desc)
+    return digest, desc, tree
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ns", [pytest.param("security", marks=root_only), "user"])
+def test_setfattr_256mib_ready_and_cache_equals_fsverity(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, ns: str
+) -> None:
+    d = make_daemon(ns=ns).start()
+    f = d.root / "big.bin"
+    write_file(f, 256 * MiB)
+    digest, desc, tree = _protect_with_setfattr(d, f, tmp_path)
+    rec = d.wait_state(f, "READY")
+    assert rec.digest == digest
+    assert rec.kind == "verity"
+    assert d.cache_entry(digest).read_bytes() == desc + tree
+    assert client.wait(f, state_dir=d.state, timeout=5)["state"] == "READY"
+
+
+def test_write_during_build_stops_it_and_stays_stale(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = make_daemon("--workers", "1").start()
+    f = d.root / "w.bin"
+    write_file(f, 1024 * MiB, sparse=True)
+    # 1 KiB blocks with sha512: slow enough in Python to catch the build in the middle.
+    opts = ("--hash-alg=sha512", "--block-size=1024", "--salt=00ff")
+    _protect_with_setfattr(d, f, tmp_path, *opts)
+    d.wait_state(f, "BUILDING")
+    while (rec := d.record(f)) is not None and rec.progress == 0:
+        time.sleep(0.02)
+    with f.open("r+b") as w:
+        w.write(b"changed")
+    assert str(rec.state) == "BUILDING"
+    assert 0 < rec.progress < rec.size
+    rec = d.wait_state(f, "STALE", timeout=1.0)
+    assert "written" in rec.error
+    time.sleep(0.5)
+    m = d.metrics()
+    assert m["pyverity_workers_busy"] == 0
+    assert m["pyverity_builds_cancelled_total"] == 1
+    # No rebuild while the attribute is unchanged: after a wait, and across a restart.
+    time.sleep(1)
+    assert str(d.record(f).state) == "STALE"  # type: ignore[union-attr]
+    d.stop()
+    d.start()
+    time.sleep(1)
+    assert str(d.record(f).state) == "STALE"  # type: ignore[union-attr]
+    assert d.metrics()["pyverity_builds_started_total"] == 0
+    # Rewriting the same value (or chmod/touch) changes nothing; a new value rebuilds.
+    f.chmod(0o600)
+    os.utime(f)
+    time.sleep(0.3)
+    assert str(d.record(f).state) == "STALE"  # type: ignore[union-attr]
+    os.truncate(f, 8 * MiB)  # (keeps the rebuild short)
+    digest, desc, tree = _protect_with_setfattr(d, f, tmp_path, *opts)
+    rec = d.wait_state(f, "READY", timeout=120)
+    assert rec.digest == digest
+    assert d.cache_entry(digest).read_bytes() == desc + tree
+    # chmod and touch of a READY file leave it READY.
+    f.chmod(0o644)
+    os.utime(f)
+    time.sleep(0.3)
+    assert str(d.record(f).state) == "READY"  # type: ignore[union-attr]
+
+
+def test_write_while_daemon_down_is_stale_not_rebuilt(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = make_daemon().start()
+    f = d.root / "down.bin"
+    write_file(f, 3 * MiB)
+    _protect_with_setfattr(d, f, tmp_path)
+    d.wait_state(f, "READY")
+    d.stop()
+    with f.open("r+b") as w:
+        w.write(b"more")
+    d.start()
+    rec = d.wait_state(f, "STALE", timeout=5)
+    assert rec.size == 3 * MiB
+    time.sleep(0.5)
+    assert d.metrics()["pyverity_builds_started_total"] == 0
+    # `pyverity rebuild` is the other way out of STALE: the content no longer matches.
+    r = pyverity("rebuild", "--wait", "--state-dir", str(d.state), str(f))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "MISMATCH" in r.stdout
+    assert str(d.record(f).state) == "MISMATCH"  # type: ignore[union-attr]
+
+
+def test_flipped_cache_byte_is_detected_and_rebuilt(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = make_daemon().start()
+    f = d.root / "c.bin"
+    write_file(f, 5 * MiB)
+    digest, desc, tree = _protect_with_setfattr(d, f, tmp_path)
+    d.wait_state(f, "READY")
+    entry = d.cache_entry(digest)
+    raw = bytearray(entry.read_bytes())
+    raw[256 + 100] ^= 1
+    entry.write_bytes(raw)
+    reply = client.build_now(f, state_dir=d.state, timeout=30)
+    assert reply["state"] == "READY"
+    assert entry.read_bytes() == desc + tree
+    assert d.metrics()["pyverity_cache_rejects_total"] == 1
+    truncated = entry.read_bytes()[:-10]
+    entry.write_bytes(truncated)
+    assert client.build_now(f, state_dir=d.state, timeout=30)["state"] == "READY"
+    assert entry.read_bytes() == desc + tree
+
+
+def test_none_backend_builds_on_first_use_after_restart(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = make_daemon("--backend", "none").start()
+    f = d.root / "n.bin"
+    write_file(f, 2 * MiB)
+    _protect_with_setfattr(d, f, tmp_path)
+    d.wait_state(f, "READY")
+    assert not (d.cache / "objects").exists()
+    d.stop()
+    d.start()
+    time.sleep(0.3)
+    assert d.metrics()["pyverity_builds_started_total"] == 0
+    assert client.build_now(f, state_dir=d.state, timeout=30)["state"] == "READY"
+    assert d.metrics()["pyverity_builds_started_total"] == 1
+    assert client.build_now(f, state_dir=d.state, timeout=30)["state"] == "READY"
+    assert d.metrics()["pyverity_builds_started_total"] == 1  # now kept in memory
+
+
+def test_faults_are_recorded_not_fatal(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    d = make_daemon().start()
+    bad = d.root / "bad.bin"
+    bad.write_bytes(b"x" * 5000)
+    setfattr(bad, "user.verity", b"\1" * 256)
+    rec = d.wait_state(bad, "INVALID", timeout=5)
+    assert rec.error
+    wrong_size = d.root / "size.bin"
+    wrong_size.write_bytes(b"y" * 6000)
+    _, desc, _ = fsverity_digest(bad, tmp_path)
+    setfattr(wrong_size, "user.verity", desc)
+    d.wait_state(wrong_size, "INVALID", timeout=5)
+    other = d.root / "other.bin"
+    other.write_bytes(b"z" * 5000)
+    setfattr(other, "user.verity", desc)  # right size, other content
+    assert "content" in d.wait_state(other, "MISMATCH", timeout=10).error
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"o" * 5000)
+    setfattr(outside, "user.verity", fsverity_digest(outside, tmp_path)[1])
+    (d.root / "link.bin").symlink_to(outside)
+    fifo = d.root / "fifo"
+    os.mkfifo(fifo)
+    deleted = d.root / "gone.bin"
+    write_file(deleted, 64 * MiB)
+    setfattr(deleted, "user.verity", fsverity_digest(deleted, tmp_path, "--block-size=1024")[1])
+    deleted.unlink()
+    sub = d.root / "sub" / "deeper"
+    sub.mkdir(parents=True)
+    late = sub / "late.bin"
+    late.write_bytes(b"l" * 9000)
+    setfattr(late, "user.verity", fsverity_digest(late, tmp_path)[1])
+    d.wait_state(late, "READY", timeout=10)
+    time.sleep(0.3)
+    assert d.record(d.root / "link.bin") is None
+    assert d.record(deleted) is None
+    assert d.proc is not None
+    assert d.proc.poll() is None
+    # Out of the roots: the socket refuses to answer about it.
+    reply = d.request({"op": "status", "path": str(outside)})
+    assert reply["error"] == "permission denied"
+
+
+def test_status_cli_table_and_json(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    import json
+
+    d = make_daemon().start()
+    f = d.root / "s.bin"
+    write_file(f, MiB)
+    _protect_with_setfattr(d, f, tmp_path)
+    d.wait_state(f, "READY")
+    run = ["status", "--state-dir", str(d.state)]
+    table = pyverity(*run, check=True).stdout
+    assert "READY" in table
+    assert "[####################] 100%" in table
+    assert "total: 1 files" in table
+    out = pyverity(*run, "--json", str(f), check=True)
+    obj = json.loads(out.stdout.splitlines()[0])
+    assert obj["path"] == str(f)
+    assert obj["state"] == "READY"
+    assert obj["progress"] == 1.0
+    assert obj["error"] == ""
+    d.stop()  # the database is read directly when the daemon is not running
+    out = pyverity(*run, "--json", str(f), check=True)
+    assert json.loads(out.stdout.splitlines()[0])["state"] == "READY"
