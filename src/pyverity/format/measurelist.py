@@ -1,23 +1,17 @@
 """IMA measurement-list records: template fields, template hashes, binary and ascii forms.
 
-spec/ima.md §4. Pure bytes <-> objects, no I/O.
+spec/ima.md §4. Pure bytes <-> objects, no I/O. A :class:`MeasurementRecord` is one entry of
+``binary_runtime_measurements``: PCR index, the 20-byte SHA-1 template digest of the legacy
+list, template name and the raw ``data`` of each field. Integers are little-endian, as the
+kernel writes them on x86-64/arm64 (and everywhere under ``ima_canonical_fmt``).
 
-A :class:`MeasurementRecord` is one entry of ``binary_runtime_measurements``: the PCR index, the
-20-byte SHA-1 template digest the kernel stores in the legacy list, the template name and the
-raw ``data`` bytes of each template field. Integers are little-endian, as the kernel writes them
-on x86-64/arm64 hosts (and on every host under ``ima_canonical_fmt``).
-
-- :func:`template_fields` maps a template name (``ima-ng``, ``ima-sigv2``… or a custom format
-  string ``d-ng|n-ng|sig``) to its field ids.
-- :class:`DigestField` encodes and decodes ``d-ng`` (``sha256:\\0`` + digest) and ``d-ngv2``
-  (``verity:sha256:\\0`` + digest) fields; :func:`encode_name` the ``n-ng`` field (spaces become
-  ``_`` and the NUL is counted, as the kernel stores it).
-- :meth:`MeasurementRecord.template_hash` is the kernel's template hash for one PCR bank
-  (``H(u32 len ‖ data …)``, or the legacy ``ima`` recipe); :meth:`MeasurementRecord.build`
-  computes the stored SHA-1 digest.
-- :meth:`MeasurementRecord.to_bytes` / :func:`parse_binary` are the binary record;
-  :meth:`MeasurementRecord.ascii_line` / :func:`parse_ascii_line` the ascii line (the ascii form
-  loses nothing for the templates pyverity writes, so a record can be rebuilt from it).
+- :func:`template_fields`: template name (or a ``d-ng|n-ng|sig`` format string) -> field ids;
+- :class:`DigestField`: ``d-ng`` (``sha256:`` NUL digest) and ``d-ngv2`` (``verity:sha256:``
+  NUL digest); :func:`encode_name`: ``n-ng`` (spaces become ``_``, the NUL is counted);
+- :meth:`MeasurementRecord.template_hash`: the template hash for one PCR bank;
+  :meth:`MeasurementRecord.build` computes the stored SHA-1 digest;
+- :meth:`MeasurementRecord.to_bytes` / :func:`parse_binary`: the binary record;
+  :meth:`MeasurementRecord.ascii_line` / :func:`parse_ascii_line`: the ascii line.
 """
 
 from __future__ import annotations
@@ -195,10 +189,6 @@ def encode_name(name: str | bytes) -> bytes:
     return raw.replace(b" ", b"_") + b"\0"
 
 
-def _u32(value: int) -> bytes:
-    return _U32.pack(value)
-
-
 @dataclass(frozen=True)
 class MeasurementRecord:
     """One measurement-list entry (spec/ima.md §4.4)."""
@@ -315,7 +305,7 @@ class MeasurementRecord:
         """The template data as hashed (non-``ima`` templates: ``u32 len ‖ data`` per field)."""
         if self.template_name == "ima":
             return self.fields[0] + self.fields[1].ljust(_IMA_EVENT_NAME_LEN_MAX + 1, b"\0")
-        return b"".join(_u32(len(f)) + f for f in self.fields)
+        return b"".join(_U32.pack(len(f)) + f for f in self.fields)
 
     def template_hash(self, algo: str) -> bytes:
         """The template digest for a PCR bank of hash ``algo`` (spec/ima.md §4.3)."""
@@ -341,9 +331,9 @@ class MeasurementRecord:
         head = _HEADER.pack(self.pcr, self.template_digest, len(name)) + name
         if self.template_name == "ima":
             ev = self.fields[1][:-1]
-            return head + self.fields[0] + _u32(len(ev)) + ev
+            return head + self.fields[0] + _U32.pack(len(ev)) + ev
         data = self.template_data()
-        return head + _u32(len(data)) + data
+        return head + _U32.pack(len(data)) + data
 
     def ascii_line(self) -> str:
         """The ``ascii_runtime_measurements`` line, with its newline."""
