@@ -130,3 +130,19 @@ def test_flipped_bit_in_digest_fails(kind: str, size: str, data: st.DataObject) 
     flipped[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(BadSignatureError):
         ring.verify_ima_signature(sig, bytes(flipped))
+
+
+@given(
+    st.one_of(st.none(), st.binary(min_size=250, max_size=260)),
+    st.one_of(st.none(), st.binary(max_size=300)),
+    st.integers(0, 2**40),
+)
+def test_parse_protection_never_crashes(desc: bytes | None, ima: bytes | None, size: int) -> None:
+    from pyverity.protect import InvalidProtectionError, ProtectionKind, parse_protection
+
+    try:
+        p = parse_protection(desc, ima, size)
+    except InvalidProtectionError as e:
+        assert e.fingerprint  # noqa: PT017 - the error must identify the values
+        return
+    assert (p.kind is ProtectionKind.NONE) == (desc is None and ima is None)
