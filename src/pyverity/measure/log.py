@@ -159,8 +159,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _publish(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` atomically and durably."""
+def _publish(path: Path, text: str, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` by ``text`` atomically (and durably, with ``sync_dir``)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     try:
@@ -172,6 +172,8 @@ def _publish(path: Path, text: str) -> None:
         raise
     os.close(fd)
     tmp.replace(path)
+    if not sync_dir:
+        return
     dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)
@@ -278,6 +280,8 @@ class MeasurementLog:
             data = _read_all(fd)
             records, _offsets, end, problem = scan_list(data)
             stored = _load_pcrs(pcr_path(path))
+            for stale in path.parent.glob(f".{pcr_path(path).name}.*.tmp"):
+                stale.unlink(missing_ok=True)  # a crash between write and rename
             if problem is not None:
                 # Bytes the PCR values cover were fsynced and acknowledged: damage there is
                 # corruption. Bytes after them were never acknowledged: a crash's torn tail.
@@ -387,7 +391,9 @@ class MeasurementLog:
                 _write_all(fd, data)
                 os.fsync(fd)
                 pcrs = self._pcrs.extend(record, record_size=len(data))
-                _publish(pcr_path(self.path), pcrs.to_json())
+                # No directory fsync: if a crash loses this rename, the old values plus the
+                # fsynced record are what recovery finds, and it extends them again.
+                _publish(pcr_path(self.path), pcrs.to_json(), sync_dir=False)
             except OSError as exc:
                 try:
                     os.ftruncate(fd, before)
