@@ -127,3 +127,29 @@ def test_kernel_list_signature_tamper_fails(kernel_keyring: Keyring) -> None:
     forged = MeasurementRecord.build(10, hello.template_name, (*hello.fields[:2], bytes(sig)))
     report = verify_result([forged], keyring=kernel_keyring)
     assert [p.kind for p in report.problems] == ["signature"]
+
+
+def _tpm_vector() -> Path:
+    v = Path(__file__).resolve().parents[2] / "vectors" / "kernel-6.1-ima-pyverity"
+    if not (v / "pcr10-sha256").is_file():
+        pytest.skip(f"{v} is not present (the kernel suite records it)")
+    return v
+
+
+def test_real_tpm_list_replays_to_the_tpm_pcrs() -> None:
+    v = _tpm_vector()
+    recs = list(read_list(v / "binary_runtime_measurements", pcrs=False).records)
+    tpm = PcrValues(
+        {
+            b: {10: bytes.fromhex((v / f"pcr10-{b}").read_text().strip())}
+            for b in ("sha1", "sha256")
+        },
+        count=len(recs),
+    )
+    assert verify_list(recs, expected=tpm).ok
+    assert recs[0].file_name == "boot_aggregate"
+    assert recs[0].digest is not None
+    assert recs[0].digest.digest != bytes(32)  # a real TPM: a real boot_aggregate
+    swapped = [recs[0], recs[2], recs[1], *recs[3:]]
+    assert not verify_result(swapped, expected=tpm).ok
+    assert not verify_result(recs[:-1], expected=tpm).ok
