@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from pyverity.format.params import TreeParams
     from pyverity.protect.batch import Outcome
+    from pyverity.protect.sign import HashedFile
 
 __all__ = [
     "Progress",
@@ -87,8 +88,18 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
         "-r", "--recursive", action="store_true", help="process directories recursively"
     )
     parser.add_argument(
-        "--jobs", type=int, default=None, metavar="N", help="worker processes (default: CPUs)"
+        "--jobs", type=_positive, default=None, metavar="N", help="worker processes (default: CPUs)"
     )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"invalid --jobs '{text}': expected a positive integer")
+    return value
 
 
 class Progress:
@@ -139,7 +150,31 @@ def build_parser() -> ArgumentParser:
     add_tree_options(parser)
     add_namespace_options(parser)
     add_batch_options(parser)
+    parser.add_argument(
+        "--kernel",
+        action="store_true",
+        help="then enable the kernel's fs-verity with the descriptor's parameters (ext4 -O"
+        " verity, f2fs, btrfs): the kernel keeps and checks the tree, and the file becomes"
+        " read-only for good",
+    )
     return parser
+
+
+def _kernel_enable(hashed: HashedFile, *, quiet: bool) -> int:
+    """``--kernel``: FS_IOC_ENABLE_VERITY with the descriptor just written (store.kernel).
+
+    Returns the exit code (0, or the error's after printing it).
+    """
+    from pyverity.store.kernel import enable
+
+    try:
+        verity = enable(hashed.path, hashed.descriptor, unchanged_since=hashed.identity)
+    except Error as e:
+        print_failure(hashed.path, e.message, e.remedy)
+        return e.exit_code
+    if not quiet:
+        print(f"Enabled fs-verity on '{hashed.path}' ({verity.digest}) in the kernel")
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -166,6 +201,8 @@ def main(argv: list[str]) -> int:
                 digest = done.descriptor.digest().hex()
                 alg = done.descriptor.hash_alg.name
                 print(f"Protected file '{out.path}' ({alg}:{digest}) in {ns}.verity")
+            if args.kernel:
+                worst = max(worst, _kernel_enable(out.value, quiet=args.recursive))
         elif out.failure is not None:
             print_failure(out.path, out.failure.message, out.failure.remedy)
             worst = max(worst, out.failure.exit_code)

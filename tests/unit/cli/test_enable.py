@@ -38,6 +38,8 @@ def test_enable_options_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().err.startswith("ERROR: unsupported salt size (33)")
     assert main(["enable", "--xattr-user", str(tmp_path)]) == 1
     assert "Is a directory" in capsys.readouterr().err
+    assert main(["enable", "--xattr-user", "--jobs", "0", str(f)]) == 2
+    assert "--jobs" in capsys.readouterr().err
     assert main(["enable", "--xattr-ns", "trusted", str(f)]) == 2
     assert "invalid choice" in capsys.readouterr().err
     (tmp_path / "d").mkdir()
