@@ -72,7 +72,9 @@ def _parser() -> ArgumentParser:
     return p
 
 
-def _load(path: str) -> tuple[list[MeasurementRecord], PcrValues | None, str | None]:
+def _load(
+    path: str, *, pcrs: bool = True
+) -> tuple[list[MeasurementRecord], PcrValues | None, str | None]:
     """(records, stored PcrValues or None, tail problem)."""
     from pyverity.format.measurelist import parse_ascii_line
     from pyverity.measure.log import read_list
@@ -90,7 +92,7 @@ def _load(path: str) -> tuple[list[MeasurementRecord], PcrValues | None, str | N
             except FormatError as exc:
                 raise FormatError(f"{path}:{n}: {exc}") from None
         return records, None, None
-    snap = read_list(path)
+    snap = read_list(path, pcrs=pcrs)
     return list(snap.records), snap.pcrs, snap.tail_problem
 
 
@@ -209,6 +211,8 @@ def _pcrs(args: argparse.Namespace, recs: list[MeasurementRecord], stored: PcrVa
     from pyverity.measure.pcr import PcrValues
 
     values = PcrValues.replay(recs) if args.replay or stored is None else stored
+    if stored is None and not args.replay:
+        sys.stderr.write(f"NOTE: {args.list}: no stored PCR values; these are replayed\n")
     bank = args.evmctl
     if bank:
         try:
@@ -229,7 +233,7 @@ def _pcrs(args: argparse.Namespace, recs: list[MeasurementRecord], stored: PcrVa
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     path: str = args.list
-    records, stored, tail = _load(path)
+    records, stored, tail = _load(path, pcrs=args.action != "show")
     if args.action == "show":
         rc = _show(args, records)
         if tail is not None:
