@@ -19,7 +19,13 @@ from pyverity.errors import InputError, SignatureError
 from pyverity.keys.key import PublicKey, check_key_type
 from pyverity.keys.keyid import keyid_from_public_key, skid_keyid
 
-__all__ = ["MAX_CERT_SIZE", "Certificate", "load_certificate", "parse_certificate"]
+__all__ = [
+    "MAX_CERT_SIZE",
+    "Certificate",
+    "load_certificate",
+    "parse_certificate",
+    "read_bounded",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +79,19 @@ def parse_certificate(data: bytes, source: str = "certificate") -> Certificate:
     return Certificate(cert, PublicKey(keyid, key, source), from_skid)
 
 
-def load_certificate(path: str | os.PathLike[str]) -> Certificate:
-    """Read and parse a certificate file (bounded size)."""
+def read_bounded(path: str | os.PathLike[str], what: str, limit: int = MAX_CERT_SIZE) -> bytes:
+    """Read a small key or certificate file; :class:`InputError` if unreadable or too large."""
     name = os.fsdecode(path)
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_CERT_SIZE + 1)
+            data = f.read(limit + 1)
     except OSError as e:
-        raise InputError(f"can't read certificate '{name}': {e.strerror}") from e
-    if len(data) > MAX_CERT_SIZE:
-        raise SignatureError(f"{name}: larger than {MAX_CERT_SIZE} bytes, not a certificate")
-    return parse_certificate(data, name)
+        raise InputError(f"can't read {what} '{name}': {e.strerror}") from e
+    if len(data) > limit:
+        raise InputError(f"{what} '{name}' is larger than {limit} bytes")
+    return data
+
+
+def load_certificate(path: str | os.PathLike[str]) -> Certificate:
+    """Read and parse a certificate file (bounded size)."""
+    return parse_certificate(read_bounded(path, "certificate"), os.fsdecode(path))

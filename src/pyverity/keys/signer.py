@@ -27,14 +27,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from pyverity.errors import InputError, SignatureError, UsageError
+from pyverity.errors import SignatureError, UsageError
 from pyverity.format.ima import (
     ImaSignature,
     algo_by_id,
     file_id_hash,
     kernel_algo_for_verity,
 )
-from pyverity.keys.cert import Certificate, load_certificate, parse_certificate
+from pyverity.keys.cert import Certificate, load_certificate, parse_certificate, read_bounded
 from pyverity.keys.key import PublicKey, check_key_type, crypto_hash
 from pyverity.keys.keyid import keyid_from_public_key
 
@@ -109,18 +109,6 @@ def sign_v3(signer: Signer, verity_algorithm: int, fsverity_digest: bytes) -> Im
     return ImaSignature.v3(alg.id, signer.keyid, signer.sign_digest(signed, alg.id))
 
 
-def _read_bounded(path: str | os.PathLike[str], what: str) -> bytes:
-    name = os.fsdecode(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_KEY_FILE_SIZE + 1)
-    except OSError as e:
-        raise InputError(f"can't read {what} '{name}': {e.strerror}") from e
-    if len(data) > MAX_KEY_FILE_SIZE:
-        raise InputError(f"{what} '{name}' is larger than {MAX_KEY_FILE_SIZE} bytes")
-    return data
-
-
 def _is_encrypted(data: bytes) -> bool:
     return b"ENCRYPTED" in data[:4096] or b"Proc-Type: 4,ENCRYPTED" in data
 
@@ -130,7 +118,7 @@ def load_private_key(
 ) -> PrivateKeyTypes:
     """Load an RSA (2048–4096) or ECDSA (P-256/P-384) private key, PEM or DER, maybe encrypted."""
     name = os.fsdecode(path)
-    data = _read_bounded(path, "key")
+    data = read_bounded(path, "key", MAX_KEY_FILE_SIZE)
     pem = data.lstrip().startswith(b"-----BEGIN")
     loader = serialization.load_pem_private_key if pem else serialization.load_der_private_key
     password = passphrase if isinstance(passphrase, bytes) else None
@@ -191,7 +179,7 @@ def load_signer(
     if cert is not None:
         c = load_certificate(cert)
     else:  # like evmctl: a PEM certificate in the key file itself names the keyid
-        data = _read_bounded(path, "key")
+        data = read_bounded(path, "key", MAX_KEY_FILE_SIZE)
         start = data.find(b"-----BEGIN CERTIFICATE-----")
         if start >= 0:
             c = parse_certificate(data[start:], path)
