@@ -151,7 +151,10 @@ def measure_file(path: str, namespace: str = "security", jobs: int | None = 1) -
         if protection.kind is ProtectionKind.CLASSIC:
             from pyverity.protect.appraise import classic_hash_algo
 
-            return Measured(protection, None, whole_file_hash(fd, classic_hash_algo(protection)))
+            alg = classic_hash_algo(protection)
+            if alg.hashlib_name is None:
+                return Measured(None, f"hash algorithm {alg.name} is not supported", None)
+            return Measured(protection, None, whole_file_hash(fd, alg))
         tree = build_tree(fd, protection.tree_params(), keep_tree=False, jobs=jobs)
         return Measured(protection, None, tree.descriptor)
     except FileChangedError:

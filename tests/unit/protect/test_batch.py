@@ -60,3 +60,14 @@ def test_measure_file_kinds(tmp_path: Path) -> None:
     assert m.protection is None
     assert m.invalid is not None
     assert "unknown type 0x09" in m.invalid
+
+
+def test_measure_file_unsupported_classic_algorithm(tmp_path: Path) -> None:
+    import os
+
+    f = tmp_path / "f"
+    f.write_bytes(b"abc")
+    os.setxattr(f, "user.ima", b"\x04\x03" + bytes(20))  # rmd160: parses, cannot be computed
+    m = measure_file(str(f), "user")
+    assert m.protection is None
+    assert m.invalid == "hash algorithm rmd160 is not supported"
