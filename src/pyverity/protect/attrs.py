@@ -130,9 +130,14 @@ def parse_protection(raw_descriptor: bytes | None, raw_ima: bytes | None, size: 
     fp = fingerprint(raw_descriptor, raw_ima)
     try:
         desc = None if raw_descriptor is None else _check_descriptor(raw_descriptor, size)
+    except FormatError as e:
+        message = str(e) if "descriptor" in str(e) else f"verity descriptor: {e}"
+        raise InvalidProtectionError(message, fingerprint=fp, remedy=e.remedy) from e
+    try:
         ima = None if raw_ima is None else parse_ima_value(raw_ima)
     except FormatError as e:
-        raise InvalidProtectionError(str(e), fingerprint=fp, remedy=e.remedy) from e
+        message = str(e) if "IMA" in str(e) else f"IMA attribute: {e}"
+        raise InvalidProtectionError(message, fingerprint=fp, remedy=e.remedy) from e
     if ima is None:
         kind = ProtectionKind.NONE if desc is None else ProtectionKind.VERITY
     elif isinstance(ima, ImaSignature) and ima.is_verity:
