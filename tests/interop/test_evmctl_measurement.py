@@ -108,9 +108,10 @@ def test_evmctl_verifies_an_ima_sig_entry(tmp_path: Path) -> None:
     with MeasurementLog.open(path, default_template="ima-sig") as log:
         log.append(DigestField("sha256", digest, "ima"), "/mnt/classic", signature=sig)
         pcrs = log.pcrs
+        first = log.records[0]
     # Our boot_aggregate entry is the kernel's TPM-less one, byte for byte.
     kernel_first = (v / "ascii_runtime_measurements").read_text().splitlines()[0]
-    assert log.records[0].ascii_line().rstrip("\n") == kernel_first
+    assert first.ascii_line().rstrip("\n") == kernel_first
     res = _evmctl(
         "--verify-sig", "--key", str(v / "cert.der"), *_pcr_files(tmp_path, pcrs), str(path)
     )

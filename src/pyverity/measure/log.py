@@ -211,7 +211,7 @@ class MeasurementLog:
         self.default_template = default_template
         self._lock_fd = lock_fd
         self._fd: int | None = fd
-        self._records = records
+        # Only the deduplication keys stay in memory; records are read back from the file.
         self._pcrs = pcrs
         self._seen = {_key(r) for r in records}
         self._mutex = threading.Lock()
@@ -263,7 +263,7 @@ class MeasurementLog:
         except BaseException:
             os.close(lock_fd)
             raise
-        if boot_aggregate and not log._records:
+        if boot_aggregate and not log._pcrs.count:
             log._append_record(
                 MeasurementRecord.for_file(
                     default_template, _zero_aggregate(default_template), _BOOT_AGGREGATE
@@ -405,15 +405,20 @@ class MeasurementLog:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
         self._pcrs = pcrs
-        self._records.append(record)
         self._seen.add(_key(record))
 
     # -- reading back -------------------------------------------------------------------------
 
     @property
     def records(self) -> tuple[MeasurementRecord, ...]:
+        """Every record, read back from the list (as appended: the list has no torn tail)."""
         with self._mutex:
-            return tuple(self._records)
+            fd = self._require_open()
+            records, _, end, problem = scan_list(_read_all(fd))
+            size = self._pcrs.size
+        if problem is not None or end != size:
+            raise StorageError(f"measurement list {self.path} changed under its writer")
+        return tuple(records)
 
     @property
     def pcrs(self) -> PcrValues:
@@ -423,7 +428,7 @@ class MeasurementLog:
 
     def __len__(self) -> int:
         with self._mutex:
-            return len(self._records)
+            return self._pcrs.count
 
     # -- closing ------------------------------------------------------------------------------
 
