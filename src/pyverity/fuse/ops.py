@@ -85,7 +85,7 @@ def tune_readahead(mountpoint: str, kb: int, timeout: float = 10) -> None:
                     except OSError as e:
                         log.info("cannot raise the readahead of %s: %s", mountpoint, e.strerror)
                     return
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 class LockedStore:
@@ -439,16 +439,6 @@ class VerityFS:
         return bool(st.st_mode & stat.S_IWOTH)
 
     # -- lifecycle ---------------------------------------------------------------------
-    def init(self, path: str) -> None:
-        del path
-        if self.config.readahead_kb:
-            threading.Thread(
-                target=tune_readahead,
-                args=(self._mountpoint, self.config.readahead_kb),
-                name="pyverity-readahead",
-                daemon=True,
-            ).start()
-
     def destroy(self, path: str) -> None:
         del path
         self._handles.close_all()
