@@ -14,6 +14,8 @@ API (spec/ima.md §3.3–§3.7; DESIGN.md §7; the grammar and our extensions in
     d.signature_required            # any appraise_type= (imasig: a v2 signature)
     d.keyring                       # keyring= of the appraise rule (our extension), or default
     d.enforce                       # appraise and mode enforce: a failure is EACCES
+    d.fix                           # appraise and mode fix
+    Policy.builtin("tcb|appraise_tcb")  # the kernel's ima_policy= sets
 
 Each action family is decided by its own first matching rule, as in the kernel's
 ``ima_match_policy``: a ``measure`` rule never hides a later ``appraise`` rule, and a

@@ -151,6 +151,11 @@ class Decision:
         return self.appraise and self.mode is Mode.ENFORCE
 
     @property
+    def fix(self) -> bool:
+        """Mode ``fix``: a failure is allowed and logged; missing descriptors may be written."""
+        return self.appraise and self.mode is Mode.FIX
+
+    @property
     def verity(self) -> bool:
         """The digest is the fs-verity digest (``digest_type=verity``), not a content hash."""
         return bool(self.flags & Flag.VERITY_REQUIRED)
@@ -241,6 +246,14 @@ class Policy:
         return cls(
             tuple(parse_rules(text, source)), mode, source, default_template, default_keyring
         )
+
+    @classmethod
+    def builtin(cls, names: str, *, mode: Mode | str = Mode.ENFORCE) -> Policy:
+        """The kernel's built-in policy ``names`` (``tcb``, ``appraise_tcb``, ``secure_boot``,
+        ``critical_data``; several joined by ``|``), as ``ima_policy=`` loads them."""
+        from pyverity.policy.builtin import builtin_text
+
+        return cls.parse(builtin_text(names), source=f"ima_policy={names}", mode=mode)
 
     @classmethod
     def load(

@@ -182,3 +182,21 @@ def test_context_for_fd(tmp_path: Path) -> None:
     )
     assert magic == int(out.stdout.strip(), 16)
     assert c.fsname is not None
+
+
+def test_builtin_policies() -> None:
+    from pyverity.errors import PolicyError
+
+    tcb = Policy.builtin("tcb")
+    assert len(tcb.rules) == 20
+    assert not tcb.decide(ctx(fsmagic=0x9FA0, mask=MAY_READ)).measure  # proc
+    assert tcb.decide(ctx(fsmagic=0xEF53, mask=MAY_READ)).measure  # root reads are measured
+    assert not tcb.decide(ctx(uid=1000, euid=1000, fsmagic=0xEF53, mask=MAY_READ)).measure
+    both = Policy.builtin("tcb|appraise_tcb", mode="log")
+    d = both.decide(ctx(fsmagic=0xEF53))
+    assert (d.measure, d.appraise, d.enforce) == (True, True, False)
+    assert not both.decide(ctx(fsmagic=0x858458F6)).appraise  # ramfs
+    assert len(Policy.builtin("secure_boot critical_data").rules) == 5
+    assert Policy.builtin("appraise_tcb", mode="fix").decide(ctx()).fix
+    with pytest.raises(PolicyError, match="unknown built-in policy"):
+        Policy.builtin("tcb|nope")
