@@ -5,6 +5,7 @@ first opens measured into a list that ``pyverity log verify`` accepts — and re
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from pyverity.fs.xattr import attr_name, get_attr, set_attr
 from pyverity.keys.generate import GeneratedKey, generate_key
 from pyverity.keys.signer import load_signer
+from pyverity.measure.log import read_list
 from pyverity.protect.sign import enable_file, sign_file
 from tests.interop.fuse_helpers import NS, fuse_skip_reason, mount_log, mounted
 
@@ -73,6 +75,29 @@ def _log(args: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _evmctl_accepts(measurements: Path) -> None:
+    """``evmctl ima_measurement`` (1.4) replays the binary list to the stored PCR values."""
+    evmctl = shutil.which("evmctl")
+    if evmctl is None:
+        pytest.fail("evmctl (ima-evm-utils) is not installed; .ci/run installs it")
+    pcrs = read_list(measurements).pcrs
+    assert pcrs is not None
+    args = []
+    for bank in ("sha1", "sha256"):
+        f = measurements.parent / f"pcrs-{bank}"
+        f.write_text(pcrs.evmctl_text(bank))
+        args += ["--pcrs", f"{bank},{f}"]
+    res = subprocess.run(
+        [evmctl, "-v", "ima_measurement", *args, str(measurements)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Matched per TPM bank calculated digest(s)." in res.stdout + res.stderr
+
+
 def test_enforce_then_log_mode_and_measurement_list(setup: tuple[Path, Path, Path, Path]) -> None:
     src, mnt, keyring, policy = setup
     measurements = mnt.parent / "measurements"
@@ -99,6 +124,7 @@ def test_enforce_then_log_mode_and_measurement_list(setup: tuple[Path, Path, Pat
     assert "mnt/untrusted" in signed.stdout + signed.stderr
     assert "mnt/other" in signed.stdout + signed.stderr
     assert "mnt/signed" not in signed.stdout + signed.stderr
+    _evmctl_accepts(measurements)
     shown = _log(["show", str(measurements)]).stdout
     assert f"{mnt}/signed" in shown
     assert shown.count(f"{mnt}/signed") == 1
