@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "DIGEST_CASES",
@@ -26,6 +27,8 @@ __all__ = [
 ]
 
 MiB = 1 << 20
+#: The host's venv interpreter (the guest runs it chrooted into the host's /, shared over 9p).
+VENV_PYTHON = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,48 @@ POLICY = (
 )
 
 
+#: Files of the ``kernel`` backend cases (``/mnt/backend``), name -> size; owned by root, so
+#: the IMA policy (fowner 1000/1001) leaves them alone.
+BACKEND_FILES = {
+    "cli": 100_000,
+    "cli512": 70_001,
+    "small": 4096,
+    "busy": 5000,
+    "changed": 9000,
+    "samesize": 9000,
+    "lib": 300_000,
+}
+#: ``pyverity enable --kernel`` runs in the VM: name -> (file, extra options).
+BACKEND_CLI: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cli": ("cli", ()),
+    "cli-again": ("cli", ()),
+    "cli512": ("cli512", ("--hash-alg", "sha512", "--salt", SALT11.hex())),
+    "small": ("small", ("--block-size", "1024")),
+    "busy": ("busy", ()),
+}
+
+
+def backend_script() -> list[str]:
+    """Guest lines: chroot into the host's / (9p, read-only) and run pyverity there."""
+    py = "chroot /host /usr/bin/env PYTHONDONTWRITEBYTECODE=1 HOME=/tmp " + VENV_PYTHON
+    out = " $R/backend/guest.out 2>&1"
+    lines = [
+        "if [ -d /host/usr ]; then",
+        "  for d in proc sys dev; do mount --bind /$d /host/$d; done",
+        "  mount --bind /mnt /host/mnt; mount -t tmpfs tmpfs /host/tmp",
+        f"  {py} /mnt/guest_backend.py /mnt/backend $R/backend /mnt/backend-cli.json >{out}",
+        "  log backend-guest x $?",
+        "  umount /host/tmp /host/mnt /host/dev /host/sys /host/proc",
+        "else",
+        "  log backend-guest x no-9p-host-root",
+        "fi",
+    ]
+    names = sorted({name for name, _ in BACKEND_CLI.values()} | {"lib"})
+    lines += [f"log backend-measure {n} $(vhelper measure /mnt/backend/{n})" for n in names]
+    lines += ["echo x >> /mnt/backend/cli 2>/dev/null; log backend-append cli $?"]
+    return lines
+
+
 def _salt_arg(salt: bytes) -> str:
     return salt.hex() if salt else "-"
 
@@ -138,6 +183,7 @@ def guest_script(tpm: bool) -> str:
             f"log descriptor {c.name} $(vhelper readmeta {f} 2 $R/digest/{c.name}.desc)",
             f"log read {c.name} $(vhelper read {f})",
         ]
+    lines += ["mkdir -p $R/backend", *backend_script()]
     # Signature cases: owners, attributes, fs-verity, keyring, policy, then one open each.
     for s in SIG_CASES:
         f = f"/mnt/sig/{s.name}"

@@ -7,6 +7,7 @@ never go green without the kernel having judged pyverity's bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,16 @@ from pathlib import Path
 import pytest
 
 from tests.kernel import harness
-from tests.kernel.cases import DIGEST_CASES, POLICY, SIG_CASES, guest_script, parse_lines, payload
+from tests.kernel.cases import (
+    BACKEND_CLI,
+    BACKEND_FILES,
+    DIGEST_CASES,
+    POLICY,
+    SIG_CASES,
+    guest_script,
+    parse_lines,
+    payload,
+)
 
 _TIMING = pytest.StashKey[list[str]]()
 
@@ -65,6 +75,11 @@ def _stage(stage: Path, signing: Path, keys: Path, other: Path) -> None:
     (stage / "digest").mkdir()
     for c in DIGEST_CASES:
         (stage / "digest" / c.name).write_bytes(payload(c.name, c.size))
+    (stage / "backend").mkdir()
+    for name, size in BACKEND_FILES.items():
+        (stage / "backend" / name).write_bytes(payload(name, size))
+    shutil.copyfile(Path(__file__).with_name("guest_backend.py"), stage / "guest_backend.py")
+    (stage / "backend-cli.json").write_text(json.dumps(BACKEND_CLI))
     sig_dir = stage / "sig"
     sig_dir.mkdir()
     signing.mkdir()
@@ -166,7 +181,11 @@ def kernel_run(
     harness.make_disk(stage, disk, 128)
     try:
         boot = harness.run_vm(
-            kernel, initramfs, disk, tpm_socket=tpm_state / "swtpm.sock" if swtpm else None
+            kernel,
+            initramfs,
+            disk,
+            tpm_socket=tpm_state / "swtpm.sock" if swtpm else None,
+            share_host_root=True,
         )
     finally:
         if swtpm is not None:

@@ -52,6 +52,8 @@ WANTED_MODULES = (
     "virtio_pci",
     "virtio_blk",
     "sha512_generic",
+    "9p",
+    "9pnet_virtio",
 )
 TOOLS = ("qemu-system-x86_64", "busybox", "mkfs.ext4", "debugfs", "gcc")
 MEMORY_MB = 512
@@ -236,6 +238,7 @@ def run_vm(
     *,
     timeout: float = 600,
     tpm_socket: Path | None = None,
+    share_host_root: bool = False,
 ) -> VMRun:
     """Boot, let ``init.sh`` run ``/run.sh`` of ``disk``, and wait for the power-off."""
     accel = os.environ.get("PYVERITY_KERNEL_ACCEL", "tcg")
@@ -264,6 +267,13 @@ def run_vm(
         "-drive",
         f"file={disk},format=raw,if=virtio,cache=unsafe",
     ]
+    if share_host_root:
+        # The host's / read-only as 9p tag "hostroot": init.sh mounts it at /host, so a
+        # guest script can chroot there and run the host's Python and pyverity.
+        cmd += [
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ]
     if tpm_socket is not None:
         cmd += [
             "-chardev",

@@ -10,9 +10,11 @@ attribute namespace, recursion, progress); it imports no ``cryptography``.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyverity.cli._common import ArgumentParser
@@ -149,6 +151,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("paths", nargs="+", metavar="PATH")
     add_tree_options(parser)
     add_namespace_options(parser)
+    add_wait_options(parser)
     add_batch_options(parser)
     parser.add_argument(
         "--kernel",
@@ -177,6 +180,21 @@ def _kernel_enable(hashed: HashedFile, *, quiet: bool) -> int:
     return 0
 
 
+def add_wait_options(parser: ArgumentParser) -> None:
+    """``--wait``: block until the daemon has built the trees (READY), or say why not."""
+    parser.add_argument(
+        "--wait", action="store_true", help="wait until the daemon has built each file's tree"
+    )
+    parser.add_argument("--wait-timeout", type=float, default=3600, metavar="SECONDS")
+    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="the daemon's state dir")
+
+
+def wait_for_daemon(args: argparse.Namespace, paths: list[str]) -> int:
+    from pyverity.daemon.client import wait_and_report
+
+    return wait_and_report(paths, state_dir=args.state_dir, timeout=args.wait_timeout)
+
+
 def main(argv: list[str]) -> int:
     from pyverity.protect.batch import expand_paths, map_files
     from pyverity.protect.sign import hash_file, write_hashed
@@ -187,6 +205,7 @@ def main(argv: list[str]) -> int:
     files = expand_paths(args.paths, recursive=args.recursive)
     progress = Progress(len(files), "enable", enabled=args.recursive)
     worst = 0
+    written: list[str] = []
     fn = functools.partial(hash_file, params=params, jobs=1 if len(files) > 1 else args.jobs)
     for out in map_files(fn, files, jobs=args.jobs, on_done=progress):
         if out.value is not None:
@@ -196,6 +215,7 @@ def main(argv: list[str]) -> int:
                 print_failure(out.path, e.message, e.remedy)
                 worst = max(worst, e.exit_code)
                 continue
+            written.append(out.path)
             if not args.recursive:
                 assert done.descriptor is not None  # noqa: S101
                 digest = done.descriptor.digest().hex()
@@ -208,6 +228,8 @@ def main(argv: list[str]) -> int:
             worst = max(worst, out.failure.exit_code)
     if args.recursive and not progress.enabled:
         progress.summary()
+    if args.wait and written:
+        worst = max(worst, wait_for_daemon(args, written))
     return worst
 
 
