@@ -42,6 +42,8 @@ class Daemon:
         self.ns = ns
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = base / "daemon.log"
+        #: How many build starts of the log a test has looked at.
+        self.seen_starts = 0
 
     def start(self, *extra: str, timeout: float = 20) -> Daemon:
         with self.log.open("ab") as log:
@@ -89,9 +91,9 @@ class Daemon:
                 st = (d / "stat").read_text()
             except OSError:
                 continue
-            if b"pyverity.daemon.worker" in cmd and str(self.state).encode() in b" ".join(cmd):
-                if st.rsplit(")", 1)[1].split()[0] != "Z":
-                    out.append(int(d.name))
+            mine = b"pyverity.daemon.worker" in cmd and str(self.state).encode() in b" ".join(cmd)
+            if mine and st.rsplit(")", 1)[1].split()[0] != "Z":
+                out.append(int(d.name))
         return out
 
     def request(self, req: dict[str, Any], **kw: Any) -> dict[str, Any]:

@@ -135,3 +135,27 @@ def rebuild(
 ) -> dict[str, Any]:
     """Ask for a new build of ``path`` (how a STALE file leaves STALE without a new attribute)."""
     return _path_request("rebuild", path, state_dir, timeout, wait=wait_done)
+
+
+def wait_and_report(
+    paths: list[str], *, state_dir: Path | None = None, timeout: float = 3600
+) -> int:
+    """``--wait`` of ``sign``/``enable``: wait for each file, print one line each, exit code.
+
+    0 when every file is READY; 1 otherwise (the line says the state and why).
+    """
+    import sys
+
+    worst = 0
+    deadline = time.monotonic() + timeout
+    for path in paths:
+        left = max(0.1, deadline - time.monotonic())
+        reply = wait(path, state_dir=state_dir, timeout=left)
+        state = reply.get("state", "?")
+        if reply.get("ok") and state == "READY":
+            print(f"'{path}': READY")
+            continue
+        why = reply.get("error") or ("not protected" if state == "NONE" else "")
+        sys.stderr.write(f"'{path}': {state}" + (f" ({why})" if why else "") + "\n")
+        worst = 1
+    return worst

@@ -346,6 +346,8 @@ class Daemon(ControlMixin):
             }
             if offset:
                 log.info("%s: resuming build at offset %d", job.path, offset)
+            else:
+                log.info("%s: building from offset 0", job.path)
             worker.start(job, spec, fd)
         finally:
             os.close(fd)
@@ -495,11 +497,15 @@ class Daemon(ControlMixin):
 
     def start(self) -> None:
         self.watcher = Watcher()
-        if self.config.crash_policy == "restart":
-            for rec in self.db.records((State.PENDING, State.BUILDING)):
-                if rec.id is not None:
-                    self.db.delete_checkpoint(rec.id)
-                    self.partial.discard(rec.id)
+        for rec in list(self.db.records((State.PENDING, State.BUILDING))):
+            if rec.id is None:
+                continue
+            cp = self.db.get_checkpoint(rec.id)
+            if self.config.crash_policy == "restart" or cp is None:
+                self.db.delete_checkpoint(rec.id)
+                self.partial.discard(rec.id)
+            offset = cp.offset if cp is not None and self.config.crash_policy == "resume" else 0
+            self.db.put(rec.evolve(state=State.PENDING, progress=offset))
         self.rescan()
         live = {r.id for r in self.db.records((State.PENDING, State.BUILDING))}
         for stale_id in self.partial.ids() - live:
