@@ -32,9 +32,11 @@ from pyverity.cli.enable import (
     add_batch_options,
     add_namespace_options,
     add_tree_options,
+    add_wait_options,
     namespace_of,
     print_failure,
     tree_params_of,
+    wait_for_daemon,
 )
 from pyverity.errors import Error, InputError, UsageError
 
@@ -68,6 +70,7 @@ def build_parser() -> ArgumentParser:
     mode.add_argument(
         "--builtin-sig", metavar="OUT", help="write the fs-verity built-in signature to OUT"
     )
+    add_wait_options(parser)
     pw = parser.add_mutually_exclusive_group()
     pw.add_argument("--pass-file", metavar="F", help="read the key's passphrase from F")
     pw.add_argument("--pass-env", metavar="VAR", help="take the passphrase from $VAR")
@@ -199,6 +202,7 @@ def _verity(args: argparse.Namespace, signer: FileSigner, ns: str) -> int:
     progress = Progress(len(files), "sign", enabled=args.recursive)
     fn = functools.partial(hash_file, params=params, jobs=1 if len(files) > 1 else args.jobs)
     worst = 0
+    written: list[str] = []
     for out in map_files(fn, files, jobs=args.jobs, on_done=progress):
         if out.failure is not None or out.value is None:
             failure = out.failure
@@ -213,6 +217,7 @@ def _verity(args: argparse.Namespace, signer: FileSigner, ns: str) -> int:
                 _write_sigfile(out.path, sig.to_bytes())
             else:
                 write_hashed(out.value, signer, namespace=ns)
+                written.append(out.path)
         except Error as e:
             print_failure(out.path, e.message, e.remedy)
             worst = max(worst, e.exit_code)
@@ -222,4 +227,6 @@ def _verity(args: argparse.Namespace, signer: FileSigner, ns: str) -> int:
             print(f"Signed file '{out.path}' ({desc.hash_alg.name}:{desc.digest().hex()})")
     if args.recursive and not progress.enabled:
         progress.summary()
+    if args.wait and written:
+        worst = max(worst, wait_for_daemon(args, written))
     return worst
