@@ -252,6 +252,7 @@ class VerityFS:
                     del self._stale[key]  # signed (or enabled) again since the write
                     stale = None
             if stale is not None:
+                log.warning("'%s' was written since it was protected (STALE)", path)
                 raise IntegrityError(f"'{path}' was written since it was protected (STALE)")
             uid, gid = (self._context()[:2]) if self._context is not None else (None, None)
             access = Access(os.path.join(self._mountpoint, path.lstrip("/")), uid, gid, real)
@@ -260,10 +261,9 @@ class VerityFS:
             enforcing = (
                 reader.enforce if reader.policy is None else reader.policy.mode.value == "enforce"
             )
-            if not enforcing:
-                log.warning("appraisal of '%s' failed (log mode, served unverified): %s", path, e)
+            if not enforcing:  # only STALE gets here: the reader serves other failures itself
+                log.warning("'%s' served unverified (not enforced): %s", path, e)
                 return Handle(fd, key, path, writable=False)
-            log.warning("appraisal of '%s' failed, access denied: %s", path, e)
             raise _err(errno.EACCES) from e
         return Handle(fd, key, path, writable=False, verified=raw)
 
