@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -182,3 +184,44 @@ def test_read_only_mount_refuses_writes(dirs: tuple[Path, Path]) -> None:
         assert e.value.errno == errno.EROFS
         with pytest.raises(OSError, match="Read-only"):
             (mnt / "g").write_bytes(b"x")
+
+
+def test_umount_command_and_sigint(dirs: tuple[Path, Path]) -> None:
+    src, mnt = dirs
+    protect(src / "f", b"data")
+    with mounted(src, mnt) as proc:
+        done = subprocess.run(
+            [sys.executable, "-m", "pyverity.cli", "umount", str(mnt)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert proc.wait(15) == 0
+    with mounted(src, mnt) as proc:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    again = subprocess.run(
+        [sys.executable, "-m", "pyverity.cli", "umount", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert again.returncode == 1
+    assert again.stderr.startswith("ERROR: cannot unmount")
+
+
+def test_bad_arguments_are_one_line_errors(dirs: tuple[Path, Path]) -> None:
+    src, mnt = dirs
+    mnt.mkdir()
+    for args in ([str(src / "missing"), str(mnt)], [str(src), str(src)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "pyverity.cli", "mount", "-f", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        assert done.returncode == 1
+        assert done.stderr.startswith("ERROR: ")
+        assert "Traceback" not in done.stderr
