@@ -184,6 +184,7 @@ def initramfs_for(kernel: KernelImage) -> Path:
     cache = _cache_root() / f"{kernel.version}-{key.hexdigest()[:16]}"
     image = cache / "initramfs.cpio.gz"
     if image.exists():
+        os.utime(image)  # marks it used (see _prune)
         return image
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
@@ -207,7 +208,21 @@ def initramfs_for(kernel: KernelImage) -> Path:
         partial = Path(tmp) / "initramfs.cpio.gz"
         partial.write_bytes(gzip.compress(_cpio(entries), compresslevel=1))
         partial.replace(image)
+    _prune(cache)
     return image
+
+
+def _prune(keep: Path, max_age: float = 86400) -> None:
+    """Remove other builds for the same kernel unused for a day (old harness versions)."""
+    version = keep.name.rsplit("-", 1)[0]
+    for other in keep.parent.glob(f"{version}-*"):
+        image = other / "initramfs.cpio.gz"
+        try:
+            used = (image if image.exists() else other).stat().st_mtime
+        except OSError:  # removed meanwhile by another run
+            continue
+        if other != keep and time.time() - used > max_age:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def make_disk(source: Path, image: Path, size_mb: int) -> None:
