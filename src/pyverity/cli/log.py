@@ -167,6 +167,7 @@ def _verify(
         keyring = Keyring.from_directory(args.keyring)
     expected = _parse_pcr_args(args.pcr, len(recs)) if args.pcr else stored
     report = verify_result(recs, expected=expected, keyring=keyring)
+    violations = sum(1 for r in recs if r.is_violation)
     problems = list(report.problems)
     if tail is not None:
         problems.append(EntryProblem(len(recs) + 1, "format", f"unreadable: {tail}"))
@@ -178,6 +179,7 @@ def _verify(
                 "entries": report.entries,
                 "pcrs_compared": expected is not None,
                 "signatures_checked": report.signatures_checked if keyring else None,
+                "violations": violations,
                 "replayed": report.replayed.as_dict(),
                 "problems": [
                     {"index": p.index, "kind": p.kind, "name": p.name, "reason": p.reason}
@@ -196,6 +198,10 @@ def _verify(
             what.append("PCR replay" if expected is not None else "no PCR values to compare")
             if keyring is not None:
                 what.append(f"{report.signatures_checked} signatures")
+            if violations:
+                what.append(
+                    f"{violations} violation entries (open-writers/ToMToU), replayed as 0xFF"
+                )
             sys.stdout.write(f"OK {path}: {report.entries} entries ({', '.join(what)})\n")
     if expected is None:
         sys.stderr.write(

@@ -107,3 +107,17 @@ def test_missing_list_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert err.startswith("ERROR: cannot open measurement list")
     assert "Traceback" not in err
+
+
+def test_verify_counts_violations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pyverity.format.measurelist import MeasurementRecord
+
+    fields = (b"sha256:\0" + bytes(32), b"/busy\0")
+    violation = MeasurementRecord(10, bytes(20), "ima-ng", fields)
+    ok = MeasurementRecord.for_file("ima-ng", DigestField("sha256", bytes(32)), "/ok")
+    path = tmp_path / "kernel-like"
+    path.write_bytes(ok.to_bytes() + violation.to_bytes())
+    assert main(["log", "verify", str(path)]) == 0
+    assert "1 violation entries" in capsys.readouterr().out
+    assert main(["log", "verify", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["violations"] == 1
