@@ -171,6 +171,8 @@ def _token(d: _Draft, tok: str) -> None:
     handler = _HANDLERS.get(key)
     if handler is None:
         raise _RuleError(f"unknown keyword {key!r}")
+    if not value:
+        raise _RuleError(f"{key}= needs a value")  # the kernel's %s never matches ""
     handler(d, value)
 
 

@@ -171,7 +171,8 @@ def test_kernel_only_rules_are_accepted_and_never_match_files() -> None:
         ("measure digest_type=hash", "1:9", "unknown digest_type"),
         ("appraise appraise_type=sigv2", "1:10", "unknown appraise_type"),
         ("appraise appraise_flag=foo", "1:10", "unknown appraise_flag"),
-        ("measure path=", "1:9", "path= needs a glob"),
+        ("measure path=", "1:9", "path= needs a value"),
+        ("measure fsname=", "1:9", "fsname= needs a value"),
     ],
 )
 def test_refused_with_line_and_column(text: str, where: str, message: str) -> None:
