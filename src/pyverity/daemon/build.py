@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from pyverity.errors import CancelledError, FileChangedError
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import identity
-from pyverity.hashing.blockhash import block_hasher
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.result import MerkleTree
+from pyverity.hashing.runhash import run_hasher
 
 __all__ = ["Stopped", "build_from_offset"]
 
@@ -36,6 +38,23 @@ class Stopped(CancelledError):  # noqa: N818 (a stop, not an error)
         self.offset = offset
 
 
+def _chunk_hasher(fd: int, size: int, params: TreeParams, chunk: int) -> Callable[[int], bytes]:
+    """Read the chunk at an offset, zero-pad its last block, return its level-0 digests."""
+    hash_run = run_hasher(params)
+    bs = params.block_size
+
+    def hash_chunk(at: int) -> bytes:
+        want = min(chunk, size - at)
+        data = os.pread(fd, want, at)
+        if len(data) != want:
+            raise FileChangedError("file shrank while it was being hashed")
+        if want % bs:
+            data += bytes(bs - want % bs)
+        return hash_run(data)
+
+    return hash_chunk
+
+
 def build_from_offset(
     fd: int,
     params: TreeParams,
@@ -44,51 +63,59 @@ def build_from_offset(
     offset: int = 0,
     leaves: bytes = b"",
     checkpoint_seconds: float = 1.0,
+    threads: int = 1,
     on_progress: Callable[[int], None] | None = None,
     on_checkpoint: Callable[[int, bytes], None] | None = None,
     poll: Callable[[], str | None] | None = None,
 ) -> MerkleTree:
-    """Build the tree of the file open as ``fd``, whose identity must stay ``snapshot``."""
+    """Build the tree of the file open as ``fd``, whose identity must stay ``snapshot``.
+
+    ``threads`` chunks are read and hashed at once (``pread`` and the run hasher release the
+    GIL); their digests are folded strictly in file order.
+    """
     size = snapshot[2]
     bs, ds = params.block_size, params.digest_size
     if offset % bs or offset > size or len(leaves) != offset // bs * ds:
         raise ValueError("checkpoint does not match its offset")
     if identity(os.fstat(fd)) != snapshot:
         raise FileChangedError("file changed since it was queued")
-    hash_block = block_hasher(params)
     folder = TreeFolder(params, keep_tree=True)
     if leaves:
         folder.add(leaves)
     chunk = max(bs, _CHUNK - _CHUNK % bs)
+
+    hash_chunk = _chunk_hasher(fd, size, params, chunk)
     pending = bytearray()
     last_cp = last_report = time.monotonic()
-    while offset < size:
-        if poll is not None:
-            why = poll()
-            if why is not None:
-                if on_checkpoint is not None and pending:
-                    on_checkpoint(offset, bytes(pending))
-                raise Stopped(why, offset)
-        want = min(chunk, size - offset)
-        data = os.pread(fd, want, offset)
-        if len(data) != want:
-            raise FileChangedError("file shrank while it was being hashed")
-        if want % bs:
-            data += bytes(bs - want % bs)
-        view = memoryview(data)
-        digests = b"".join(hash_block(view[o : o + bs]) for o in range(0, len(data), bs))
-        folder.add(digests)
-        offset += want
-        now = time.monotonic()
-        if on_checkpoint is not None and offset < size:
-            pending += digests
-            if now - last_cp >= checkpoint_seconds:
-                on_checkpoint(offset, bytes(pending))
-                pending.clear()
-                last_cp = now
-        if on_progress is not None and now - last_report >= 0.1:
-            on_progress(offset)
-            last_report = now
+    next_read = offset
+    inflight: deque[Future[bytes]] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        try:
+            while offset < size:
+                why = poll() if poll is not None else None
+                if why is not None:
+                    if on_checkpoint is not None and pending:
+                        on_checkpoint(offset, bytes(pending))
+                    raise Stopped(why, offset)
+                while next_read < size and len(inflight) < max(1, threads):
+                    inflight.append(pool.submit(hash_chunk, next_read))
+                    next_read += chunk
+                digests = inflight.popleft().result()
+                folder.add(digests)
+                offset = min(size, offset + chunk)
+                now = time.monotonic()
+                if on_checkpoint is not None and offset < size:
+                    pending += digests
+                    if now - last_cp >= checkpoint_seconds:
+                        on_checkpoint(offset, bytes(pending))
+                        pending.clear()
+                        last_cp = now
+                if on_progress is not None and now - last_report >= 0.1:
+                    on_progress(offset)
+                    last_report = now
+        finally:
+            for f in inflight:
+                f.cancel()
     if os.pread(fd, 1, size):
         raise FileChangedError("file grew while it was being hashed")
     if identity(os.fstat(fd)) != snapshot:

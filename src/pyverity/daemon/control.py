@@ -117,6 +117,7 @@ class ControlMixin:
             return
         waiting = self.waiters.pop(path, [])
         if waiting:
+            self.store.flush()
             self.db.commit()  # what a waiter is told is what the database says
         for client, req, _ in waiting:
             if rec is None:

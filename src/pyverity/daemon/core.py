@@ -343,6 +343,8 @@ class Daemon(ControlMixin):
                 "offset": offset,
                 "leaves": leaves,
                 "checkpoint_seconds": self.config.checkpoint_interval,
+                # A lone build may use every CPU; concurrent builds share them.
+                "threads": max(1, (os.cpu_count() or 1) // max(1, len(self.running) + 1)),
             }
             if offset:
                 log.info("%s: resuming build at offset %d", job.path, offset)
@@ -492,8 +494,8 @@ class Daemon(ControlMixin):
     def _commit(self) -> None:
         for job in self.running.values():
             self.db.set_progress(job.path, job.progress)
+        self.store.flush()  # cache entries first: a committed READY refers to a published tree
         self.db.commit()
-        self.store.flush()
 
     def start(self) -> None:
         self.watcher = Watcher()

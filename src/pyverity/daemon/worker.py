@@ -83,6 +83,7 @@ def _run(conn: Connection, spec: dict[str, Any], fd: int) -> None:
             offset=spec["offset"],
             leaves=spec["leaves"],
             checkpoint_seconds=spec["checkpoint_seconds"],
+            threads=spec.get("threads", 1),
             on_progress=job.progress,
             on_checkpoint=job.checkpoint,
             poll=job.poll,

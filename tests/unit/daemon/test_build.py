@@ -83,3 +83,14 @@ def test_cancel_stops_at_a_block_boundary(tmp_path: Path) -> None:
         os.close(fd)
     assert info.value.why == "cancel"
     assert info.value.offset == 2 << 20
+
+
+def test_threads_give_the_same_tree(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(os.urandom((5 << 20) + 4097))
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        got = build_from_offset(fd, TreeParams(), identity(os.fstat(fd)), threads=3)
+    finally:
+        os.close(fd)
+    assert got == build_tree(f)

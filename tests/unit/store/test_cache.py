@@ -111,3 +111,16 @@ def test_memory_store_evicts_and_discards() -> None:
 def test_open_store(tmp_path: Path) -> None:
     assert isinstance(open_store("none", None), MemoryStore)
     assert isinstance(open_store("cache", tmp_path), TreeCache)
+
+
+def test_batched_entries_are_published_by_flush_or_lookup(tmp_path: Path) -> None:
+    cache = TreeCache(tmp_path, batch_dir_sync=True)
+    trees = [_tree(os.urandom(50_000 + i)) for i in range(6)]
+    for t in trees:
+        cache.put(t)
+    first = trees[0].descriptor.digest()
+    assert not cache.path_for("sha256", first).exists()  # nothing visible before the flush
+    assert cache.get("sha256", first) is not None  # a lookup flushes the batch
+    for t in trees:
+        assert cache.path_for("sha256", t.descriptor.digest()).exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
