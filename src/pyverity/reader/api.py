@@ -24,7 +24,7 @@ def open_fd(
     fd: int, access: Access, options: ReaderOptions | None = None, *, closefd: bool = True
 ) -> VerifiedRawIO | None:
     """Appraise the open regular file ``fd``: a raw verified reader, or None to serve it
-    unverified (not appraised by the policy, classic IMA, or a failure that is not enforced).
+    unverified (not appraised by the policy, or a failure that is not enforced).
 
     An enforced appraisal failure raises; ``fd`` is then closed if ``closefd``.
     """
@@ -88,6 +88,8 @@ def open(  # noqa: A001 - the verb of this API, as io.open
     resolved = os.path.realpath(name)
     raw = open_fd(fd, Access(resolved), options)
     if raw is None:
-        log.warning("'%s' is served unverified (the policy does not appraise it)", name)
+        log.warning(
+            "'%s' is served unverified (not appraised by the policy, or not enforced)", name
+        )
         return io.BufferedReader(io.FileIO(fd, "rb", closefd=True), buffer_size=buffering)
     return io.BufferedReader(raw, buffer_size=max(buffering, raw.verifier.block_size))

@@ -36,6 +36,7 @@ from pyverity.protect.appraise import (
 )
 from pyverity.protect.attrs import Protection, ProtectionKind, read_protection
 from pyverity.protect.sign import whole_file_hash
+from pyverity.reader.classic import hash_and_tree
 from pyverity.reader.tree import MemoryTree, TreeSource
 
 __all__ = ["Appraisal", "ReaderOptions", "TreeProvider", "appraise_open"]
@@ -105,13 +106,18 @@ class ReaderOptions:
 
 @dataclass(frozen=True)
 class Appraisal:
-    """What reads of one open file are checked against (``descriptor`` None: classic IMA,
-    appraised by its whole-file hash at open, reads not checked block by block)."""
+    """What reads of one open file are checked against: a descriptor and its (untrusted) tree.
+
+    Classic IMA files get a tree built at open from the same bytes whose whole-file hash was
+    appraised, so their reads are checked block by block too.
+    """
 
     descriptor: Descriptor | None
     tree: TreeSource
-    #: Where the tree came from: ``cache``, ``inline`` or ``none``.
+    #: Where the tree came from: ``cache`` or ``inline``.
     tree_origin: str
+    #: Classic IMA files: the whole-file hash that was appraised (what is measured).
+    content_digest: DigestField | None = None
 
 
 @dataclass(frozen=True)
@@ -191,9 +197,12 @@ def _appraise(
             raise SignatureError(
                 f"'{name}': a verity signature is required (verity-signature-required)"
             )
-        computed = whole_file_hash(fd, classic_hash_algo(protection))
+        alg = classic_hash_algo(protection)
+        computed, tree = hash_and_tree(fd, alg)
         verify_protection(protection, computed, keyring)
-        return Appraisal(None, MemoryTree(b""), "none")
+        # Reads are then checked against a tree of the very bytes that matched.
+        content = DigestField(alg.name, computed, kind="ima")
+        return Appraisal(tree.descriptor, MemoryTree(tree.tree or b""), "inline", content)
     if sig_required and sig is None:
         raise SignatureError(f"'{name}' carries no signature, and the policy requires one")
     descriptor = protection.unverified_descriptor
@@ -278,6 +287,15 @@ def _measure(
     or for a file without a descriptor a sha256 of its content (a v3 signature, which cannot
     be checked against a content hash, is then left out of the entry)."""
     try:
+        if appraisal is not None and appraisal.content_digest is not None:
+            measurements.append(
+                appraisal.content_digest,
+                name,
+                template=decision.template,
+                signature=protection.raw_ima or b"" if protection is not None else b"",
+                pcr=decision.pcr,
+            )
+            return
         descriptor = appraisal.descriptor if appraisal is not None else None
         if descriptor is None and protection is not None:
             descriptor = protection.unverified_descriptor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 import pyverity
 from pyverity.errors import FormatError, InputError, IntegrityError
+from pyverity.format.ima import ImaHash
 from pyverity.format.params import TreeParams
 from pyverity.fs.xattr import attr_name, set_attr
 from pyverity.hashing.result import MerkleTree
@@ -184,3 +186,26 @@ def test_open_fd_closes_on_failure(tmp_path: Path) -> None:
         open_fd(fd, Access("plain"), OPTIONS)
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)
+
+
+def _classic(path: Path, data: bytes, declared: bytes | None = None) -> None:
+    path.write_bytes(data)
+    digest = hashlib.sha256(data if declared is None else declared).digest()
+    set_attr(path, attr_name(NS, "ima"), ImaHash.for_digest(4, digest).to_bytes())
+
+
+def test_classic_hash_file_is_verified_block_by_block(tmp_path: Path) -> None:
+    data = os.urandom(4096 * 50 + 7)
+    _classic(tmp_path / "f", data)
+    with pyverity.open(tmp_path / "f", options=OPTIONS) as f:
+        assert isinstance(f.raw, pyverity.reader.VerifiedRawIO)
+        assert f.read(4096) == data[:4096]
+        flip(tmp_path / "f", 40 * 4096)
+        f.seek(40 * 4096)
+        with pytest.raises(OSError, match="data block 40"):
+            f.read(10)
+        f.seek(41 * 4096)
+        assert f.read() == data[41 * 4096 :]
+    _classic(tmp_path / "g", b"actual", declared=b"declared")
+    with pytest.raises(IntegrityError, match="content does not match"):
+        pyverity.open(tmp_path / "g", options=OPTIONS)

@@ -1,0 +1,63 @@
+"""Classic IMA files (a whole-file hash or a v2 signature over it): one pass that both hashes
+the whole content, for the appraisal, and builds a Merkle tree of the very same bytes, so that
+later reads are checked block by block against content that matched the signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from pyverity.errors import FileChangedError, FormatError
+from pyverity.format.ima import KernelHashAlgo
+from pyverity.format.params import TreeParams
+from pyverity.fs.openfile import identity
+from pyverity.hashing.folder import TreeFolder
+from pyverity.hashing.result import MerkleTree
+from pyverity.hashing.runhash import run_hasher
+
+__all__ = ["hash_and_tree"]
+
+_CHUNK = 4 << 20
+
+
+def _fill(fd: int, want: int, offset: int) -> bytes:
+    parts: list[bytes] = []
+    got = 0
+    while got < want:
+        data = os.pread(fd, want - got, offset + got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+def hash_and_tree(
+    fd: int, alg: KernelHashAlgo, params: TreeParams | None = None
+) -> tuple[bytes, MerkleTree]:
+    """``(whole-file hash with alg, tree of the same bytes)``; a file that changes is refused."""
+    if alg.hashlib_name is None:
+        raise FormatError(f"cannot hash with {alg.name}")
+    params = params or TreeParams()
+    bs = params.block_size
+    whole = hashlib.new(alg.hashlib_name)
+    hash_run = run_hasher(params)
+    folder = TreeFolder(params, keep_tree=True)
+    before = identity(os.fstat(fd))
+    chunk = max(bs, _CHUNK - _CHUNK % bs)
+    offset = 0
+    while True:
+        data = _fill(fd, chunk, offset)
+        if not data:
+            break
+        whole.update(data)
+        offset += len(data)
+        if len(data) % bs:
+            data += bytes(bs - len(data) % bs)
+        folder.add(hash_run(data))
+        if len(data) < chunk:
+            break
+    if offset != before.size or identity(os.fstat(fd)) != before:
+        raise FileChangedError("file changed while it was being hashed")
+    return whole.digest(), folder.finish(offset)
