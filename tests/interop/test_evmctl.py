@@ -176,3 +176,19 @@ def test_kernel_vector_v3_matches_evmctl_construction() -> None:
     from pyverity.keys import load_certificate
 
     load_certificate(VECTORS / "cert.der").public_key.verify_signature(sig.signature, m, 4)
+
+
+def test_sigfile_matches_evmctl_sigfile(tmp_path: Path) -> None:
+    """`--imasig --sigfile` writes FILE.sig as evmctl does (raw xattr bytes), no attributes."""
+    k = make_key("rsa", "2048")
+    f = _file(tmp_path, 4321)
+    args = ["sign", "--imasig", "--sigfile", "--key", str(k.key_path), "--cert", str(k.cert_path)]
+    assert main([*args, str(f)]) == 0
+    sigfile = tmp_path / "data.sig"
+    ours = sigfile.read_bytes()
+    assert os.listxattr(f) == []
+    ok = _evmctl("ima_verify", "--sigfile", "--key", str(k.der_path), str(f))
+    assert ok.returncode == 0, ok.stderr + ok.stdout
+    sigfile.unlink()
+    assert _evmctl("ima_sign", "--sigfile", "-n", "--key", str(k.key_path), str(f)).returncode == 0
+    assert sigfile.read_bytes() == ours

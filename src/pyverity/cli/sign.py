@@ -62,8 +62,8 @@ def build_parser() -> ArgumentParser:
     add_tree_options(parser)
     add_namespace_options(parser)
     add_batch_options(parser)
+    parser.add_argument("--sigfile", action="store_true", help="write FILE.sig, not attributes")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--sigfile", action="store_true", help="write FILE.sig, not attributes")
     mode.add_argument(
         "--imasig", action="store_true", help="classic 0x03 v2 signature of the whole file"
     )
@@ -119,6 +119,8 @@ def main(argv: list[str]) -> int:
     _check_mode_options(args)
     ns = namespace_of(args)
     if args.builtin_sig is not None:
+        if args.sigfile:
+            raise UsageError("--sigfile and --builtin-sig are exclusive")
         if len(args.paths) != 1 or args.recursive:
             raise UsageError("--builtin-sig signs exactly one FILE")
         if args.cert is None:

@@ -117,6 +117,7 @@ def test_bad_input_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["--key", str(tmp_path / "nokey")], 1, "can't read key"),
         ([*_key_args(), "--builtin-sig", str(tmp_path / "o"), str(f)], 2, "exactly one"),
         (["--key", str(make_key().key_path), "--builtin-sig", str(tmp_path / "o")], 2, "--cert"),
+        ([*_key_args(), "--sigfile", "--builtin-sig", str(tmp_path / "o")], 2, "exclusive"),
     ]
     for extra, code, message in cases:
         assert main(["sign", "--xattr-user", *extra, str(f)]) == code, extra
