@@ -45,3 +45,23 @@ def test_generate_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "already exists" in capsys.readouterr().err
     assert main(["key"]) == 2
     assert main(["key", "list", str(tmp_path / "empty")]) == 1
+
+
+def test_generate_encrypted_then_sign(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PV_KEY_PASS", "correct horse")
+    out = tmp_path / "k"
+    assert (
+        main(["key", "generate", "--type", "ecdsa", "--out", str(out), "--pass-env", "PV_KEY_PASS"])
+        == 0
+    )
+    assert b"ENCRYPTED" in (out / "ima.key").read_bytes()
+    f = tmp_path / "f"
+    f.write_bytes(b"data")
+    base = ["sign", "--xattr-user", "--key", str(out / "ima.key"), "--cert", str(out / "ima.pem")]
+    assert main([*base, "--pass-env", "PV_KEY_PASS", str(f)]) == 0
+    monkeypatch.setenv("PV_KEY_PASS", "wrong")
+    capsys.readouterr()
+    assert main([*base, "--pass-env", "PV_KEY_PASS", str(f)]) == 1
+    assert "wrong passphrase" in capsys.readouterr().err
