@@ -56,8 +56,13 @@ def flip(path: Path, offset: int) -> None:
 
 
 @contextlib.contextmanager
-def mounted(source: Path, mountpoint: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Mount in a foreground subprocess; on exit SIGTERM it and check it unmounted cleanly."""
+def mounted(
+    source: Path, mountpoint: Path, *args: str, verbose: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Mount in a foreground subprocess; on exit SIGTERM it and check it unmounted cleanly.
+
+    ``verbose`` runs ``pyverity -v`` (debug logging, e.g. where each tree came from).
+    """
     mountpoint.mkdir(exist_ok=True)
     log = mountpoint.parent / f"{mountpoint.name}.log"
     with log.open("wb") as out:
@@ -66,6 +71,7 @@ def mounted(source: Path, mountpoint: Path, *args: str) -> Iterator[subprocess.P
                 sys.executable,
                 "-m",
                 "pyverity.cli",
+                *(["-v"] if verbose else []),
                 "mount",
                 "-f",
                 *args,
