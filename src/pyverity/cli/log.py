@@ -166,7 +166,10 @@ def _verify(
 
         keyring = Keyring.from_directory(args.keyring)
     expected = _parse_pcr_args(args.pcr, len(recs)) if args.pcr else stored
-    report = verify_result(recs, expected=expected, keyring=keyring)
+    from pyverity.measure.files import chain_path, load_chain
+
+    chain = None if _looks_ascii(path) else load_chain(chain_path(path))
+    report = verify_result(recs, expected=expected, keyring=keyring, chain=chain)
     violations = sum(1 for r in recs if r.is_violation)
     problems = list(report.problems)
     if tail is not None:

@@ -8,6 +8,9 @@ Files (``LIST`` is the path given):
 - ``LIST.pcrs`` — the software PCR values (sha1 and sha256 banks) after the records they
   cover, with the count and byte size covered (:class:`~pyverity.measure.pcr.PcrValues`),
   replaced by temp file + fsync + rename + directory fsync after each append.
+- ``LIST.chain`` — the sha256 value of the entry's PCR after each entry (32 bytes each): a
+  hint that lets ``verify`` name the entry where a replay goes wrong. Not fsynced of its own;
+  rebuilt from the list on open. The PCR values remain the authority.
 - ``LIST.lock`` — held (``flock`` exclusive) for as long as a writer has the list open: one
   writer at a time. Each append and each reader's snapshot also take a short ``flock`` on
   ``LIST`` itself (exclusive to append, shared to read), so a reader sees a list and PCR values
@@ -35,150 +38,31 @@ import fcntl
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from pyverity.errors import FormatError, StorageError
-from pyverity.format.measurelist import (
-    WRITABLE_TEMPLATES,
-    DigestField,
-    MeasurementRecord,
-    TruncatedRecordError,
-    iter_binary,
+from pyverity.errors import StorageError
+from pyverity.format.measurelist import WRITABLE_TEMPLATES, DigestField, MeasurementRecord
+from pyverity.measure.files import (
+    ListSnapshot,
+    chain_path,
+    load_chain,
+    load_pcrs,
+    lock_path,
+    pcr_path,
+    publish,
+    read_all,
+    read_list,
+    scan_list,
+    write_all,
 )
-from pyverity.measure.pcr import BANKS, PcrValues
+from pyverity.measure.pcr import BANKS, CHAIN_BANK, PcrValues, chain_values
 
-__all__ = ["ListSnapshot", "MeasurementLog", "pcr_path", "read_list", "scan_list"]
+__all__ = ["ListSnapshot", "MeasurementLog", "chain_path", "pcr_path", "read_list", "scan_list"]
 
 logger = logging.getLogger(__name__)
 
-#: A list larger than this is refused by the in-memory reader (about 8M entries of 128 bytes).
-MAX_LIST_SIZE = 1 << 30
 _BOOT_AGGREGATE = "boot_aggregate"
-
-
-def pcr_path(path: str | os.PathLike[str]) -> Path:
-    """Where the PCR values of list ``path`` are kept."""
-    return Path(f"{os.fspath(path)}.pcrs")
-
-
-def _lock_path(path: str | os.PathLike[str]) -> Path:
-    return Path(f"{os.fspath(path)}.lock")
-
-
-@dataclass(frozen=True)
-class ListSnapshot:
-    """A consistent read of a list: its records, and the stored PCR values if any."""
-
-    records: tuple[MeasurementRecord, ...]
-    offsets: tuple[int, ...]
-    #: Bytes of well-formed records (the list's size unless there is a torn tail).
-    end: int
-    size: int
-    pcrs: PcrValues | None
-    #: Why the bytes after ``end`` are not a record (``None`` if there are none).
-    tail_problem: str | None = None
-
-
-def scan_list(data: bytes) -> tuple[list[MeasurementRecord], list[int], int, str | None]:
-    """Parse records until the first bad one: (records, offsets, good end, tail problem)."""
-    records: list[MeasurementRecord] = []
-    offsets: list[int] = []
-    end = 0
-    problem: str | None = None
-    try:
-        for offset, record in iter_binary(data):
-            records.append(record)
-            offsets.append(offset)
-            end = offset + len(record.to_bytes())
-    except TruncatedRecordError as exc:
-        problem = f"torn tail: {exc}"
-    except FormatError as exc:
-        problem = str(exc)
-    return records, offsets, end, problem
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    if size > MAX_LIST_SIZE:
-        raise StorageError(f"measurement list is larger than {MAX_LIST_SIZE} bytes")
-    chunks: list[bytes] = []
-    pos = 0
-    while True:
-        chunk = os.pread(fd, 1 << 20, pos)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        pos += len(chunk)
-        if pos > MAX_LIST_SIZE:
-            raise StorageError(f"measurement list is larger than {MAX_LIST_SIZE} bytes")
-
-
-def _load_pcrs(path: Path) -> PcrValues | None:
-    try:
-        with path.open("rb") as f:
-            text = f.read(1 << 16 + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StorageError(f"cannot read PCR values {path}: {exc.strerror}") from exc
-    try:
-        return PcrValues.from_json(text)
-    except FormatError as exc:
-        raise StorageError(f"PCR values {path}: {exc}") from exc
-
-
-def read_list(path: str | os.PathLike[str], *, pcrs: bool = True) -> ListSnapshot:
-    """Read a list (ours, or a kernel's ``binary_runtime_measurements``) and its PCR values.
-
-    Takes a shared lock on the list while reading, so a running writer's append is never seen
-    half-done. Malformed or torn bytes at the end are reported in ``tail_problem``, not raised.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise StorageError(f"cannot open measurement list {path}: {exc.strerror}") from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        except OSError:
-            logger.debug("no lock on %s (not a regular file?)", path)
-        values = _load_pcrs(pcr_path(path)) if pcrs else None
-        data = _read_all(fd)
-    finally:
-        os.close(fd)
-    records, offsets, end, problem = scan_list(data)
-    return ListSnapshot(tuple(records), tuple(offsets), end, len(data), values, problem)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _publish(path: Path, text: str, *, sync_dir: bool = True) -> None:
-    """Replace ``path`` by ``text`` atomically (and durably, with ``sync_dir``)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-    try:
-        _write_all(fd, text.encode())
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    tmp.replace(path)
-    if not sync_dir:
-        return
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _key(record: MeasurementRecord) -> tuple[int, bytes, bytes]:
@@ -203,6 +87,7 @@ class MeasurementLog:
         *,
         lock_fd: int,
         fd: int,
+        chain_fd: int,
         records: list[MeasurementRecord],
         pcrs: PcrValues,
         default_template: str,
@@ -211,6 +96,7 @@ class MeasurementLog:
         self.default_template = default_template
         self._lock_fd = lock_fd
         self._fd: int | None = fd
+        self._chain_fd = chain_fd
         # Only the deduplication keys stay in memory; records are read back from the file.
         self._pcrs = pcrs
         self._seen = {_key(r) for r in records}
@@ -237,7 +123,7 @@ class MeasurementLog:
         lpath = Path(path)
         try:
             lock_fd = os.open(
-                _lock_path(lpath), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+                lock_path(lpath), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
             )
         except OSError as exc:
             raise StorageError(f"cannot open measurement list {lpath}: {exc.strerror}") from exc
@@ -264,11 +150,14 @@ class MeasurementLog:
             os.close(lock_fd)
             raise
         if boot_aggregate and not log._pcrs.count:
-            log._append_record(
-                MeasurementRecord.for_file(
-                    default_template, _zero_aggregate(default_template), _BOOT_AGGREGATE
-                )
+            first = MeasurementRecord.for_file(
+                default_template, _zero_aggregate(default_template), _BOOT_AGGREGATE
             )
+            try:
+                log._append_record(first)
+            except BaseException:
+                log.close()
+                raise
         return log
 
     @classmethod
@@ -277,11 +166,12 @@ class MeasurementLog:
     ) -> MeasurementLog:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            data = _read_all(fd)
+            data = read_all(fd)
             records, _offsets, end, problem = scan_list(data)
-            stored = _load_pcrs(pcr_path(path))
-            for stale in path.parent.glob(f".{pcr_path(path).name}.*.tmp"):
-                stale.unlink(missing_ok=True)  # a crash between write and rename
+            stored = load_pcrs(pcr_path(path))
+            for name in (pcr_path(path).name, chain_path(path).name):
+                for stale in path.parent.glob(f".{name}.*.tmp"):
+                    stale.unlink(missing_ok=True)  # a crash between write and rename
             if problem is not None:
                 # Bytes the PCR values cover were fsynced and acknowledged: damage there is
                 # corruption. Bytes after them were never acknowledged: a crash's torn tail.
@@ -303,11 +193,23 @@ class MeasurementLog:
                 os.fsync(fd)
             pcrs = cls._reconcile(path, records, end, stored, verify=verify)
             if pcrs is not stored:
-                _publish(pcr_path(path), pcrs.to_json())
+                publish(pcr_path(path), pcrs.to_json())
+            chain = chain_values(records)
+            if load_chain(chain_path(path)) != chain:
+                publish(chain_path(path), chain)  # after a crash, or a damaged hint file
+            chain_fd = os.open(
+                chain_path(path), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+            )
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
         return cls(
-            path, lock_fd=lock_fd, fd=fd, records=records, pcrs=pcrs, default_template=template
+            path,
+            lock_fd=lock_fd,
+            fd=fd,
+            chain_fd=chain_fd,
+            records=records,
+            pcrs=pcrs,
+            default_template=template,
         )
 
     @staticmethod
@@ -387,16 +289,20 @@ class MeasurementLog:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             before = os.fstat(fd).st_size
+            chain_before = os.fstat(self._chain_fd).st_size
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.fsync(fd)
                 pcrs = self._pcrs.extend(record, record_size=len(data))
+                # The chain is a hint, rebuilt from the list on open: no fsync of its own.
+                write_all(self._chain_fd, pcrs.get(CHAIN_BANK, record.pcr))
                 # No directory fsync: if a crash loses this rename, the old values plus the
                 # fsynced record are what recovery finds, and it extends them again.
-                _publish(pcr_path(self.path), pcrs.to_json(), sync_dir=False)
+                publish(pcr_path(self.path), pcrs.to_json(), sync_dir=False)
             except OSError as exc:
                 try:
                     os.ftruncate(fd, before)
+                    os.ftruncate(self._chain_fd, chain_before)
                 except OSError:
                     logger.exception("measurement list %s: cannot undo a failed append", self.path)
                 raise StorageError(
@@ -414,7 +320,7 @@ class MeasurementLog:
         """Every record, read back from the list (as appended: the list has no torn tail)."""
         with self._mutex:
             fd = self._require_open()
-            records, _, end, problem = scan_list(_read_all(fd))
+            records, _, end, problem = scan_list(read_all(fd))
             size = self._pcrs.size
         if problem is not None or end != size:
             raise StorageError(f"measurement list {self.path} changed under its writer")
@@ -443,6 +349,7 @@ class MeasurementLog:
                 return
             os.close(self._fd)
             self._fd = None
+            os.close(self._chain_fd)
             os.close(self._lock_fd)
 
     def __enter__(self) -> MeasurementLog:

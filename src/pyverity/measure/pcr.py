@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pyverity.errors import FormatError
 from pyverity.format.measurelist import MeasurementRecord
 
-__all__ = ["BANKS", "NUM_PCRS", "PcrValues"]
+__all__ = ["BANKS", "CHAIN_BANK", "NUM_PCRS", "PcrValues", "chain_values"]
 
 #: The banks pyverity keeps (TPM 2.0's usual pair).
 BANKS = ("sha1", "sha256")
+#: The bank of ``LIST.chain`` (the PCR value after each entry).
+CHAIN_BANK = "sha256"
 #: PCRs shown in evmctl's file format (a TPM has 24).
 NUM_PCRS = 24
 _FORMAT_VERSION = 1
@@ -122,3 +124,15 @@ class PcrValues:
     def as_dict(self) -> dict[str, dict[str, str]]:
         """``{bank: {pcr: hex}}`` for JSON output."""
         return {b: {str(i): v.hex() for i, v in sorted(p.items())} for b, p in self.values.items()}
+
+
+def chain_values(records: Iterable[MeasurementRecord], bank: str = CHAIN_BANK) -> bytes:
+    """The value of each entry's PCR in ``bank`` right after the entry, concatenated."""
+    current: dict[int, bytes] = {}
+    out: list[bytes] = []
+    for record in records:
+        old = current.get(record.pcr, _zero(bank))
+        value = hashlib.new(bank, old + record.pcr_extend_value(bank)).digest()
+        current[record.pcr] = value
+        out.append(value)
+    return b"".join(out)

@@ -10,13 +10,16 @@ It returns a :class:`VerifyReport`; :func:`verify_list` raises
 :class:`~pyverity.errors.IntegrityError` with the first problem instead.
 
 What the checks can name: a changed entry whose template digest was not recomputed fails by
-itself (named); an entry appended or dropped at the end is found from the count the PCR
-values cover (named); any other change, drop or reorder is found by the replay, which can
-only say that entries 1..N do not reproduce the PCR values, not which one moved.
+itself; an entry appended or dropped at the end is found from the count the PCR values cover;
+any other change, drop or reorder is found by the replay, and the entry where it starts is
+named with the help of ``LIST.chain`` (the PCR value after each entry) when that chain ends at
+the expected PCR values. Without a usable chain the replay can only say that entries 1..N do
+not reproduce the PCR values.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from pyverity.errors import Error, FormatError, IntegrityError
 from pyverity.format.measurelist import MeasurementRecord
-from pyverity.measure.pcr import PcrValues
+from pyverity.measure.pcr import CHAIN_BANK, PcrValues, chain_values
 
 if TYPE_CHECKING:
     from pyverity.keys.keyring import Keyring
@@ -85,6 +88,7 @@ def verify_result(
     *,
     expected: PcrValues | None = None,
     keyring: Keyring | None = None,
+    chain: bytes | None = None,
 ) -> VerifyReport:
     """Run every check over ``records`` and collect the problems (see the module docstring)."""
     problems: list[EntryProblem] = []
@@ -117,12 +121,32 @@ def verify_result(
     covered = records if expected is None else records[: expected.count]
     replayed = PcrValues.replay(covered, banks)
     if expected is not None:
-        problems.extend(_compare(records, replayed, expected))
+        problems.extend(_compare(records, replayed, expected, chain))
     return VerifyReport(len(records), replayed, expected, signatures, tuple(problems))
 
 
+def _diverges_at(
+    records: Sequence[MeasurementRecord], expected: PcrValues, chain: bytes | None
+) -> int | None:
+    """The first entry (0-based) whose replay leaves the recorded chain, if the chain is one
+    the expected PCR values end with; ``None`` otherwise."""
+    size = hashlib.new(CHAIN_BANK).digest_size
+    if not chain or len(chain) % size or CHAIN_BANK not in expected.values:
+        return None
+    if chain[-size:] not in expected.values[CHAIN_BANK].values():
+        return None  # the chain does not end where the PCR values are: no use as a hint
+    mine = chain_values(records)
+    for i in range(min(len(mine), len(chain)) // size):
+        if mine[i * size : (i + 1) * size] != chain[i * size : (i + 1) * size]:
+            return i
+    return None
+
+
 def _compare(
-    records: Sequence[MeasurementRecord], replayed: PcrValues, expected: PcrValues
+    records: Sequence[MeasurementRecord],
+    replayed: PcrValues,
+    expected: PcrValues,
+    chain: bytes | None = None,
 ) -> list[EntryProblem]:
     problems: list[EntryProblem] = []
     if expected.count > len(records):
@@ -162,6 +186,19 @@ def _compare(
                         ": entries were changed, dropped or reordered",
                     )
                 )
+    if any(p.kind in ("replay", "count") for p in problems):
+        at = _diverges_at(records, expected, chain)
+        if at is not None:
+            problems.insert(
+                0,
+                EntryProblem(
+                    at + 1,
+                    "chain",
+                    "the replay leaves the recorded PCR chain here: this entry was changed or "
+                    "inserted, or an entry before it was dropped or moved",
+                    records[at].file_name,
+                ),
+            )
     return problems
 
 
@@ -170,9 +207,10 @@ def verify_list(
     *,
     expected: PcrValues | None = None,
     keyring: Keyring | None = None,
+    chain: bytes | None = None,
 ) -> VerifyReport:
     """Like :func:`verify_result`, but raise :class:`IntegrityError` naming the first problem."""
-    report = verify_result(records, expected=expected, keyring=keyring)
+    report = verify_result(records, expected=expected, keyring=keyring, chain=chain)
     if report.problems:
         more = len(report.problems) - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""

@@ -121,3 +121,17 @@ def test_verify_counts_violations(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "1 violation entries" in capsys.readouterr().out
     assert main(["log", "verify", "--json", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["violations"] == 1
+
+
+def test_verify_names_a_moved_entry(our_list: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pyverity.measure import read_list
+
+    recs = list(read_list(our_list).records)
+    recs[1], recs[2] = recs[2], recs[1]
+    our_list.write_bytes(b"".join(r.to_bytes() for r in recs))
+    assert main(["log", "verify", str(our_list)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        "FAIL entry 2 (/f_1): the replay leaves the recorded PCR chain here: this entry was "
+        "changed or inserted, or an entry before it was dropped or moved"
+    )

@@ -153,3 +153,48 @@ def test_real_tpm_list_replays_to_the_tpm_pcrs() -> None:
     swapped = [recs[0], recs[2], recs[1], *recs[3:]]
     assert not verify_result(swapped, expected=tpm).ok
     assert not verify_result(recs[:-1], expected=tpm).ok
+
+
+@pytest.mark.parametrize("tamper", ["reorder", "drop", "forge"])
+def test_the_chain_names_the_entry(tmp_path: Path, tamper: str) -> None:
+    path = tmp_path / "list"
+    with MeasurementLog.open(path, default_template="ima-ng") as log:
+        for i in range(8):
+            log.append(DigestField("sha256", bytes([i]) * 32, "ima"), f"/e{i}")
+    snap = read_list(path)
+    assert snap.chain is not None
+    assert len(snap.chain) == 9 * 32
+    recs = list(snap.records)
+    if tamper == "reorder":
+        recs[4], recs[6] = recs[6], recs[4]  # entries 5 and 7
+    elif tamper == "drop":
+        del recs[4]  # entry 5; entry 6 moves up
+    else:
+        recs[4] = MeasurementRecord.build(10, "ima-ng", (recs[4].fields[0], b"/forged\0"))
+    with pytest.raises(IntegrityError) as info:
+        verify_list(recs, expected=snap.pcrs, chain=snap.chain)
+    name = {"reorder": "/e5", "drop": "/e4", "forge": "/forged"}[tamper]
+    assert str(info.value).startswith(f"measurement list: entry 5 ({name}): the replay leaves")
+
+
+def test_a_chain_that_disagrees_with_the_pcrs_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "list"
+    with MeasurementLog.open(path) as log:
+        for i in range(3):
+            log.append(DigestField("sha256", bytes([i]) * 32, "ima"), f"/e{i}")
+    snap = read_list(path)
+    recs = [snap.records[0], snap.records[2], snap.records[1], snap.records[3]]
+    report = verify_result(recs, expected=snap.pcrs, chain=bytes(len(snap.chain or b"")))
+    assert [p.kind for p in report.problems] == ["replay", "replay"]
+
+
+def test_a_damaged_chain_file_is_rebuilt_on_open(tmp_path: Path) -> None:
+    from pyverity.measure.log import chain_path
+
+    path = tmp_path / "list"
+    with MeasurementLog.open(path) as log:
+        log.append(DigestField("sha256", bytes(32), "ima"), "/x")
+    good = chain_path(path).read_bytes()
+    chain_path(path).write_bytes(good[:40])  # a crash left it short and torn
+    MeasurementLog.open(path).close()
+    assert chain_path(path).read_bytes() == good

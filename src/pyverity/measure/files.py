@@ -1,0 +1,183 @@
+"""Files of a measurement list: paths, bounded reads, atomic publication, snapshots.
+
+See :mod:`pyverity.measure.log` for what each file holds and how the writer keeps them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyverity.errors import FormatError, StorageError
+from pyverity.format.measurelist import MeasurementRecord, TruncatedRecordError, iter_binary
+from pyverity.measure.pcr import PcrValues
+
+__all__ = [
+    "MAX_LIST_SIZE",
+    "ListSnapshot",
+    "chain_path",
+    "load_chain",
+    "load_pcrs",
+    "lock_path",
+    "pcr_path",
+    "publish",
+    "read_all",
+    "read_list",
+    "scan_list",
+    "write_all",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A list larger than this is refused by the in-memory reader (about 8M entries of 128 bytes).
+MAX_LIST_SIZE = 1 << 30
+
+
+def pcr_path(path: str | os.PathLike[str]) -> Path:
+    """Where the PCR values of list ``path`` are kept."""
+    return Path(f"{os.fspath(path)}.pcrs")
+
+
+def chain_path(path: str | os.PathLike[str]) -> Path:
+    """Where the per-entry PCR chain of list ``path`` is kept."""
+    return Path(f"{os.fspath(path)}.chain")
+
+
+def lock_path(path: str | os.PathLike[str]) -> Path:
+    return Path(f"{os.fspath(path)}.lock")
+
+
+@dataclass(frozen=True)
+class ListSnapshot:
+    """A consistent read of a list: its records, and the stored PCR values if any."""
+
+    records: tuple[MeasurementRecord, ...]
+    offsets: tuple[int, ...]
+    #: Bytes of well-formed records (the list's size unless there is a torn tail).
+    end: int
+    size: int
+    pcrs: PcrValues | None
+    #: Why the bytes after ``end`` are not a record (``None`` if there are none).
+    tail_problem: str | None = None
+    #: ``LIST.chain``: the sha256 PCR value after each entry (a hint to name the entry where a
+    #: replay goes wrong; the PCR values are the authority). ``None`` if absent.
+    chain: bytes | None = None
+
+
+def scan_list(data: bytes) -> tuple[list[MeasurementRecord], list[int], int, str | None]:
+    """Parse records until the first bad one: (records, offsets, good end, tail problem)."""
+    records: list[MeasurementRecord] = []
+    offsets: list[int] = []
+    end = 0
+    problem: str | None = None
+    try:
+        for offset, record in iter_binary(data):
+            records.append(record)
+            offsets.append(offset)
+            end = offset + len(record.to_bytes())
+    except TruncatedRecordError as exc:
+        problem = f"torn tail: {exc}"
+    except FormatError as exc:
+        problem = str(exc)
+    return records, offsets, end, problem
+
+
+def read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    if size > MAX_LIST_SIZE:
+        raise StorageError(f"measurement list is larger than {MAX_LIST_SIZE} bytes")
+    chunks: list[bytes] = []
+    pos = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, pos)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        pos += len(chunk)
+        if pos > MAX_LIST_SIZE:
+            raise StorageError(f"measurement list is larger than {MAX_LIST_SIZE} bytes")
+
+
+def load_pcrs(path: Path) -> PcrValues | None:
+    try:
+        with path.open("rb") as f:
+            text = f.read((1 << 16) + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read PCR values {path}: {exc.strerror}") from exc
+    try:
+        return PcrValues.from_json(text)
+    except FormatError as exc:
+        raise StorageError(f"PCR values {path}: {exc}") from exc
+
+
+def read_list(path: str | os.PathLike[str], *, pcrs: bool = True) -> ListSnapshot:
+    """Read a list (ours, or a kernel's ``binary_runtime_measurements``) and its PCR values.
+
+    Takes a shared lock on the list while reading, so a running writer's append is never seen
+    half-done. Malformed or torn bytes at the end are reported in ``tail_problem``, not raised.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(f"cannot open measurement list {path}: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            logger.debug("no lock on %s (not a regular file?)", path)
+        values = load_pcrs(pcr_path(path)) if pcrs else None
+        chain = load_chain(chain_path(path)) if pcrs else None
+        data = read_all(fd)
+    finally:
+        os.close(fd)
+    records, offsets, end, problem = scan_list(data)
+    return ListSnapshot(tuple(records), tuple(offsets), end, len(data), values, problem, chain)
+
+
+def load_chain(path: Path) -> bytes | None:
+    """The chain file's bytes (bounded), or ``None`` if there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        return read_all(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def publish(path: Path, content: str | bytes, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` by ``content`` atomically (and durably, with ``sync_dir``)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        write_all(fd, content.encode() if isinstance(content, str) else content)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    tmp.replace(path)
+    if not sync_dir:
+        return
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
