@@ -253,9 +253,8 @@ class Daemon(ControlMixin):
             for path in watcher.add_tree(root):
                 seen.add(path)
                 self.scan_file(path)
-        for rec in list(self.db.records()):
-            if rec.path not in seen:
-                self.apply(rec.path, rec, Decision(None, cancel=True))
+        for path in [p for p in self.db.paths() if p not in seen]:
+            self.apply(path, self.db.get(path), Decision(None, cancel=True))
         self.db.commit()
 
     # -- builds ---------------------------------------------------------------------------------

@@ -277,6 +277,11 @@ class StateDB:
         for r in rows:
             yield _row(r)
 
+    def paths(self) -> Iterator[str]:
+        """Every path, streamed (no row objects: cheap on millions of rows)."""
+        for (p,) in self._query("SELECT path FROM files"):
+            yield os.fsdecode(p)
+
     def records_under(self, prefix: str) -> list[FileRecord]:
         """Rows whose path starts with ``prefix`` (which should end with a separator)."""
         lo = os.fsencode(prefix)

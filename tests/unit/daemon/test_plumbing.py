@@ -138,3 +138,24 @@ def test_read_declared_and_appraise(tmp_path: Path) -> None:
         assert not d4.needs_tree
     finally:
         os.close(fd)
+
+
+def test_overflow_and_parsing_of_raw_records() -> None:
+    import struct
+
+    from pyverity.daemon.inotify import Mask, parse_events
+
+    raw = (
+        struct.pack("iIII", -1, Mask.Q_OVERFLOW, 0, 0)
+        + struct.pack("iIII", 3, Mask.ATTRIB, 0, 16)
+        + b"name\0".ljust(16, b"\0")
+    )
+    events = list(parse_events(raw))
+    assert [e.mask for e in events] == [Mask.Q_OVERFLOW, Mask.ATTRIB]
+    assert events[1].name == b"name"
+    w = Watcher()
+    try:
+        assert list(w._translate(events[0])) == [FileEvent(Change.OVERFLOW, "")]
+        assert list(w._translate(events[1])) == []  # unknown watch: ignored
+    finally:
+        w.close()

@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Benchmark the daemon (issue #4; run by hand, not in CI). Needs root only for nothing: it
+uses ``user.*`` attributes on a temporary directory.
+
+1. **1 GiB attribute → READY**: the time from the ``setxattr`` of a descriptor (computed
+   beforehand) on a page-cached 1 GiB file to READY in the daemon, against ``pyverity digest``
+   on the same file (median of ``--runs`` each; target ≤ 1.2×).
+2. **10,000 signed files**: distinct 16–64 KiB files, each with its own v3 signature (ECDSA
+   P-256, made beforehand) and descriptor, written while the daemon runs; time from the last
+   ``setxattr`` to all READY (target < 30 s).
+3. **status on 1,000,000 rows**: ``pyverity status PATH`` and ``pyverity status --totals`` on
+   a state database of a million rows (targets < 1 s and < 5 s), plus the full ``--json``
+   listing.
+4. **Peak daemon memory**: ``VmHWM`` of the daemon and of its largest worker after 1 and 2.
+
+    .venv/bin/python bench/daemon.py                 # everything
+    .venv/bin/python bench/daemon.py --files 2000    # smaller
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE / "src"))
+
+from pyverity.daemon import client  # noqa: E402
+from pyverity.hashing import build_tree  # noqa: E402
+from pyverity.store.statedb import StateDB  # noqa: E402
+
+
+def cli() -> list[str]:
+    script = Path(sys.executable).with_name("pyverity")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pyverity.cli"]
+
+
+def vm_hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class Daemon:
+    def __init__(self, base: Path, *args: str) -> None:
+        self.root = base / "root"
+        self.state = base / "state"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.args = [
+            "daemon", "--root", str(self.root), "--state-dir", str(self.state),
+            "--cache-dir", str(base / "cache"), "--xattr-ns", "user", *args,
+        ]  # fmt: skip
+        self.log = (base / "daemon.log").open("ab")
+        self.proc = subprocess.Popen([*cli(), *self.args], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                client.request({"op": "metrics"}, state_dir=self.state, timeout=2)
+            except Exception:  # noqa: BLE001
+                time.sleep(0.05)
+            else:
+                return
+        raise SystemExit("daemon did not start")
+
+    def memory(self) -> tuple[int, int]:
+        workers = [vm_hwm(p) for p in children(self.proc.pid)]
+        return vm_hwm(self.proc.pid), max(workers, default=0)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def bench_big(base: Path, size: int, runs: int) -> dict[str, float]:
+    d = Daemon(base / "big", "--workers", "2")
+    f = d.root / "big.bin"
+    with f.open("wb") as out:
+        block = os.urandom(MiB)
+        for _ in range(size // MiB):
+            out.write(block)
+    digests, daemon = [], []
+    try:
+        for i in range(runs):
+            with f.open("r+b") as w:  # new content: nothing can be reused
+                os.pwrite(w.fileno(), os.urandom(64), i * 4096)
+            desc = build_tree(f, keep_tree=False).descriptor.to_bytes()
+            t0 = time.perf_counter()
+            subprocess.run([*cli(), "digest", str(f)], check=True, capture_output=True)
+            digests.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            os.setxattr(f, "user.verity", desc)
+            reply = client.wait(f, state_dir=d.state, timeout=600)
+            daemon.append(time.perf_counter() - t0)
+            assert reply["state"] == "READY", reply
+        mem = d.memory()
+    finally:
+        d.stop()
+    dig, dae = statistics.median(digests), statistics.median(daemon)
+    return {"digest_s": dig, "ready_s": dae, "ratio": dae / dig, "daemon_hwm": mem[0],
+            "worker_hwm": mem[1]}  # fmt: skip
+
+
+def bench_many(base: Path, count: int) -> dict[str, float]:
+    from pyverity.keys import load_signer, sign_v3
+    from pyverity.keys.generate import generate_key
+
+    key = generate_key(base / "key", "ecdsa")
+    keyring = base / "keyring"
+    keyring.mkdir()
+    shutil.copy(key.cert_path, keyring / "ima.pem")
+    signer = load_signer(str(key.key_path), cert=str(key.cert_path))
+    d = Daemon(base / "many", "--workers", "2", "--keyring", str(keyring))
+    rng = random.Random(1)
+    values = []
+    t0 = time.perf_counter()
+    for i in range(count):
+        f = d.root / f"d{i // 1000:02d}" / f"f{i:05d}.bin"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(os.urandom(rng.randint(16, 64) * 1024))
+        desc = build_tree(f, keep_tree=False).descriptor
+        sig = sign_v3(signer, desc.hash_algorithm, desc.digest())
+        values.append((f, desc.to_bytes(), sig.to_bytes()))
+    prepare = time.perf_counter() - t0
+    try:
+        t_first = time.perf_counter()
+        for f, desc, sig in values:
+            os.setxattr(f, "user.verity", desc)
+            os.setxattr(f, "user.ima", sig)
+        t_last = time.perf_counter()
+        db = d.state / "state.db"
+        ready = 0
+        while True:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            ready = con.execute("SELECT count(*) FROM files WHERE state='READY'").fetchone()[0]
+            bad = con.execute(
+                "SELECT count(*) FROM files WHERE state IN ('INVALID','MISMATCH','STALE')"
+            ).fetchone()[0]
+            con.close()
+            if ready + bad >= count or time.perf_counter() - t_last > 600:
+                break
+            time.sleep(0.05)
+        t_done = time.perf_counter()
+        mem = d.memory()
+    finally:
+        d.stop()
+    return {
+        "prepare_s": prepare,
+        "write_s": t_last - t_first,
+        "ready_after_last_s": t_done - t_last,
+        "ready": ready,
+        "daemon_hwm": mem[0],
+        "worker_hwm": mem[1],
+    }
+
+
+def bench_status(base: Path, rows: int) -> dict[str, float]:
+    state = base / "rows"
+    state.mkdir(mode=0o700)
+    with StateDB(state / "state.db") as db:
+        db._write("SELECT 1")  # open the transaction
+        states = ["READY"] * 8 + ["PENDING", "STALE"]
+        db._db.executemany(
+            "INSERT INTO files (path, state, kind, dev, ino, size, mtime_ns, attr_fp, digest,"
+            " progress, error, created_ns, updated_ns, ready_ns)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                (
+                    f"/data/{i // 1000:04d}/{i:07d}".encode(),
+                    states[i % 10],
+                    "verity",
+                    1,
+                    i,
+                    40960,
+                    0,
+                    os.urandom(8),
+                    "",
+                    40960,
+                    "",
+                    1,
+                    1,
+                    None,
+                )
+                for i in range(rows)
+            ),
+        )
+        db.commit()
+    out = {}
+    for name, args in (
+        ("one_path_s", [f"/data/{rows // 2000:04d}/{rows // 2:07d}"]),
+        ("totals_s", ["--totals"]),
+        ("all_json_s", ["--json"]),
+    ):
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            [*cli(), "status", "--state-dir", str(state), *args], capture_output=True, check=False
+        )
+        out[name] = time.perf_counter() - t0
+        assert r.returncode == 0, r.stderr
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dir", type=Path, help="work directory (default: a temp dir under /tmp)")
+    p.add_argument("--size-mib", type=int, default=1024)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--files", type=int, default=10_000)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--skip", action="append", default=[], choices=["big", "many", "status"])
+    a = p.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="pyverity-bench-", dir=a.dir))
+    base.chmod(0o700)
+    try:
+        if "big" not in a.skip:
+            r = bench_big(base, a.size_mib * MiB, a.runs)
+            print(f"{a.size_mib} MiB: pyverity digest {r['digest_s']:.2f} s, setxattr -> READY"
+                  f" {r['ready_s']:.2f} s, ratio {r['ratio']:.2f}x;"
+                  f" daemon VmHWM {r['daemon_hwm'] / MiB:.0f} MiB,"
+                  f" worker VmHWM {r['worker_hwm'] / MiB:.0f} MiB")  # fmt: skip
+        if "many" not in a.skip:
+            r = bench_many(base, a.files)
+            print(f"{a.files} signed 16-64 KiB files: {r['ready']:.0f} READY"
+                  f" {r['ready_after_last_s']:.1f} s after the last setxattr"
+                  f" (writing the attributes took {r['write_s']:.1f} s);"
+                  f" daemon VmHWM {r['daemon_hwm'] / MiB:.0f} MiB,"
+                  f" worker VmHWM {r['worker_hwm'] / MiB:.0f} MiB")  # fmt: skip
+        if "status" not in a.skip:
+            r = bench_status(base, a.rows)
+            print(
+                f"status on {a.rows} rows: one path {r['one_path_s']:.2f} s,"
+                f" --totals {r['totals_s']:.2f} s, all rows --json {r['all_json_s']:.1f} s"
+            )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
