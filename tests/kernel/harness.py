@@ -251,7 +251,7 @@ def run_vm(
     initramfs: Path,
     disk: Path,
     *,
-    timeout: float = 600,
+    timeout: float = 300,
     tpm_socket: Path | None = None,
     share_host_root: bool = False,
 ) -> VMRun:
