@@ -34,7 +34,12 @@ def _parser() -> ArgumentParser:
         help="parse a policy; show what it decides for paths",
         description=__doc__.split("\n\n")[1],
     )
-    c.add_argument("policy", metavar="FILE", help="the policy file")
+    c.add_argument(
+        "policy",
+        metavar="FILE",
+        help="the policy file, or ima_policy=NAMES for the kernel's built-in sets "
+        "(tcb, appraise_tcb, secure_boot, critical_data; joined by '|')",
+    )
     c.add_argument("paths", nargs="*", metavar="PATH", help="files to evaluate")
     c.add_argument(
         "--uid",
@@ -148,7 +153,11 @@ def main(argv: list[str]) -> int:
     from pyverity.policy import Mode, Policy
 
     args = _parser().parse_args(argv)
-    policy = Policy.load(args.policy, mode=Mode.parse(args.appraise_mode))
+    mode = Mode.parse(args.appraise_mode)
+    if args.policy.startswith("ima_policy="):
+        policy = Policy.builtin(args.policy.removeprefix("ima_policy="), mode=mode)
+    else:
+        policy = Policy.load(args.policy, mode=mode)
     results = []
     failures = 0
     for path in args.paths:

@@ -78,3 +78,11 @@ def test_errors(setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[st
     assert "ERROR can't open" in capsys.readouterr().out
     assert main(["policy", "check", "--mask", "MAY_FLY", str(pol), str(other)]) == 2
     assert main(["policy", "check", "--func", "NOPE", str(pol), str(other)]) == 2
+
+
+def test_builtin_policy(setup: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    _, _, other = setup
+    assert main(["policy", "check", "--uid", "0", "ima_policy=tcb|appraise_tcb", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ima_policy=tcb|appraise_tcb: 36 rules, mode enforce")
+    assert "appraised: needs a valid hash or signature" in out
