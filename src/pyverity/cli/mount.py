@@ -93,6 +93,9 @@ def main(argv: list[str]) -> int:
     if args.log is not None:
         from pyverity.measure.log import MeasurementLog
 
+        if policy is None:
+            log.warning("--log without --policy: nothing is measured (no measure rule)")
+
         measurements = MeasurementLog.open(args.log)
     from pyverity.fuse.ops import LockedStore
     from pyverity.store.cache import open_store
