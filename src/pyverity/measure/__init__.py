@@ -13,7 +13,8 @@ API (spec/ima.md §4; DESIGN.md §7):
 
   ``append`` writes exactly the kernel's ``binary_runtime_measurements`` record (templates
   ``ima-ng``, ``ima-ngv2``, ``ima-sig``, ``ima-sigv2``), fsyncs it, then publishes the new
-  PCR values in ``LIST.pcrs`` (kept apart from the list). One writer per list (``LIST.lock``);
+  PCR values in ``LIST.pcrs`` (kept apart from the list), and the value after each entry in
+  ``LIST.chain`` (so ``verify`` can name a moved entry). One writer per list (``LIST.lock``);
   a torn tail left by a crash is repaired on open. A fresh list starts with a zero
   ``boot_aggregate`` entry (``boot_aggregate=False`` to omit it).
 - :func:`read_list` — a consistent snapshot of any list (ours or a kernel's) with its stored
@@ -27,7 +28,7 @@ pure :mod:`pyverity.format.measurelist`.
 """
 
 from pyverity.format.measurelist import DigestField, MeasurementRecord
-from pyverity.measure.log import ListSnapshot, MeasurementLog, pcr_path, read_list
+from pyverity.measure.log import ListSnapshot, MeasurementLog, chain_path, pcr_path, read_list
 from pyverity.measure.pcr import BANKS, PcrValues
 from pyverity.measure.verify import EntryProblem, VerifyReport, verify_list, verify_result
 
@@ -40,6 +41,7 @@ __all__ = [
     "MeasurementRecord",
     "PcrValues",
     "VerifyReport",
+    "chain_path",
     "pcr_path",
     "read_list",
     "verify_list",
