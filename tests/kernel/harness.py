@@ -299,12 +299,16 @@ def run_vm(
             "tpm-tis,tpmdev=tpm0",
         ]
     start = time.monotonic()
-    proc = subprocess.run(
-        cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
-    )
+    try:
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        )
+        out, err, rc = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:  # qemu was killed; keep what it printed
+        out, err, rc = e.stdout or b"", (e.stderr or b"") + b"\n[qemu timed out]\n", -1
     seconds = time.monotonic() - start
-    console = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
-    return VMRun(console.replace("\r\n", "\n"), seconds, proc.returncode)
+    console = out.decode(errors="replace") + err.decode(errors="replace")
+    return VMRun(console.replace("\r\n", "\n"), seconds, rc)
 
 
 def read_back(disk: Path, directory: str, dest: Path) -> Path:
