@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from pyverity.format.params import TreeParams
-from pyverity.fs.xattr import attr_name, set_attr
-from pyverity.hashing.api import build_tree
 from pyverity.hashing.result import MerkleTree
+from tests.unit.reader import helpers as reader_helpers
+from tests.unit.reader.helpers import flip
+
+__all__ = ["NS", "flip", "fuse_skip_reason", "is_mounted", "mount_log", "mounted", "protect"]
 
 NS = "security"
 
@@ -39,20 +41,8 @@ def is_mounted(path: Path) -> bool:
 
 
 def protect(path: Path, data: bytes, params: TreeParams | None = None) -> MerkleTree:
-    path.write_bytes(data)
-    tree = build_tree(path, params or TreeParams())
-    set_attr(path, attr_name(NS, "verity"), tree.descriptor.to_bytes())
-    return tree
-
-
-def flip(path: Path, offset: int) -> None:
-    with path.open("r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
-        f.flush()
-        os.fsync(f.fileno())
+    """Write ``data`` and its descriptor (``security.verity``); returns the tree."""
+    return reader_helpers.protect(path, data, params, ns=NS)
 
 
 @contextlib.contextmanager

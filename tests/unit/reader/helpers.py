@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,14 @@ NS = "user"
 OPTIONS = ReaderOptions(xattr_ns=NS)
 
 
-def protect(path: Path, data: bytes, params: TreeParams | None = None) -> MerkleTree:
-    """Write ``data`` to ``path`` and its descriptor to ``user.verity``; returns the tree."""
+def protect(
+    path: Path, data: bytes, params: TreeParams | None = None, *, ns: str = NS
+) -> MerkleTree:
+    """Write ``data`` to ``path`` and its descriptor to ``<ns>.verity``; returns the tree."""
     path.write_bytes(data)
     tree = build_tree(path, params or TreeParams())
     try:
-        set_attr(path, attr_name(NS, "verity"), tree.descriptor.to_bytes())
+        set_attr(path, attr_name(ns, "verity"), tree.descriptor.to_bytes())
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"no user xattrs on {path.parent}: {e}")
     return tree
@@ -34,3 +37,5 @@ def flip(path: Path, offset: int) -> None:
         b = f.read(1)
         f.seek(offset)
         f.write(bytes([b[0] ^ 0xFF]))
+        f.flush()
+        os.fsync(f.fileno())
