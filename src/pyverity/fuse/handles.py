@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pyverity.reader.file import VerifiedRawIO
 
@@ -28,7 +28,6 @@ class Handle:
     path: str
     writable: bool
     verified: VerifiedRawIO | None = None
-    written: bool = field(default=False)
 
     def read(self, size: int, offset: int) -> bytes:
         if self.verified is not None:

@@ -230,7 +230,9 @@ class VerityFS:
         except BaseException:
             os.close(fd)
             raise
-        if writing and flags & os.O_TRUNC:
+        if writing:
+            # Reads through a writable handle are not verified, so a protected file opened
+            # for writing is no longer vouched for: STALE until it is signed again.
             self._mark_stale(fd, key, path)
         self._set_cache_flags(fi, key, st, writing)
         fi.fh = self._handles.add(handle)
@@ -304,9 +306,6 @@ class VerityFS:
         handle = self._handles.get(fi.fh)
         if not handle.writable:
             raise _err(errno.EBADF)
-        if not handle.written:
-            handle.written = True
-            self._mark_stale(handle.fd, handle.key, path)
         return os.pwrite(handle.fd, data, offset)
 
     def truncate(self, path: str, length: int, fh: Any = None) -> int:

@@ -120,6 +120,10 @@ def test_rw_write_makes_stale_until_protected_again(tmp_path: Path) -> None:
     protect(tmp_path / "src" / "f", (tmp_path / "src" / "f").read_bytes())
     fi = _open(fs, "/f")
     assert fs.read("/f", 12, 0, fi) == b"a" * 10 + b"Ba"
+    fs.release("/f", fi)
+    fs.release("/f", _open(fs, "/f", os.O_WRONLY))  # opened for writing, nothing written
+    with pytest.raises(PermissionError):
+        _open(fs, "/f")
 
 
 def _errno(call: Callable[[], object]) -> int | None:
