@@ -122,6 +122,13 @@ class Daemon:
             time.sleep(0.02)
         raise AssertionError(f"{path} never reached {states}: {rec}\n{self.log.read_text()}")
 
+    def wait_gone(self, path: Path, timeout: float = 5) -> None:
+        deadline = time.monotonic() + timeout
+        while self.record(path) is not None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path} still has a row: {self.record(path)}")
+            time.sleep(0.02)
+
     def cache_entry(self, digest: str) -> Path:
         alg, _, hexd = digest.partition(":")
         return self.cache / "objects" / alg / hexd[:2] / hexd

@@ -9,7 +9,6 @@ processes which receive the descriptor itself, so the file built is the file obs
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -21,21 +20,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pyverity.daemon import lifecycle
+from pyverity.daemon.builds import BuildsMixin
 from pyverity.daemon.config import DaemonConfig, check_private_dir, ima_policy_warning
 from pyverity.daemon.control import ControlMixin
 from pyverity.daemon.lifecycle import Cause, Decision, Observation
-from pyverity.daemon.pool import BACKGROUND, FIRST_USE, Job, JobQueue, Worker, WorkerPool
-from pyverity.daemon.protection import appraise, load_keyring, read_declared
+from pyverity.daemon.pool import BACKGROUND, Job, JobQueue, WorkerPool
+from pyverity.daemon.protection import load_keyring, read_declared
 from pyverity.daemon.server import Client, Server
 from pyverity.daemon.watcher import Change, FileEvent, Watcher
 from pyverity.errors import ConfigurationError, Error, StorageError
-from pyverity.format.descriptor import Descriptor
 from pyverity.fs.openfile import identity
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr
-from pyverity.hashing.result import MerkleTree
 from pyverity.store.cache import open_store
 from pyverity.store.checkpoint import PartialStore
-from pyverity.store.statedb import Checkpoint, FileRecord, State, StateDB
+from pyverity.store.statedb import FileRecord, State, StateDB
 
 __all__ = ["Daemon"]
 
@@ -61,7 +59,7 @@ def _lock(path: Path, mode: int, timeout: float) -> int:
             return fd
 
 
-class Daemon(ControlMixin):
+class Daemon(BuildsMixin, ControlMixin):
     def __init__(self, config: DaemonConfig) -> None:
         if not config.roots:
             raise ConfigurationError("no roots to watch", remedy="give --root DIR or roots=[..]")
@@ -115,6 +113,10 @@ class Daemon(ControlMixin):
         }
         self._job_ids = 0
         self._stop = False
+        #: Set during the start-up scan (cache backend): READY files without a tree are queued.
+        self._check_cache = False
+        #: Files moved out by an ``IN_MOVED_FROM``, by cookie, until the matching ``MOVED_TO``.
+        self._moved: dict[int, FileRecord] = {}
         self.watcher: Watcher | None = None
         self.pool: WorkerPool | None = None
         self.server: Server | None = None
@@ -221,7 +223,12 @@ class Daemon(ControlMixin):
             return
         if ev.change is Change.GONE:
             if rec is not None:
+                if ev.cookie:
+                    self._moved[ev.cookie] = rec
                 self.apply(path, rec, Decision(None, cancel=True))
+            return
+        moved = self._moved.pop(ev.cookie, None) if ev.cookie else None
+        if moved is not None and self._renamed(path, moved):
             return
         if rec is None and not self._has_attrs(path):
             return
@@ -233,6 +240,22 @@ class Daemon(ControlMixin):
         cause = Cause.ATTR if ev.change is Change.ATTR else Cause.APPEARED
         self.apply(path, rec, lifecycle.on_observe(rec, obs, cause))
 
+    def _renamed(self, path: str, old: FileRecord) -> bool:
+        """A tracked file renamed within the roots keeps its state if nothing else changed."""
+        obs = self.observe(path)
+        if obs is None or obs.declared.fingerprint != old.attr_fp or obs.snapshot != old.snapshot:
+            return False
+        rec = self.db.get(path)
+        if rec is not None:
+            self.cancel(path, rec)
+        new = self.db.put(old.evolve(path=path, id=None))
+        log.info("%s: renamed from %s, still %s", path, old.path, new.state)
+        if new.state in (State.PENDING, State.BUILDING):
+            self.db.put(new.evolve(state=State.PENDING))
+            self.enqueue(new, BACKGROUND)
+        self._notify(path, new)
+        return True
+
     def scan_file(self, path: str, cause: Cause = Cause.SCAN) -> None:
         rec = self.db.get(path)
         if rec is None and not self._has_attrs(path):
@@ -242,7 +265,20 @@ class Daemon(ControlMixin):
             if rec is not None:
                 self.apply(path, rec, Decision(None, cancel=True))
             return
-        self.apply(path, rec, lifecycle.on_observe(rec, obs, cause))
+        decision = lifecycle.on_observe(rec, obs, cause)
+        if decision is None and rec is not None and self._missing_tree(rec):
+            # Reconciliation queues what is missing: a READY file whose cached tree is gone.
+            decision = Decision(rec.evolve(state=State.PENDING, progress=0), build=True)
+        self.apply(path, rec, decision)
+
+    def _missing_tree(self, rec: FileRecord) -> bool:
+        if not self._check_cache or rec.state is not State.READY or not rec.digest:
+            return False
+        alg, _, hexd = rec.digest.partition(":")
+        try:
+            return not self.store.contains(alg, bytes.fromhex(hexd))
+        except (ValueError, StorageError):
+            return True
 
     def rescan(self) -> None:
         """Reconcile the database with the filesystem (start-up, overflow, on request)."""
@@ -256,234 +292,6 @@ class Daemon(ControlMixin):
         for path in [p for p in self.db.paths() if p not in seen]:
             self.apply(path, self.db.get(path), Decision(None, cancel=True))
         self.db.commit()
-
-    # -- builds ---------------------------------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        pool = self._need(self.pool)
-        deferred: list[Job] = []
-        now = time.monotonic()
-        for path, when in list(self.retry_at.items()):
-            if when <= now:
-                del self.retry_at[path]
-                rec = self.db.get(path)
-                if rec is not None and rec.state in (State.PENDING, State.BUILDING):
-                    self.enqueue(rec, BACKGROUND)
-        while (worker := pool.idle()) is not None:
-            job = self.queue_.pop()
-            if job is None:
-                break
-            if job.path in self.running:
-                deferred.append(job)
-                continue
-            self._start(worker, job)
-        for job in deferred:
-            self.queue_.push(job)
-        if self.queue_.peek_priority() == FIRST_USE and pool.idle() is None:
-            victims = [
-                j for j in self.running.values() if j.priority == BACKGROUND and not j.stopping
-            ]
-            if victims and not any(j.stopping == "yield" for j in self.running.values()):
-                victim = victims[0]
-                victim.stopping = "yield"
-                self._need(victim.worker).tell("yield", victim.job_id)
-                self.metrics["builds_preempted"] += 1
-
-    def _start(self, worker: Worker, job: Job) -> None:
-        rec = self.db.get(job.path)
-        if rec is None or rec.attr_fp != job.attr_fp:
-            return
-        try:
-            if not stat.S_ISREG(os.lstat(job.path).st_mode):
-                raise FileNotFoundError
-            fd = os.open(job.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            self.apply(job.path, rec, Decision(None, cancel=True))
-            return
-        try:
-            obs = self._observe_fd(job.path, fd)
-            if obs is None or obs.declared.fingerprint != rec.attr_fp:
-                if obs is not None:
-                    self.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.ATTR))
-                return
-            if obs.snapshot != rec.snapshot:
-                self.apply(job.path, rec, lifecycle.on_write(rec, obs.snapshot))
-                return
-            prot = obs.declared.protection
-            if prot is None or not prot.has_tree:
-                self.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.REBUILD))
-                return
-            file_id = self._need(rec.id)
-            params = prot.tree_params()
-            offset, leaves = 0, b""
-            cp = self.db.get_checkpoint(file_id)
-            if cp is not None:
-                if cp.attr_fp == rec.attr_fp and cp.snapshot == obs.snapshot:
-                    nbytes = cp.offset // params.block_size * params.digest_size
-                    saved = self.partial.load(file_id, nbytes)
-                    if saved is not None:
-                        offset, leaves = cp.offset, saved
-                if not offset:
-                    self.db.delete_checkpoint(file_id)
-                    self.partial.discard(file_id)
-            self._job_ids += 1
-            job.job_id = self._job_ids
-            job.snapshot = obs.snapshot
-            job.offset = job.progress = offset
-            job.leaf_bytes = len(leaves)
-            job.stopping = ""
-            job.extra = {"protection": prot, "file_id": file_id, "start": offset}
-            spec = {
-                "job_id": job.job_id,
-                "alg": params.hash_alg.number,
-                "block_size": params.block_size,
-                "salt": params.salt,
-                "snapshot": list(obs.snapshot),
-                "offset": offset,
-                "leaves": leaves,
-                "checkpoint_seconds": self.config.checkpoint_interval,
-                # A lone build may use every CPU; concurrent builds share them.
-                "threads": max(1, (os.cpu_count() or 1) // max(1, len(self.running) + 1)),
-            }
-            if offset:
-                log.info("%s: resuming build at offset %d", job.path, offset)
-            else:
-                log.info("%s: building from offset 0", job.path)
-            worker.start(job, spec, fd)
-        finally:
-            os.close(fd)
-        self.running[job.path] = job
-        self.metrics["builds_started"] += 1
-        self.db.put(rec.evolve(state=State.BUILDING, progress=offset, error=""))
-
-    def _finish(self, worker: Worker) -> Job | None:
-        job = worker.job
-        worker.job = None
-        if job is not None:
-            job.worker = None
-            if self.running.get(job.path) is job:
-                del self.running[job.path]
-        return job
-
-    def on_worker(self, worker: Worker) -> None:
-        try:
-            msg = worker.conn.recv()
-        except (EOFError, OSError):
-            self._worker_died(worker)
-            return
-        kind = msg[0]
-        job = worker.job
-        if kind == "hello" or job is None or msg[1] != job.job_id:
-            return
-        if kind == "done":
-            job.progress = job.snapshot[2]
-        if kind == "progress":
-            job.progress = msg[2]
-        elif kind == "checkpoint":
-            self._checkpoint(job, msg[2], msg[3])
-        else:
-            self._finish(worker)
-            self.metrics["bytes_hashed"] += max(0, job.progress - job.extra.get("start", 0))
-            if kind == "stopped":
-                self._stopped(job, msg[2], msg[3])
-            elif kind == "failed":
-                self._failed(job, msg[2], msg[3])
-            elif kind == "done":
-                self._done(job, Descriptor.from_bytes(msg[2]), msg[3])
-
-    def _checkpoint(self, job: Job, offset: int, leaves: bytes) -> None:
-        job.progress = max(job.progress, offset)
-        if job.stopping == "cancel":
-            return
-        file_id = job.extra["file_id"]
-        try:
-            self.partial.append(file_id, leaves, job.leaf_bytes)
-        except StorageError as e:
-            log.warning("%s: checkpoint not saved: %s", job.path, e)
-            return
-        job.leaf_bytes += len(leaves)
-        job.offset = offset
-        self.db.put_checkpoint(Checkpoint(file_id, job.attr_fp, offset, job.snapshot))
-
-    def _stopped(self, job: Job, why: str, offset: int) -> None:
-        job.progress = max(job.progress, offset)
-        if why == "yield" and job.stopping == "yield":
-            rec = self.db.get(job.path)
-            if rec is not None and rec.attr_fp == job.attr_fp:
-                self.db.put(rec.evolve(state=State.PENDING, progress=job.offset))
-                self.queue_.push(Job(job.path, BACKGROUND, job.attr_fp))
-
-    def _failed(self, job: Job, kind: str, message: str) -> None:
-        if job.stopping == "cancel":
-            return
-        rec = self.db.get(job.path)
-        if rec is None or rec.attr_fp != job.attr_fp:
-            return
-        self.metrics["builds_failed"] += 1
-        n = self.retries.get(job.path, 0) + 1
-        self.retries[job.path] = n
-        if kind == "FileChangedError" and n <= _MAX_RETRIES:
-            # An identity change at commit with no write event seen: observe again, retry.
-            log.info("%s: %s; retrying", job.path, message)
-            self.db.put(rec.evolve(state=State.PENDING, error=""))
-            self.scan_file(job.path, Cause.SCAN)
-            if job.path not in self.queue_ and self.db.get(job.path) is not None:
-                rec2 = self.db.get(job.path)
-                if rec2 is not None and rec2.state is State.PENDING:
-                    self.enqueue(rec2, job.priority)
-            return
-        delay = min(300.0, 2.0**n)
-        log.warning("%s: build failed (%s); retry in %.0f s", job.path, message, delay)
-        self.db.put(rec.evolve(state=State.PENDING, error=message))
-        self.retry_at[job.path] = time.monotonic() + delay
-
-    def _done(self, job: Job, descriptor: Descriptor, tree: bytes) -> None:
-        if job.stopping == "cancel":
-            return
-        rec = self.db.get(job.path)
-        if rec is None or rec.attr_fp != job.attr_fp:
-            return
-        if rec.snapshot != job.snapshot:
-            # Touched during the build (no write event): hash the current content again.
-            self.db.put(rec.evolve(state=State.PENDING))
-            self.enqueue(rec, job.priority)
-            return
-        built = MerkleTree(descriptor, tree)
-        result = appraise(job.extra["protection"], built, self.keyring)
-        if result.state == "READY":
-            try:
-                self.store.put(built)
-            except StorageError as e:
-                self._failed(job, "StorageError", str(e))
-                return
-            self.metrics["builds_ready"] += 1
-            new = rec.evolve(
-                state=State.READY,
-                progress=rec.size,
-                error="",
-                digest=result.digest,
-                ready_ns=time.time_ns(),
-            )
-        else:
-            self.metrics["builds_mismatch"] += 1
-            new = rec.evolve(state=State(result.state), error=result.reason, progress=rec.size)
-        self.retries.pop(job.path, None)
-        self.db.delete_checkpoint(self._need(rec.id))
-        self.partial.discard(self._need(rec.id))
-        self.apply(job.path, rec, Decision(new))
-
-    def _worker_died(self, worker: Worker) -> None:
-        pool = self._need(self.pool)
-        job = self._finish(worker)
-        log.warning("worker %d exited", worker.pid)
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.unregister(worker.conn)
-        if self._stop:
-            return
-        new = pool.replace(worker)
-        self._sel.register(new.conn, selectors.EVENT_READ, ("worker", new))
-        if job is not None and not job.stopping:
-            self.queue_.push(Job(job.path, job.priority, job.attr_fp))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -507,7 +315,11 @@ class Daemon(ControlMixin):
                 self.partial.discard(rec.id)
             offset = cp.offset if cp is not None and self.config.crash_policy == "resume" else 0
             self.db.put(rec.evolve(state=State.PENDING, progress=offset))
-        self.rescan()
+        self._check_cache = self.config.backend == "cache"
+        try:
+            self.rescan()
+        finally:
+            self._check_cache = False
         live = {r.id for r in self.db.records((State.PENDING, State.BUILDING))}
         for stale_id in self.partial.ids() - live:
             self.partial.discard(stale_id)
@@ -538,6 +350,7 @@ class Daemon(ControlMixin):
                     if what == "inotify":
                         for ev in self._need(self.watcher).events():
                             self.handle(ev)
+                        self._moved.clear()  # moved out of the roots: already forgotten
                     elif what == "worker":
                         self.on_worker(obj)
                     elif what == "listen":
@@ -552,9 +365,23 @@ class Daemon(ControlMixin):
         finally:
             self.shutdown()
 
+    def _yield_running(self, timeout: float = 2.0) -> None:
+        """Ask running builds to checkpoint and stop, and commit what they send back."""
+        for job in self.running.values():
+            if job.worker is not None and not job.stopping:
+                job.stopping = "yield"
+                job.worker.tell("yield", job.job_id)
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            for key, _ in self._sel.select(0.05):
+                what, obj = key.data
+                if what == "worker":
+                    self.on_worker(obj)
+
     def shutdown(self) -> None:
         self._stop = True
         if self.pool is not None:
+            self._yield_running()
             self.pool.stop()
         self._commit()
         if self.server is not None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyverity.errors import ConfigurationError
+
 __all__ = ["Client", "Peer", "Server", "may_open"]
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,12 @@ class Server:
         old = os.umask(0o077)
         try:
             self.sock.bind(str(path))
+        except OSError as e:
+            self.sock.close()
+            raise ConfigurationError(
+                f"cannot create the control socket {path}: {e.strerror or e}",
+                remedy="choose a shorter --state-dir (socket paths are limited to 107 bytes)",
+            ) from e
         finally:
             os.umask(old)
         self.sock.listen(64)

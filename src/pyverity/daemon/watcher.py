@@ -35,6 +35,8 @@ class Change(enum.Enum):
 class FileEvent:
     change: Change
     path: str
+    #: Pairs an ``IN_MOVED_FROM`` (GONE) with its ``IN_MOVED_TO`` (APPEARED); 0 otherwise.
+    cookie: int = 0
 
 
 def walk_files(top: str) -> Iterator[tuple[str, bool]]:
@@ -130,6 +132,6 @@ class Watcher:
         if ev.has(Mask.ATTRIB):
             yield FileEvent(Change.ATTR, path)
         if ev.has(Mask.CREATE | Mask.MOVED_TO):
-            yield FileEvent(Change.APPEARED, path)
+            yield FileEvent(Change.APPEARED, path, ev.cookie if ev.has(Mask.MOVED_TO) else 0)
         if ev.has(Mask.DELETE | Mask.MOVED_FROM):
-            yield FileEvent(Change.GONE, path)
+            yield FileEvent(Change.GONE, path, ev.cookie if ev.has(Mask.MOVED_FROM) else 0)

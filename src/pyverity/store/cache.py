@@ -97,6 +97,8 @@ class TreeStore(Protocol):
 
     def get(self, algorithm: str, digest: bytes) -> CachedTree | None: ...
 
+    def contains(self, algorithm: str, digest: bytes) -> bool: ...
+
     def put(self, tree: MerkleTree) -> None: ...
 
     def discard(self, algorithm: str, digest: bytes) -> None: ...
@@ -213,6 +215,12 @@ class TreeCache:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
+    def contains(self, algorithm: str, digest: bytes) -> bool:
+        """Whether an entry exists (unverified: :meth:`get` checks it)."""
+        if self._unpublished:
+            self.flush()
+        return self.path_for(algorithm, digest).is_file()
+
     def discard(self, algorithm: str, digest: bytes) -> None:
         if self._unpublished:
             self.flush()
@@ -286,6 +294,9 @@ class MemoryStore:
             return None
         self._trees.move_to_end((algorithm, digest))
         return CachedTree(tree.descriptor, tree.tree)
+
+    def contains(self, algorithm: str, digest: bytes) -> bool:
+        return (algorithm, digest) in self._trees
 
     def put(self, tree: MerkleTree) -> None:
         if tree.tree is None:

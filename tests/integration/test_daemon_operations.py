@@ -1,0 +1,119 @@
+"""Renames, worker deaths, clean restarts, a wiped cache, the socket's other requests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pyverity.daemon import client
+from pyverity.format.descriptor import Descriptor
+from pyverity.format.hashalg import SHA512
+from pyverity.format.params import TreeParams
+from tests.integration.harness import Daemon, fsverity_digest, setfattr, write_file
+
+MiB = 1 << 20
+SLOW = ("--hash-alg=sha512", "--block-size=1024")
+
+
+def test_rename_within_roots_keeps_state(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = make_daemon().start()
+    (d.root / "a").mkdir()
+    f = d.root / "a" / "f.bin"
+    write_file(f, 2 * MiB)
+    setfattr(f, "user.verity", fsverity_digest(f, tmp_path)[1])
+    d.wait_state(f, "READY")
+    started = d.metrics()["pyverity_builds_started_total"]
+    g = d.root / "a" / "g.bin"
+    f.rename(g)
+    rec = d.wait_state(g, "READY", timeout=5)
+    assert rec.size == 2 * MiB
+    d.wait_gone(f)
+    assert d.metrics()["pyverity_builds_started_total"] == started  # not rebuilt
+    outside = tmp_path / "moved-out.bin"
+    shutil.move(g, outside)
+    d.wait_gone(g)
+
+
+def test_killed_worker_is_replaced_and_build_finishes(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = make_daemon("--workers", "1").start()
+    f = d.root / "k.bin"
+    write_file(f, 256 * MiB, sparse=True)
+    digest, desc, tree = fsverity_digest(f, tmp_path, *SLOW)
+    setfattr(f, "user.verity", desc)
+    d.wait_state(f, "BUILDING")
+    time.sleep(0.3)
+    (pid,) = d.workers()
+    os.kill(pid, signal.SIGKILL)
+    d.wait_state(f, "READY", timeout=120)
+    assert d.cache_entry(digest).read_bytes() == desc + tree
+    assert pid not in d.workers()
+    assert len(d.workers()) == 1
+
+
+def test_clean_stop_checkpoints_and_resumes(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon("--workers", "1", "--checkpoint-interval", "60").start()
+    f = d.root / "r.bin"
+    size = 2048 * MiB
+    write_file(f, size, sparse=True)
+    # Only the checkpointing matters here: a descriptor with the right size and parameters
+    # (and a made-up root, so the build would end in MISMATCH) is enough.
+    desc = Descriptor.for_tree(TreeParams(SHA512, 1024), size, bytes(64))
+    setfattr(f, "user.verity", desc.to_bytes())
+    d.wait_state(f, "BUILDING")
+    time.sleep(0.5)
+    d.stop()  # SIGTERM: the running build checkpoints although the interval is 60 s
+    rec = d.record(f)
+    assert rec is not None
+    assert str(rec.state) == "PENDING"
+    assert 0 < rec.progress < rec.size
+    d.start()
+    deadline = time.monotonic() + 10
+    while f"resuming build at offset {rec.progress}" not in d.log.read_text():
+        assert time.monotonic() < deadline, d.log.read_text()
+        time.sleep(0.05)
+
+
+def test_wiped_cache_is_rebuilt_at_start(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = make_daemon().start()
+    f = d.root / "w.bin"
+    write_file(f, 3 * MiB)
+    digest, desc, tree = fsverity_digest(f, tmp_path)
+    setfattr(f, "user.verity", desc)
+    d.wait_state(f, "READY")
+    d.stop()
+    shutil.rmtree(d.cache / "objects")
+    d.start()
+    d.wait_state(f, "READY", timeout=30)
+    deadline = time.monotonic() + 10
+    while not d.cache_entry(digest).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.cache_entry(digest).read_bytes() == desc + tree
+
+
+def test_socket_requests(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    d = make_daemon().start()
+    f = d.root / "m.bin"
+    write_file(f, MiB)
+    setfattr(f, "user.verity", fsverity_digest(f, tmp_path)[1])
+    d.wait_state(f, "READY")
+    text = d.request({"op": "metrics"})["text"]
+    assert 'pyverity_files{state="READY"} 1' in text
+    assert "# TYPE pyverity_builds_ready_total counter" in text
+    # A file the daemon missed (here: written while it could not see) is found by a rescan.
+    totals = d.request({"op": "status"})["totals"]
+    assert totals["READY"]["count"] == 1
+    assert d.request({"op": "rescan"})["ok"] is True
+    assert d.request({"op": "nonsense"})["error"] == "bad request"
+    assert d.request({"op": "status", "path": "relative/path"})["error"] == "bad request"
+    reply = client.request({"op": "wait", "path": str(f), "timeout": 1}, state_dir=d.state)
+    assert reply["state"] == "READY"
