@@ -111,20 +111,16 @@ def _check_path(policy: Policy, path: str, args: argparse.Namespace) -> dict[str
     resolved = os.path.realpath(path)
     fd = open_regular(resolved)
     try:
-        ctx = (
-            context_for_fd(
-                fd,
-                path=resolved,
-                uid=args.uid,
-                mask=_mask(args.mask),
-                func=func,
-                policy=policy,
-                euid=args.uid,
-                gid=args.uid,
-                egid=args.uid,
-            )
-            if args.uid is not None
-            else context_for_fd(fd, path=resolved, mask=_mask(args.mask), func=func, policy=policy)
+        ctx = context_for_fd(
+            fd,
+            path=resolved,
+            uid=args.uid,  # None: this process's ids
+            mask=_mask(args.mask),
+            func=func,
+            policy=policy,
+            euid=args.uid,
+            gid=args.uid,
+            egid=args.uid,
         )
     finally:
         os.close(fd)
