@@ -89,26 +89,15 @@ _ID_KEYS = {
     "fowner": Flag.FOWNER,
     "fgroup": Flag.FGROUP,
 }
+#: The conditions every file hook accepts (and KEXEC_CMDLINE, less the masks).
+_ID_CONDS = (
+    Flag.FUNC | Flag.MASK | Flag.INMASK | Flag.FSMAGIC | Flag.UID | Flag.FOWNER | Flag.FSUUID
+    | Flag.EUID | Flag.PCR | Flag.FSNAME | Flag.GID | Flag.EGID | Flag.FGROUP
+)  # fmt: skip
 _COMMON_CONDS = (
-    Flag.FUNC
-    | Flag.MASK
-    | Flag.INMASK
-    | Flag.FSMAGIC
-    | Flag.UID
-    | Flag.FOWNER
-    | Flag.FSUUID
-    | Flag.EUID
-    | Flag.PCR
-    | Flag.FSNAME
-    | Flag.GID
-    | Flag.EGID
-    | Flag.FGROUP
-    | Flag.DIGSIG_REQUIRED
-    | Flag.PERMIT_DIRECTIO
-    | Flag.VALIDATE_ALGOS
-    | Flag.PATH
+    _ID_CONDS | Flag.DIGSIG_REQUIRED | Flag.PERMIT_DIRECTIO | Flag.VALIDATE_ALGOS | Flag.PATH
     | Flag.KEYRING
-)
+)  # fmt: skip
 
 
 class _RuleError(Exception):
@@ -352,19 +341,7 @@ def _validate(d: _Draft) -> None:
     elif func is Func.KEXEC_CMDLINE:
         if action not in measure_only:
             raise _RuleError("func=KEXEC_CMDLINE rules can only measure")
-        allowed = (
-            Flag.FUNC
-            | Flag.FSMAGIC
-            | Flag.UID
-            | Flag.FOWNER
-            | Flag.FSUUID
-            | Flag.EUID
-            | Flag.PCR
-            | Flag.FSNAME
-            | Flag.GID
-            | Flag.EGID
-            | Flag.FGROUP
-        )
+        allowed = _ID_CONDS & ~(Flag.MASK | Flag.INMASK)
     elif func in (Func.KEY_CHECK, Func.CRITICAL_DATA):
         if action not in measure_only:
             raise _RuleError(f"func={func.value} rules can only measure")

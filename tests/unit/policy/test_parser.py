@@ -160,6 +160,8 @@ def test_kernel_only_rules_are_accepted_and_never_match_files() -> None:
         ("measure keyrings=.ima", "1:1", "keyrings not allowed"),
         ("measure func=KEY_CHECK fowner=0", "1:1", "fowner not allowed in func=KEY_CHECK"),
         ("appraise func=KEY_CHECK", "1:1", "can only measure"),
+        ("measure func=KEXEC_CMDLINE mask=MAY_READ", "1:1", "mask not allowed in func=KEXEC"),
+        ("appraise func=KEXEC_CMDLINE", "1:1", "can only measure"),
         ("appraise func=SETXATTR_CHECK", "1:1", "needs 'appraise' and appraise_algos="),
         ("appraise appraise_algos=sha999", "1:10", "unknown hash algorithm"),
         ("appraise appraise_type=imasig|modsig", "1:1", "modsig_allowed not allowed"),
