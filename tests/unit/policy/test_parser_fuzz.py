@@ -72,4 +72,6 @@ def test_only_policy_errors(lines: list[list[str]]) -> None:
 @settings(max_examples=300, deadline=None)
 def test_arbitrary_text(text: str) -> None:
     with contextlib.suppress(PolicyError):
-        Policy.parse(text)
+        policy = Policy.parse(text)
+        lines = text.split("\n")
+        assert all(0 < r.line <= len(lines) for r in policy.rules)
