@@ -115,6 +115,14 @@ def test_fsverity_tools_on_the_mount(dirs: tuple[Path, Path]) -> None:
             ["fsverity", "measure", str(mnt / "signed")], capture_output=True, text=True, check=True
         ).stdout
         assert out.split()[0] == str(tree.file_digest())
+        flags = subprocess.run(
+            ["lsattr", str(mnt / "signed"), str(mnt / "new")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert "V" in flags[0].split()[0]  # FS_VERITY_FL, as on a real verity file
+        assert "V" not in flags[1].split()[0]
         plain = subprocess.run(
             ["fsverity", "measure", str(mnt / "new")], capture_output=True, text=True, check=False
         )

@@ -34,8 +34,11 @@ from pyverity.fuse.config import MountConfig
 from pyverity.fuse.handles import Handle, HandleTable, InodeKey
 from pyverity.fuse.verity_ioctl import (
     FS_IOC_ENABLE_VERITY,
+    FS_IOC_GETFLAGS,
     FS_IOC_MEASURE_VERITY,
+    FS_VERITY_FL,
     parse_enable,
+    write_flags,
     write_measure,
 )
 from pyverity.hashing.api import build_tree
@@ -389,9 +392,13 @@ class VerityFS:
     ) -> int:
         del arg, flags
         cmd &= 0xFFFFFFFF
-        if cmd not in (FS_IOC_MEASURE_VERITY, FS_IOC_ENABLE_VERITY) or not data:
+        known = (FS_IOC_MEASURE_VERITY, FS_IOC_ENABLE_VERITY, *FS_IOC_GETFLAGS)
+        if cmd not in known or not data:
             raise _err(errno.ENOTTY)
         handle = self._handles.get(fi.fh)
+        if cmd in FS_IOC_GETFLAGS:  # what lsattr shows: 'V' for a file appraised with a tree
+            write_flags(data, FS_VERITY_FL if handle.verified is not None else 0)
+            return 0
         if cmd == FS_IOC_MEASURE_VERITY:
             if handle.verified is None:
                 raise _err(errno.ENODATA)  # not appraised: no digest is enforced for it

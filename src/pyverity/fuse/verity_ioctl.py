@@ -20,14 +20,20 @@ from pyverity.format.params import MAX_SALT_SIZE, TreeParams
 
 __all__ = [
     "FS_IOC_ENABLE_VERITY",
+    "FS_IOC_GETFLAGS",
     "FS_IOC_MEASURE_VERITY",
+    "FS_VERITY_FL",
     "EnableRequest",
     "parse_enable",
+    "write_flags",
     "write_measure",
 ]
 
 FS_IOC_ENABLE_VERITY = 0x40806685
 FS_IOC_MEASURE_VERITY = 0xC0046686
+#: ``_IOR('f', 1, long)``: 64-bit and 32-bit encodings; both transfer a 32-bit int.
+FS_IOC_GETFLAGS = (0x80086601, 0x80046601)
+FS_VERITY_FL = 0x00100000
 #: ``struct fsverity_enable_arg`` (native endian, 128 bytes).
 _ENABLE = struct.Struct("=IIIIQIIQ88s")
 #: ``struct fsverity_digest`` header (native endian).
@@ -53,6 +59,11 @@ def write_measure(data: int, descriptor: Descriptor) -> None:
         raise _os_error(errno.EOVERFLOW, "digest buffer too small")
     out = _DIGEST.pack(descriptor.hash_algorithm, len(digest)) + digest
     ctypes.memmove(data, out, len(out))
+
+
+def write_flags(data: int, flags: int) -> None:
+    """Answer ``FS_IOC_GETFLAGS`` (the kernel asks through ``fileattr_get``, e.g. ``lsattr``)."""
+    ctypes.memmove(data, struct.pack("=I", flags), 4)
 
 
 def parse_enable(data: int) -> EnableRequest:

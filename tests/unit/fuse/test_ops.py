@@ -156,6 +156,9 @@ def test_measure_ioctl(tmp_path: Path) -> None:
     assert (
         _errno(lambda: fs.ioctl("/f", 0x1234, None, fi, 0, ctypes.addressof(buf))) == errno.ENOTTY
     )
+    flags = ctypes.create_string_buffer(4)
+    assert fs.ioctl("/f", 0x80086601, None, fi, 0, ctypes.addressof(flags)) == 0
+    assert struct.unpack("=I", flags.raw)[0] == 0x00100000  # FS_VERITY_FL
 
 
 def _enable_buffer(
