@@ -4,7 +4,8 @@
 Speed: both tools run as command-line processes on the same page-cached file (1 GiB of random
 data unless ``--file`` names one), alternately, ``--runs`` pairs per variant; before each pair
 one byte of the file is changed, so neither tool can reuse anything. Prints the wall-clock
-median of each tool and the ratio, and checks that both printed the same digest. Variants:
+median of each tool and the ratio (and, for reference, the median CPU seconds, which other
+load on the machine disturbs less), and checks that both printed the same digest. Variants:
 default jobs, ``--jobs=1``, and the pure-Python path (``PYVERITY_NO_ACCEL=1``).
 
 Memory (``--memory``): ``pyverity digest`` on a sparse file (16 GiB by default, created on
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,11 +61,15 @@ def page_cache(path: Path) -> None:
             pass
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall-clock seconds, CPU seconds (user + system, workers included) and the digest."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     elapsed = time.perf_counter() - start
-    return elapsed, done.stdout.split()[0]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return elapsed, cpu, done.stdout.split()[0]
 
 
 def speed(path: Path, runs: int, only: str | None = None) -> None:
@@ -80,12 +86,13 @@ def speed(path: Path, runs: int, only: str | None = None) -> None:
         ("pure Python (PYVERITY_NO_ACCEL=1)", [], {**base_env, "PYVERITY_NO_ACCEL": "1"}),
     ]
     print(f"file: {path} ({size} bytes, page-cached), {runs} pairs per variant, wall clock")
-    print(f"{'variant':<36} {'pyverity':>9} {'fsverity':>9} {'ratio':>6}")
+    print(f"{'variant':<36} {'pyverity':>9} {'fsverity':>9} {'ratio':>6}   CPU: pyverity fsverity")
     for name, extra, env in variants:
         if only is not None and only not in name:
             continue
         ours: list[float] = []
         theirs: list[float] = []
+        cpu: dict[str, list[float]] = {"ours": [], "theirs": []}
         for i in range(runs):
             with path.open("r+b") as f:  # change one byte: nothing can be reused
                 f.seek(rng.randrange(size))
@@ -98,13 +105,18 @@ def speed(path: Path, runs: int, only: str | None = None) -> None:
                 pair.reverse()
             digests = {}
             for who, cmd in pair:
-                elapsed, digest = timed(cmd, env)
+                elapsed, seconds, digest = timed(cmd, env)
                 (ours if who == "ours" else theirs).append(elapsed)
+                cpu[who].append(seconds)
                 digests[who] = digest
             if digests["ours"] != digests["theirs"]:
                 sys.exit(f"DIGESTS DIFFER: pyverity {digests['ours']} fsverity {digests['theirs']}")
         a, b = statistics.median(ours), statistics.median(theirs)
-        print(f"{name:<36} {a:>8.3f}s {b:>8.3f}s {b / a:>5.2f}x", flush=True)
+        ca, cb = statistics.median(cpu["ours"]), statistics.median(cpu["theirs"])
+        print(
+            f"{name:<36} {a:>8.3f}s {b:>8.3f}s {b / a:>5.2f}x   {ca:>11.3f}s {cb:>7.3f}s",
+            flush=True,
+        )
 
 
 def _tree_pids(root: int) -> list[int]:
