@@ -10,13 +10,12 @@ import logging
 import os
 import shutil
 import subprocess
-import threading
 import warnings
 from pathlib import Path
 
 from pyverity.errors import ConfigurationError, StorageError
 from pyverity.fuse.config import MountConfig
-from pyverity.fuse.ops import OpenHook, VerityFS, tune_readahead
+from pyverity.fuse.ops import OpenHook, VerityFS
 
 __all__ = ["is_mounted", "run_mount", "umount"]
 
@@ -69,14 +68,6 @@ def run_mount(
     if not config.rw:
         options["ro"] = True
     log.info("mounting %s on %s (%s)", source, config.mountpoint, "rw" if config.rw else "ro")
-    if config.readahead_kb and foreground:
-        # Polls /proc/self/mountinfo while libfuse runs (the GIL is free during fuse_main).
-        threading.Thread(
-            target=tune_readahead,
-            args=(os.path.realpath(config.mountpoint), config.readahead_kb, 30),
-            name="pyverity-readahead",
-            daemon=True,
-        ).start()
     try:
         mfusepy.FUSE(ops, os.fspath(config.mountpoint), raw_fi=True, **options)  # type: ignore[attr-defined]
     except RuntimeError as e:

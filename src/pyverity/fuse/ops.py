@@ -22,7 +22,6 @@ import logging
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,25 +69,28 @@ OpenHook = Callable[[str, Handle], None]
 ContextFn = Callable[[], tuple[int, int, int]]
 
 
-def tune_readahead(mountpoint: str, kb: int, timeout: float = 10) -> None:
+def tune_readahead(mountpoint: str, kb: int) -> None:
     """Raise the mount's readahead (its ``bdi``) so the kernel asks for up to ``kb`` at a time.
 
     FUSE offers 128 KiB; bigger requests mean fewer round trips and bigger hashing batches.
-    The device number is read from ``/proc/self/mountinfo`` (a ``stat`` of the mount point
-    would need the filesystem we are serving). Best effort: needs root, logged otherwise.
+    Called from the first open (the mount is then ours and visible; the kernel reads the
+    readahead size into the file after the open returns). The device number is the last
+    ``/proc/self/mountinfo`` entry for the mount point (a ``stat`` of it would need the
+    filesystem we are serving). Best effort: needs root, logged otherwise.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/self/mountinfo").read_text().splitlines():
-                fields = line.split()
-                if len(fields) > 4 and fields[4] == mountpoint and " - fuse" in line:
-                    try:
-                        Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text(f"{kb}\n")
-                    except OSError as e:
-                        log.info("cannot raise the readahead of %s: %s", mountpoint, e.strerror)
-                    return
-        time.sleep(0.02)
+    device = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == mountpoint and " - fuse" in line:
+                device = fields[2]
+    if device is None:
+        log.info("cannot raise the readahead of %s: not in /proc/self/mountinfo", mountpoint)
+        return
+    try:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{kb}\n")
+    except OSError as e:
+        log.info("cannot raise the readahead of %s: %s", mountpoint, e.strerror)
 
 
 class LockedStore:
@@ -139,6 +141,7 @@ class VerityFS:
         #: Inodes written through the mount: attribute fingerprint at the time of the write.
         self._stale: dict[InodeKey, bytes] = {}
         self._ns = config.reader.xattr_ns
+        self._tuned = False
 
     # -- helpers -----------------------------------------------------------------------
     def _real(self, path: str) -> str:
@@ -212,6 +215,10 @@ class VerityFS:
 
     # -- opening -----------------------------------------------------------------------
     def open(self, path: str, fi: Any) -> int:
+        if not self._tuned:
+            self._tuned = True
+            if self.config.readahead_kb:
+                tune_readahead(self._mountpoint, self.config.readahead_kb)
         flags = fi.flags
         writing = bool(flags & _WRITE_FLAGS)
         if writing:

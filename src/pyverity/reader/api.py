@@ -44,7 +44,11 @@ def open_fd(
                 store.discard(alg, digest)
 
         verifier = BlockVerifier(
-            descriptor, appraisal.tree, name=access.path, on_corrupt_tree=on_corrupt
+            descriptor,
+            appraisal.tree,
+            name=access.path,
+            on_corrupt_tree=on_corrupt,
+            pool=options.hash_pool,
         )
     except BaseException:
         if closefd:

@@ -37,6 +37,7 @@ from pyverity.protect.appraise import (
 from pyverity.protect.attrs import Protection, ProtectionKind, read_protection
 from pyverity.protect.sign import whole_file_hash
 from pyverity.reader.classic import hash_and_tree
+from pyverity.reader.pool import HashPool
 from pyverity.reader.tree import MemoryTree, TreeSource
 
 __all__ = ["Appraisal", "ReaderOptions", "TreeProvider", "appraise_open"]
@@ -91,6 +92,8 @@ class ReaderOptions:
     first_use_build: Callable[[str], object] | None = None
     #: Called with the time (s) an inline build took, for metrics.
     on_inline_build: Callable[[float], None] | None = None
+    #: Threads that hash one long read together (shared by the handles of these options).
+    hash_pool: HashPool | None = field(default_factory=HashPool, compare=False, repr=False)
     _keyrings: dict[str, Keyring] = field(default_factory=dict, compare=False, repr=False)
 
     def keyring_for(self, decision: Decision | None) -> Keyring | None:

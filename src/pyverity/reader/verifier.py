@@ -25,6 +25,7 @@ from typing import NoReturn
 from pyverity.format.descriptor import Descriptor
 from pyverity.hashing.blockhash import block_hasher
 from pyverity.hashing.runhash import run_hasher
+from pyverity.reader.pool import HashPool
 from pyverity.reader.tree import TreeSource
 
 __all__ = ["BlockVerifier", "VerificationError"]
@@ -61,6 +62,7 @@ class BlockVerifier:
         *,
         name: str | None = None,
         on_corrupt_tree: Callable[[], None] | None = None,
+        pool: HashPool | None = None,
     ) -> None:
         params = descriptor.params
         params.check_bounded()
@@ -77,6 +79,7 @@ class BlockVerifier:
         self._hash = block_hasher(params)
         #: Data blocks are hashed in runs (the compiled accelerator when available).
         self._hash_run = run_hasher(params)
+        self._pool = pool
         self._root = descriptor.root_hash
         self._alg = params.hash_alg.name
         self._start = geometry.level_start
@@ -121,7 +124,10 @@ class BlockVerifier:
             return
         if first < 0 or first + count > self.num_data_blocks:
             raise ValueError(f"data blocks {first}..{first + count - 1} are beyond the file")
-        digests = self._hash_run(data)
+        if self._pool is not None:
+            digests = self._pool.hash(self._hash_run, data, bs)
+        else:
+            digests = self._hash_run(data)
         if self._levels == 0:
             # One data block: its hash is the root hash itself.
             self._check_data(first, digests, self._root, 0)

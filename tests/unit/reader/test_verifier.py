@@ -12,6 +12,7 @@ from pyverity.format.hashalg import SHA512
 from pyverity.format.params import TreeParams
 from pyverity.hashing.api import build_tree
 from pyverity.reader import BlockVerifier, MemoryTree, VerificationError
+from pyverity.reader.pool import HashPool
 
 
 class CountingTree(MemoryTree):
@@ -117,3 +118,21 @@ def test_bad_arguments() -> None:
         v.verify_blocks(0, padded[:100])
     with pytest.raises(ValueError, match="beyond"):
         v.verify_blocks(1, padded)
+
+
+def test_hash_pool_splits_long_runs_and_still_names_the_block() -> None:
+    data = os.urandom(4096 * 1000)
+    tree = build_tree(io.BytesIO(data), TreeParams())
+    pool = HashPool(3)
+    try:
+        v = BlockVerifier(tree.descriptor, MemoryTree(tree.tree or b""), name="f", pool=pool)
+        v.verify_blocks(0, data)
+        bad = bytearray(data)
+        bad[900 * 4096] ^= 1  # in the last of the three parts
+        with pytest.raises(VerificationError, match="data block 900"):
+            v.verify_blocks(0, bad)
+        # 100 blocks in 3 parts of 34, 34 and 32 blocks, results joined in order:
+        first_bytes = pool.hash(lambda b: bytes(b[:1]), data[: 4096 * 100], 4096)
+        assert first_bytes == bytes([data[0], data[34 * 4096], data[68 * 4096]])
+    finally:
+        pool.close()
