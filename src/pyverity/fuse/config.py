@@ -21,6 +21,6 @@ class MountConfig:
     #: Keep verified pages in the kernel's page cache while the backing file is unchanged.
     keep_cache: bool = True
     #: Readahead asked of the kernel for the mount (KiB; 0 keeps FUSE's 128).
-    readahead_kb: int = 1024
+    readahead_kb: int = 4096
     #: Bench only: serve every file without verification (the baseline of ``bench/read.py``).
     unsafe_no_verify: bool = False
