@@ -195,6 +195,8 @@ def _appraise(
             f"'{name}' is not protected (no {options.xattr_ns}.verity or .ima attribute)",
             remedy="protect it with `pyverity enable` or `pyverity sign`",
         )
+    if sig_required and sig is None:
+        raise SignatureError(f"'{name}' carries no signature, and the policy requires one")
     if kind is ProtectionKind.CLASSIC:
         if verity_required:
             raise SignatureError(
@@ -206,8 +208,6 @@ def _appraise(
         # Reads are then checked against a tree of the very bytes that matched.
         content = DigestField(alg.name, computed, kind="ima")
         return Appraisal(tree.descriptor, MemoryTree(tree.tree or b""), "inline", content)
-    if sig_required and sig is None:
-        raise SignatureError(f"'{name}' carries no signature, and the policy requires one")
     descriptor = protection.unverified_descriptor
     if descriptor is None:
         # Signature only: the digest is known after a build; the signature is checked over it.

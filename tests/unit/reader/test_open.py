@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 import pyverity
-from pyverity.errors import FormatError, InputError, IntegrityError
+from pyverity.errors import FormatError, InputError, IntegrityError, SignatureError
 from pyverity.format.ima import ImaHash
 from pyverity.format.params import TreeParams
 from pyverity.fs.xattr import attr_name, set_attr
 from pyverity.hashing.result import MerkleTree
+from pyverity.policy.engine import Policy
 from pyverity.reader import ReaderOptions, open_fd
 from pyverity.reader.appraise import Access
 from tests.unit.reader.helpers import NS, OPTIONS, flip, protect
@@ -209,3 +210,18 @@ def test_classic_hash_file_is_verified_block_by_block(tmp_path: Path) -> None:
     _classic(tmp_path / "g", b"actual", declared=b"declared")
     with pytest.raises(IntegrityError, match="content does not match"):
         pyverity.open(tmp_path / "g", options=OPTIONS)
+
+
+def test_classic_hash_without_signature_refused_when_one_is_required(tmp_path: Path) -> None:
+    _classic(tmp_path / "f", b"content")
+    policy = Policy.parse("appraise func=FILE_CHECK appraise_type=imasig\n")
+    with pytest.raises(SignatureError, match="requires one"):
+        pyverity.open(tmp_path / "f", policy=policy, options=OPTIONS)
+    lenient = Policy.parse("appraise func=FILE_CHECK\n")
+    with pyverity.open(tmp_path / "f", policy=lenient, options=OPTIONS) as f:
+        assert f.read() == b"content"
+    unappraised = Policy.parse("dont_appraise func=FILE_CHECK\n")
+    (tmp_path / "plain").write_bytes(b"plain")
+    with pyverity.open(tmp_path / "plain", policy=unappraised, options=OPTIONS) as f:
+        assert not isinstance(f.raw, pyverity.reader.VerifiedRawIO)
+        assert f.read() == b"plain"
