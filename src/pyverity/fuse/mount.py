@@ -76,7 +76,12 @@ def run_mount(
         if e.args == (_LOOP_ENDED,) and not is_mounted(config.mountpoint):
             log.info("unmounted %s", config.mountpoint)
             return
-        raise StorageError(f"cannot mount on '{config.mountpoint}': libfuse error {e}") from e
+        remedy = None
+        if os.geteuid() != 0:
+            remedy = "as a user, allow_other needs `user_allow_other` in /etc/fuse.conf"
+        raise StorageError(
+            f"cannot mount on '{config.mountpoint}': libfuse error {e}", remedy=remedy
+        ) from e
 
 
 def is_mounted(mountpoint: str | os.PathLike[str]) -> bool:
