@@ -99,3 +99,16 @@ def test_16_gib_digest_memory_stays_under_64_mib(sparse_dir: Path) -> None:
     code = "import sys; from pyverity import compute_digest; print(compute_digest(sys.argv[1]))"
     peak = peak_anon_memory([sys.executable, "-c", code, str(path)])
     assert 0 < peak < 64 << 20, f"peak anonymous memory {peak >> 20} MiB"
+
+
+@pytest.mark.slow
+def test_16_gib_kept_tree_costs_the_tree_plus_under_64_mib(sparse_dir: Path) -> None:
+    path = sparse_dir / "huge"
+    make_sparse(path, 16 * GIB)
+    code = (
+        "import sys; from pyverity import build_tree; t = build_tree(sys.argv[1]);"
+        " assert len(t.tree) == t.params.geometry(16 << 30).tree_size"
+    )
+    peak = peak_anon_memory([sys.executable, "-c", code, str(path)])
+    tree_size = 135_278_592  # 4 KiB blocks, SHA-256: 32768 + 256 + 2 + 1 blocks
+    assert tree_size < peak < tree_size + (64 << 20), f"peak anonymous memory {peak >> 20} MiB"
