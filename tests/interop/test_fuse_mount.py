@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -233,3 +235,36 @@ def test_bad_arguments_are_one_line_errors(dirs: tuple[Path, Path]) -> None:
         assert done.returncode == 1
         assert done.stderr.startswith("ERROR: ")
         assert "Traceback" not in done.stderr
+
+
+def test_other_users_with_the_backing_permissions(dirs: tuple[Path, Path]) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    src, _ = dirs
+    # pytest's temporary directories are 0700: the mount point must be reachable by others,
+    # while the source stays out of their reach (as docs/mount.md recommends).
+    outside = Path(tempfile.mkdtemp(prefix="pyverity-fuse-"))
+    outside.chmod(0o755)
+    mnt = outside / "mnt"
+    protect(src / "public", b"everyone")
+    (src / "public").chmod(0o644)
+    protect(src / "private", b"root only")
+    (src / "private").chmod(0o600)
+    try:
+        nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
+        with mounted(src, mnt):
+            ok = subprocess.run([*nobody, str(mnt / "public")], capture_output=True, check=False)
+            assert ok.returncode == 0, ok.stderr
+            assert ok.stdout == b"everyone"
+            denied = subprocess.run(
+                [*nobody, str(mnt / "private")], capture_output=True, check=False
+            )
+            assert denied.returncode != 0
+            assert b"Permission denied" in denied.stderr
+            around = subprocess.run(
+                [*nobody, str(src / "public")], capture_output=True, check=False
+            )
+            assert around.returncode != 0  # the source itself is out of reach
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
