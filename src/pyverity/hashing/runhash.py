@@ -34,12 +34,12 @@ def accelerator() -> ModuleType | None:
     if os.environ.get(NO_ACCEL_ENV, "") not in ("", "0"):
         return None
     try:
-        from pyverity.hashing import _accel  # type: ignore[attr-defined]
+        from pyverity.hashing import _accel
     except ImportError:
         return None
     if not _accel.available():
         return None
-    return _accel  # type: ignore[no-any-return]
+    return _accel
 
 
 def pure_run_hasher(params: TreeParams) -> RunHasher:

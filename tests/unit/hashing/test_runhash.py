@@ -85,7 +85,7 @@ def test_accelerated_matches_pure_and_reference(block_size: int, salt_len: int) 
 
 @pytest.mark.usefixtures("with_accel")
 def test_accelerator_takes_any_buffer_and_small_blocks() -> None:
-    from pyverity.hashing import _accel  # type: ignore[attr-defined]
+    from pyverity.hashing import _accel
 
     data = bytearray(os.urandom(64 * 5))
     params = TreeParams(SHA256, 64)
