@@ -50,7 +50,8 @@ SPOOL_MIN_TREE = 32 << 20
 # Exit statuses of a worker (anything else, or a signal, is an unexpected failure).
 _EXIT_OK = 0
 _EXIT_SHRANK = 3
-_EXIT_READ_ERROR = 4
+#: A worker's failed read exits with this plus the errno, re-raised as ``OSError`` by the caller.
+_EXIT_OS_ERROR = 100
 _MAX_PIPE = 1 << 20
 
 
@@ -98,7 +99,8 @@ def build_fast(
     """Build the tree of the regular file open as ``fd`` (read with ``pread``; not closed).
 
     ``jobs`` counts the processes that hash, the caller included (``None``: one per CPU,
-    ``1``: no worker is forked).
+    ``1``: no worker is forked). A file that changes raises :class:`FileChangedError`; a read
+    error raises ``OSError`` with its errno, whichever process met it.
     """
     if jobs is not None and jobs < 1:
         raise UsageError(f"the number of jobs must be at least 1, not {jobs}")
@@ -244,8 +246,8 @@ class _Workers:
             status = _EXIT_OK
         except FileChangedError:
             status = _EXIT_SHRANK
-        except OSError:
-            status = _EXIT_READ_ERROR
+        except OSError as e:
+            status = _EXIT_OS_ERROR + (e.errno if e.errno and e.errno < 156 else 0)
         except BaseException:  # noqa: BLE001 - the child must reach _exit whatever happens
             status = 1
         finally:
@@ -271,8 +273,9 @@ class _Workers:
         code = os.waitstatus_to_exitcode(status)
         if code in (_EXIT_SHRANK, -signal.SIGBUS):
             raise FileChangedError("file shrank while it was being hashed")
-        if code == _EXIT_READ_ERROR:
-            raise InputError("can't read the file: a read error occurred while hashing it")
+        if code > _EXIT_OS_ERROR:
+            err = code - _EXIT_OS_ERROR
+            raise OSError(err, os.strerror(err))
         raise InputError(f"a hashing worker (pid {pid}) failed with status {code}")
 
     def join(self) -> None:

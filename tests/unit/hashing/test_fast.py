@@ -240,3 +240,24 @@ def test_no_fork_while_other_threads_run(tmp_path: Path) -> None:
         thread.join()
     assert got == reference(data, TreeParams())
     assert not any(forked)
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(3, FileChangedError), (105, OSError), (1, InputError)]
+)
+def test_worker_exit_status_becomes_the_right_error(status: int, error: type) -> None:
+    from pyverity.hashing import fast as fast_module
+
+    workers = fast_module._Workers(0, bytes, size=4096, chunk=4096, block_size=4096)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child exits at once with the status under test
+        os._exit(status)
+    os.close(wfd)
+    workers._pids.append(pid)
+    workers._pipes.append(rfd)
+    with pytest.raises(error) as caught:
+        workers.receive(0, 32)
+    workers.kill()
+    if status == 105:
+        assert caught.value.errno == 5  # type: ignore[attr-defined]
