@@ -75,6 +75,7 @@ def open(  # noqa: A001 - the verb of this API, as io.open
     has ``digest`` and ``descriptor``. Only a policy that does not appraise the file (or a
     failure in ``log`` mode) gives an unverified file object.
     """
+    own_options = options is None
     options = options or ReaderOptions()
     changes: dict[str, object] = {}
     if policy is not None:
@@ -96,4 +97,6 @@ def open(  # noqa: A001 - the verb of this API, as io.open
             "'%s' is served unverified (not appraised by the policy, or not enforced)", name
         )
         return io.BufferedReader(io.FileIO(fd, "rb", closefd=True), buffer_size=buffering)
+    if own_options and options.hash_pool is not None:
+        raw.on_close = options.hash_pool.close  # nobody else uses this pool
     return io.BufferedReader(raw, buffer_size=max(buffering, raw.verifier.block_size))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 
 from pyverity.format.descriptor import Descriptor
 from pyverity.hashing.result import FileDigest
@@ -51,6 +52,8 @@ class VerifiedRawIO(io.RawIOBase):
         self._chunk_blocks = max(1, chunk // self._bs)
         self._pos = 0
         self.name = name
+        #: Called once when the file is closed (e.g. to stop a hash pool it alone used).
+        self.on_close: Callable[[], None] | None = None
 
     # -- what was appraised -------------------------------------------------------------
     @property
@@ -118,8 +121,11 @@ class VerifiedRawIO(io.RawIOBase):
         return data
 
     def close(self) -> None:
-        if not self.closed and self._closefd and self._fd >= 0:
-            os.close(self._fd)
+        if not self.closed:
+            if self._closefd and self._fd >= 0:
+                os.close(self._fd)
+            if self.on_close is not None:
+                self.on_close()
         self._fd = -1
         super().close()
 
