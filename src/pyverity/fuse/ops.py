@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import stat
@@ -42,6 +41,7 @@ from pyverity.fuse.verity_ioctl import (
 )
 from pyverity.hashing.api import build_tree
 from pyverity.hashing.result import MerkleTree
+from pyverity.protect.attrs import fingerprint
 from pyverity.reader.api import open_fd
 from pyverity.reader.appraise import Access, CachedEntry, TreeProvider
 
@@ -153,13 +153,11 @@ class VerityFS:
 
     def _fingerprint(self, fd: int) -> bytes | None:
         """Hash of the raw protection attributes, or None when the file carries neither."""
-        raws = [get_attr(fd, attr_name(self._ns, s)) for s in (VERITY_SUFFIX, IMA_SUFFIX)]
-        if raws == [None, None]:
+        raw_descriptor = get_attr(fd, attr_name(self._ns, VERITY_SUFFIX))
+        raw_ima = get_attr(fd, attr_name(self._ns, IMA_SUFFIX))
+        if raw_descriptor is None and raw_ima is None:
             return None
-        h = hashlib.sha256()
-        for raw in raws:
-            h.update(b"-" if raw is None else b"+%d:" % len(raw) + raw)
-        return h.digest()
+        return fingerprint(raw_descriptor, raw_ima)
 
     def _mark_stale(self, fd: int, key: InodeKey, path: str) -> None:
         with contextlib.suppress(Error, OSError):
@@ -167,7 +165,7 @@ class VerityFS:
             if fp is not None:
                 with self._lock:
                     if key not in self._stale:
-                        log.warning("'%s' was written through the mount: now STALE", path)
+                        log.warning("'%s' opened for writing through the mount: STALE", path)
                     self._stale[key] = fp
 
     # -- attributes and directories ----------------------------------------------------
