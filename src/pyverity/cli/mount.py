@@ -35,7 +35,7 @@ def _parser() -> ArgumentParser:
     p.add_argument(
         "--rw",
         action="store_true",
-        help="pass writes through (written protected files become STALE until signed again)",
+        help="pass writes through (protected files opened for writing become STALE)",
     )
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     p.add_argument("--log", metavar="LIST", help="measurement list to append first opens to")
