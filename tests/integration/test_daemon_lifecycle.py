@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -213,3 +214,25 @@ def test_status_cli_table_and_json(make_daemon: Callable[..., Daemon], tmp_path:
     d.stop()  # the database is read directly when the daemon is not running
     out = pyverity(*run, "--json", str(f), check=True)
     assert json.loads(out.stdout.splitlines()[0])["state"] == "READY"
+
+
+def test_tar_xattrs_extraction_is_ready_not_stale(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """Files created, written and given their attribute in quick succession (tar --xattrs)."""
+    from pyverity.hashing import build_tree
+
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    for i in range(60):
+        f = stage / f"f{i:02d}.bin"
+        f.write_bytes(os.urandom(4096 * (1 + i % 7) + i))
+        os.setxattr(f, "user.verity", build_tree(f, keep_tree=False).descriptor.to_bytes())
+    archive = tmp_path / "a.tar"
+    tar = ["tar", "--xattrs", "--xattrs-include=user.*"]
+    subprocess.run([*tar, "-cf", str(archive), "-C", str(stage), "."], check=True, timeout=60)
+    d = make_daemon().start()
+    subprocess.run([*tar, "-xf", str(archive), "-C", str(d.root)], check=True, timeout=60)
+    for i in range(60):
+        rec = d.wait_state(d.root / f"f{i:02d}.bin", "READY", "STALE", "MISMATCH", timeout=30)
+        assert str(rec.state) == "READY", rec

@@ -24,6 +24,7 @@ from pyverity.daemon.pool import BACKGROUND, FIRST_USE, Job, JobQueue, Worker
 from pyverity.daemon.protection import appraise
 from pyverity.errors import StorageError
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.params import TreeParams
 from pyverity.hashing.result import MerkleTree
 from pyverity.store.statedb import Checkpoint, State
 
@@ -64,11 +65,13 @@ class BuildsMixin:
         def _need(value: T | None) -> T: ...
         def _observe_fd(self, path: str, fd: int) -> Observation | None: ...
         def scan_file(self, path: str, cause: Cause = Cause.SCAN) -> None: ...
+        def process_events(self) -> None: ...
         def enqueue(self, rec: FileRecord, priority: int) -> None: ...
         def apply(self, path: str, old: FileRecord | None, decision: Decision | None) -> None: ...
 
     def _dispatch(self) -> None:
         pool = self._need(self.pool)
+        self.process_events()
         deferred: list[Job] = []
         now = time.monotonic()
         for path, when in list(self.retry_at.items()):
@@ -115,7 +118,7 @@ class BuildsMixin:
                     self.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.ATTR))
                 return
             if obs.snapshot != rec.snapshot:
-                self.apply(job.path, rec, lifecycle.on_write(rec, obs.snapshot))
+                self._unexplained_change(job, rec, obs.snapshot)
                 return
             prot = obs.declared.protection
             if prot is None or not prot.has_tree:
@@ -123,17 +126,7 @@ class BuildsMixin:
                 return
             file_id = self._need(rec.id)
             params = prot.tree_params()
-            offset, leaves = 0, b""
-            cp = self.db.get_checkpoint(file_id)
-            if cp is not None:
-                if cp.attr_fp == rec.attr_fp and cp.snapshot == obs.snapshot:
-                    nbytes = cp.offset // params.block_size * params.digest_size
-                    saved = self.partial.load(file_id, nbytes)
-                    if saved is not None:
-                        offset, leaves = cp.offset, saved
-                if not offset:
-                    self.db.delete_checkpoint(file_id)
-                    self.partial.discard(file_id)
+            offset, leaves = self._saved_leaves(file_id, rec.attr_fp, obs.snapshot, params)
             self._job_ids += 1
             job.job_id = self._job_ids
             job.snapshot = obs.snapshot
@@ -163,6 +156,35 @@ class BuildsMixin:
         self.running[job.path] = job
         self.metrics["builds_started"] += 1
         self.db.put(rec.evolve(state=State.BUILDING, progress=offset, error=""))
+
+    def _unexplained_change(
+        self, job: Job, rec: FileRecord, snapshot: tuple[int, int, int, int]
+    ) -> None:
+        """Size or mtime changed with no event seen yet: retry (the event may be on its way);
+        after a few retries with no explanation, the content is taken as written."""
+        n = self.retries.get(job.path, 0) + 1
+        self.retries[job.path] = n
+        if n <= _MAX_RETRIES:
+            self.retry_at[job.path] = time.monotonic() + 0.1 * n
+            return
+        seen = lifecycle.describe_change(rec.snapshot, snapshot)
+        self.apply(job.path, rec, lifecycle.on_write(rec, snapshot, seen=seen))
+
+    def _saved_leaves(
+        self, file_id: int, attr_fp: bytes, snapshot: tuple[int, int, int, int], params: TreeParams
+    ) -> tuple[int, bytes]:
+        """The checkpoint to resume from, if it is for these attributes and this content."""
+        cp = self.db.get_checkpoint(file_id)
+        if cp is None:
+            return 0, b""
+        if cp.attr_fp == attr_fp and cp.snapshot == snapshot:
+            nbytes = cp.offset // params.block_size * params.digest_size
+            saved = self.partial.load(file_id, nbytes)
+            if saved is not None:
+                return cp.offset, saved
+        self.db.delete_checkpoint(file_id)
+        self.partial.discard(file_id)
+        return 0, b""
 
     def _finish(self, worker: Worker) -> Job | None:
         job = worker.job

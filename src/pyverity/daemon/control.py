@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pyverity.daemon.config import DaemonConfig
     from pyverity.daemon.pool import WorkerPool
     from pyverity.daemon.server import Server
-    from pyverity.daemon.watcher import FileEvent, Watcher
+    from pyverity.daemon.watcher import Watcher
     from pyverity.store.cache import TreeStore
     from pyverity.store.statedb import StateDB
 
@@ -65,7 +65,7 @@ class ControlMixin:
         _sel: selectors.BaseSelector
 
         def in_roots(self, path: str) -> bool: ...
-        def handle(self, ev: FileEvent) -> None: ...
+        def process_events(self) -> None: ...
         def scan_file(self, path: str, cause: Cause = Cause.SCAN) -> None: ...
         def rescan(self) -> None: ...
         def enqueue(self, rec: FileRecord, priority: int) -> None: ...
@@ -94,12 +94,6 @@ class ControlMixin:
             self.waiters[path] = [w for w in self.waiters[path] if w[0] is not client]
             if not self.waiters[path]:
                 del self.waiters[path]
-
-    def _drain_events(self) -> None:
-        """Handle inotify events already queued, so a request sees every earlier change."""
-        if self.watcher is not None:
-            for ev in self.watcher.events():
-                self.handle(ev)
 
     def _record(self, path: str) -> FileRecord | None:
         rec = self.db.get(path)
@@ -149,7 +143,7 @@ class ControlMixin:
         op = req.get("op")
         rid = req.get("id")
         privileged = client.peer.uid in (0, os.geteuid())
-        self._drain_events()
+        self.process_events()  # a request sees every change made before it
         if op == "metrics":
             client.reply({"ok": True, "id": rid, "text": self.metrics_text()})
             return

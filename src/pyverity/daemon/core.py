@@ -135,6 +135,8 @@ class Daemon(BuildsMixin, ControlMixin):
 
     def observe(self, path: str) -> Observation | None:
         """Open ``path`` once and read what it declares; None if it is gone or not regular."""
+        if self.watcher is not None:
+            self.watcher.observed(path)
         try:
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 return None
@@ -198,7 +200,16 @@ class Daemon(BuildsMixin, ControlMixin):
             self.db.delete_checkpoint(rec.id)
             self.partial.discard(rec.id)
 
-    def handle(self, ev: FileEvent) -> None:
+    def process_events(self) -> None:
+        """Handle every event inotify has queued, oldest first."""
+        if self.watcher is None:
+            return
+        self.watcher.pull()
+        while (item := self.watcher.next_event()) is not None:
+            self.handle(item[1], item[0])
+        self._moved.clear()  # moved out of the roots: already forgotten
+
+    def handle(self, ev: FileEvent, seq: int = 0) -> None:
         self.metrics["events"] += 1
         path = ev.path
         if ev.change is Change.OVERFLOW:
@@ -211,8 +222,8 @@ class Daemon(BuildsMixin, ControlMixin):
             return
         rec = self.db.get(path)
         if ev.change in (Change.WRITE, Change.CLOSE_WRITE):
-            if rec is None:
-                return
+            if rec is None or (seq and self._need(self.watcher).before_observation(seq, path)):
+                return  # not tracked, or written before the observation that made the row
             try:
                 snap = identity(os.lstat(path))
             except OSError:
@@ -348,9 +359,7 @@ class Daemon(BuildsMixin, ControlMixin):
                 for key, _ in self._sel.select(0.1):
                     what, obj = key.data
                     if what == "inotify":
-                        for ev in self._need(self.watcher).events():
-                            self.handle(ev)
-                        self._moved.clear()  # moved out of the roots: already forgotten
+                        self.process_events()
                     elif what == "worker":
                         self.on_worker(obj)
                     elif what == "listen":

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pyverity.daemon.protection import Declared
 from pyverity.store.statedb import FileRecord, State
 
-__all__ = ["Cause", "Decision", "Observation", "on_observe", "on_write"]
+__all__ = ["Cause", "Decision", "Observation", "describe_change", "on_observe", "on_write"]
 
 #: States a content change turns into STALE.
 _WRITABLE = (State.PENDING, State.BUILDING, State.READY, State.MISMATCH)
@@ -59,11 +59,19 @@ def _with_snapshot(rec: FileRecord, snap: tuple[int, int, int, int]) -> FileReco
     return rec.evolve(dev=dev, ino=ino, size=size, mtime_ns=mtime_ns)
 
 
-def on_write(rec: FileRecord, snapshot: tuple[int, int, int, int] | None) -> Decision | None:
-    """An observed content change; None when it changes nothing."""
+def describe_change(old: tuple[int, int, int, int], new: tuple[int, int, int, int]) -> str:
+    names = ("device", "inode", "size", "mtime")
+    return ", ".join(f"{n} {a} -> {b}" for n, a, b in zip(names, old, new, strict=True) if a != b)
+
+
+def on_write(
+    rec: FileRecord, snapshot: tuple[int, int, int, int] | None, *, seen: str = "a write event"
+) -> Decision | None:
+    """An observed content change (``seen`` says how); None when it changes nothing."""
     if rec.state not in _WRITABLE:
         return None
-    new = rec.evolve(state=State.STALE, progress=0, error="content written since protection")
+    why = f"content written since protection ({seen})"
+    new = rec.evolve(state=State.STALE, progress=0, error=why)
     if snapshot is not None:
         new = _with_snapshot(new, snapshot)
     return Decision(new, build=False, cancel=True)
@@ -108,5 +116,5 @@ def on_observe(rec: FileRecord | None, obs: Observation, cause: Cause) -> Decisi
         return Decision(_with_snapshot(rec, obs.snapshot))
     # Identity differs and no write event explains it: written while we were not looking.
     if rec.state in _WRITABLE:
-        return on_write(rec, obs.snapshot)
+        return on_write(rec, obs.snapshot, seen=describe_change(rec.snapshot, obs.snapshot))
     return Decision(_with_snapshot(rec, obs.snapshot))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -61,10 +62,23 @@ def walk_files(top: str) -> Iterator[tuple[str, bool]]:
 
 
 class Watcher:
+    """Watches, and a queue of translated events numbered in the order the kernel made them.
+
+    Events are handled some time after they happen, but a file is observed *now*. So that a
+    write made before an observation is not taken for a write after it, :meth:`observed`
+    first pulls every event the kernel has queued, then records the last number: a write
+    event numbered up to that mark happened before the observation, which has seen its effect
+    (:meth:`before_observation`). An event pulled later may have happened before or after;
+    it is counted as after (the safe side).
+    """
+
     def __init__(self) -> None:
         self._ino = Inotify()
         self._dirs: dict[int, str] = {}
         self._wds: dict[str, int] = {}
+        self._queue: deque[tuple[int, FileEvent]] = deque()
+        self._seq = 0
+        self._marks: dict[str, int] = {}
 
     @property
     def fd(self) -> int:
@@ -98,10 +112,33 @@ class Watcher:
             self._dirs.pop(wd, None)
             self._ino.rm_watch(wd)
 
+    def pull(self) -> None:
+        """Queue what inotify has pending; new directories are watched and walked here."""
+        for raw in self._ino.read():
+            for ev in self._translate(raw):
+                self._seq += 1
+                self._queue.append((self._seq, ev))
+
+    def next_event(self) -> tuple[int, FileEvent] | None:
+        """The oldest queued event and its number, or None when the queue is empty."""
+        if not self._queue:
+            self._marks.clear()  # every later event is numbered above every mark
+            return None
+        return self._queue.popleft()
+
+    def observed(self, path: str) -> None:
+        """Call just before observing ``path``: marks the events that precede it."""
+        self.pull()
+        self._marks[path] = self._seq
+
+    def before_observation(self, seq: int, path: str) -> bool:
+        return seq <= self._marks.get(path, 0)
+
     def events(self) -> Iterator[FileEvent]:
-        """Translate what inotify has pending; new directories are watched and walked here."""
-        for ev in self._ino.read():
-            yield from self._translate(ev)
+        """Pull and hand out every pending event (for callers that need no ordering)."""
+        self.pull()
+        while (item := self.next_event()) is not None:
+            yield item[1]
 
     def _translate(self, ev: Event) -> Iterator[FileEvent]:
         if ev.has(Mask.Q_OVERFLOW):

@@ -159,3 +159,32 @@ def test_overflow_and_parsing_of_raw_records() -> None:
         assert list(w._translate(events[1])) == []  # unknown watch: ignored
     finally:
         w.close()
+
+
+def test_writes_queued_before_an_observation_are_marked(tmp_path: Path) -> None:
+    w = Watcher()
+    try:
+        assert list(w.add_tree(str(tmp_path))) == []
+        f = tmp_path / "f"
+        f.write_bytes(b"data")  # CREATE, MODIFY, CLOSE_WRITE
+        os.setxattr(f, "user.verity", b"v")  # ATTRIB
+        w.pull()
+        first = w.next_event()
+        assert first is not None
+        assert first[1] == FileEvent(Change.APPEARED, str(f))
+        w.observed(str(f))  # the observation sees the data and the attribute
+        queued = []
+        while (item := w.next_event()) is not None:
+            queued.append((item[1].change, w.before_observation(item[0], str(f))))
+        assert (Change.WRITE, True) in queued
+        assert all(marked for _, marked in queued)
+        w.observed(str(f))
+        with f.open("ab") as fh:  # after the observation: not marked
+            fh.write(b"more")
+        w.pull()
+        later = w.next_event()
+        assert later is not None
+        assert later[1].change is Change.WRITE
+        assert not w.before_observation(later[0], str(f))
+    finally:
+        w.close()
