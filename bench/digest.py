@@ -72,7 +72,23 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     return elapsed, cpu, done.stdout.split()[0]
 
 
-def speed(path: Path, runs: int, only: str | None = None) -> None:
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+
+def wait_idle(threshold: float = 0.9, limit: float = 60.0) -> None:
+    """Wait (at most ``limit`` seconds) until the CPUs were idle ``threshold`` of 0.5 s."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        total0, idle0 = _cpu_times()
+        time.sleep(0.5)
+        total1, idle1 = _cpu_times()
+        if idle1 - idle0 >= threshold * max(1, total1 - total0):
+            return
+
+
+def speed(path: Path, runs: int, only: str | None = None, idle: bool = False) -> None:
     fsverity = shutil.which("fsverity")
     if fsverity is None:
         sys.exit("fsverity is not installed (apt-get install fsverity)")
@@ -94,6 +110,8 @@ def speed(path: Path, runs: int, only: str | None = None) -> None:
         theirs: list[float] = []
         cpu: dict[str, list[float]] = {"ours": [], "theirs": []}
         for i in range(runs):
+            if idle:
+                wait_idle()
             with path.open("r+b") as f:  # change one byte: nothing can be reused
                 f.seek(rng.randrange(size))
                 f.write(bytes([rng.randrange(256)]))
@@ -187,6 +205,9 @@ def main() -> None:
     parser.add_argument("--file", type=Path, help="file to hash (default: a new 1 GiB file)")
     parser.add_argument("--runs", type=int, default=5, help="pairs per variant (default 5)")
     parser.add_argument("--only", help="run only the variants whose name contains this")
+    parser.add_argument(
+        "--wait-idle", action="store_true", help="on a shared machine: wait for idle CPUs per pair"
+    )
     parser.add_argument("--memory", action="store_true", help="measure memory instead")
     parser.add_argument("--sparse-gib", type=int, default=16, help="sparse size for --memory")
     parser.add_argument("--dir", type=Path, default=Path("/dev/shm"), help="for --memory files")
@@ -195,12 +216,12 @@ def main() -> None:
         memory(args.sparse_gib * GIB, args.dir)
         return
     if args.file is not None:
-        speed(args.file, args.runs, args.only)
+        speed(args.file, args.runs, args.only, args.wait_idle)
         return
     with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
         path = Path(work) / "bench-1g"
         make_file(path, GIB)
-        speed(path, args.runs, args.only)
+        speed(path, args.runs, args.only, args.wait_idle)
 
 
 if __name__ == "__main__":
