@@ -128,7 +128,8 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
             if typ is float and isinstance(value, int):
                 value = float(value)
             if not isinstance(value, typ) or isinstance(value, bool):
-                raise ConfigurationError(f"{path}: {key} must be a {typ.__name__}")
+                what = {int: "an integer", float: "a number"}.get(typ, "a string")
+                raise ConfigurationError(f"{path}: {key} must be {what}")
             kw[key] = value
     return DaemonConfig(**kw)
 

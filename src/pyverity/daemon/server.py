@@ -56,6 +56,8 @@ def may_open(peer: Peer, path: str, fd: int | None) -> bool:
         st = Path(path).lstat()
     except OSError:
         return False
+    if not stat.S_ISREG(st.st_mode):
+        return False  # symlinks, devices, FIFOs: never tracked, never answered about
     if fd is not None:
         fst = os.fstat(fd)
         return (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino) and stat.S_ISREG(fst.st_mode)
