@@ -112,3 +112,37 @@ def test_16_gib_kept_tree_costs_the_tree_plus_under_64_mib(sparse_dir: Path) -> 
     peak = peak_anon_memory([sys.executable, "-c", code, str(path)])
     tree_size = 135_278_592  # 4 KiB blocks, SHA-256: 32768 + 256 + 2 + 1 blocks
     assert tree_size < peak < tree_size + (64 << 20), f"peak anonymous memory {peak >> 20} MiB"
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(FSVERITY is None, reason="the real `fsverity` is missing; .ci/run installs it")
+@pytest.mark.parametrize("alg", ["sha256", "sha512"])
+@pytest.mark.parametrize("block_size", [1024, 4096, 65536])
+@pytest.mark.parametrize("salt", ["", "00" * 32])
+def test_forked_path_matches_fsverity(tmp_path: Path, alg: str, block_size: int, salt: str) -> None:
+    """A file above the fork threshold, built with the default options (workers, accelerator)."""
+    from pyverity.format.hashalg import by_name
+    from pyverity.format.params import TreeParams
+    from pyverity.hashing import build_tree
+
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom((20 << 20) + 123))
+    assert FSVERITY is not None
+    subprocess.run(
+        [
+            FSVERITY,
+            "digest",
+            str(path),
+            f"--hash-alg={alg}",
+            f"--block-size={block_size}",
+            f"--salt={salt}",
+            f"--out-merkle-tree={tmp_path / 't'}",
+            f"--out-descriptor={tmp_path / 'd'}",
+        ],
+        capture_output=True,
+        check=True,
+    )
+    params = TreeParams(by_name(alg), block_size, bytes.fromhex(salt))
+    ours = build_tree(path, params, jobs=2)
+    assert ours.tree == (tmp_path / "t").read_bytes()
+    assert ours.descriptor.to_bytes() == (tmp_path / "d").read_bytes()
