@@ -17,6 +17,11 @@ MiB = 1 << 20
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="security.* attributes need root")
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def _protect_with_setfattr(d: Daemon, f: Path, tmp: Path, *opts: str) -> tuple[str, bytes, bytes]:
     digest, desc, tree = fsverity_digest(f, tmp, *opts)
     setfattr(f, f"{d.ns}.verity", desc)
@@ -53,14 +58,19 @@ def test_write_during_build_stops_it_and_stays_stale(
         time.sleep(0.02)
     with f.open("r+b") as w:
         w.write(b"changed")
+    t_write = time.monotonic()
     assert str(rec.state) == "BUILDING"
     assert 0 < rec.progress < rec.size
     rec = d.wait_state(f, "STALE", timeout=1.0)
     assert "written" in rec.error
+    while d.metrics()["pyverity_workers_busy"] != 0:
+        assert time.monotonic() - t_write < 1.0, "the worker was still busy 1 s after the write"
+        time.sleep(0.02)
+    assert d.metrics()["pyverity_builds_cancelled_total"] == 1
+    (worker,) = d.workers()
+    before = _cpu_ticks(worker)
     time.sleep(0.5)
-    m = d.metrics()
-    assert m["pyverity_workers_busy"] == 0
-    assert m["pyverity_builds_cancelled_total"] == 1
+    assert _cpu_ticks(worker) - before <= 2  # idle: the hashing has stopped
     # No rebuild while the attribute is unchanged: after a wait, and across a restart.
     time.sleep(1)
     assert str(d.record(f).state) == "STALE"  # type: ignore[union-attr]

@@ -1,0 +1,61 @@
+"""Faults during builds: a full cache filesystem, a file deleted in the middle of its build."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Daemon, fsverity_digest, setfattr, write_file
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def tiny_cache(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "cache"
+    mnt.mkdir(mode=0o700)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=700", "tmpfs", str(mnt)], check=True
+    )
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_cache_fails_cleanly_and_is_retried(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, tiny_cache: Path
+) -> None:
+    d = make_daemon().start()
+    f = d.root / "big.bin"
+    write_file(f, 32 * MiB)  # a 256 KiB tree: more than the 64 KiB cache filesystem holds
+    digest, desc, _ = fsverity_digest(f, tmp_path)
+    setfattr(f, "user.verity", desc)
+    deadline = time.monotonic() + 30
+    while (rec := d.record(f)) is None or "No space left" not in rec.error:
+        assert time.monotonic() < deadline, (rec, d.log.read_text())
+        time.sleep(0.05)
+    assert str(rec.state) == "PENDING"  # to be retried, not READY and not failed for good
+    assert not d.cache_entry(digest).exists()  # nothing partial published
+    assert list((tiny_cache / "tmp").iterdir()) == []
+    assert d.proc is not None
+    assert d.proc.poll() is None
+
+
+def test_file_deleted_mid_build(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    d = make_daemon("--workers", "1").start()
+    f = d.root / "gone.bin"
+    write_file(f, 1024 * MiB, sparse=True)
+    setfattr(f, "user.verity", fsverity_digest(f, tmp_path, "--block-size=1024")[1])
+    d.wait_state(f, "BUILDING")
+    f.unlink()
+    d.wait_gone(f)
+    time.sleep(0.5)
+    assert d.metrics()["pyverity_workers_busy"] == 0
