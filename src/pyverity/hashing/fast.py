@@ -16,8 +16,9 @@ any difference is a ``FileChangedError`` too. A worker that dies for any reason 
 error in the caller; workers are always reaped, and killed when the build stops early.
 
 Workers are forked (not spawned: no interpreter start-up, no re-import) and only for files
-of at least :attr:`FastOptions.parallel_min_size`; smaller files are hashed inline, and so is
-everything in a process where other Python threads run (forking there is unsafe).
+of at least :attr:`FastOptions.parallel_min_size`; smaller files are hashed inline. Where
+other Python threads run, forking is unsafe: the same work then goes to threads if the compiled
+accelerator (which releases the GIL per chunk) is in use, else it is all done inline.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from pyverity.fs.openfile import identity
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.progress import CancelCheck, ProgressFn, check_cancel
 from pyverity.hashing.result import MerkleTree
-from pyverity.hashing.runhash import RunHasher, run_hasher
+from pyverity.hashing.runhash import RunHasher, run_hasher, uses_accelerator
 
 if TYPE_CHECKING:
+    from queue import Queue
+
     from pyverity.hashing.spool import SpoolingFolder
 
 __all__ = ["DEFAULT_OPTIONS", "SPOOL_MIN_TREE", "FastOptions", "build_fast", "default_jobs"]
@@ -110,17 +113,24 @@ def build_fast(
     chunk = max(bs, options.chunk_size - options.chunk_size % bs)
     nchunks = -(-size // chunk)
     procs = jobs if jobs is not None else default_jobs()
-    if size < options.parallel_min_size or _other_threads():
+    if size < options.parallel_min_size:
         procs = 1
     procs = max(1, min(procs, nchunks))
     run = run_hasher(params, accel=options.accel)
+    workers: _Workers | _ThreadWorkers = _Workers(fd, run, size=size, chunk=chunk, block_size=bs)
+    if procs > 1 and _other_threads():
+        # Forking is unsafe here. The accelerator releases the GIL for a whole chunk, so
+        # threads share the work as well as processes would; hashlib does not: stay inline.
+        if uses_accelerator(params, accel=options.accel):
+            workers = _ThreadWorkers(fd, run, size=size, chunk=chunk, block_size=bs)
+        else:
+            procs = 1
     folder = TreeFolder(params, keep_tree=keep_tree)
     spool: SpoolingFolder | None = None
     if keep_tree and params.geometry(size).tree_size >= options.spool_min_tree:
         from pyverity.hashing.spool import SpoolingFolder  # imported only when needed
 
         folder = spool = SpoolingFolder(params, size)
-    workers = _Workers(fd, run, size=size, chunk=chunk, block_size=bs)
     try:
         for w in range(1, procs):
             workers.fork(first=w, step=procs, digests_per_chunk=chunk // bs * params.digest_size)
@@ -151,7 +161,7 @@ def build_fast(
 def _fold_chunks(
     fd: int,
     folder: TreeFolder,
-    workers: _Workers,
+    workers: _Workers | _ThreadWorkers,
     procs: int,
     *,
     run: RunHasher,
@@ -177,7 +187,7 @@ def _fold_chunks(
 
 def _other_threads() -> bool:
     """True when Python threads besides this one run: forking then is unsafe (a lock held by
-    another thread stays held in the child; Python 3.12+ warns), so the build stays inline."""
+    another thread stays held in the child; Python 3.12+ warns)."""
     threading = sys.modules.get("threading")
     return threading is not None and threading.active_count() > 1
 
@@ -312,3 +322,79 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+class _ThreadWorkers:
+    """Hashing threads with :class:`_Workers`' interface, for processes that must not fork.
+
+    Used only with the accelerator (it releases the GIL while it hashes a chunk). Each thread
+    hands its chunks' digests over a small queue; stopping is cooperative (an event checked
+    per chunk, and queues drained so that no thread stays blocked on a full one).
+    """
+
+    def __init__(self, fd: int, run: RunHasher, *, size: int, chunk: int, block_size: int) -> None:
+        import queue
+        import threading
+
+        self._queue_type = queue.Queue
+        self._thread_type = threading.Thread
+        self._stop = threading.Event()
+        self._fd = fd
+        self._run = run
+        self.size = size
+        self.chunk = chunk
+        self.block_size = block_size
+        self._queues: list[queue.Queue[bytes | BaseException]] = []
+        self._threads: list[threading.Thread] = []
+
+    def fork(self, *, first: int, step: int, digests_per_chunk: int) -> None:
+        """Start a thread hashing chunks ``first``, ``first + step``, …"""
+        del digests_per_chunk
+        q: Queue[bytes | BaseException] = self._queue_type(maxsize=4)
+        thread = self._thread_type(
+            target=self._work, args=(q, first, step), name="pyverity-hash", daemon=True
+        )
+        self._queues.append(q)
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self, q: Queue[bytes | BaseException], first: int, step: int) -> None:
+        item: bytes | BaseException
+        view = memoryview(bytearray(self.chunk))
+        for k in range(first, -(-self.size // self.chunk), step):
+            offset = k * self.chunk
+            want = min(self.chunk, self.size - offset)
+            try:
+                item = _hash_chunk(
+                    self._fd, view, offset, want, run=self._run, block_size=self.block_size
+                )
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                item = e
+            if self._stop.is_set():
+                return
+            q.put(item)
+            if isinstance(item, BaseException):
+                return
+
+    def receive(self, index: int, nbytes: int) -> bytes:
+        """The next chunk's digests from thread ``index`` (its error is raised here)."""
+        item = self._queues[index].get()
+        if isinstance(item, BaseException):
+            raise item
+        if len(item) != nbytes:  # pragma: no cover - a bug, not a file change
+            raise InputError("a hashing thread returned digests of the wrong length")
+        return item
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    def kill(self) -> None:
+        """Stop every thread (after its current chunk) and wait for it."""
+        self._stop.set()
+        for q, thread in zip(self._queues, self._threads, strict=True):
+            while thread.is_alive():
+                with contextlib.suppress(Exception):
+                    while True:
+                        q.get_nowait()
+                thread.join(0.01)

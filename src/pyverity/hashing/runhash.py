@@ -21,7 +21,14 @@ from types import ModuleType
 from pyverity.format.params import TreeParams
 from pyverity.hashing.blockhash import Buffer
 
-__all__ = ["NO_ACCEL_ENV", "RunHasher", "accelerator", "pure_run_hasher", "run_hasher"]
+__all__ = [
+    "NO_ACCEL_ENV",
+    "RunHasher",
+    "accelerator",
+    "pure_run_hasher",
+    "run_hasher",
+    "uses_accelerator",
+]
 
 #: Setting this environment variable to ``1`` forces the pure-Python path.
 NO_ACCEL_ENV = "PYVERITY_NO_ACCEL"
@@ -67,6 +74,12 @@ def pure_run_hasher(params: TreeParams) -> RunHasher:
         return b"".join(out)
 
     return salted
+
+
+def uses_accelerator(params: TreeParams, *, accel: bool | None = None) -> bool:
+    """Whether ``run_hasher(params, accel=accel)`` hashes with the compiled accelerator, which
+    releases the GIL for a whole run (so that threads can share the work)."""
+    return accel is not False and params.hash_alg.name == "sha256" and accelerator() is not None
 
 
 def run_hasher(params: TreeParams, *, accel: bool | None = None) -> RunHasher:

@@ -217,29 +217,71 @@ def test_spool_is_closed_on_failure(tmp_path: Path) -> None:
     assert open_fds() <= before
 
 
-def test_no_fork_while_other_threads_run(tmp_path: Path) -> None:
+@pytest.fixture
+def another_thread() -> Iterator[None]:
     import threading
 
-    data = random.Random(4).randbytes(20 * 4096)
-    path = write(tmp_path, data)
-    forked: list[list[int]] = []
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
-    try:
-        got = fast(
+    yield
+    stop.set()
+    thread.join()
+
+
+def hashing_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "pyverity-hash"]
+
+
+@pytest.mark.usefixtures("another_thread")
+@pytest.mark.parametrize("accel", [None, False])
+def test_no_fork_while_other_threads_run(tmp_path: Path, accel: bool | None) -> None:
+    from pyverity.hashing.runhash import uses_accelerator
+
+    data = random.Random(4).randbytes(20 * 4096)
+    path = write(tmp_path, data)
+    seen: list[tuple[list[int], list[str]]] = []
+    options = FastOptions(chunk_size=4096, parallel_min_size=0, accel=accel)
+    got = fast(
+        path,
+        TreeParams(),
+        keep_tree=True,
+        jobs=3,
+        progress=lambda _: seen.append((children(), hashing_threads())),
+        options=options,
+    )
+    assert got == reference(data, TreeParams())
+    assert not any(forked for forked, _ in seen)
+    threads = max(len(names) for _, names in seen)
+    # With the accelerator (it releases the GIL) threads share the work; without, inline.
+    assert threads == (2 if uses_accelerator(TreeParams(), accel=accel) else 0)
+    assert not hashing_threads()
+
+
+@pytest.mark.usefixtures("another_thread")
+def test_hashing_threads_stop_on_cancel_and_on_change(tmp_path: Path) -> None:
+    path = write(tmp_path, bytes(512 * 4096))
+    options = FastOptions(chunk_size=4096, parallel_min_size=0)
+    calls: list[int] = []
+    with pytest.raises(CancelledError):
+        fast(
             path,
             TreeParams(),
-            keep_tree=True,
             jobs=2,
-            progress=lambda _: forked.append(children()),
-            options=PARALLEL,
+            cancel=lambda: calls.append(1) or len(calls) > 5,
+            options=options,
         )
-    finally:
-        stop.set()
-        thread.join()
-    assert got == reference(data, TreeParams())
-    assert not any(forked)
+    assert not hashing_threads()
+
+    def truncate(done: int) -> None:
+        if done == 8 * 4096:
+            os.truncate(path, 20 * 4096)
+
+    with pytest.raises(FileChangedError):
+        fast(path, TreeParams(), jobs=2, progress=truncate, options=options)
+    assert not hashing_threads()
 
 
 @pytest.mark.parametrize(
