@@ -13,10 +13,10 @@ import pytest
 from tests.integration.harness import Daemon, fsverity_digest, setfattr, write_file
 
 MiB = 1 << 20
-# Slow parameters (1 KiB blocks, sha512) make a Python build of a sparse 512 MiB file last
+# Slow parameters (1 KiB blocks, sha512) make a Python build of a sparse 1 GiB file last
 # a few seconds, so that kills land in the middle of it.
 OPTS = ("--hash-alg=sha512", "--block-size=1024", "--salt=0102")
-SIZE = 512 * MiB
+SIZE = 1024 * MiB
 KILLS = 3
 
 
@@ -41,7 +41,14 @@ def _crash_loop(d: Daemon, f: Path, rng: random.Random) -> tuple[int, list[int]]
         d.start()
         start = _last_start(d, f)
         starts.append(start)
-        time.sleep(rng.uniform(0.2, 0.6))
+        # Once a checkpoint of this run is committed, kill at a random moment after it.
+        deadline = time.monotonic() + 30
+        while (rec := d.record(f)) is None or str(rec.state) != "READY":
+            if str(rec.state) == "BUILDING" and rec.progress > start:
+                break
+            assert time.monotonic() < deadline, rec
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
         rec = d.record(f)
         assert rec is not None
         if str(rec.state) == "READY":  # finished before this kill: nothing left to interrupt

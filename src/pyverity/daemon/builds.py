@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import selectors
-import stat
 import time
 from typing import TYPE_CHECKING, TypeVar
 
@@ -22,6 +21,7 @@ from pyverity.daemon import lifecycle
 from pyverity.daemon.lifecycle import Cause, Decision, Observation
 from pyverity.daemon.pool import BACKGROUND, FIRST_USE, Job, JobQueue, Worker
 from pyverity.daemon.protection import appraise
+from pyverity.daemon.watcher import open_beneath
 from pyverity.errors import StorageError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
@@ -47,6 +47,7 @@ _MAX_RETRIES = 5
 class BuildsMixin:
     if TYPE_CHECKING:
         config: DaemonConfig
+        roots: tuple[str, ...]
         db: StateDB
         store: TreeStore
         partial: PartialStore
@@ -55,6 +56,7 @@ class BuildsMixin:
         running: dict[str, Job]
         retry_at: dict[str, float]
         retries: dict[str, int]
+        settle: dict[str, float]
         metrics: dict[str, int]
         pool: WorkerPool | None
         _sel: selectors.BaseSelector
@@ -84,9 +86,11 @@ class BuildsMixin:
             job = self.queue_.pop()
             if job is None:
                 break
-            if job.path in self.running:
+            waiting = job.priority == BACKGROUND and self.settle.get(job.path, 0.0) > now
+            if job.path in self.running or waiting:
                 deferred.append(job)
                 continue
+            self.settle.pop(job.path, None)
             self._start(worker, job)
         for job in deferred:
             self.queue_.push(job)
@@ -105,9 +109,7 @@ class BuildsMixin:
         if rec is None or rec.attr_fp != job.attr_fp:
             return
         try:
-            if not stat.S_ISREG(os.lstat(job.path).st_mode):
-                raise FileNotFoundError
-            fd = os.open(job.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_beneath(self.roots, job.path)
         except OSError:
             self.apply(job.path, rec, Decision(None, cancel=True))
             return
@@ -177,11 +179,14 @@ class BuildsMixin:
         cp = self.db.get_checkpoint(file_id)
         if cp is None:
             return 0, b""
+        why = "attributes or identity changed"
         if cp.attr_fp == attr_fp and cp.snapshot == snapshot:
             nbytes = cp.offset // params.block_size * params.digest_size
             saved = self.partial.load(file_id, nbytes)
             if saved is not None:
                 return cp.offset, saved
+            why = "leaf hashes missing"
+        log.info("discarding the checkpoint of file %d at %d: %s", file_id, cp.offset, why)
         self.db.delete_checkpoint(file_id)
         self.partial.discard(file_id)
         return 0, b""

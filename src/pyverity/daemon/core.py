@@ -27,7 +27,7 @@ from pyverity.daemon.lifecycle import Cause, Decision, Observation
 from pyverity.daemon.pool import BACKGROUND, Job, JobQueue, WorkerPool
 from pyverity.daemon.protection import load_keyring, read_declared
 from pyverity.daemon.server import Client, Server
-from pyverity.daemon.watcher import Change, FileEvent, Watcher
+from pyverity.daemon.watcher import Change, FileEvent, Watcher, open_beneath
 from pyverity.errors import ConfigurationError, Error, StorageError
 from pyverity.fs.openfile import identity
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _COMMIT_EVERY = 0.25
+#: How long a newly protected file must go without writes before its background build starts
+#: (a writer that closes the file ends the wait at once).
+SETTLE_SECONDS = 0.1
 _MAX_RETRIES = 5
 
 
@@ -117,6 +120,8 @@ class Daemon(BuildsMixin, ControlMixin):
         self._check_cache = False
         #: Files moved out by an ``IN_MOVED_FROM``, by cookie, until the matching ``MOVED_TO``.
         self._moved: dict[int, FileRecord] = {}
+        #: Background builds wait until their file has been quiet for a moment (monotonic).
+        self.settle: dict[str, float] = {}
         self.watcher: Watcher | None = None
         self.pool: WorkerPool | None = None
         self.server: Server | None = None
@@ -138,9 +143,7 @@ class Daemon(BuildsMixin, ControlMixin):
         if self.watcher is not None:
             self.watcher.observed(path)
         try:
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                return None
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_beneath(self.roots, path)
         except OSError:
             return None
         try:
@@ -182,6 +185,7 @@ class Daemon(BuildsMixin, ControlMixin):
             log.info("%s: %s -> %s %s", path, old.state, rec.state, rec.error)
         rec = self.db.put(rec)
         if decision.build:
+            self.settle[path] = time.monotonic() + SETTLE_SECONDS
             self.enqueue(rec, BACKGROUND)
         self._notify(path, rec)
 
@@ -222,8 +226,14 @@ class Daemon(BuildsMixin, ControlMixin):
             return
         rec = self.db.get(path)
         if ev.change in (Change.WRITE, Change.CLOSE_WRITE):
-            if rec is None or (seq and self._need(self.watcher).before_observation(seq, path)):
-                return  # not tracked, or written before the observation that made the row
+            if rec is None:
+                return
+            if rec.state is State.PENDING:
+                # Not built yet: wait until the writer is done (closed, or quiet for a moment).
+                closed = ev.change is Change.CLOSE_WRITE
+                self.settle[path] = 0.0 if closed else time.monotonic() + SETTLE_SECONDS
+            if seq and self._need(self.watcher).before_observation(seq, path):
+                return  # written before the observation that made the row
             try:
                 snap = identity(os.lstat(path))
             except OSError:
@@ -325,7 +335,7 @@ class Daemon(BuildsMixin, ControlMixin):
                 self.db.delete_checkpoint(rec.id)
                 self.partial.discard(rec.id)
             offset = cp.offset if cp is not None and self.config.crash_policy == "resume" else 0
-            self.db.put(rec.evolve(state=State.PENDING, progress=offset))
+            self.db.put(rec.evolve(progress=offset))  # the rescan decides: resume, or STALE
         self._check_cache = self.config.backend == "cache"
         try:
             self.rescan()

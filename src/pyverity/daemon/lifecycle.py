@@ -8,8 +8,9 @@ every transition.
 * A changed attribute value (or ``pyverity rebuild``) starts a new protection: PENDING and a
   build, or INVALID, or CLASSIC (0x03/0x04: no tree).
 * A write (an ``IN_MODIFY``, or the identity snapshot differing at a scan or start-up) makes
-  PENDING, BUILDING, READY and MISMATCH files STALE; nothing leaves STALE but a changed value
-  or a rebuild request.
+  BUILDING, READY and MISMATCH files STALE; nothing leaves STALE but a changed value or a
+  rebuild request. A PENDING file stays PENDING: its build has not started and will hash the
+  content as it then is (``tar --xattrs`` sets attributes before it writes the data).
 * chmod, touch and other attributes (``IN_ATTRIB`` with the same value) change nothing but the
   snapshot; if a build was running it will see the identity change and be retried.
 """
@@ -24,8 +25,9 @@ from pyverity.store.statedb import FileRecord, State
 
 __all__ = ["Cause", "Decision", "Observation", "describe_change", "on_observe", "on_write"]
 
-#: States a content change turns into STALE.
-_WRITABLE = (State.PENDING, State.BUILDING, State.READY, State.MISMATCH)
+#: States a content change turns into STALE. A PENDING file is not built yet: its build will
+#: hash the content as it is when it starts (``tar --xattrs`` writes the attributes first).
+_WRITABLE = (State.BUILDING, State.READY, State.MISMATCH)
 
 
 class Cause(enum.Enum):
@@ -68,6 +70,10 @@ def on_write(
     rec: FileRecord, snapshot: tuple[int, int, int, int] | None, *, seen: str = "a write event"
 ) -> Decision | None:
     """An observed content change (``seen`` says how); None when it changes nothing."""
+    if rec.state is State.PENDING:
+        if snapshot is None or snapshot == rec.snapshot:
+            return None
+        return Decision(_with_snapshot(rec, snapshot))
     if rec.state not in _WRITABLE:
         return None
     why = f"content written since protection ({seen})"
@@ -117,4 +123,6 @@ def on_observe(rec: FileRecord | None, obs: Observation, cause: Cause) -> Decisi
     # Identity differs and no write event explains it: written while we were not looking.
     if rec.state in _WRITABLE:
         return on_write(rec, obs.snapshot, seen=describe_change(rec.snapshot, obs.snapshot))
+    if rec.state is State.PENDING:
+        return Decision(_with_snapshot(rec, obs.snapshot), build=True)
     return Decision(_with_snapshot(rec, obs.snapshot))

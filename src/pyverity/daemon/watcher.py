@@ -9,15 +9,17 @@ one :attr:`Change.OVERFLOW` event, on which the daemon rescans everything.
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
+import stat
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pyverity.daemon.inotify import Event, Inotify, Mask
 
-__all__ = ["Change", "FileEvent", "Watcher", "walk_files"]
+__all__ = ["Change", "FileEvent", "Watcher", "open_beneath", "walk_files"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,35 @@ def walk_files(top: str) -> Iterator[tuple[str, bool]]:
                     yield e.path, False
             except OSError:
                 continue
+
+
+def open_beneath(roots: tuple[str, ...], path: str) -> int:
+    """Open the regular file ``path`` read-only without following any symlink below its root.
+
+    The path is walked one component at a time from the root's descriptor with
+    ``O_NOFOLLOW``, so a directory swapped for a symlink cannot lead out of the roots; the
+    file is opened ``O_NONBLOCK`` (a FIFO or device never blocks) after an ``lstat`` shows a
+    regular file. Raises :class:`OSError` (``ELOOP``, ``ENOENT``, ``EXDEV`` outside the roots).
+    """
+    root = next((r for r in roots if path.startswith(r.rstrip(os.sep) + os.sep)), None)
+    if root is None:
+        raise OSError(errno.EXDEV, "not under a root", path)
+    parts = path[len(root.rstrip(os.sep)) + 1 :].split(os.sep)  # noqa: PTH206 (keeps . and ..)
+    if any(p in ("", ".", "..") for p in parts):
+        raise OSError(errno.EINVAL, "not a canonical path", path)
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dfd = os.open(root, dir_flags)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, dir_flags, dir_fd=dfd)
+            os.close(dfd)
+            dfd = nxt
+        if not stat.S_ISREG(os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        return os.open(parts[-1], flags, dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
 class Watcher:

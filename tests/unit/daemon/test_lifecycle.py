@@ -60,7 +60,7 @@ def test_classic_value_has_no_tree() -> None:
     assert not d.build
 
 
-@pytest.mark.parametrize("state", [State.PENDING, State.BUILDING, State.READY, State.MISMATCH])
+@pytest.mark.parametrize("state", [State.BUILDING, State.READY, State.MISMATCH])
 def test_write_makes_stale_and_cancels(state: State) -> None:
     d = on_write(_rec(state), (1, 2, 101, 6))
     assert d is not None
@@ -74,6 +74,22 @@ def test_write_makes_stale_and_cancels(state: State) -> None:
 @pytest.mark.parametrize("state", [State.STALE, State.INVALID, State.CLASSIC])
 def test_write_changes_nothing_else(state: State) -> None:
     assert on_write(_rec(state), (1, 2, 101, 6)) is None
+
+
+def test_write_before_the_build_starts_keeps_pending() -> None:
+    """tar --xattrs writes the attribute first, then the data: the build hashes the data."""
+    d = on_write(_rec(State.PENDING), (1, 2, 101, 6))
+    assert d is not None
+    assert d.record is not None
+    assert d.record.state is State.PENDING
+    assert d.record.size == 101
+    assert not d.cancel
+    assert on_write(_rec(State.PENDING), SNAP) is None
+    d = on_observe(_rec(State.PENDING), _obs(snap=(1, 2, 100, 8)), Cause.SCAN)
+    assert d is not None
+    assert d.build
+    assert d.record is not None
+    assert d.record.state is State.PENDING
 
 
 def test_chmod_or_touch_is_not_a_content_change() -> None:
@@ -107,7 +123,7 @@ def test_changed_value_or_rebuild_leaves_stale() -> None:
 
 
 def test_write_while_down_is_stale_at_startup_not_rebuilt() -> None:
-    for state in (State.READY, State.BUILDING, State.PENDING):
+    for state in (State.READY, State.BUILDING, State.MISMATCH):
         d = on_observe(_rec(state), _obs(snap=(1, 2, 100, 8)), Cause.SCAN)
         assert d is not None
         assert d.record is not None

@@ -188,3 +188,41 @@ def test_writes_queued_before_an_observation_are_marked(tmp_path: Path) -> None:
         assert not w.before_observation(later[0], str(f))
     finally:
         w.close()
+
+
+def _refused(roots: tuple[str, ...], path: Path) -> int:
+    from pyverity.daemon.watcher import open_beneath
+
+    try:
+        os.close(open_beneath(roots, str(path)))
+    except OSError as e:
+        return e.errno or -1
+    return 0
+
+
+def test_open_beneath_never_follows_symlinks(tmp_path: Path) -> None:
+    import errno
+
+    from pyverity.daemon.watcher import open_beneath
+
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"inside")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_bytes(b"outside")
+    roots = (str(root),)
+    fd = open_beneath(roots, str(root / "d" / "f"))
+    try:
+        assert os.read(fd, 10) == b"inside"
+    finally:
+        os.close(fd)
+    (root / "d").rename(root / "old")
+    (root / "d").symlink_to(outside)  # a directory swapped for a symlink
+    assert _refused(roots, root / "d" / "f") in (errno.ELOOP, errno.ENOTDIR)
+    (root / "link").symlink_to(outside / "f")
+    assert _refused(roots, root / "link") == errno.EINVAL
+    os.mkfifo(root / "fifo")
+    assert _refused(roots, root / "fifo") == errno.EINVAL
+    assert _refused(roots, outside / "f") == errno.EXDEV
+    assert _refused(roots, Path(f"{root}/old/../old/f")) == errno.EINVAL
