@@ -41,9 +41,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _COMMIT_EVERY = 0.25
-#: How long a newly protected file must go without writes before its background build starts
-#: (a writer that closes the file ends the wait at once).
+#: How long a newly protected file that was just created or written must then go without writes
+#: before its background build starts (a writer that closes the file ends the wait at once).
 SETTLE_SECONDS = 0.1
+#: A file created or written this recently is taken to be still in the hands of its writer.
+RECENT_SECONDS = 0.25
 _MAX_RETRIES = 5
 
 
@@ -122,6 +124,8 @@ class Daemon(BuildsMixin, ControlMixin):
         self._moved: dict[int, FileRecord] = {}
         #: Background builds wait until their file has been quiet for a moment (monotonic).
         self.settle: dict[str, float] = {}
+        #: When each path was last created or written (for the settle wait), pruned as it ages.
+        self._written: dict[str, float] = {}
         self.watcher: Watcher | None = None
         self.pool: WorkerPool | None = None
         self.server: Server | None = None
@@ -185,7 +189,8 @@ class Daemon(BuildsMixin, ControlMixin):
             log.info("%s: %s -> %s %s", path, old.state, rec.state, rec.error)
         rec = self.db.put(rec)
         if decision.build:
-            self.settle[path] = time.monotonic() + SETTLE_SECONDS
+            if self._recently_written(path):
+                self.settle[path] = time.monotonic() + SETTLE_SECONDS
             self.enqueue(rec, BACKGROUND)
         self._notify(path, rec)
 
@@ -213,9 +218,21 @@ class Daemon(BuildsMixin, ControlMixin):
             self.handle(item[1], item[0])
         self._moved.clear()  # moved out of the roots: already forgotten
 
+    def _recently_written(self, path: str) -> bool:
+        when = self._written.get(path)
+        return when is not None and time.monotonic() - when < RECENT_SECONDS
+
+    def _note_written(self, path: str) -> None:
+        now = time.monotonic()
+        if len(self._written) > 4096:
+            self._written = {p: t for p, t in self._written.items() if now - t < RECENT_SECONDS}
+        self._written[path] = now
+
     def handle(self, ev: FileEvent, seq: int = 0) -> None:
         self.metrics["events"] += 1
         path = ev.path
+        if ev.change in (Change.WRITE, Change.CLOSE_WRITE, Change.APPEARED):
+            self._note_written(path)
         if ev.change is Change.OVERFLOW:
             self.rescan()
             return
