@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -174,3 +175,20 @@ def test_first_use_jumps_two_busy_workers(
     while "resuming build at offset" not in d.log.read_text():
         assert time.monotonic() < deadline, d.log.read_text()
         time.sleep(0.05)
+
+
+def test_enable_wait(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon().start()
+    f = d.root / "e.bin"
+    write_file(f, 2 * MiB)
+    r = pyverity("enable", "--xattr-ns", "user", "--state-dir", str(d.state), "--wait", str(f))
+    assert r.returncode == 0, r.stderr
+    assert f"'{f}': READY" in r.stdout
+    # Without a daemon, --wait fails with one line saying so (the attribute is written).
+    d.stop()
+    g = d.root / "g.bin"
+    write_file(g, MiB)
+    r = pyverity("enable", "--xattr-ns", "user", "--state-dir", str(d.state), "--wait", str(g))
+    assert r.returncode == 1
+    assert "daemon is not running" in r.stderr
+    assert os.getxattr(g, "user.verity")
