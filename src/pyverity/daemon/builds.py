@@ -22,7 +22,7 @@ from pyverity.daemon.lifecycle import Cause, Decision, Observation
 from pyverity.daemon.pool import BACKGROUND, FIRST_USE, Job, JobQueue, Worker
 from pyverity.daemon.protection import appraise
 from pyverity.daemon.watcher import open_beneath
-from pyverity.errors import StorageError
+from pyverity.errors import Error, StorageError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
 from pyverity.hashing.result import MerkleTree
@@ -91,7 +91,10 @@ class BuildsMixin:
                 deferred.append(job)
                 continue
             self.settle.pop(job.path, None)
-            self._start(worker, job)
+            try:
+                self._start(worker, job)
+            except Error as e:  # one file's trouble must not stop the daemon
+                log.warning("%s: cannot start its build: %s", job.path, e)
         for job in deferred:
             self.queue_.push(job)
         if self.queue_.peek_priority() == FIRST_USE and pool.idle() is None:

@@ -10,6 +10,7 @@ processes which receive the descriptor itself, so the file built is the file obs
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import selectors
@@ -25,7 +26,7 @@ from pyverity.daemon.config import DaemonConfig, check_private_dir, ima_policy_w
 from pyverity.daemon.control import ControlMixin
 from pyverity.daemon.lifecycle import Cause, Decision, Observation
 from pyverity.daemon.pool import BACKGROUND, Job, JobQueue, WorkerPool
-from pyverity.daemon.protection import load_keyring, read_declared
+from pyverity.daemon.protection import Declared, load_keyring, read_declared
 from pyverity.daemon.server import Client, Server
 from pyverity.daemon.watcher import Change, FileEvent, Watcher, open_beneath
 from pyverity.errors import ConfigurationError, Error, StorageError
@@ -159,9 +160,12 @@ class Daemon(BuildsMixin, ControlMixin):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        return Observation(
-            path, identity(st), read_declared(fd, self.config.xattr_ns, self.keyring)
-        )
+        try:
+            declared = read_declared(fd, self.config.xattr_ns, self.keyring)
+        except Error as e:  # e.g. EIO reading an attribute: INVALID, with the reason
+            reason = f"cannot read the attributes: {e}"
+            declared = Declared(hashlib.sha256(reason.encode()).digest(), True, None, reason)
+        return Observation(path, identity(st), declared)
 
     def _has_attrs(self, path: str) -> bool:
         ns = self.config.xattr_ns
@@ -213,9 +217,15 @@ class Daemon(BuildsMixin, ControlMixin):
         """Handle every event inotify has queued, oldest first."""
         if self.watcher is None:
             return
-        self.watcher.pull()
+        try:
+            self.watcher.pull()
+        except Error as e:  # e.g. the inotify watch limit, reached by a new directory
+            log.warning("%s", e)
         while (item := self.watcher.next_event()) is not None:
-            self.handle(item[1], item[0])
+            try:
+                self.handle(item[1], item[0])
+            except Error as e:
+                log.warning("%s: %s", item[1].path, e)
         self._moved.clear()  # moved out of the roots: already forgotten
 
     def _recently_written(self, path: str) -> bool:
