@@ -154,6 +154,13 @@ def fsverity_digest(path: Path, out: Path, *opts: str) -> tuple[str, bytes, byte
     return r.stdout.split()[0], desc.read_bytes(), tree.read_bytes()
 
 
+def protect(path: Path, out: Path, *opts: str, ns: str = "user") -> tuple[str, bytes, bytes]:
+    """Write ``path``'s descriptor, as ``fsverity digest`` computes it, with ``setfattr``."""
+    digest, desc, tree = fsverity_digest(path, out, *opts)
+    setfattr(path, f"{ns}.verity", desc)
+    return digest, desc, tree
+
+
 def setfattr(path: Path, name: str, value: bytes) -> None:
     subprocess.run(
         ["setfattr", "-n", name, "-v", "0x" + value.hex(), str(path)],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Daemon, fsverity_digest, setfattr, write_file
+from tests.integration.harness import Daemon, protect, write_file
 
 MiB = 1 << 20
 # Slow parameters (1 KiB blocks, sha512) make a Python build of a sparse 1 GiB file last
@@ -83,8 +83,7 @@ def test_kill9_resume_hashes_less_than_restart(
         d = make_daemon("--workers", "1", "--crash-policy", policy, base=base)
         f = d.root / "big.bin"
         write_file(f, SIZE, sparse=True)
-        digest, desc, tree = fsverity_digest(f, base, *OPTS)
-        setfattr(f, "user.verity", desc)
+        digest, desc, tree = protect(f, base, *OPTS)
         hashed, starts = _crash_loop(d, f, rng)
         assert d.cache_entry(digest).read_bytes() == desc + tree
         if policy == "resume":

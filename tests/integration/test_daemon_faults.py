@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Daemon, fsverity_digest, setfattr, write_file
+from tests.integration.harness import Daemon, protect, write_file
 
 MiB = 1 << 20
 
@@ -36,8 +36,7 @@ def test_full_cache_fails_cleanly_and_is_retried(
     d = make_daemon().start()
     f = d.root / "big.bin"
     write_file(f, 32 * MiB)  # a 256 KiB tree: more than the 64 KiB cache filesystem holds
-    digest, desc, _ = fsverity_digest(f, tmp_path)
-    setfattr(f, "user.verity", desc)
+    digest, _, _ = protect(f, tmp_path)
     deadline = time.monotonic() + 30
     while (rec := d.record(f)) is None or "No space left" not in rec.error:
         assert time.monotonic() < deadline, (rec, d.log.read_text())
@@ -53,7 +52,7 @@ def test_file_deleted_mid_build(make_daemon: Callable[..., Daemon], tmp_path: Pa
     d = make_daemon("--workers", "1").start()
     f = d.root / "gone.bin"
     write_file(f, 1024 * MiB, sparse=True)
-    setfattr(f, "user.verity", fsverity_digest(f, tmp_path, "--block-size=1024")[1])
+    protect(f, tmp_path, "--block-size=1024")
     d.wait_state(f, "BUILDING")
     f.unlink()
     d.wait_gone(f)

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from pyverity.daemon import client
-from tests.integration.harness import Daemon, fsverity_digest, pyverity, setfattr, write_file
+from tests.integration.harness import (
+    Daemon,
+    fsverity_digest,
+    protect,
+    pyverity,
+    setfattr,
+    write_file,
+)
 
 MiB = 1 << 20
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="security.* attributes need root")
@@ -22,12 +29,6 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def _protect_with_setfattr(d: Daemon, f: Path, tmp: Path, *opts: str) -> tuple[str, bytes, bytes]:
-    digest, desc, tree = fsverity_digest(f, tmp, *opts)
-    setfattr(f, f"{d.ns}.verity", desc)
-    return digest, desc, tree
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("ns", [pytest.param("security", marks=root_only), "user"])
 def test_setfattr_256mib_ready_and_cache_equals_fsverity(
@@ -36,7 +37,7 @@ def test_setfattr_256mib_ready_and_cache_equals_fsverity(
     d = make_daemon(ns=ns).start()
     f = d.root / "big.bin"
     write_file(f, 256 * MiB)
-    digest, desc, tree = _protect_with_setfattr(d, f, tmp_path)
+    digest, desc, tree = protect(f, tmp_path, ns=d.ns)
     rec = d.wait_state(f, "READY")
     assert rec.digest == digest
     assert rec.kind == "verity"
@@ -52,7 +53,7 @@ def test_write_during_build_stops_it_and_stays_stale(
     write_file(f, 1024 * MiB, sparse=True)
     # 1 KiB blocks with sha512: slow enough in Python to catch the build in the middle.
     opts = ("--hash-alg=sha512", "--block-size=1024", "--salt=00ff")
-    _protect_with_setfattr(d, f, tmp_path, *opts)
+    protect(f, tmp_path, *opts, ns=d.ns)
     d.wait_state(f, "BUILDING")
     while (rec := d.record(f)) is not None and rec.progress == 0:
         time.sleep(0.02)
@@ -85,7 +86,7 @@ def test_write_during_build_stops_it_and_stays_stale(
     time.sleep(0.3)
     assert str(d.record(f).state) == "STALE"  # type: ignore[union-attr]
     os.truncate(f, 8 * MiB)  # (keeps the rebuild short)
-    digest, desc, tree = _protect_with_setfattr(d, f, tmp_path, *opts)
+    digest, desc, tree = protect(f, tmp_path, *opts, ns=d.ns)
     rec = d.wait_state(f, "READY", timeout=120)
     assert rec.digest == digest
     assert d.cache_entry(digest).read_bytes() == desc + tree
@@ -102,7 +103,7 @@ def test_write_while_daemon_down_is_stale_not_rebuilt(
     d = make_daemon().start()
     f = d.root / "down.bin"
     write_file(f, 3 * MiB)
-    _protect_with_setfattr(d, f, tmp_path)
+    protect(f, tmp_path, ns=d.ns)
     d.wait_state(f, "READY")
     d.stop()
     with f.open("r+b") as w:
@@ -125,7 +126,7 @@ def test_flipped_cache_byte_is_detected_and_rebuilt(
     d = make_daemon().start()
     f = d.root / "c.bin"
     write_file(f, 5 * MiB)
-    digest, desc, tree = _protect_with_setfattr(d, f, tmp_path)
+    digest, desc, tree = protect(f, tmp_path, ns=d.ns)
     d.wait_state(f, "READY")
     entry = d.cache_entry(digest)
     raw = bytearray(entry.read_bytes())
@@ -147,7 +148,7 @@ def test_none_backend_builds_on_first_use_after_restart(
     d = make_daemon("--backend", "none").start()
     f = d.root / "n.bin"
     write_file(f, 2 * MiB)
-    _protect_with_setfattr(d, f, tmp_path)
+    protect(f, tmp_path, ns=d.ns)
     d.wait_state(f, "READY")
     assert not (d.cache / "objects").exists()
     d.stop()
@@ -178,19 +179,19 @@ def test_faults_are_recorded_not_fatal(make_daemon: Callable[..., Daemon], tmp_p
     assert "content" in d.wait_state(other, "MISMATCH", timeout=10).error
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"o" * 5000)
-    setfattr(outside, "user.verity", fsverity_digest(outside, tmp_path)[1])
+    protect(outside, tmp_path)
     (d.root / "link.bin").symlink_to(outside)
     fifo = d.root / "fifo"
     os.mkfifo(fifo)
     deleted = d.root / "gone.bin"
     write_file(deleted, 64 * MiB)
-    setfattr(deleted, "user.verity", fsverity_digest(deleted, tmp_path, "--block-size=1024")[1])
+    protect(deleted, tmp_path, "--block-size=1024")
     deleted.unlink()
     sub = d.root / "sub" / "deeper"
     sub.mkdir(parents=True)
     late = sub / "late.bin"
     late.write_bytes(b"l" * 9000)
-    setfattr(late, "user.verity", fsverity_digest(late, tmp_path)[1])
+    protect(late, tmp_path)
     d.wait_state(late, "READY", timeout=10)
     time.sleep(0.3)
     assert d.record(d.root / "link.bin") is None
@@ -208,7 +209,7 @@ def test_status_cli_table_and_json(make_daemon: Callable[..., Daemon], tmp_path:
     d = make_daemon().start()
     f = d.root / "s.bin"
     write_file(f, MiB)
-    _protect_with_setfattr(d, f, tmp_path)
+    protect(f, tmp_path, ns=d.ns)
     d.wait_state(f, "READY")
     run = ["status", "--state-dir", str(d.state)]
     table = pyverity(*run, check=True).stdout

@@ -13,7 +13,7 @@ from pyverity.daemon import client
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.hashalg import SHA512
 from pyverity.format.params import TreeParams
-from tests.integration.harness import Daemon, fsverity_digest, setfattr, write_file
+from tests.integration.harness import Daemon, protect, setfattr, write_file
 
 MiB = 1 << 20
 SLOW = ("--hash-alg=sha512", "--block-size=1024")
@@ -26,7 +26,7 @@ def test_rename_within_roots_keeps_state(
     (d.root / "a").mkdir()
     f = d.root / "a" / "f.bin"
     write_file(f, 2 * MiB)
-    setfattr(f, "user.verity", fsverity_digest(f, tmp_path)[1])
+    protect(f, tmp_path)
     d.wait_state(f, "READY")
     started = d.metrics()["pyverity_builds_started_total"]
     g = d.root / "a" / "g.bin"
@@ -46,8 +46,7 @@ def test_killed_worker_is_replaced_and_build_finishes(
     d = make_daemon("--workers", "1").start()
     f = d.root / "k.bin"
     write_file(f, 256 * MiB, sparse=True)
-    digest, desc, tree = fsverity_digest(f, tmp_path, *SLOW)
-    setfattr(f, "user.verity", desc)
+    digest, desc, tree = protect(f, tmp_path, *SLOW)
     d.wait_state(f, "BUILDING")
     time.sleep(0.3)
     (pid,) = d.workers()
@@ -87,8 +86,7 @@ def test_wiped_cache_is_rebuilt_at_start(
     d = make_daemon().start()
     f = d.root / "w.bin"
     write_file(f, 3 * MiB)
-    digest, desc, tree = fsverity_digest(f, tmp_path)
-    setfattr(f, "user.verity", desc)
+    digest, desc, tree = protect(f, tmp_path)
     d.wait_state(f, "READY")
     d.stop()
     shutil.rmtree(d.cache / "objects")
@@ -104,7 +102,7 @@ def test_socket_requests(make_daemon: Callable[..., Daemon], tmp_path: Path) -> 
     d = make_daemon().start()
     f = d.root / "m.bin"
     write_file(f, MiB)
-    setfattr(f, "user.verity", fsverity_digest(f, tmp_path)[1])
+    protect(f, tmp_path)
     d.wait_state(f, "READY")
     text = d.request({"op": "metrics"})["text"]
     assert 'pyverity_files{state="READY"} 1' in text

@@ -251,11 +251,16 @@ class BuildsMixin:
                 self.db.put(rec.evolve(state=State.PENDING, progress=job.offset))
                 self.queue_.push(Job(job.path, BACKGROUND, job.attr_fp))
 
-    def _failed(self, job: Job, kind: str, message: str) -> None:
+    def _current(self, job: Job) -> FileRecord | None:
+        """The row a finished job still belongs to: not cancelled, same attribute values."""
         if job.stopping == "cancel":
-            return
+            return None
         rec = self.db.get(job.path)
-        if rec is None or rec.attr_fp != job.attr_fp:
+        return rec if rec is not None and rec.attr_fp == job.attr_fp else None
+
+    def _failed(self, job: Job, kind: str, message: str) -> None:
+        rec = self._current(job)
+        if rec is None:
             return
         self.metrics["builds_failed"] += 1
         n = self.retries.get(job.path, 0) + 1
@@ -276,10 +281,8 @@ class BuildsMixin:
         self.retry_at[job.path] = time.monotonic() + delay
 
     def _done(self, job: Job, descriptor: Descriptor, tree: bytes) -> None:
-        if job.stopping == "cancel":
-            return
-        rec = self.db.get(job.path)
-        if rec is None or rec.attr_fp != job.attr_fp:
+        rec = self._current(job)
+        if rec is None:
             return
         if rec.snapshot != job.snapshot:
             # Touched during the build (no write event): hash the current content again.

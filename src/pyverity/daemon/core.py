@@ -278,15 +278,7 @@ class Daemon(BuildsMixin, ControlMixin):
         moved = self._moved.pop(ev.cookie, None) if ev.cookie else None
         if moved is not None and self._renamed(path, moved):
             return
-        if rec is None and not self._has_attrs(path):
-            return
-        obs = self.observe(path)
-        if obs is None:
-            if rec is not None:
-                self.apply(path, rec, Decision(None, cancel=True))
-            return
-        cause = Cause.ATTR if ev.change is Change.ATTR else Cause.APPEARED
-        self.apply(path, rec, lifecycle.on_observe(rec, obs, cause))
+        self.scan_file(path, Cause.ATTR if ev.change is Change.ATTR else Cause.APPEARED, rec)
 
     def _renamed(self, path: str, old: FileRecord) -> bool:
         """A tracked file renamed within the roots keeps its state if nothing else changed."""
@@ -304,8 +296,12 @@ class Daemon(BuildsMixin, ControlMixin):
         self._notify(path, new)
         return True
 
-    def scan_file(self, path: str, cause: Cause = Cause.SCAN) -> None:
-        rec = self.db.get(path)
+    def scan_file(
+        self, path: str, cause: Cause = Cause.SCAN, rec: FileRecord | None = None
+    ) -> None:
+        """Observe ``path`` and apply what follows (``rec``: its row, if already looked up)."""
+        if rec is None:
+            rec = self.db.get(path)
         if rec is None and not self._has_attrs(path):
             return
         obs = self.observe(path)

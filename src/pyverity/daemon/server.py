@@ -50,6 +50,15 @@ class Peer:
         return set()
 
 
+def _permitted(peer: Peer, st: os.stat_result, user: int, group: int, other: int) -> bool:
+    """Whether the mode bit that applies to ``peer`` (owner, group or other) is set."""
+    if peer.uid == st.st_uid:
+        return bool(st.st_mode & user)
+    if peer.gid == st.st_gid or st.st_gid in peer.groups():
+        return bool(st.st_mode & group)
+    return bool(st.st_mode & other)
+
+
 def may_open(peer: Peer, path: str, fd: int | None) -> bool:
     """Could ``peer`` open ``path`` for reading? An fd it sent for that same inode proves it."""
     try:
@@ -63,13 +72,7 @@ def may_open(peer: Peer, path: str, fd: int | None) -> bool:
         return (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino) and stat.S_ISREG(fst.st_mode)
     if peer.uid == 0:
         return True
-    if peer.uid == st.st_uid:
-        bit = stat.S_IRUSR
-    elif peer.gid == st.st_gid or st.st_gid in peer.groups():
-        bit = stat.S_IRGRP
-    else:
-        bit = stat.S_IROTH
-    if not st.st_mode & bit:
+    if not _permitted(peer, st, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH):
         return False
     # Every directory on the way must be searchable by the peer too.
     parent = Path(path).parent
@@ -78,13 +81,7 @@ def may_open(peer: Peer, path: str, fd: int | None) -> bool:
             dst = parent.stat()
         except OSError:
             return False
-        if peer.uid == dst.st_uid:
-            xbit = stat.S_IXUSR
-        elif peer.gid == dst.st_gid or dst.st_gid in peer.groups():
-            xbit = stat.S_IXGRP
-        else:
-            xbit = stat.S_IXOTH
-        if not dst.st_mode & xbit:
+        if not _permitted(peer, dst, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH):
             return False
         if parent == parent.parent:
             return True
