@@ -58,3 +58,28 @@ def test_file_deleted_mid_build(make_daemon: Callable[..., Daemon], tmp_path: Pa
     d.wait_gone(f)
     time.sleep(0.5)
     assert d.metrics()["pyverity_workers_busy"] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="security.* on FIFOs and devices needs root")
+def test_fifo_and_device_carrying_the_attribute_are_ignored(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    import stat
+
+    d = make_daemon(ns="security").start()
+    regular = d.root / "regular.bin"
+    regular.write_bytes(b"r" * 5000)
+    desc = protect(regular, tmp_path, ns="security")[1]
+    fifo = d.root / "fifo"
+    os.mkfifo(fifo)
+    dev = d.root / "null"
+    os.mknod(dev, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    for special in (fifo, dev):
+        os.setxattr(special, "security.verity", desc, follow_symlinks=False)
+    d.wait_state(regular, "READY", timeout=10)
+    d.request({"op": "rescan"})
+    assert d.record(fifo) is None
+    assert d.record(dev) is None
+    assert d.request({"op": "status", "path": str(fifo)})["error"] == "permission denied"
+    assert d.proc is not None
+    assert d.proc.poll() is None
