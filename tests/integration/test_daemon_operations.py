@@ -115,3 +115,23 @@ def test_socket_requests(make_daemon: Callable[..., Daemon], tmp_path: Path) -> 
     assert d.request({"op": "status", "path": "relative/path"})["error"] == "bad request"
     reply = client.request({"op": "wait", "path": str(f), "timeout": 1}, state_dir=d.state)
     assert reply["state"] == "READY"
+
+
+def test_mmap_write_without_event_is_stale_on_first_use(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    import mmap
+
+    d = make_daemon().start()
+    f = d.root / "mm.bin"
+    write_file(f, MiB)
+    protect(f, tmp_path)
+    d.wait_state(f, "READY")
+    time.sleep(0.05)  # let the mtime tick
+    with f.open("r+b") as fh, mmap.mmap(fh.fileno(), 0) as m:
+        m[0:4] = b"MMAP"  # no IN_MODIFY for writes through a mapping
+        m.flush()
+        # Still open (no IN_CLOSE_WRITE yet): only the changed mtime tells.
+        reply = client.build_now(f, state_dir=d.state, timeout=10)
+    assert reply["state"] == "STALE"
+    assert "mtime" in reply["error"]

@@ -191,10 +191,14 @@ class ControlMixin:
             rec = self.db.get(path)
             if rec is not None and rec.state in _BUSY:
                 self.queue_.push(Job(path, FIRST_USE, rec.attr_fp))
+        elif op == "build-now":
+            # Look again: a change no event reported (a write through mmap) shows as STALE.
+            self.scan_file(path, Cause.SCAN)
+            rec = self.db.get(path)
+            if rec is not None:
+                rec = self._first_use(rec)
         else:
             rec = self._record(path)
-            if op == "build-now" and rec is not None:
-                rec = self._first_use(rec)
         if rec is None:
             client.reply({"ok": True, "id": rid, "path": path, "state": "NONE"})
             return
