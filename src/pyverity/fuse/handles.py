@@ -7,7 +7,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from pyverity.reader.file import VerifiedRawIO
+from pyverity.reader.file import VerifiedRawIO, pread_full
 
 __all__ = ["Handle", "HandleTable", "InodeKey"]
 
@@ -33,6 +33,12 @@ class Handle:
         if self.verified is not None:
             return self.verified.pread(size, offset)
         return os.pread(self.fd, size, offset)
+
+    def read_into(self, buffer: memoryview, offset: int) -> int:
+        """Like :meth:`read`, into ``buffer``; returns the number of bytes (verified ones)."""
+        if self.verified is not None:
+            return self.verified.pread_into(buffer, offset)
+        return pread_full(self.fd, buffer, offset)
 
     def close(self) -> None:
         if self.verified is not None:

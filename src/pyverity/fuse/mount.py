@@ -2,16 +2,23 @@
 
 libfuse's main loop handles SIGTERM, SIGINT and SIGHUP by leaving the loop and unmounting
 cleanly; open handles are closed in ``destroy``. Importing this module loads libfuse.
+
+Reads are answered into libfuse's own reply buffer (heap memory of this process, one per
+request): mfusepy's ``read`` callback is replaced by one that hands the filesystem a
+``memoryview`` of that buffer, so a verified read is ``preadv`` → hash in place → reply, with
+no intermediate ``bytes`` object and no extra copy (:meth:`VerifiedRawIO.pread_into`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 from pyverity.errors import ConfigurationError, StorageError
 from pyverity.fuse.config import MountConfig
@@ -35,6 +42,34 @@ def _load_mfusepy() -> object:
             remedy="install libfuse 3 (apt-get install fuse3) and `pip install mfusepy`",
         ) from e
     return mfusepy
+
+
+#: ``PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)``, called with the GIL.
+_FROM_MEMORY = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)(
+    ("PyMemoryView_FromMemory", ctypes.pythonapi)
+)
+_PYBUF_WRITE = 0x200
+
+
+def reply_buffer(buf: Any, size: int) -> memoryview:
+    """A writable view of ``size`` bytes at the C pointer ``buf`` (valid during the callback)."""
+    view: memoryview = _FROM_MEMORY(ctypes.cast(buf, ctypes.c_void_p).value, size, _PYBUF_WRITE)
+    return view
+
+
+def _fuse_class(mfusepy: Any, ops: VerityFS) -> Any:
+    """mfusepy's ``FUSE`` with a ``read`` that fills libfuse's buffer in place."""
+
+    class VerityFUSE(mfusepy.FUSE):  # type: ignore[misc]
+        def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+            del path
+            view = reply_buffer(buf, size)
+            try:
+                return ops.read_into(view, offset, fip.contents)
+            finally:
+                view.release()
+
+    return VerityFUSE
 
 
 def _check_dirs(config: MountConfig) -> None:
@@ -69,7 +104,7 @@ def run_mount(
         options["ro"] = True
     log.info("mounting %s on %s (%s)", source, config.mountpoint, "rw" if config.rw else "ro")
     try:
-        mfusepy.FUSE(ops, os.fspath(config.mountpoint), raw_fi=True, **options)  # type: ignore[attr-defined]
+        _fuse_class(mfusepy, ops)(ops, os.fspath(config.mountpoint), raw_fi=True, **options)
     except RuntimeError as e:
         # fuse_main returns 8 when its loop ends, which includes SIGTERM/SIGINT/SIGHUP: libfuse
         # has unmounted by then. Other codes mean the mount was never made.

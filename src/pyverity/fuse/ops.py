@@ -310,6 +310,10 @@ class VerityFS:
         del path
         return self._handles.get(fi.fh).read(size, offset)
 
+    def read_into(self, buffer: memoryview, offset: int, fi: Any) -> int:
+        """``read`` into libfuse's reply buffer (see :mod:`pyverity.fuse.mount`)."""
+        return self._handles.get(fi.fh).read_into(buffer, offset)
+
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
         handle = self._handles.get(fi.fh)
         if not handle.writable:

@@ -17,7 +17,7 @@ from pyverity.format.descriptor import Descriptor
 from pyverity.hashing.result import FileDigest
 from pyverity.reader.verifier import BlockVerifier
 
-__all__ = ["DEFAULT_CHUNK", "VerifiedRawIO"]
+__all__ = ["DEFAULT_CHUNK", "VerifiedRawIO", "pread_full"]
 
 #: Largest span read and verified in one go (bounds the private buffer of one call).
 DEFAULT_CHUNK = 8 << 20
@@ -155,6 +155,35 @@ class VerifiedRawIO(io.RawIOBase):
             pos = first * bs + stop
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
+    def pread_into(self, buffer: memoryview, offset: int) -> int:
+        """Verified bytes at ``offset`` into ``buffer`` (the caller's private memory).
+
+        Returns how many bytes are valid: up to ``len(buffer)``, fewer only at the end of the
+        data. When ``offset`` is block-aligned and the buffer can hold the blocks the read
+        touches (zero-padded at EOF), they are read straight into it with ``preadv``, hashed
+        there and checked: no copy and no allocation (the FUSE mount passes libfuse's reply
+        buffer). Otherwise this falls back to :meth:`pread` and one copy. On an error the
+        buffer's contents are unspecified and must not be used (the caller returns EIO).
+        """
+        size = len(buffer)
+        if offset < 0:
+            raise OSError(22, "Invalid argument: negative offset")
+        end = min(offset + size, self._size)
+        if end <= offset:
+            return 0
+        bs = self._bs
+        span = -(-(end - offset) // bs) * bs
+        if offset % bs or span > size:
+            data = self.pread(size, offset)
+            buffer[: len(data)] = data
+            return len(data)
+        view = buffer[:span]
+        got = pread_full(self._fd, view, offset)
+        if got < span:
+            view[got:] = bytes(span - got)  # the tail beyond EOF must hash as zeros
+        self._verifier.verify_blocks(offset // bs, view)
+        return end - offset
+
     def _read_blocks(self, first: int, count: int) -> bytes:
         """Read ``count`` whole blocks into a private buffer, zero-padded at EOF.
 
@@ -177,3 +206,15 @@ class VerifiedRawIO(io.RawIOBase):
             parts.append(bytes(want - got))
             data = b"".join(parts)
         return data
+
+
+def pread_full(fd: int, buffer: memoryview, offset: int) -> int:
+    """``preadv`` into ``buffer`` until it is full or the file ends; returns the bytes read."""
+    got = 0
+    size = len(buffer)
+    while got < size:
+        n = os.preadv(fd, [buffer[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
