@@ -321,6 +321,8 @@ class BuildsMixin:
             self._sel.unregister(worker.conn)
         if self._stop:
             return
+        if time.monotonic() - worker.started < 1.0:
+            time.sleep(0.5)  # a worker that dies at once would otherwise be respawned in a loop
         new = pool.replace(worker)
         self._sel.register(new.conn, selectors.EVENT_READ, ("worker", new))
         if job is not None and not job.stopping:

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import send_handle
@@ -116,6 +117,7 @@ class Worker:
             child.close()
         self.conn = Connection(parent.detach())
         self.job: Job | None = None
+        self.started = time.monotonic()
 
     @property
     def pid(self) -> int:
