@@ -157,9 +157,6 @@ class WorkerPool:
     def idle(self) -> Worker | None:
         return next((w for w in self.workers if w.job is None), None)
 
-    def busy(self) -> int:
-        return sum(1 for w in self.workers if w.job is not None)
-
     def replace(self, dead: Worker) -> Worker:
         """Replace a worker that exited (its socket closed)."""
         dead.conn.close()

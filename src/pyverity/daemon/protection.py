@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyverity.errors import Error
-from pyverity.format.descriptor import Descriptor
 from pyverity.hashing.result import MerkleTree
 
 if TYPE_CHECKING:
@@ -106,7 +105,3 @@ def appraise(protection: Protection, built: MerkleTree, keyring: Keyring | None)
     if not reason.startswith(result.reason.value):
         reason = f"{result.reason.value}: {reason}"
     return Appraisal(result.state.name, reason, digest)
-
-
-def descriptor_of(protection: Protection) -> Descriptor | None:
-    return protection.unverified_descriptor
