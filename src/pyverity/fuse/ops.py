@@ -35,6 +35,7 @@ from pyverity.fuse.verity_ioctl import (
     FS_IOC_GETFLAGS,
     FS_IOC_MEASURE_VERITY,
     FS_VERITY_FL,
+    check_builtin_signature,
     parse_enable,
     write_flags,
     write_measure,
@@ -424,13 +425,6 @@ class VerityFS:
         self._require_rw()
         if self._handles.writers(handle.key):
             raise _err(errno.ETXTBSY)
-        if request.signature:
-            log.warning(
-                "FS_IOC_ENABLE_VERITY on '%s' with a built-in signature: not supported"
-                " (sign with `pyverity sign`, an IMA v3 signature)",
-                path,
-            )
-            raise _err(errno.EOPNOTSUPP)
         name = attr_name(self._ns, VERITY_SUFFIX)
         if get_attr(handle.fd, name) is not None:
             raise _err(errno.EEXIST)
@@ -438,6 +432,10 @@ class VerityFS:
             tree = build_tree(handle.fd, request.params, keep_tree=False)
         except FileChangedError as e:
             raise _err(errno.ETXTBSY) from e
+        if request.signature:
+            check_builtin_signature(
+                path, request.signature, tree.descriptor, self.config.reader.keyring
+            )
         set_attr(handle.fd, name, tree.descriptor.to_bytes())
         log.info("enabled protection of '%s': %s", path, tree.file_digest())
 

@@ -4,19 +4,30 @@ In FUSE's restricted ioctl mode the kernel copies the argument for us: for
 ``FS_IOC_MEASURE_VERITY`` one buffer of ``4 + digest_size`` bytes (in and out), for
 ``FS_IOC_ENABLE_VERITY`` the 128-byte ``fsverity_enable_arg`` followed by the salt and the
 signature. libfuse hands the server that buffer as ``data``; these functions parse and fill it.
+
+A built-in signature given to ``FS_IOC_ENABLE_VERITY`` is checked against the mount's
+``--keyring`` (:mod:`pyverity.keys.pkcs7`), with the kernel's errnos: EBADMSG malformed,
+ENOKEY no such certificate (or no keyring at all: the kernel's empty ``.fs-verity`` keyring),
+EKEYREJECTED the signature does not verify.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyverity.errors import FormatError
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.formatted_digest import FormattedDigest
 from pyverity.format.hashalg import by_number
 from pyverity.format.params import MAX_SALT_SIZE, TreeParams
+
+if TYPE_CHECKING:
+    from pyverity.keys.keyring import Keyring
 
 __all__ = [
     "FS_IOC_ENABLE_VERITY",
@@ -24,6 +35,7 @@ __all__ = [
     "FS_IOC_MEASURE_VERITY",
     "FS_VERITY_FL",
     "EnableRequest",
+    "check_builtin_signature",
     "parse_enable",
     "write_flags",
     "write_measure",
@@ -39,6 +51,8 @@ _ENABLE = struct.Struct("=IIIIQIIQ88s")
 #: ``struct fsverity_digest`` header (native endian).
 _DIGEST = struct.Struct("=HH")
 MAX_SIG_SIZE = 16128
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,3 +98,33 @@ def parse_enable(data: int) -> EnableRequest:
     except FormatError as e:
         raise _os_error(errno.EINVAL, str(e)) from e
     return EnableRequest(params, tail[salt_size:])
+
+
+def check_builtin_signature(
+    path: str, signature: bytes, descriptor: Descriptor, keyring: Keyring | None
+) -> None:
+    """Verify a built-in (PKCS#7) signature over ``descriptor``'s digest; OSError as the kernel."""
+    if keyring is None:
+        log.warning(
+            "FS_IOC_ENABLE_VERITY on '%s' with a built-in signature refused: the mount has no"
+            " --keyring to check it against (ENOKEY, as the kernel with an empty .fs-verity"
+            " keyring)",
+            path,
+        )
+        raise _os_error(errno.ENOKEY, "no keyring for built-in signatures")
+    from pyverity.keys.key import BadSignatureError, UnknownKeyError
+    from pyverity.keys.pkcs7 import MalformedSignatureError, verify_builtin_signature
+
+    formatted = FormattedDigest(descriptor.hash_algorithm, descriptor.digest())
+    try:
+        cert = verify_builtin_signature(signature, formatted, keyring)
+    except MalformedSignatureError as e:
+        log.warning("built-in signature of '%s' refused (EBADMSG): %s", path, e)
+        raise _os_error(errno.EBADMSG, str(e)) from e
+    except UnknownKeyError as e:
+        log.warning("built-in signature of '%s' refused (ENOKEY): %s", path, e)
+        raise _os_error(errno.ENOKEY, str(e)) from e
+    except BadSignatureError as e:
+        log.warning("built-in signature of '%s' refused (EKEYREJECTED): %s", path, e)
+        raise _os_error(errno.EKEYREJECTED, str(e)) from e
+    log.info("built-in signature of '%s' verified: signed by '%s'", path, cert.subject)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from pyverity.format.formatted_digest import FormattedDigest
 from pyverity.format.hashalg import SHA512
 from pyverity.format.params import TreeParams
 from pyverity.fs.xattr import attr_name, get_attr
@@ -20,7 +22,12 @@ from pyverity.fuse.config import MountConfig
 from pyverity.fuse.ops import VerityFS
 from pyverity.fuse.verity_ioctl import FS_IOC_ENABLE_VERITY, FS_IOC_MEASURE_VERITY, parse_enable
 from pyverity.hashing.api import build_tree
+from pyverity.keys import Keyring
+from pyverity.keys.builtin import builtin_signature
+from pyverity.keys.generate import GeneratedKey
+from pyverity.keys.signer import load_private_key
 from pyverity.reader import ReaderOptions
+from tests.unit.keys.keyhelpers import keyring_dir, make_key
 from tests.unit.reader.helpers import NS, flip, protect
 
 
@@ -225,13 +232,46 @@ def test_enable_refuses_writers_signatures_and_read_only(tmp_path: Path) -> None
     fs.release("/f", w)
     fi = _open(fs, "/f")
     signed = _enable_buffer(sig=b"pkcs7")
-    assert (
+    assert (  # no --keyring: refused, as the kernel does with an empty .fs-verity keyring
         _errno(lambda: fs.ioctl("/f", FS_IOC_ENABLE_VERITY, None, fi, 0, ctypes.addressof(signed)))
-        == errno.EOPNOTSUPP
+        == errno.ENOKEY
     )
+    assert get_attr(tmp_path / "src" / "f", attr_name(NS, "verity")) is None
     ro = _fs(tmp_path)
     fi = _open(ro, "/f")
     assert (
         _errno(lambda: ro.ioctl("/f", FS_IOC_ENABLE_VERITY, None, fi, 0, ctypes.addressof(buf)))
         == errno.EROFS
     )
+
+
+def test_enable_with_builtin_signature(tmp_path: Path) -> None:
+    trusted, stranger = make_key("rsa", "2048"), make_key("ecdsa", "P-256")
+    keyring = Keyring.from_directory(keyring_dir(trusted))
+    fs = _fs(tmp_path, rw=True, reader=ReaderOptions(xattr_ns=NS, keyring=keyring))
+    data = os.urandom(9000)
+    f = tmp_path / "src" / "f"
+    f.write_bytes(data)
+    descriptor = build_tree(io.BytesIO(data)).descriptor
+    formatted = FormattedDigest(1, descriptor.digest())
+
+    def sig(k: GeneratedKey, fd: FormattedDigest = formatted) -> bytes:
+        cert = x509.load_pem_x509_certificate(k.cert_path.read_bytes())
+        return builtin_signature(fd, load_private_key(k.key_path), cert)  # type: ignore[arg-type]
+
+    fi = _open(fs, "/f")
+    other = FormattedDigest(1, bytes(32))
+    for signature, code in [
+        (b"\x30\x03junk", errno.EBADMSG),
+        (sig(stranger), errno.ENOKEY),
+        (sig(trusted, other), errno.EKEYREJECTED),
+        (sig(trusted)[:-1] + b"\x00", errno.EKEYREJECTED),
+    ]:
+        buf = _enable_buffer(sig=signature)
+        with pytest.raises(OSError, match=r"\S") as e:
+            fs.ioctl("/f", FS_IOC_ENABLE_VERITY, None, fi, 0, ctypes.addressof(buf))
+        assert e.value.errno == code
+        assert get_attr(f, attr_name(NS, "verity")) is None  # nothing written on failure
+    buf = _enable_buffer(sig=sig(trusted))
+    assert fs.ioctl("/f", FS_IOC_ENABLE_VERITY, None, fi, 0, ctypes.addressof(buf)) == 0
+    assert get_attr(f, attr_name(NS, "verity")) == descriptor.to_bytes()
