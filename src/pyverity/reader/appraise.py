@@ -288,7 +288,8 @@ def _measure(
     """Record the first open of (name, digest). The digest is the fs-verity digest (verified,
     else the declared one, as IMA measures what it collected even when appraisal then fails),
     or for a file without a descriptor a sha256 of its content (a v3 signature, which cannot
-    be checked against a content hash, is then left out of the entry)."""
+    be checked against a content hash, is then left out of the entry). Under a
+    ``digest_type=verity`` rule a file without a descriptor is not measured, as in the kernel."""
     try:
         if appraisal is not None and appraisal.content_digest is not None:
             measurements.append(
@@ -306,6 +307,11 @@ def _measure(
         if descriptor is not None:
             algo = kernel_algo_for_verity(descriptor.hash_algorithm).name
             digest = DigestField(algo, descriptor.digest(), kind="verity")
+        elif decision.verity:
+            # As the kernel: a digest_type=verity rule on a file without an fs-verity digest
+            # records nothing ("no-verity-digest").
+            log.info("not measuring '%s': no fs-verity digest (no-verity-digest)", name)
+            return
         else:
             alg = algo_by_id(_MEASURE_ALGO)
             digest = DigestField(alg.name, whole_file_hash(fd, alg), kind="ima")
