@@ -20,7 +20,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--root", dest="roots", action="append", type=Path, metavar="DIR")
     p.add_argument("--state-dir", type=Path, metavar="DIR")
     p.add_argument("--cache-dir", type=Path, metavar="DIR")
-    p.add_argument("--backend", choices=("cache", "none"))
+    p.add_argument("--backend", choices=("cache", "none", "kernel"))
     p.add_argument("--keyring", type=Path, metavar="DIR")
     p.add_argument("--xattr-ns", choices=("security", "user"))
     p.add_argument("--workers", type=int, metavar="N")

@@ -17,12 +17,12 @@ import selectors
 import time
 from typing import TYPE_CHECKING, TypeVar
 
-from pyverity.daemon import lifecycle
+from pyverity.daemon import kernelstore, lifecycle
 from pyverity.daemon.lifecycle import Cause, Decision, Observation
 from pyverity.daemon.pool import BACKGROUND, FIRST_USE, Job, JobQueue, Worker
-from pyverity.daemon.protection import appraise
+from pyverity.daemon.protection import Appraisal, appraise
 from pyverity.daemon.watcher import open_beneath
-from pyverity.errors import Error, StorageError
+from pyverity.errors import Error, FileChangedError, IntegrityError, StorageError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
 from pyverity.hashing.result import MerkleTree
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pyverity.daemon.config import DaemonConfig
     from pyverity.daemon.pool import WorkerPool
     from pyverity.keys import Keyring
+    from pyverity.protect import Protection
     from pyverity.store.cache import TreeStore
     from pyverity.store.checkpoint import PartialStore
     from pyverity.store.statedb import FileRecord, StateDB
@@ -129,6 +130,8 @@ class BuildsMixin:
             if prot is None or not prot.has_tree:
                 self.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.REBUILD))
                 return
+            if self.config.backend == "kernel" and self._kernel_verity(job.path, rec, fd, prot):
+                return
             file_id = self._need(rec.id)
             params = prot.tree_params()
             offset, leaves = self._saved_leaves(file_id, rec.attr_fp, obs.snapshot, params)
@@ -161,6 +164,31 @@ class BuildsMixin:
         self.running[job.path] = job
         self.metrics["builds_started"] += 1
         self.db.put(rec.evolve(state=State.BUILDING, progress=offset, error=""))
+
+    def _kernel_verity(self, path: str, rec: FileRecord, fd: int, prot: Protection) -> bool:
+        """Kernel backend: a file that already has fs-verity is READY (the kernel's descriptor
+        is the declared one and appraises) or MISMATCH without a build; False otherwise."""
+        try:
+            result = kernelstore.adopt(fd, prot, self.keyring)
+        except Error as e:
+            log.warning("%s: cannot read its kernel fs-verity state: %s", path, e)
+            return False
+        if result is None:
+            return False
+        log.info("%s: fs-verity already enabled in the kernel: %s", path, result.state)
+        self._settled(rec, result, "")
+        return True
+
+    def _to_kernel(self, job: Job, descriptor: Descriptor) -> str:
+        """Kernel backend: enable fs-verity on the proven file; "" or why the kernel refused."""
+        try:
+            fd = open_beneath(self.roots, job.path)
+        except OSError as e:
+            raise FileChangedError(f"cannot open it again: {e.strerror}") from e
+        try:
+            return kernelstore.hand_over(fd, job.path, descriptor, job.snapshot)
+        finally:
+            os.close(fd)
 
     def _unexplained_change(
         self, job: Job, rec: FileRecord, snapshot: tuple[int, int, int, int]
@@ -291,27 +319,43 @@ class BuildsMixin:
             return
         built = MerkleTree(descriptor, tree)
         result = appraise(job.extra["protection"], built, self.keyring)
-        if result.state == "READY":
+        refused = ""
+        in_kernel = False
+        if result.state == "READY" and self.config.backend == "kernel":
+            try:
+                refused = self._to_kernel(job, descriptor)
+                in_kernel = not refused
+            except FileChangedError as e:
+                self._failed(job, "FileChangedError", str(e))
+                return
+            except IntegrityError as e:
+                result = Appraisal("MISMATCH", f"kernel fs-verity: {e.message}", result.digest)
+        if result.state == "READY" and not in_kernel:
             try:
                 self.store.put(built)
             except StorageError as e:
                 self._failed(job, "StorageError", str(e))
                 return
+        self.retries.pop(job.path, None)
+        self._settled(rec, result, kernelstore.FALLBACK + refused if refused else "")
+
+    def _settled(self, rec: FileRecord, result: Appraisal, note: str) -> None:
+        """Commit a finished appraisal (READY, or MISMATCH/INVALID with its reason)."""
+        if result.state == "READY":
             self.metrics["builds_ready"] += 1
             new = rec.evolve(
                 state=State.READY,
                 progress=rec.size,
-                error="",
+                error=note,
                 digest=result.digest,
                 ready_ns=time.time_ns(),
             )
         else:
             self.metrics["builds_mismatch"] += 1
             new = rec.evolve(state=State(result.state), error=result.reason, progress=rec.size)
-        self.retries.pop(job.path, None)
         self.db.delete_checkpoint(self._need(rec.id))
         self.partial.discard(self._need(rec.id))
-        self.apply(job.path, rec, Decision(new))
+        self.apply(rec.path, rec, Decision(new))
 
     def _worker_died(self, worker: Worker) -> None:
         pool = self._need(self.pool)

@@ -64,8 +64,10 @@ class DaemonConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.backend not in ("cache", "none"):
-            raise ConfigurationError(f"unknown backend '{self.backend}' (use cache or none)")
+        if self.backend not in ("cache", "none", "kernel"):
+            raise ConfigurationError(
+                f"unknown backend '{self.backend}' (use cache, none or kernel)"
+            )
         if self.xattr_ns not in NAMESPACES:
             raise ConfigurationError(f"unknown xattr_ns '{self.xattr_ns}' (use security or user)")
         if self.crash_policy not in ("resume", "restart"):

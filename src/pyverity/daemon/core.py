@@ -34,6 +34,7 @@ from pyverity.fs.openfile import identity
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr
 from pyverity.store.cache import open_store
 from pyverity.store.checkpoint import PartialStore
+from pyverity.store.kernel import kernel_digest
 from pyverity.store.statedb import FileRecord, State, StateDB
 
 __all__ = ["Daemon"]
@@ -75,7 +76,7 @@ class Daemon(BuildsMixin, ControlMixin):
             if not Path(r).is_dir():
                 raise ConfigurationError(f"root {r} is not a directory")
         check_private_dir(config.state_dir, "state directory")
-        if config.backend == "cache":
+        if config.backend in ("cache", "kernel"):  # kernel: the cache is its fallback
             check_private_dir(config.cache_dir, "cache directory")
         try:
             self._lock_fd = _lock(config.state_dir / "daemon.lock", fcntl.LOCK_EX, 0)
@@ -95,7 +96,8 @@ class Daemon(BuildsMixin, ControlMixin):
             log.warning("%s", warning)
         self.keyring = load_keyring(config.keyring)
         self.db = StateDB(config.state_dir / "state.db")
-        self.store = open_store(config.backend, config.cache_dir)
+        store_backend = "cache" if config.backend == "kernel" else config.backend
+        self.store = open_store(store_backend, config.cache_dir)
         self.partial = PartialStore(config.state_dir)
         clean = getattr(self.store, "clean_temp", None)
         if clean is not None:
@@ -320,9 +322,25 @@ class Daemon(BuildsMixin, ControlMixin):
             return False
         alg, _, hexd = rec.digest.partition(":")
         try:
-            return not self.store.contains(alg, bytes.fromhex(hexd))
+            if self.store.contains(alg, bytes.fromhex(hexd)):
+                return False
         except (ValueError, StorageError):
             return True
+        return self.config.backend != "kernel" or not self._kernel_keeps(rec)
+
+    def _kernel_keeps(self, rec: FileRecord) -> bool:
+        """Kernel backend: fs-verity is enabled on the file with its recorded digest."""
+        try:
+            fd = open_beneath(self.roots, rec.path)
+        except OSError:
+            return False
+        try:
+            verity = kernel_digest(fd)
+        except Error:
+            return False
+        finally:
+            os.close(fd)
+        return verity is not None and str(verity.digest) == rec.digest
 
     def rescan(self) -> None:
         """Reconcile the database with the filesystem (start-up, overflow, on request)."""
@@ -359,7 +377,7 @@ class Daemon(BuildsMixin, ControlMixin):
                 self.partial.discard(rec.id)
             offset = cp.offset if cp is not None and self.config.crash_policy == "resume" else 0
             self.db.put(rec.evolve(progress=offset))  # the rescan decides: resume, or STALE
-        self._check_cache = self.config.backend == "cache"
+        self._check_cache = self.config.backend in ("cache", "kernel")
         try:
             self.rescan()
         finally:

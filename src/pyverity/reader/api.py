@@ -11,6 +11,7 @@ from pyverity.keys.keyring import Keyring
 from pyverity.policy.engine import Policy
 from pyverity.reader.appraise import Access, ReaderOptions, appraise_open
 from pyverity.reader.file import VerifiedRawIO
+from pyverity.reader.kernelread import KernelVerified
 from pyverity.reader.verifier import BlockVerifier
 
 __all__ = ["open", "open_fd"]
@@ -43,12 +44,16 @@ def open_fd(
                 log.warning("cached tree of '%s' is corrupt; discarding it", access.path)
                 store.discard(alg, digest)
 
-        verifier = BlockVerifier(
-            descriptor,
-            appraisal.tree,
-            name=access.path,
-            on_corrupt_tree=on_corrupt,
-            pool=options.hash_pool,
+        verifier = (
+            KernelVerified(descriptor, name=access.path)
+            if appraisal.tree_origin == "kernel"
+            else BlockVerifier(
+                descriptor,
+                appraisal.tree,
+                name=access.path,
+                on_corrupt_tree=on_corrupt,
+                pool=options.hash_pool,
+            )
         )
     except BaseException:
         if closefd:

@@ -37,6 +37,7 @@ from pyverity.protect.appraise import (
 from pyverity.protect.attrs import Protection, ProtectionKind, read_protection
 from pyverity.protect.sign import whole_file_hash
 from pyverity.reader.classic import hash_and_tree
+from pyverity.reader.kernelread import kernel_enforces
 from pyverity.reader.pool import HashPool
 from pyverity.reader.tree import MemoryTree, TreeSource
 
@@ -117,7 +118,8 @@ class Appraisal:
 
     descriptor: Descriptor | None
     tree: TreeSource
-    #: Where the tree came from: ``cache`` or ``inline``.
+    #: Where the tree came from: ``cache`` or ``inline``; ``kernel``: none needed, the kernel's
+    #: fs-verity verifies every page read (see :mod:`pyverity.reader.kernelread`).
     tree_origin: str
     #: Classic IMA files: the whole-file hash that was appraised (what is measured).
     content_digest: DigestField | None = None
@@ -219,6 +221,9 @@ def _appraise(
         verify_declared_signature(protection, keyring)
     elif sig is not None:
         log.info("'%s' is signed but no keyring was given: checked against its descriptor", name)
+    if kernel_enforces(fd, descriptor):
+        # The kernel's fs-verity checks every page against this descriptor's tree (kernelread).
+        return Appraisal(descriptor, MemoryTree(b""), "kernel")
     cached = _from_store(descriptor, access, options)
     if cached is not None:
         return cached

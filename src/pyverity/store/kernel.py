@@ -37,6 +37,8 @@ from pyverity.hashing.result import FileDigest, MerkleTree
 __all__ = [
     "KernelVerity",
     "enable",
+    "enable_fd",
+    "kernel_descriptor",
     "kernel_digest",
     "kernel_version",
     "read_tree",
@@ -129,42 +131,52 @@ def enable(
     must still be what ``descriptor`` describes: unchanged since ``unchanged_since`` (the
     identity it had when it was hashed), or, without it, hashed again now.
     """
-    label = os.fspath(path)
     fd = open_regular(path)
     try:
-        try:
-            current = kernel_digest(fd)
-        except ioctl.VerityUnsupportedError as e:
-            raise ioctl.VerityUnsupportedError(
-                f"can't enable fs-verity on '{label}': this filesystem does not support it",
-                remedy=e.remedy,
-            ) from e
-        except Error as e:
-            raise _named(e, fd, label) from e
-        if current is not None:
-            if current.matches(descriptor):
-                return current
-            raise IntegrityError(
-                f"'{label}' already has fs-verity with digest {current.digest}, not the"
-                f" descriptor's {descriptor.hash_alg.name}:{descriptor.digest().hex()}",
-                remedy="the file's content cannot change any more; write a descriptor for it"
-                " as it is (pyverity enable) or replace the file",
-            )
-        _check_still_described(fd, label, descriptor, unchanged_since)
-        try:
-            ioctl.enable_verity(
-                fd,
-                hash_algorithm=descriptor.hash_algorithm,
-                block_size=descriptor.block_size,
-                salt=descriptor.salt,
-            )
-        except FormatError as e:  # EINVAL
-            raise _block_size_error(_named(e, fd, label), fd, label, descriptor.block_size) from e
-        except Error as e:
-            raise _named(e, fd, label) from e
-        done = kernel_digest(fd)
+        return enable_fd(fd, descriptor, label=os.fspath(path), unchanged_since=unchanged_since)
     finally:
         os.close(fd)
+
+
+def enable_fd(
+    fd: int,
+    descriptor: Descriptor,
+    *,
+    label: str,
+    unchanged_since: tuple[int, int, int, int] | None = None,
+) -> KernelVerity:
+    """:func:`enable` on a file the caller opened read-only (e.g. beneath a root, no symlinks)."""
+    try:
+        current = kernel_digest(fd)
+    except ioctl.VerityUnsupportedError as e:
+        raise ioctl.VerityUnsupportedError(
+            f"can't enable fs-verity on '{label}': this filesystem does not support it",
+            remedy=e.remedy,
+        ) from e
+    except Error as e:
+        raise _named(e, fd, label) from e
+    if current is not None:
+        if current.matches(descriptor):
+            return current
+        raise IntegrityError(
+            f"'{label}' already has fs-verity with digest {current.digest}, not the"
+            f" descriptor's {descriptor.hash_alg.name}:{descriptor.digest().hex()}",
+            remedy="the file's content cannot change any more; write a descriptor for it"
+            " as it is (pyverity enable) or replace the file",
+        )
+    _check_still_described(fd, label, descriptor, unchanged_since)
+    try:
+        ioctl.enable_verity(
+            fd,
+            hash_algorithm=descriptor.hash_algorithm,
+            block_size=descriptor.block_size,
+            salt=descriptor.salt,
+        )
+    except FormatError as e:  # EINVAL
+        raise _block_size_error(_named(e, fd, label), fd, label, descriptor.block_size) from e
+    except Error as e:
+        raise _named(e, fd, label) from e
+    done = kernel_digest(fd)
     if done is None or not done.matches(descriptor):
         got = done.digest if done is not None else "none"
         raise IntegrityError(
@@ -211,3 +223,20 @@ def read_tree(target: int | str | os.PathLike[str], descriptor: Descriptor) -> M
     if len(tree) != size:
         raise IntegrityError(f"the kernel's tree is {len(tree)} bytes, expected {size}")
     return MerkleTree(descriptor, tree)
+
+
+def kernel_descriptor(fd: int) -> Descriptor | None:
+    """The descriptor the kernel enforces for the open file ``fd``; None if it is not verity.
+
+    Read with ``FS_IOC_READ_VERITY_METADATA`` and checked against ``FS_IOC_MEASURE_VERITY``
+    (the kernel's digest is the hash of this descriptor). Raises
+    :class:`~pyverity.fs.ioctl.VerityUnsupportedError` where the filesystem has no fs-verity.
+    """
+    verity = kernel_digest(fd)
+    if verity is None:
+        return None
+    raw = ioctl.read_all_verity_metadata(fd, ioctl.METADATA_DESCRIPTOR, limit=256)
+    descriptor = Descriptor.from_bytes(raw)
+    if not verity.matches(descriptor):
+        raise IntegrityError("the kernel's fs-verity descriptor does not hash to its digest")
+    return descriptor

@@ -1,0 +1,52 @@
+"""Reads of files whose pages the kernel verifies (fs-verity enabled, the ``kernel`` backend).
+
+When a file has fs-verity enabled and the kernel's digest (``FS_IOC_MEASURE_VERITY``) equals
+the digest of the descriptor that was just appraised (signature and all), every page the kernel
+hands out has been checked against that very tree by the kernel itself, and the file cannot be
+written any more. Reads are then served by plain ``pread``, with no hashing in Python.
+
+The trade, stated plainly: for such a file pyverity trusts the running kernel's fs-verity to
+verify the data (as ``fsverity``/IMA users do) instead of checking each block itself; a kernel
+that lies about its digest or skips verification is outside pyverity's threat model (it could
+as well change any byte pyverity reads). Files without kernel fs-verity, or whose kernel digest
+differs, are verified block by block as always.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from pyverity.errors import Error
+from pyverity.format.descriptor import Descriptor
+from pyverity.reader.tree import MemoryTree
+from pyverity.reader.verifier import BlockVerifier, Buffer
+from pyverity.store.kernel import kernel_digest
+
+__all__ = ["KernelVerified", "kernel_enforces"]
+
+
+def kernel_enforces(fd: int, descriptor: Descriptor) -> bool:
+    """Whether the kernel verifies ``fd``'s pages against exactly ``descriptor``'s tree."""
+    try:
+        verity = kernel_digest(fd)
+    except Error:  # no fs-verity on this filesystem, or the ioctl failed: verify ourselves
+        return False
+    return (
+        verity is not None
+        and verity.digest.algorithm_number == descriptor.hash_algorithm
+        and hmac.compare_digest(verity.digest.digest, descriptor.digest())
+    )
+
+
+class KernelVerified(BlockVerifier):
+    """The verifier of a file the kernel verifies (:func:`kernel_enforces` was true at open).
+
+    :meth:`verify_blocks` checks nothing: every byte ``pread`` returned was verified by the
+    kernel's fs-verity against the appraised descriptor's tree.
+    """
+
+    def __init__(self, descriptor: Descriptor, *, name: str | None = None) -> None:
+        super().__init__(descriptor, MemoryTree(b""), name=name)
+
+    def verify_blocks(self, first: int, data: Buffer) -> None:
+        return None
