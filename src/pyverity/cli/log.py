@@ -28,7 +28,11 @@ _MAX_ASCII = 1 << 30
 
 
 def _parser() -> ArgumentParser:
-    p = ArgumentParser(prog="pyverity log", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(
+        prog="pyverity log",
+        description="Show, verify and replay a measurement list (pyverity's, or a kernel's"
+        " binary_runtime_measurements / ascii_runtime_measurements).",
+    )
     sub = p.add_subparsers(dest="action", required=True, metavar="show|verify|pcrs")
     for name, text in (
         ("show", "print the list as the kernel's ascii_runtime_measurements (or --json)"),

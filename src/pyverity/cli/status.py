@@ -124,10 +124,14 @@ def _canon(paths: Iterable[Path]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     p = ArgumentParser(
-        prog="pyverity status", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="pyverity status",
+        description="Show the daemon's per-file states (PENDING, BUILDING, READY, STALE, MISMATCH,"
+        " INVALID, CLASSIC), build progress, errors and totals.",
     )
-    p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
-    p.add_argument("--state-dir", type=Path, metavar="DIR")
+    p.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help="files to show (default: all)"
+    )
+    p.add_argument("--state-dir", type=Path, metavar="DIR", help="the daemon's state directory")
     p.add_argument("--json", action="store_true", help="one JSON object per file (and totals)")
     p.add_argument("--totals", action="store_true", help="only the totals (with no PATH)")
     p.add_argument("--watch", action="store_true", help="refresh every second until interrupted")
