@@ -74,7 +74,12 @@ def _line(res: dict[str, Any]) -> str:
         return f"{res['path']}: ok ({', '.join(e for e in extra if e)})"
     message = res["message"]
     reason = res["reason"]
-    text = reason if message in (None, reason) else f"{reason}: {message}"
+    if message in (None, reason):
+        text = reason
+    elif message.startswith(reason):
+        text = message  # the message already names its reason
+    else:
+        text = f"{reason}: {message}"
     return f"{res['path']}: FAILED: {text}"
 
 

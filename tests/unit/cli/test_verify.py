@@ -71,6 +71,16 @@ def test_lines_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().out.strip() == (
         f"{files[2]}: FAILED: bad signature: signature does not verify with key 872439d8"
     )
+    # content changed after protection: the reason is named once, then the detail
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"original")
+    assert main(["enable", "--xattr-user", str(plain)]) == 0
+    plain.write_bytes(b"0riginal")  # same size, other content
+    capsys.readouterr()
+    assert main(["verify", "--xattr-user", str(plain)]) == 1
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{plain}: FAILED: content does not match: ")
+    assert line.count("content does not match") == 1
     # without a keyring a signed file cannot pass
     assert main(["verify", "--xattr-user", files[0]]) == 1
     assert "FAILED: no keyring" in capsys.readouterr().out
