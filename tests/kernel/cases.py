@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "DAEMON_FILES",
     "DIGEST_CASES",
     "POLICY",
     "SIG_CASES",
@@ -131,6 +132,8 @@ BACKEND_FILES = {
     "samesize": 9000,
     "lib": 300_000,
 }
+#: Files of the daemon's ``--backend kernel`` case (``/mnt/kd``, see guest_daemon.py).
+DAEMON_FILES = {"signed": 200_000, "small": 50_000, "pre": 30_000, "other": 20_000, "plain": 90_001}
 #: ``pyverity enable --kernel`` runs in the VM: name -> (file, extra options).
 BACKEND_CLI: dict[str, tuple[str, tuple[str, ...]]] = {
     "cli": ("cli", ()),
@@ -145,12 +148,15 @@ def backend_script() -> list[str]:
     """Guest lines: chroot into the host's / (9p, read-only) and run pyverity there."""
     py = "chroot /host /usr/bin/env PYTHONDONTWRITEBYTECODE=1 HOME=/tmp " + VENV_PYTHON
     out = " $R/backend/guest.out 2>&1"
+    kd_log = "$R/kd-daemon.log"
     lines = [
         "if [ -d /host/usr ]; then",
         "  for d in proc sys dev; do mount --bind /$d /host/$d; done",
         "  mount --bind /mnt /host/mnt; mount -t tmpfs tmpfs /host/tmp",
         f"  {py} /mnt/guest_backend.py /mnt/backend $R/backend /mnt/backend-cli.json >{out}",
         "  log backend-guest x $?",
+        f"  {py} /mnt/guest_daemon.py /mnt/kd /mnt/kd-keys /mnt/kd-state {kd_log} > $R/kd.out 2>&1",
+        "  log daemon-guest x $?",
         "  umount /host/tmp /host/mnt /host/dev /host/sys /host/proc",
         "else",
         "  log backend-guest x no-9p-host-root",
@@ -159,6 +165,7 @@ def backend_script() -> list[str]:
     names = sorted({name for name, _ in BACKEND_CLI.values()} | {"lib"})
     lines += [f"log backend-measure {n} $(vhelper measure /mnt/backend/{n})" for n in names]
     lines += ["echo x >> /mnt/backend/cli 2>/dev/null; log backend-append cli $?"]
+    lines += [f"log daemon-measure {n} $(vhelper measure /mnt/kd/{n})" for n in DAEMON_FILES]
     return lines
 
 

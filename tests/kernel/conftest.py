@@ -22,6 +22,7 @@ from tests.kernel import harness
 from tests.kernel.cases import (
     BACKEND_CLI,
     BACKEND_FILES,
+    DAEMON_FILES,
     DIGEST_CASES,
     POLICY,
     SIG_CASES,
@@ -80,6 +81,14 @@ def _stage(stage: Path, signing: Path, keys: Path, other: Path) -> None:
         (stage / "backend" / name).write_bytes(payload(name, size))
     shutil.copyfile(Path(__file__).with_name("guest_backend.py"), stage / "guest_backend.py")
     (stage / "backend-cli.json").write_text(json.dumps(BACKEND_CLI))
+    (stage / "kd").mkdir()
+    for name, size in DAEMON_FILES.items():
+        (stage / "kd" / name).write_bytes(payload(name, size))
+    shutil.copyfile(Path(__file__).with_name("guest_daemon.py"), stage / "guest_daemon.py")
+    (stage / "kd-keys" / "keyring").mkdir(parents=True)
+    for name in ("ima.key", "ima.der"):
+        shutil.copyfile(keys / name, stage / "kd-keys" / name)
+    shutil.copyfile(keys / "ima.der", stage / "kd-keys" / "keyring" / "ima.der")
     sig_dir = stage / "sig"
     sig_dir.mkdir()
     signing.mkdir()

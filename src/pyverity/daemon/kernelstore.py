@@ -53,6 +53,21 @@ def adopt(fd: int, protection: Protection, keyring: Keyring | None) -> Appraisal
         return None
     if enforced is None:
         return None
+    declared = protection.unverified_descriptor
+    digest = f"{enforced.hash_alg.name}:{enforced.digest().hex()}"
+    if declared is not None and declared.to_bytes() != enforced.to_bytes():
+        return Appraisal(
+            "MISMATCH",
+            f"fs-verity is enabled in the kernel with digest {digest}, not the declared"
+            f" {declared.hash_alg.name}:{declared.digest().hex()} (the file is read-only now)",
+            digest,
+        )
+    if declared is None and enforced.params != protection.tree_params():
+        return Appraisal(
+            "MISMATCH",
+            f"fs-verity is enabled in the kernel with other tree parameters ({digest})",
+            digest,
+        )
     return appraise(protection, MerkleTree(enforced, None), keyring)
 
 

@@ -37,7 +37,7 @@ from pyverity.protect.appraise import (
 from pyverity.protect.attrs import Protection, ProtectionKind, read_protection
 from pyverity.protect.sign import whole_file_hash
 from pyverity.reader.classic import hash_and_tree
-from pyverity.reader.kernelread import kernel_enforces
+from pyverity.reader.kernelread import kernel_descriptor_of, kernel_enforces
 from pyverity.reader.pool import HashPool
 from pyverity.reader.tree import MemoryTree, TreeSource
 
@@ -212,6 +212,12 @@ def _appraise(
         return Appraisal(tree.descriptor, MemoryTree(tree.tree or b""), "inline", content)
     descriptor = protection.unverified_descriptor
     if descriptor is None:
+        enforced = kernel_descriptor_of(fd)
+        if enforced is not None:
+            # Signature only, fs-verity on: the signature is checked over the kernel's digest,
+            # which verifies every page read against that descriptor's tree (kernelread).
+            verify_protection(protection, enforced, keyring)
+            return Appraisal(enforced, MemoryTree(b""), "kernel")
         # Signature only: the digest is known after a build; the signature is checked over it.
         tree = _build(fd, protection.tree_params(), name, options)
         verify_protection(protection, tree.descriptor, keyring)

@@ -20,9 +20,9 @@ from pyverity.errors import Error
 from pyverity.format.descriptor import Descriptor
 from pyverity.reader.tree import MemoryTree
 from pyverity.reader.verifier import BlockVerifier, Buffer
-from pyverity.store.kernel import kernel_digest
+from pyverity.store.kernel import kernel_descriptor, kernel_digest
 
-__all__ = ["KernelVerified", "kernel_enforces"]
+__all__ = ["KernelVerified", "kernel_descriptor_of", "kernel_enforces"]
 
 
 def kernel_enforces(fd: int, descriptor: Descriptor) -> bool:
@@ -36,6 +36,14 @@ def kernel_enforces(fd: int, descriptor: Descriptor) -> bool:
         and verity.digest.algorithm_number == descriptor.hash_algorithm
         and hmac.compare_digest(verity.digest.digest, descriptor.digest())
     )
+
+
+def kernel_descriptor_of(fd: int) -> Descriptor | None:
+    """The descriptor the kernel verifies ``fd``'s pages against; None if not fs-verity here."""
+    try:
+        return kernel_descriptor(fd)
+    except Error:
+        return None
 
 
 class KernelVerified(BlockVerifier):
