@@ -1,6 +1,7 @@
 """Verified read throughput, by hand (not CI). Needs root for the mount part.
 
-    .venv/bin/python bench/read.py [--size-mib 1024] [--dir DIR] [--no-mount]
+    .venv/bin/python bench/read.py [--size-mib 1024] [--dir DIR] [--no-mount] [--runs 5]
+                                   [--wait-idle]
 
 Every figure is for the *first* read after an open: no data block has been verified yet, so
 every block read is hashed and checked (the tree comes from memory, as it would from the cache;
@@ -8,7 +9,8 @@ the file's pages are in the page cache, so the disk is not what is measured). Re
 
 * API: ``pyverity.open`` + sequential reads, against plain ``os.pread`` of the same file;
 * mount: the same through ``pyverity mount`` (``--no-keep-cache``, so each open starts cold),
-  relative to the same mount with verification off (``--unsafe-no-verify``);
+  relative to the same mount with verification off (``--unsafe-no-verify``), both mounted at
+  once and read alternately; also the server's CPU time per GiB (less disturbed by load);
 * random 4 KiB reads per second through the API (fresh open);
 * 1 vs 2 concurrent readers (processes, each its own open) through the API.
 """
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyverity
@@ -114,30 +116,80 @@ def _is_mounted(mnt: Path) -> bool:
     return any(line.split()[1] == str(mnt) for line in Path("/proc/self/mounts").open())
 
 
-def mount_sequential(src: Path, mnt: Path, name: str, *extra: str) -> float:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class MountRun:
+    """One mount, its server process and the throughput and server CPU of each timed read."""
+
+    name: str
+    mnt: Path
+    proc: subprocess.Popen[bytes]
+    speeds: list[float] = field(default_factory=list)
+    cpu_per_gib: list[float] = field(default_factory=list)
+
+
+def _start_mount(src: Path, mnt: Path, name: str, extra: list[str]) -> MountRun:
     mnt.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "pyverity.cli", "mount", "-f", "--no-keep-cache", *extra]
     proc = subprocess.Popen([*cmd, str(src), str(mnt)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not _is_mounted(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("mount did not come up")
+        time.sleep(0.05)
+    return MountRun(name, mnt, proc)
+
+
+def _stop_mount(run: MountRun) -> None:
+    run.proc.terminate()
+    run.proc.wait(30)
+    if _is_mounted(run.mnt):
+        subprocess.run(["fusermount3", "-uz", str(run.mnt)], check=False)
+
+
+def _timed_read(run: MountRun, name: str) -> None:
+    cpu0 = _cpu_seconds(run.proc.pid)
+    t0 = time.perf_counter()
+    with (run.mnt / name).open("rb", buffering=0) as f:
+        n = read_all(f)
+    run.speeds.append(n / (time.perf_counter() - t0))
+    run.cpu_per_gib.append((_cpu_seconds(run.proc.pid) - cpu0) * (1 << 30) / n)
+
+
+def mount_compare(src: Path, tmp: Path, name: str, runs: int, idle: bool) -> list[MountRun]:
+    """The verified and the unverified mount side by side, their reads alternated.
+
+    Both mounts stay up for the whole comparison and each round reads through one, then the
+    other, so that a change of load on a shared machine hits both alike; with ``idle`` each
+    read first waits (at most 20 s) for idle CPUs (``bench/digest.py --wait-idle``).
+    """
+    from digest import wait_idle  # bench/ is sys.path[0] when run as a script
+
+    mounts: list[MountRun] = []
     try:
-        deadline = time.monotonic() + 20
-        while not _is_mounted(mnt):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mount did not come up")
-            time.sleep(0.05)
-        with (mnt / name).open("rb"):
-            pass  # first open builds the tree into the mount's memory store (not timed)
-        best = 0.0
-        for _ in range(3):  # best of 3: the machine is shared
-            t0 = time.perf_counter()
-            with (mnt / name).open("rb", buffering=0) as f:
-                n = read_all(f)
-            best = max(best, n / (time.perf_counter() - t0))
-        return best
+        for label, extra in (("verified", []), ("unverified", ["--unsafe-no-verify"])):
+            mounts.append(_start_mount(src, tmp / f"mnt-{label}", label, extra))
+            with (mounts[-1].mnt / name).open("rb"):
+                pass  # the first open builds the tree into the mount's memory store (not timed)
+        for _ in range(runs):
+            for run in mounts:
+                if idle:
+                    wait_idle(limit=20.0)
+                _timed_read(run, name)
     finally:
-        proc.terminate()
-        proc.wait(30)
-        if _is_mounted(mnt):
-            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+        for run in mounts:
+            _stop_mount(run)
+    return mounts
+
+
+def _spread(values: list[float], scale: float, unit: str) -> str:
+    lo, hi = min(values) / scale, max(values) / scale
+    return f"{hi:.2f} {unit} (runs {lo:.2f}–{hi:.2f})"
 
 
 def main() -> None:
@@ -145,6 +197,10 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--no-mount", action="store_true")
+    ap.add_argument("--runs", type=int, default=5, help="timed reads per mount (default 5)")
+    ap.add_argument(
+        "--wait-idle", action="store_true", help="on a shared machine: wait for idle CPUs per read"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="pyverity-bench-") as tmp:
         src = Path(tmp) / "src"
@@ -166,12 +222,21 @@ def main() -> None:
             ("API 1 reader / 2 readers (aggregate)", f"{one / 1e9:.2f} / {two / 1e9:.2f} GB/s")
         )
         if not args.no_mount and os.geteuid() == 0:
-            verified = mount_sequential(src, Path(tmp) / "mnt", "big")
-            baseline = mount_sequential(src, Path(tmp) / "mnt", "big", "--unsafe-no-verify")
+            ver, unv = mount_compare(src, Path(tmp), "big", args.runs, args.wait_idle)
+            for run in (ver, unv):
+                rows.append(
+                    (f"mount {run.name}, best of {args.runs}", _spread(run.speeds, 1e9, "GB/s"))
+                )
+            ratios = [v / u for v, u in zip(ver.speeds, unv.speeds, strict=True)]
+            best = max(ver.speeds) / max(unv.speeds)
             rows.append(
-                ("mount verified / unverified", f"{verified / 1e9:.2f} / {baseline / 1e9:.2f} GB/s")
+                (
+                    "mount verified ÷ unverified (best ÷ best)",
+                    f"{best:.2f}× (per round {min(ratios):.2f}–{max(ratios):.2f}×)",
+                )
             )
-            rows.append(("mount verified ÷ unverified", f"{verified / baseline:.2f}×"))
+            cpu = " / ".join(f"{min(r.cpu_per_gib):.2f}" for r in (ver, unv))
+            rows.append(("mount server CPU s per GiB, verified / unverified", cpu))
     print(f"| {args.size_mib} MiB file, first read after open | result |")
     print("|---|---|")
     for what, value in rows:

@@ -122,6 +122,9 @@ def main(argv: list[str]) -> int:
                 enforce=args.mode == "enforce",
                 measurements=measurements,
                 store=store,
+                # The mount's reads already run on several FUSE threads at once: splitting each
+                # run across a pool only adds hand-offs (measured: +14 % server CPU, no gain).
+                hash_pool=None,
                 first_use_build=first_use_build,
             ),
             keep_cache=not args.no_keep_cache,
