@@ -107,12 +107,21 @@ class VerifiedRawIO(io.RawIOBase):
         return pos
 
     def readinto(self, buffer: Writable) -> int:  # type: ignore[override]
+        """Verified bytes into ``buffer``, read and hashed in place when the read is aligned."""
         self._check_open()
-        data = self.pread(len(buffer), self._pos)
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
+        with memoryview(buffer) as view, view.cast("B") as target:
+            n = self.pread_into(target, self._pos)
         self._pos += n
         return n
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` verified bytes (all that is left if negative); one private buffer."""
+        self._check_open()
+        if size is None or size < 0:
+            return self.readall()
+        data = self.pread(size, self._pos)
+        self._pos += len(data)
+        return data
 
     def readall(self) -> bytes:
         self._check_open()
@@ -162,8 +171,8 @@ class VerifiedRawIO(io.RawIOBase):
         data. When ``offset`` is block-aligned and the buffer can hold the blocks the read
         touches (zero-padded at EOF), they are read straight into it with ``preadv``, hashed
         there and checked: no copy and no allocation (the FUSE mount passes libfuse's reply
-        buffer). Otherwise this falls back to :meth:`pread` and one copy. On an error the
-        buffer's contents are unspecified and must not be used (the caller returns EIO).
+        buffer). Otherwise this falls back to :meth:`pread` and one copy. On an error (EIO)
+        the span read into is zeroed before the exception propagates.
         """
         size = len(buffer)
         if offset < 0:
@@ -178,10 +187,14 @@ class VerifiedRawIO(io.RawIOBase):
             buffer[: len(data)] = data
             return len(data)
         view = buffer[:span]
-        got = pread_full(self._fd, view, offset)
-        if got < span:
-            view[got:] = bytes(span - got)  # the tail beyond EOF must hash as zeros
-        self._verifier.verify_blocks(offset // bs, view)
+        try:
+            got = pread_full(self._fd, view, offset)
+            if got < span:
+                view[got:] = bytes(span - got)  # the tail beyond EOF must hash as zeros
+            self._verifier.verify_blocks(offset // bs, view)
+        except BaseException:
+            view[:] = bytes(span)  # no unverified byte is left in the caller's buffer
+            raise
         return end - offset
 
     def _read_blocks(self, first: int, count: int) -> bytes:

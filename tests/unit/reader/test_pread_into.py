@@ -52,6 +52,11 @@ def test_pread_into_eio_on_flipped_or_truncated_block(tmp_path: Path) -> None:
         with pytest.raises(OSError, match="data block 7") as e:
             raw.pread_into(buf, 0)  # type: ignore[attr-defined]
         assert e.value.errno == errno.EIO
+        assert bytes(buf) == bytes(8 * BS)  # nothing unverified left behind
+        into = bytearray(8 * BS)
+        with pytest.raises(OSError, match="data block 7"):
+            raw.readinto(into)  # type: ignore[attr-defined]
+        assert into == bytes(8 * BS)
         assert raw.pread_into(buf, 8 * BS) == 8 * BS  # type: ignore[attr-defined]
         assert bytes(buf) == data[8 * BS : 16 * BS]
         os.truncate(tmp_path / "f", 18 * BS + 1)
@@ -92,3 +97,19 @@ def test_pool_hashes_like_one_thread_and_never_queues() -> None:
         assert out == [run(data)]
     finally:
         pool.close()
+
+
+def test_read_and_readinto_return_verified_bytes(tmp_path: Path) -> None:
+    data = os.urandom(5 * BS + 3)
+    protect(tmp_path / "f", data)
+    with pyverity.open(tmp_path / "f", options=OPTIONS) as f:
+        raw = f.raw
+        assert raw.read(100) == data[:100]  # type: ignore[attr-defined]
+        buf = bytearray(2 * BS)
+        assert raw.readinto(buf) == 2 * BS  # type: ignore[attr-defined]
+        assert buf == data[100 : 100 + 2 * BS]
+        raw.seek(BS)  # type: ignore[attr-defined]
+        assert raw.readinto(buf) == 2 * BS  # type: ignore[attr-defined]
+        assert buf == data[BS : 3 * BS]
+        assert raw.read() == data[3 * BS :]  # type: ignore[attr-defined]
+        assert raw.read(10) == b""  # type: ignore[attr-defined]
