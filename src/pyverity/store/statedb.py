@@ -150,7 +150,11 @@ class StateDB:
             else:
                 self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5)
                 self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
+                # FULL: each commit (batched, at most a few a second) is durable. With NORMAL a
+                # WAL commit waits for SQLite's next checkpoint to reach the disk, so a power
+                # cut lost every row and checkpoint of the last minutes and builds restarted
+                # from 0 (tests/kernel/test_powerloss.py).
+                self._db.execute("PRAGMA synchronous=FULL")
                 self._db.execute("PRAGMA foreign_keys=ON")
                 self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:

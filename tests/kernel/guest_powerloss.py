@@ -1,0 +1,141 @@
+"""Run inside the test VM (host's Python over 9p, chrooted): a daemon build cut by power loss.
+
+``phase1 DIR STATE``: starts ``pyverity daemon`` (``crash_policy = resume``) over DIR, waits
+until the state database shows a build checkpoint, lets the build run on for a few seconds, then
+resets the machine with ``sysrq b`` — no ``sync``, no unmount: what was not written to the disk
+(the guest's page cache) is lost, as at a power cut. Reports go to the console only (a file
+written now would be lost too).
+
+``phase2 DIR STATE RESULTS``: after the next boot, looks at what survived (the database's
+integrity check, the checkpoint row, the saved leaf hashes, the cache's objects) before any
+daemon runs, copies the state directory, then runs the daemon with ``crash_policy = resume`` on
+the original and ``restart`` on the copy, each until the file is READY. Prints one line per
+fact, ``<key> <value>``, to RESULTS/powerloss.out.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pyverity.daemon import client
+from pyverity.errors import StorageError
+from pyverity.store.statedb import StateDB
+
+SETTLE_AFTER_CHECKPOINT = 6.0  # > ext4's 5 s journal commit: what the daemon wrote may be on disk
+
+
+def console(*parts: object) -> None:
+    with Path("/dev/console").open("w") as f:
+        f.write("@@PL " + " ".join(map(str, parts)) + "\n")
+
+
+def start_daemon(d: Path, state: Path, policy: str, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable, "-m", "pyverity.cli", "daemon", "--root", str(d),
+        "--state-dir", str(state), "--cache-dir", str(state / "cache"),
+        "--xattr-ns", "user", "--workers", "1", "--nice", "0",
+        "--crash-policy", policy, "--checkpoint-interval", "0.5",
+    ]  # fmt: skip
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def checkpoint_offset(state: Path) -> int:
+    """The newest committed checkpoint (0: none), read as another process would."""
+    try:
+        db = sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True, timeout=1)
+        try:
+            row = db.execute("SELECT max(offset) FROM checkpoints").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+    return int(row[0] or 0) if row else 0
+
+
+def phase1(d: Path, state: Path) -> None:
+    start_daemon(d, state, "resume", state.parent / "pl-daemon1.log")
+    t0 = time.monotonic()
+    first = 0
+    while time.monotonic() - t0 < 60 and not (first := checkpoint_offset(state)):
+        time.sleep(0.1)
+    console("first-checkpoint", first, f"{time.monotonic() - t0:.1f}")
+    time.sleep(SETTLE_AFTER_CHECKPOINT)
+    console("reset-at-checkpoint", checkpoint_offset(state))
+    with Path("/proc/sysrq-trigger").open("w") as f:
+        f.write("b")  # immediate reboot: no sync (qemu -no-reboot then exits)
+    time.sleep(30)
+    console("still-running-after-reset")
+
+
+def survived(state: Path) -> list[str]:
+    """What the crash left, before any daemon touches it."""
+    out = []
+    raw = sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True)
+    try:
+        out.append(f"integrity {raw.execute('PRAGMA integrity_check').fetchone()[0]}")
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        out.append(f"tables {' '.join(sorted(tables)) or '-'}")
+        rows = raw.execute("SELECT path, state FROM files").fetchall() if "files" in tables else []
+        out.append(f"rows {rows}")
+        cps = raw.execute("SELECT offset FROM checkpoints").fetchall() if rows else []
+        out.append(f"checkpoint {cps[0][0] if cps else 0}")
+    finally:
+        raw.close()
+    partial = state / "partial"
+    leaves = sorted(partial.glob("*")) if partial.exists() else []
+    out.append(f"leaves {sum(p.stat().st_size for p in leaves)}")
+    objects = state / "cache" / "objects"
+    found = sorted(str(p.relative_to(objects)) for p in objects.rglob("*") if p.is_file())
+    out.append(f"objects {found if objects.exists() else []}")
+    return out
+
+
+def run_until_ready(d: Path, state: Path, policy: str, log: Path) -> list[str]:
+    proc = start_daemon(d, state, policy, log)
+    out = []
+    try:
+        deadline = time.monotonic() + 150
+        rec = None
+        while time.monotonic() < deadline:
+            try:  # the socket may be a stale one from before the crash: the schema may be missing
+                with StateDB(state / "state.db", readonly=True) as db:
+                    rec = db.get(str(d / "big"))
+            except StorageError:
+                rec = None
+            if rec is not None and str(rec.state) == "READY":
+                break
+            time.sleep(0.2)
+        out.append(f"state {rec.state if rec else None} {rec.digest if rec else ''}")
+        text = client.request({"op": "metrics"}, state_dir=state)["text"]
+        for line in text.splitlines():
+            if line.startswith("pyverity_bytes_hashed"):
+                out.append(f"bytes_hashed {line.rsplit(' ', 1)[1]}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    out.append(f"exit {proc.returncode}")
+    return out
+
+
+def phase2(d: Path, state: Path, results: Path) -> None:
+    lines = [f"survived-{x}" for x in survived(state)]
+    copy = state.with_name(state.name + "-restart")
+    shutil.copytree(state, copy, symlinks=True, ignore=shutil.ignore_patterns("control.sock"))
+    lines += [f"resume-{x}" for x in run_until_ready(d, state, "resume", results / "pl-resume.log")]
+    log = results / "pl-restart.log"
+    lines += [f"restart-{x}" for x in run_until_ready(d, copy, "restart", log)]
+    results.joinpath("powerloss.out").write_text("".join(x + "\n" for x in lines))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "phase1":
+        phase1(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        phase2(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
