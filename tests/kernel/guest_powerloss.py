@@ -27,7 +27,10 @@ from pyverity.daemon import client
 from pyverity.errors import StorageError
 from pyverity.store.statedb import StateDB
 
-SETTLE_AFTER_CHECKPOINT = 6.0  # > ext4's 5 s journal commit: what the daemon wrote may be on disk
+#: Seconds the build runs on after its first checkpoint: several more checkpoints are committed
+#: (the daemon commits every 0.25 s, durably), while much of the daemon's other writing is still
+#: only in the page cache (ext4 writes delayed-allocation data back after up to 30 s).
+SETTLE_AFTER_CHECKPOINT = 3.0
 
 
 def console(*parts: object) -> None:
