@@ -144,20 +144,34 @@ BACKEND_CLI: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+#: Guest command prefix running the host's venv Python chrooted into the host's / (9p,
+#: read-only). HOME and TMPDIR are a scratch directory on the test disk: a tmpfs over
+#: /host/tmp would hide a checkout that lives under /tmp (CI may clone anywhere).
+GUEST_PY = (
+    "chroot /host /usr/bin/env PYTHONDONTWRITEBYTECODE=1 HOME=/mnt/.scratch"
+    " TMPDIR=/mnt/.scratch " + VENV_PYTHON
+)
+#: Guest lines before and after running ``GUEST_PY`` (the test disk appears at /mnt inside).
+HOST_ENTER = (
+    "for d in proc sys dev; do mount --bind /$d /host/$d; done;"
+    " mount --bind /mnt /host/mnt; mkdir -p /mnt/.scratch"
+)
+HOST_LEAVE = "umount /host/mnt /host/dev /host/sys /host/proc"
+
+
 def backend_script() -> list[str]:
     """Guest lines: chroot into the host's / (9p, read-only) and run pyverity there."""
-    py = "chroot /host /usr/bin/env PYTHONDONTWRITEBYTECODE=1 HOME=/tmp " + VENV_PYTHON
+    py = GUEST_PY
     out = " $R/backend/guest.out 2>&1"
     kd_log = "$R/kd-daemon.log"
     lines = [
         "if [ -d /host/usr ]; then",
-        "  for d in proc sys dev; do mount --bind /$d /host/$d; done",
-        "  mount --bind /mnt /host/mnt; mount -t tmpfs tmpfs /host/tmp",
+        f"  {HOST_ENTER}",
         f"  {py} /mnt/guest_backend.py /mnt/backend $R/backend /mnt/backend-cli.json >{out}",
         "  log backend-guest x $?",
         f"  {py} /mnt/guest_daemon.py /mnt/kd /mnt/kd-keys /mnt/kd-state {kd_log} > $R/kd.out 2>&1",
         "  log daemon-guest x $?",
-        "  umount /host/tmp /host/mnt /host/dev /host/sys /host/proc",
+        f"  {HOST_LEAVE}",
         "else",
         "  log backend-guest x no-9p-host-root",
         "fi",

@@ -20,7 +20,7 @@ import pytest
 
 from pyverity.store.cache import TreeCache
 from tests.kernel import harness
-from tests.kernel.cases import VENV_PYTHON
+from tests.kernel.cases import GUEST_PY, HOST_ENTER, HOST_LEAVE
 from tests.kernel.conftest import _TIMING, _need_vm
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
@@ -48,13 +48,12 @@ class PowerLoss:
 
 
 def _guest_script() -> str:
-    py = "chroot /host /usr/bin/env PYTHONDONTWRITEBYTECODE=1 HOME=/tmp " + VENV_PYTHON
+    py = GUEST_PY
     return (
         "\n".join(
             [
                 "R=/mnt/results",
-                "for d in proc sys dev; do mount --bind /$d /host/$d; done",
-                "mount --bind /mnt /host/mnt; mount -t tmpfs tmpfs /host/tmp",
+                HOST_ENTER,
                 "if [ -e /mnt/pl/phase1 ]; then",
                 f"  {py} /mnt/guest_powerloss.py phase2 /mnt/pl /mnt/pl-state $R",
                 "  echo phase2 $?",
@@ -63,7 +62,7 @@ def _guest_script() -> str:
                 "  touch /mnt/pl/phase1; sync",  # the last sync: from here on, nothing is flushed
                 f"  {py} /mnt/guest_powerloss.py phase1 /mnt/pl /mnt/pl-state > /dev/console 2>&1",
                 "fi",
-                "umount /host/tmp /host/mnt /host/dev /host/sys /host/proc",
+                HOST_LEAVE,
             ]
         )
         + "\n"
