@@ -17,15 +17,56 @@ def _parser() -> ArgumentParser:
         " whose <ns>.ima or <ns>.verity attribute is written.",
     )
     p.add_argument("--config", type=Path, help="TOML file with the same keys as the options")
-    p.add_argument("--root", dest="roots", action="append", type=Path, metavar="DIR")
-    p.add_argument("--state-dir", type=Path, metavar="DIR")
-    p.add_argument("--cache-dir", type=Path, metavar="DIR")
-    p.add_argument("--backend", choices=("cache", "none", "kernel"))
-    p.add_argument("--keyring", type=Path, metavar="DIR")
-    p.add_argument("--xattr-ns", choices=("security", "user"))
-    p.add_argument("--workers", type=int, metavar="N")
-    p.add_argument("--crash-policy", choices=("resume", "restart"))
-    p.add_argument("--checkpoint-interval", type=float, metavar="SECONDS")
+    p.add_argument(
+        "--root",
+        dest="roots",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="directory tree to watch (repeatable)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="state database, checkpoints and control socket (0700; default /var/lib/pyverity)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="content-addressed tree cache (0700; default /var/cache/pyverity)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("cache", "none", "kernel"),
+        help="where trees live: cache (default), none (memory, rebuilt on first use), or kernel"
+        " (enable fs-verity where the filesystem supports it; irreversible)",
+    )
+    p.add_argument(
+        "--keyring",
+        type=Path,
+        metavar="DIR",
+        help="trusted certificates; without one, signed files cannot become READY",
+    )
+    p.add_argument(
+        "--xattr-ns",
+        choices=("security", "user"),
+        help="attribute namespace (default security; user protects against accidents only)",
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="build processes (default 2)")
+    p.add_argument(
+        "--crash-policy",
+        choices=("resume", "restart"),
+        help="after a crash, continue interrupted builds from their checkpoint (resume, default)"
+        " or start them over",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how often a build saves its progress (default 1.0)",
+    )
     p.add_argument("--nice", type=int, metavar="N", help="CPU niceness of workers (0-19)")
     return p
 
