@@ -153,10 +153,10 @@ class _OutFile:
         """Write ``data``, fsync, rename over the target, fsync the directory."""
         from pathlib import Path
 
+        from pyverity.fs.atomic import fsync_dir, write_all
+
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
+            write_all(self.fd, data)
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
@@ -164,15 +164,9 @@ class _OutFile:
         except OSError as e:
             raise InputError(f"writing to '{self.path}': {e.strerror}") from e
         try:
-            dfd = os.open(Path(self.path).parent, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            return
-        try:
-            os.fsync(dfd)
+            fsync_dir(Path(self.path).parent)
         except OSError:
             logger.debug("cannot fsync the directory of %s", self.path)
-        finally:
-            os.close(dfd)
 
     def discard(self) -> None:
         """Close and remove the temp file if it was not published."""

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from pyverity.errors import FileChangedError, InputError, UsageError
 from pyverity.format.params import TreeParams
+from pyverity.fs.atomic import write_all
 from pyverity.fs.openfile import identity
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.progress import CancelCheck, ProgressFn, check_cancel
@@ -252,7 +253,7 @@ class _Workers:
                 digests = _hash_chunk(
                     self._fd, view, offset, want, run=self._run, block_size=self.block_size
                 )
-                _write_all(wfd, digests)
+                write_all(wfd, digests)
             status = _EXIT_OK
         except FileChangedError:
             status = _EXIT_SHRANK
@@ -316,12 +317,6 @@ class _Workers:
             with contextlib.suppress(OSError):
                 os.close(rfd)
         self._pipes = []
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class _ThreadWorkers:

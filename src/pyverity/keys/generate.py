@@ -16,7 +16,6 @@ Files are published with temp file + fsync + rename; the directory is fsynced.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pyverity.errors import StorageError, UsageError
+from pyverity.fs.atomic import publish_bytes
 from pyverity.keys.key import CURVES, MAX_RSA_BITS, MIN_RSA_BITS
 from pyverity.keys.keyid import skid_keyid
 
@@ -45,33 +45,17 @@ class GeneratedKey:
 
 
 def publish_file(path: Path, data: bytes, mode: int = 0o644, *, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically: O_EXCL temp, fsync, rename, fsync the directory."""
+    """Write ``data`` to ``path`` atomically and durably (:func:`pyverity.fs.atomic.publish_bytes`).
+
+    Without ``overwrite`` an existing ``path`` is refused, even one that appears meanwhile.
+    """
     if not overwrite and path.exists():
         raise StorageError(f"'{path}' already exists; not overwriting it")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            tmp.replace(path)
-        else:
-            os.link(tmp, path)  # fails if path appeared meanwhile
-            tmp.unlink()
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        publish_bytes(path, data, mode=mode, exclusive=not overwrite)
+    except FileExistsError as e:
+        raise StorageError(f"'{path}' already exists; not overwriting it") from e
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise StorageError(f"cannot write '{path}': {e.strerror}") from e
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyverity.errors import FormatError, StorageError
 from pyverity.format.measurelist import MeasurementRecord, TruncatedRecordError, iter_binary
+from pyverity.fs.atomic import publish_bytes, write_all
 from pyverity.measure.pcr import PcrValues
 
 __all__ = [
@@ -154,30 +154,7 @@ def load_chain(path: Path) -> bytes | None:
         os.close(fd)
 
 
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def publish(path: Path, content: str | bytes, *, sync_dir: bool = True) -> None:
     """Replace ``path`` by ``content`` atomically (and durably, with ``sync_dir``)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-    try:
-        write_all(fd, content.encode() if isinstance(content, str) else content)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    tmp.replace(path)
-    if not sync_dir:
-        return
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    data = content.encode() if isinstance(content, str) else content
+    publish_bytes(path, data, mode=0o640, sync_dir=sync_dir)

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from pyverity.errors import FormatError, IntegrityError, StorageError
 from pyverity.format.descriptor import Descriptor
+from pyverity.fs.atomic import fsync_dir
 from pyverity.hashing.blockhash import block_hasher
 from pyverity.hashing.result import MerkleTree
 
@@ -110,14 +111,6 @@ def _check_digest(algorithm: str, digest: bytes) -> str:
     if not algorithm.isalnum() or len(digest) not in (32, 64):
         raise StorageError(f"bad cache key {algorithm}:{digest.hex()}")
     return digest.hex()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sync_data(files: list[Path], directory: Path) -> None:
@@ -277,7 +270,7 @@ class TreeCache:
         dirs, self._dirty_dirs = self._dirty_dirs, set()
         for d in dirs:
             with contextlib.suppress(FileNotFoundError):
-                _fsync_dir(d)
+                fsync_dir(d)
 
 
 class MemoryStore:
