@@ -1,7 +1,15 @@
 """pyverity: fs-verity Merkle trees and IMA signatures, byte-compatible with Linux.
 
 The public API is re-exported here lazily, so that ``import pyverity`` stays cheap and a
-command that only hashes never imports ``cryptography``.
+command that only hashes never imports ``cryptography``:
+
+- hashing: ``compute_digest``, ``build_tree`` (``TreeParams``, ``Descriptor``, ``MerkleTree``,
+  ``FileDigest``), byte-identical to ``fsverity digest``;
+- keys and protection: ``generate_key``, ``load_signer``, ``Keyring``, ``sign_file``,
+  ``enable_file``, ``verify_file`` (raises) / ``appraise_file`` (returns a result);
+- verified reads: ``open`` (a read-only file object; every block checked against its tree);
+- policy and measurement: ``Policy``, ``MeasurementLog``;
+- errors: every failure is a ``pyverity.Error``.
 """
 
 from __future__ import annotations
@@ -20,6 +28,15 @@ _LAZY = {
     "Descriptor": "pyverity.format.descriptor",
     "Error": "pyverity.errors",
     "open": "pyverity.reader.api",
+    "sign_file": "pyverity.protect.sign",
+    "enable_file": "pyverity.protect.sign",
+    "verify_file": "pyverity.protect.check",
+    "appraise_file": "pyverity.protect.check",
+    "load_signer": "pyverity.keys.signer",
+    "generate_key": "pyverity.keys.generate",
+    "Keyring": "pyverity.keys.keyring",
+    "Policy": "pyverity.policy.engine",
+    "MeasurementLog": "pyverity.measure.log",
 }
 
 if TYPE_CHECKING:
@@ -30,6 +47,15 @@ if TYPE_CHECKING:
     from pyverity.hashing.api import compute_digest as compute_digest
     from pyverity.hashing.result import FileDigest as FileDigest
     from pyverity.hashing.result import MerkleTree as MerkleTree
+    from pyverity.keys.generate import generate_key as generate_key
+    from pyverity.keys.keyring import Keyring as Keyring
+    from pyverity.keys.signer import load_signer as load_signer
+    from pyverity.measure.log import MeasurementLog as MeasurementLog
+    from pyverity.policy.engine import Policy as Policy
+    from pyverity.protect.check import appraise_file as appraise_file
+    from pyverity.protect.check import verify_file as verify_file
+    from pyverity.protect.sign import enable_file as enable_file
+    from pyverity.protect.sign import sign_file as sign_file
     from pyverity.reader.api import open as open  # noqa: A004
 
 __all__ = sorted(_LAZY)  # noqa: PLE0605

@@ -158,7 +158,7 @@ def _same_key(a: PrivateKeyTypes, cert: Certificate) -> bool:
 
 
 def load_signer(
-    key: str,
+    key: str | os.PathLike[str],
     *,
     cert: str | os.PathLike[str] | None = None,
     keyid: int | None = None,
@@ -170,6 +170,7 @@ def load_signer(
     With ``cert``: the key must match it, and the keyid is its SKID tail. ``keyid`` overrides.
     Without either, the keyid is SHA-1 of the public key only if ``allow_computed_keyid``.
     """
+    key = os.fsdecode(key)
     if ":" in key.split("/", 1)[0] and not key.startswith("file:"):
         scheme = key.split(":", 1)[0]
         raise UsageError(f"key URI scheme '{scheme}:' is not supported (use a file path)")
