@@ -1,5 +1,5 @@
 # Type stub for the optional C extension built from _accel.c (absent when it was not built).
 def available() -> bool: ...
 def sha256_blocks(
-    data: bytes | bytearray | memoryview, block_size: int, padded_salt: bytes, /
+    data: bytes | bytearray | memoryview, block_size: int, padded_salt: bytes, width: int = 0, /
 ) -> bytes: ...

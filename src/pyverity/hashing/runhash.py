@@ -6,7 +6,7 @@ Two implementations give identical bytes:
 
 * the pure one: hashlib, with the padded salt absorbed once and the state copied per block;
 * the optional compiled one (``pyverity.hashing._accel``): SHA-256 with the x86 SHA
-  extensions, two blocks interleaved, the GIL released. It is used only for SHA-256, only
+  extensions, four blocks interleaved, the GIL released. It is used only for SHA-256, only
   when the extension imports, the CPU has SHA-NI (checked with cpuid at import), and the
   environment does not say ``PYVERITY_NO_ACCEL=1``.
 """

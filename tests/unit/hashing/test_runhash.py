@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import random
@@ -73,7 +74,7 @@ def test_accelerated_matches_pure_and_reference(block_size: int, salt_len: int) 
     params = TreeParams(SHA256, block_size, rng.randbytes(salt_len))
     accelerated = runhash.run_hasher(params, accel=True)
     pure = runhash.run_hasher(params, accel=False)
-    for n in (0, 1, 2, 3, 4, 7):
+    for n in (0, 1, 2, 3, 4, 5, 7, 9):
         data = rng.randbytes(n * block_size)
         # A zero-padded partial last block, as the builders pass it.
         if n:
@@ -81,6 +82,36 @@ def test_accelerated_matches_pure_and_reference(block_size: int, salt_len: int) 
         want = reference_run(params, data)
         assert accelerated(data) == want
         assert pure(data) == want
+
+
+@pytest.mark.usefixtures("with_accel")
+@pytest.mark.parametrize("width", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize(("block_size", "salt_len"), [(1024, 0), (4096, 32), (65536, 7)])
+def test_every_interleave_width_and_tail_matches_hashlib(
+    width: int, block_size: int, salt_len: int
+) -> None:
+    """Every width, and every count modulo it (the tail hashed as one narrower group)."""
+    from pyverity.hashing import _accel
+
+    rng = random.Random(width * 7 + block_size + salt_len)
+    params = TreeParams(SHA256, block_size, rng.randbytes(salt_len))
+    data = rng.randbytes(9 * block_size)
+    for n in range(10):
+        run = data[: n * block_size]
+        want = b"".join(
+            hashlib.sha256(params.padded_salt + run[o : o + block_size]).digest()
+            for o in range(0, len(run), block_size)
+        )
+        assert _accel.sha256_blocks(run, block_size, params.padded_salt, width) == want
+
+
+@pytest.mark.usefixtures("with_accel")
+def test_accelerator_rejects_a_bad_width() -> None:
+    from pyverity.hashing import _accel
+
+    for width in (-1, 5):
+        with pytest.raises(ValueError, match="width"):
+            _accel.sha256_blocks(b"\0" * 64, 64, b"", width)
 
 
 @pytest.mark.usefixtures("with_accel")
