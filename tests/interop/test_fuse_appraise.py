@@ -155,3 +155,31 @@ def test_api_open_with_keyring(setup: tuple[Path, Path, Path, Path]) -> None:
         assert f.read() == CONTENT["signed"]
     with pytest.raises(SignatureError):
         pyverity.open(src / "unsigned", policy=policy, keyring=keyring, options=options)
+
+
+def test_fix_mode_writes_proven_descriptors_and_off_mode_appraises_nothing(
+    setup: tuple[Path, Path, Path, Path],
+) -> None:
+    src, mnt, keyring, policy = setup
+    verity = attr_name(NS, "verity")
+    signature = get_attr(src / "signed", attr_name(NS, "ima"))
+    assert signature is not None
+    # a file carrying only the v3 signature (as other IMA tools write it), no descriptor
+    (src / "sigonly").write_bytes(CONTENT["signed"])
+    set_attr(src / "sigonly", attr_name(NS, "ima"), signature)
+    (src / "plain").write_bytes(b"never protected\n")
+    (src / "tampered").write_bytes(CONTENT["signed"][:-1] + b"?")
+    set_attr(src / "tampered", attr_name(NS, "ima"), signature)
+    fix = ["--policy", str(policy), "--keyring", str(keyring), "--mode", "fix"]
+    with mounted(src, mnt, *fix, verbose=True):
+        for name in ("sigonly", "plain", "tampered", "unsigned"):
+            assert (mnt / name).read_bytes() == (src / name).read_bytes()  # fix: never denied
+    # only the file whose signature verified over its content got a descriptor
+    assert get_attr(src / "sigonly", verity) == get_attr(src / "signed", verity)
+    assert get_attr(src / "plain", verity) is None
+    assert get_attr(src / "tampered", verity) is None
+    assert "fix: wrote the descriptor" in mount_log(mnt)
+    with mounted(src, mnt, "--keyring", str(keyring), "--mode", "off"):
+        for name in ("plain", "tampered", "untrusted", "other"):
+            assert (mnt / name).read_bytes() == (src / name).read_bytes()
+    assert "denied" not in mount_log(mnt)

@@ -41,9 +41,11 @@ def _parser() -> ArgumentParser:
     p.add_argument("--log", metavar="LIST", help="measurement list to append first opens to")
     p.add_argument(
         "--mode",
-        choices=("enforce", "log"),
+        choices=("enforce", "log", "fix", "off"),
         default="enforce",
-        help="enforce: deny failed appraisals (default); log: log them and serve",
+        help="enforce: deny failed appraisals (default); log: log them and serve; fix: as log,"
+        " and write the missing descriptor of a file whose v3 signature verified over its"
+        " content; off: no appraisal (files served unverified, measured as the policy says)",
     )
     p.add_argument(
         "--xattr-ns",
@@ -86,6 +88,10 @@ def main(argv: list[str]) -> int:
         from pyverity.policy.engine import Policy
 
         policy = Policy.load(args.policy, mode=args.mode)
+    elif args.mode == "off":
+        from pyverity.policy.engine import Policy
+
+        policy = Policy.parse("", source="--mode off", mode="off")  # appraises nothing
     if args.keyring is not None:
         from pyverity.keys.keyring import Keyring
 

@@ -22,6 +22,7 @@ from pyverity.format.descriptor import Descriptor
 from pyverity.format.ima import algo_by_id, kernel_algo_for_verity
 from pyverity.format.measurelist import DigestField
 from pyverity.format.params import TreeParams
+from pyverity.fs.xattr import VERITY_SUFFIX, attr_name, set_attr
 from pyverity.hashing.api import build_tree
 from pyverity.hashing.result import MerkleTree
 from pyverity.keys.keyring import Keyring
@@ -222,6 +223,8 @@ def _appraise(
         tree = _build(fd, protection.tree_params(), name, options)
         verify_protection(protection, tree.descriptor, keyring)
         _put(options, tree)
+        if decision is not None and decision.fix:
+            _fix_descriptor(fd, tree.descriptor, name, options)
         return Appraisal(tree.descriptor, MemoryTree(tree.tree or b""), "inline")
     if sig is not None and (keyring is not None or sig_required):
         verify_declared_signature(protection, keyring)
@@ -243,6 +246,21 @@ def _appraise(
         )
     _put(options, tree)
     return Appraisal(descriptor, MemoryTree(tree.tree or b""), "inline")
+
+
+def _fix_descriptor(fd: int, descriptor: Descriptor, name: str, options: ReaderOptions) -> None:
+    """Mode ``fix``: record the descriptor of content a v3 signature has just vouched for.
+
+    Never for content seen for the first time without a signature (IMA's fix mode trusts
+    whatever is there; this one only writes what the signature proved). Later opens then find
+    the tree by digest in the cache instead of rebuilding it.
+    """
+    try:
+        set_attr(fd, attr_name(options.xattr_ns, VERITY_SUFFIX), descriptor.to_bytes())
+    except Error as e:
+        log.warning("fix: could not write the descriptor of '%s': %s", name, e)
+        return
+    log.info("fix: wrote the descriptor of '%s' (its signature verified over it)", name)
 
 
 def _from_store(descriptor: Descriptor, access: Access, options: ReaderOptions) -> Appraisal | None:
