@@ -74,7 +74,7 @@ def test_accelerated_matches_pure_and_reference(block_size: int, salt_len: int) 
     params = TreeParams(SHA256, block_size, rng.randbytes(salt_len))
     accelerated = runhash.run_hasher(params, accel=True)
     pure = runhash.run_hasher(params, accel=False)
-    for n in (0, 1, 2, 3, 4, 5, 7, 9):
+    for n in (0, 1, 2, 3, 4, 5, 7, 9, 17, 34):
         data = rng.randbytes(n * block_size)
         # A zero-padded partial last block, as the builders pass it.
         if n:
@@ -84,32 +84,49 @@ def test_accelerated_matches_pure_and_reference(block_size: int, salt_len: int) 
         assert pure(data) == want
 
 
+def accel_widths() -> list[int]:
+    """0 (the default) and every width the accelerator takes here (none when it is absent)."""
+    module = runhash.accelerator()
+    return [0, *module.widths()] if module is not None else []
+
+
 @pytest.mark.usefixtures("with_accel")
-@pytest.mark.parametrize("width", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize(("block_size", "salt_len"), [(1024, 0), (4096, 32), (65536, 7)])
-def test_every_interleave_width_and_tail_matches_hashlib(
-    width: int, block_size: int, salt_len: int
-) -> None:
-    """Every width, and every count modulo it (the tail hashed as one narrower group)."""
+def test_every_interleave_width_and_tail_matches_hashlib(block_size: int, salt_len: int) -> None:
+    """Every width, and every count modulo it: the AVX-512 width (16) leaves up to 15 blocks to
+    the SHA-NI groups of 4 and their narrower tail; 0..2*width+3 blocks cover all of them."""
     from pyverity.hashing import _accel
 
-    rng = random.Random(width * 7 + block_size + salt_len)
+    rng = random.Random(block_size + salt_len)
     params = TreeParams(SHA256, block_size, rng.randbytes(salt_len))
-    data = rng.randbytes(9 * block_size)
-    for n in range(10):
-        run = data[: n * block_size]
-        want = b"".join(
-            hashlib.sha256(params.padded_salt + run[o : o + block_size]).digest()
-            for o in range(0, len(run), block_size)
-        )
-        assert _accel.sha256_blocks(run, block_size, params.padded_salt, width) == want
+    data = rng.randbytes(35 * block_size)
+    want = [
+        hashlib.sha256(params.padded_salt + data[o : o + block_size]).digest()
+        for o in range(0, len(data), block_size)
+    ]
+    for width in accel_widths():
+        for n in range(2 * (width or _accel.default_width()) + 4):
+            run = data[: n * block_size]
+            got = _accel.sha256_blocks(run, block_size, params.padded_salt, width)
+            assert got == b"".join(want[:n]), (width, n)
+
+
+@pytest.mark.usefixtures("with_accel")
+def test_widths_and_default() -> None:
+    from pyverity.hashing import _accel
+
+    assert _accel.widths()[:4] == (1, 2, 3, 4)
+    assert set(_accel.widths()) <= {1, 2, 3, 4, 16}
+    assert _accel.default_width() in _accel.widths()
+    if " avx512bw" in Path("/proc/cpuinfo").read_text():
+        assert 16 in _accel.widths()
 
 
 @pytest.mark.usefixtures("with_accel")
 def test_accelerator_rejects_a_bad_width() -> None:
     from pyverity.hashing import _accel
 
-    for width in (-1, 5):
+    for width in (-1, 5, 8, 17):
         with pytest.raises(ValueError, match="width"):
             _accel.sha256_blocks(b"\0" * 64, 64, b"", width)
 
@@ -118,7 +135,7 @@ def test_accelerator_rejects_a_bad_width() -> None:
 def test_accelerator_takes_any_buffer_and_small_blocks() -> None:
     from pyverity.hashing import _accel
 
-    data = bytearray(os.urandom(64 * 5))
+    data = bytearray(os.urandom(64 * 21))
     params = TreeParams(SHA256, 64)
     want = reference_run(params, bytes(data))
     assert _accel.sha256_blocks(memoryview(data), 64, b"") == want
