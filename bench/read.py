@@ -209,7 +209,12 @@ def main() -> None:
         options = make_file(path, args.size_mib * MIB)
         plain_sequential(path)  # warm the page cache
         rows: list[tuple[str, str]] = []
-        accel = "SHA-NI accelerator" if accelerator() is not None else "hashlib"
+        accel = "hashlib"
+        if accelerator() is not None:
+            from pyverity.hashing._accel import default_width
+
+            width = default_width()
+            accel = "accelerator, " + ("AVX-512 x16" if width == 16 else f"SHA-NI x{width}")
         rows.append(("hashing", accel))
         rows.append(("plain pread, 1 MiB", f"{plain_sequential(path) / 1e9:.2f} GB/s"))
         seq = max(api_sequential(path, options) for _ in range(3))
