@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pyverity.errors import StorageError
+from pyverity.fs.libc import libc
 
 __all__ = ["Event", "Inotify", "Mask"]
 
@@ -77,8 +78,7 @@ class Inotify:
     """One inotify instance; :attr:`fd` goes into the daemon's selector."""
 
     def __init__(self) -> None:
-        libc_name = ctypes.util.find_library("c") or "libc.so.6"
-        self._libc = ctypes.CDLL(libc_name, use_errno=True)
+        self._libc = libc()
         fd = self._libc.inotify_init1(Mask.NONBLOCK | Mask.CLOEXEC)
         if fd < 0:
             e = ctypes.get_errno()

@@ -24,6 +24,7 @@ from pyverity.daemon.build import Stopped, build_from_offset
 from pyverity.errors import Error
 from pyverity.format.hashalg import by_number
 from pyverity.format.params import TreeParams
+from pyverity.fs.libc import libc
 
 __all__ = ["main", "set_death_signal", "set_io_idle"]
 
@@ -32,13 +33,9 @@ _PR_SET_PDEATHSIG = 1
 _IOPRIO_SET = {"x86_64": 251, "aarch64": 30}
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def set_death_signal(sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send ``sig`` to this process when its parent dies."""
-    if _libc().prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+    if libc().prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
@@ -47,7 +44,7 @@ def set_io_idle() -> bool:
     nr = _IOPRIO_SET.get(platform.machine())
     if nr is None:
         return False
-    return bool(_libc().syscall(nr, 1, 0, (3 << 13) | 0) == 0)
+    return bool(libc().syscall(nr, 1, 0, (3 << 13) | 0) == 0)
 
 
 class _Job:

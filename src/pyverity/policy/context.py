@@ -21,6 +21,7 @@ import stat
 import uuid
 from pathlib import Path
 
+from pyverity.fs.libc import libc
 from pyverity.policy.engine import AccessContext, Policy
 from pyverity.policy.rules import MAY_READ, Func
 
@@ -37,9 +38,8 @@ class _StatFs(ctypes.Structure):
 def fs_magic(fd: int) -> int | None:
     """The filesystem magic of ``fd`` (``statfs.f_type``), or ``None`` if unavailable."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         buf = _StatFs()
-        if libc.fstatfs(fd, ctypes.byref(buf)) != 0:
+        if libc().fstatfs(fd, ctypes.byref(buf)) != 0:
             return None
     except (OSError, AttributeError):
         return None

@@ -116,13 +116,11 @@ def _check_digest(algorithm: str, digest: bytes) -> str:
 def _sync_data(files: list[Path], directory: Path) -> None:
     """Make ``files`` durable: one ``syncfs`` of their filesystem for a batch, else ``fsync``."""
     if len(files) > 4:
-        import ctypes
-        import ctypes.util
+        from pyverity.fs.libc import libc
 
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if libc.syncfs(fd) == 0:
+            if libc().syncfs(fd) == 0:
                 return
         finally:
             os.close(fd)
