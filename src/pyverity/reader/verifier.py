@@ -65,9 +65,8 @@ class BlockVerifier:
         pool: HashPool | None = None,
     ) -> None:
         params = descriptor.params
-        params.check_bounded()
         geometry = params.geometry(descriptor.data_size)
-        geometry.check_bounded()
+        geometry.check_bounded()  # block size 1-64 KiB and at most 8 levels
         self.descriptor = descriptor
         self.name = name
         self._on_corrupt_tree = on_corrupt_tree

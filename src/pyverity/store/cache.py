@@ -29,8 +29,8 @@ from typing import Protocol
 from pyverity.errors import FormatError, IntegrityError, StorageError
 from pyverity.format.descriptor import Descriptor
 from pyverity.fs.atomic import fsync_dir
-from pyverity.hashing.blockhash import block_hasher
 from pyverity.hashing.result import MerkleTree
+from pyverity.hashing.runhash import run_hasher
 
 __all__ = [
     "BACKENDS",
@@ -77,13 +77,13 @@ def verify_tree(descriptor: Descriptor, unverified_tree: bytes) -> None:
         raise IntegrityError(
             f"cached tree is {len(unverified_tree)} bytes, expected {geometry.tree_size}"
         )
-    hash_block = block_hasher(params)
+    hash_run = run_hasher(params)
     bs, ds = params.block_size, params.digest_size
     view = memoryview(unverified_tree)
     for level, count in enumerate(geometry.level_counts):
         start = geometry.level_start[level] * bs
         end = start + count * bs
-        hashes = b"".join(hash_block(view[o : o + bs]) for o in range(start, end, bs))
+        hashes = hash_run(view[start:end])
         if level + 1 == geometry.num_levels:
             expected = descriptor.root_hash
         else:
