@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pyverity.daemon.inotify import Event, Inotify, Mask
+from pyverity.fs.inotify import Event, Inotify, Mask
 
 __all__ = ["Change", "FileEvent", "Watcher", "open_beneath", "walk_files"]
 

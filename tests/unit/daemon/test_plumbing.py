@@ -143,7 +143,7 @@ def test_read_declared_and_appraise(tmp_path: Path) -> None:
 def test_overflow_and_parsing_of_raw_records() -> None:
     import struct
 
-    from pyverity.daemon.inotify import Mask, parse_events
+    from pyverity.fs.inotify import Mask, parse_events
 
     raw = (
         struct.pack("iIII", -1, Mask.Q_OVERFLOW, 0, 0)
