@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from pyverity.errors import PolicyError
 from pyverity.format.measurelist import TEMPLATE_FIELDS, WRITABLE_TEMPLATES
+from pyverity.policy.glob import compile_glob
 from pyverity.policy.rules import (
     FILE_FUNCS,
     MASKS,
@@ -290,6 +291,10 @@ def _template(d: _Draft, value: str) -> None:
 def _path(d: _Draft, value: str) -> None:
     if not value:
         raise _RuleError("path= needs a glob")
+    try:
+        compile_glob(value)
+    except ValueError as exc:
+        raise _RuleError(f"path=: {exc}") from None
     _once(d, "path", value)
     d.flags |= Flag.PATH
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from pyverity.policy.glob import Glob, compile_glob
 
 __all__ = [
     "FILE_FUNCS",
@@ -204,6 +206,12 @@ class Rule:
     source: str = ""
     line: int = 0
     text: str = ""
+    #: ``path`` compiled (see :mod:`pyverity.policy.glob`), once per rule.
+    path_glob: Glob | None = field(init=False, default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            object.__setattr__(self, "path_glob", compile_glob(self.path))
 
     @property
     def where(self) -> str:
