@@ -38,7 +38,7 @@ from pyverity.cli.enable import (
     tree_params_of,
     wait_for_daemon,
 )
-from pyverity.errors import Error, InputError, UsageError
+from pyverity.errors import Error, UsageError
 
 if TYPE_CHECKING:
     from pyverity.keys import FileSigner
@@ -82,11 +82,10 @@ def passphrase_of(args: argparse.Namespace) -> bytes | None:
     pass_file = args.pass_file
     pass_env = args.pass_env
     if pass_file is not None:
-        try:
-            with open(pass_file, "rb") as f:
-                data = f.read(MAX_PASS_FILE)
-        except OSError as e:
-            raise InputError(f"can't read passphrase file '{pass_file}': {e.strerror}") from e
+        from pyverity.fs.inputs import read_input
+
+        # a pipe is fine here (--pass-file <(...), /dev/fd/N); a FIFO with no writer reads empty
+        data = read_input(pass_file, "passphrase file", MAX_PASS_FILE, allow_fifo=True)
         return data.split(b"\n", 1)[0].rstrip(b"\r")
     if pass_env is not None:
         value = os.environb.get(os.fsencode(pass_env))

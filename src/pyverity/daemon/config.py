@@ -97,11 +97,16 @@ def socket_path(state_dir: str | os.PathLike[str]) -> Path:
 
 def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
     """Read a TOML file with the command line's keys (``roots`` a list, or ``root``)."""
+    from pyverity.errors import InputError
+    from pyverity.fs.inputs import read_input
+
     try:
-        with Path(path).open("rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigurationError(f"cannot read {path}: {e.strerror}") from e
+        raw = read_input(path, "daemon config", 1 << 20)  # docs/cli.md "Input limits"
+        data = tomllib.loads(raw.decode("utf-8"))
+    except InputError as e:
+        raise ConfigurationError(str(e)) from e
+    except UnicodeDecodeError as e:
+        raise ConfigurationError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigurationError(f"{path}: {e}") from e
     data = data.get("daemon", data)

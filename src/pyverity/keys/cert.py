@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from pyverity.errors import InputError, SignatureError
+from pyverity.errors import SignatureError
+from pyverity.fs.inputs import read_input
 from pyverity.keys.key import PublicKey, check_key_type
 from pyverity.keys.keyid import keyid_from_public_key, skid_keyid
 
@@ -79,17 +80,16 @@ def parse_certificate(data: bytes, source: str = "certificate") -> Certificate:
     return Certificate(cert, PublicKey(keyid, key, source), from_skid)
 
 
-def read_bounded(path: str | os.PathLike[str], what: str, limit: int = MAX_CERT_SIZE) -> bytes:
-    """Read a small key or certificate file; :class:`InputError` if unreadable or too large."""
-    name = os.fsdecode(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise InputError(f"can't read {what} '{name}': {e.strerror}") from e
-    if len(data) > limit:
-        raise InputError(f"{what} '{name}' is larger than {limit} bytes")
-    return data
+def read_bounded(
+    path: str | os.PathLike[str],
+    what: str,
+    limit: int = MAX_CERT_SIZE,
+    *,
+    dir_fd: int | None = None,
+) -> bytes:
+    """Read a small key or certificate file; :class:`InputError` if unreadable, not a regular
+    file, or too large (:func:`pyverity.fs.inputs.read_input`)."""
+    return read_input(path, what, limit, dir_fd=dir_fd)
 
 
 def load_certificate(path: str | os.PathLike[str]) -> Certificate:

@@ -18,9 +18,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyverity.errors import ConfigurationError, Error
+from pyverity.errors import ConfigurationError, Error, InputError
 from pyverity.format.ima import ImaSignature
-from pyverity.keys.cert import Certificate, load_certificate
+from pyverity.fs.inputs import list_directory
+from pyverity.keys.cert import Certificate, parse_certificate, read_bounded
 from pyverity.keys.key import PublicKey, UnknownKeyError
 
 __all__ = ["CERT_SUFFIXES", "Keyring"]
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 CERT_SUFFIXES = (".pem", ".der", ".crt", ".cer", ".x509")
 #: A keyring directory larger than this is a mistake, not a keyring.
 MAX_CERTS = 10_000
+#: Entries of any kind a keyring directory may hold (certificates or not).
+MAX_ENTRIES = 100_000
 
 
 @dataclass(frozen=True)
@@ -59,19 +62,26 @@ class Keyring:
     def from_directory(cls, path: str | os.PathLike[str]) -> Keyring:
         """Load every ``*.pem|der|crt|cer|x509`` file in ``path`` (not recursive)."""
         root = Path(path)
-        if not root.is_dir():
-            raise ConfigurationError(f"keyring '{root}' is not a directory")
-        certs: list[Certificate] = []
-        files = sorted(p for p in root.iterdir() if p.suffix.lower() in CERT_SUFFIXES)
-        if len(files) > MAX_CERTS:
-            raise ConfigurationError(f"keyring '{root}' has more than {MAX_CERTS} certificates")
-        for p in files:
-            if not p.is_file():
-                continue
-            try:
-                certs.append(load_certificate(p))
-            except Error as e:
-                logger.warning("keyring: skipping %s: %s", p, e)
+        # opened once: the listing and every certificate come from that one directory
+        try:
+            dir_fd, names = list_directory(root, "keyring", MAX_ENTRIES)
+        except InputError as e:
+            raise ConfigurationError(str(e)) from e
+        try:
+            files = [n for n in names if Path(n).suffix.lower() in CERT_SUFFIXES]
+            if len(files) > MAX_CERTS:
+                raise ConfigurationError(
+                    f"keyring '{root}' has more than {MAX_CERTS} certificates"
+                )
+            certs: list[Certificate] = []
+            for name in files:
+                try:
+                    data = read_bounded(name, "certificate", dir_fd=dir_fd)
+                    certs.append(parse_certificate(data, str(root / name)))
+                except Error as e:
+                    logger.warning("keyring: skipping %s: %s", root / name, e)
+        finally:
+            os.close(dir_fd)
         if not certs:
             raise ConfigurationError(
                 f"keyring '{root}' holds no usable certificate",

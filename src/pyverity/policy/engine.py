@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyverity.errors import PolicyError
+from pyverity.errors import InputError, PolicyError
+from pyverity.fs.inputs import read_input
 from pyverity.policy.parser import MAX_POLICY_SIZE, parse_rules
 from pyverity.policy.rules import (
     MAY_READ,
@@ -243,12 +244,9 @@ class Policy:
         are taken relative to the policy file's directory."""
         p = Path(path)
         try:
-            with p.open("rb") as f:
-                raw = f.read(MAX_POLICY_SIZE + 1)
-        except OSError as exc:
-            raise PolicyError(f"cannot read policy {p}: {exc.strerror}") from exc
-        if len(raw) > MAX_POLICY_SIZE:
-            raise PolicyError(f"{p}: policy is larger than {MAX_POLICY_SIZE} bytes")
+            raw = read_input(p, "policy", MAX_POLICY_SIZE)
+        except InputError as exc:
+            raise PolicyError(str(exc)) from exc
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -139,5 +139,5 @@ def test_no_traceback_in_subprocess(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 1
-    assert proc.stderr.startswith("ERROR: can't read key")
+    assert proc.stderr == f"ERROR: key '{tmp_path}' is a directory\n"
     assert "Traceback" not in proc.stderr

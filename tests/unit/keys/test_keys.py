@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -217,8 +218,14 @@ def test_parse_keyid() -> None:
 
 
 def test_keyring_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with pytest.raises(ConfigurationError, match="not a directory"):
+    with pytest.raises(ConfigurationError, match="No such file or directory"):
         Keyring.from_directory(tmp_path / "missing")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ConfigurationError, match="'.*file' is a regular file, not a directory"):
+        Keyring.from_directory(tmp_path / "file")
+    (tmp_path / "file").unlink()
+    (tmp_path / "dir.pem").mkdir()  # not a certificate, and must not stop the others
+    os.mkfifo(tmp_path / "fifo.pem")  # nor hang the load
     with pytest.raises(ConfigurationError, match="no usable certificate"):
         Keyring.from_directory(tmp_path)
     a = make_key()
