@@ -221,7 +221,7 @@ def test_keyring_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
     with pytest.raises(ConfigurationError, match="No such file or directory"):
         Keyring.from_directory(tmp_path / "missing")
     (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(ConfigurationError, match="'.*file' is a regular file, not a directory"):
+    with pytest.raises(ConfigurationError, match=r"'.*file' is a regular file, not a directory"):
         Keyring.from_directory(tmp_path / "file")
     (tmp_path / "file").unlink()
     (tmp_path / "dir.pem").mkdir()  # not a certificate, and must not stop the others

@@ -210,7 +210,7 @@ def test_load(tmp_path: Path) -> None:
     path.write_bytes(b"measure \xff\n")
     with pytest.raises(PolicyError, match="not UTF-8"):
         Policy.load(path)
-    with pytest.raises(PolicyError, match="can't read policy .*No such file"):
+    with pytest.raises(PolicyError, match=r"can't read policy .*No such file"):
         Policy.load(tmp_path / "missing")
     path.write_bytes(b"#" * ((1 << 20) + 1))
     with pytest.raises(PolicyError, match="larger than"):
