@@ -1,14 +1,15 @@
 """A minimal inotify binding through ``ctypes`` (no third-party module).
 
 Only what the watcher needs: a non-blocking instance, adding and removing directory watches,
-and parsing the event records read from the descriptor.
+and parsing the event records read from the descriptor. :class:`InotifyWatch` is the
+:class:`pyverity.fs.watch.Watch` over it: a watch on every directory, paths by watch descriptor.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import logging
 import os
 import struct
 from collections.abc import Iterator
@@ -16,8 +17,11 @@ from dataclasses import dataclass
 
 from pyverity.errors import StorageError
 from pyverity.fs.libc import libc
+from pyverity.fs.watch import Change, WatchEvent
 
-__all__ = ["Event", "Inotify", "Mask"]
+__all__ = ["Event", "Inotify", "InotifyWatch", "Mask", "parse_events"]
+
+log = logging.getLogger(__name__)
 
 
 class Mask:
@@ -126,3 +130,79 @@ def parse_events(buf: bytes) -> Iterator[Event]:
         name = buf[off : off + length].split(b"\0", 1)[0]
         off += length
         yield Event(wd, mask, cookie, name)
+
+
+_CHANGES = (
+    (Mask.MODIFY, Change.WRITE),
+    (Mask.CLOSE_WRITE, Change.CLOSE_WRITE),
+    (Mask.ATTRIB, Change.ATTR),
+    (Mask.CREATE, Change.CREATED),
+    (Mask.MOVED_TO, Change.MOVED_TO),
+    (Mask.DELETE, Change.DELETED),
+    (Mask.MOVED_FROM, Change.MOVED_FROM),
+)
+
+
+class InotifyWatch:
+    """:class:`pyverity.fs.watch.Watch` with one inotify watch on each directory walked."""
+
+    def __init__(self) -> None:
+        self._ino = Inotify()
+        self._dirs: dict[int, str] = {}
+        self._wds: dict[str, int] = {}
+
+    @property
+    def fd(self) -> int:
+        return self._ino.fd
+
+    @property
+    def watch_count(self) -> int:
+        return len(self._dirs)
+
+    def add_root(self, root: str) -> None:
+        """Nothing: the walk of ``root`` calls :meth:`watch_dir` on every directory."""
+
+    def watch_dir(self, path: str) -> bool:
+        wd = self._ino.add_watch(path)
+        if wd is None:
+            return False
+        old = self._dirs.get(wd)
+        if old is not None and old != path:
+            self._wds.pop(old, None)
+        self._dirs[wd] = path
+        self._wds[path] = wd
+        return True
+
+    def forget_under(self, path: str) -> None:
+        sub = path.rstrip(os.sep) + os.sep
+        for p in [p for p in self._wds if p == path or p.startswith(sub)]:
+            wd = self._wds.pop(p)
+            self._dirs.pop(wd, None)
+            self._ino.rm_watch(wd)
+
+    def read(self) -> Iterator[WatchEvent]:
+        for ev in self._ino.read():
+            yield from self.translate(ev)
+
+    def translate(self, ev: Event) -> Iterator[WatchEvent]:
+        if ev.has(Mask.Q_OVERFLOW):
+            log.warning("inotify queue overflowed: rescanning")
+            yield WatchEvent(Change.OVERFLOW, "")
+            return
+        if ev.has(Mask.IGNORED):
+            path = self._dirs.pop(ev.wd, None)
+            if path is not None and self._wds.get(path) == ev.wd:
+                del self._wds[path]
+            return
+        base = self._dirs.get(ev.wd)
+        if base is None or ev.has(Mask.DELETE_SELF | Mask.MOVE_SELF) or not ev.name:
+            return
+        path = f"{base.rstrip(os.sep)}{os.sep}{os.fsdecode(ev.name)}"
+        is_dir = ev.has(Mask.ISDIR)
+        for bit, change in _CHANGES:
+            if ev.has(bit):
+                cookie = ev.cookie if bit & (Mask.MOVED_FROM | Mask.MOVED_TO) else 0
+                yield WatchEvent(change, path, is_dir, cookie)
+
+    def close(self) -> None:
+        self._ino.close()
