@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "umount": "unmount a pyverity FUSE mount",
     "log": "show, verify and replay the measurement list",
     "policy": "check a policy file and show what it decides for paths",
+    "manifest": "create, verify and apply signed manifests of whole trees",
 }
 
 _USAGE = """\
