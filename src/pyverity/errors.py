@@ -4,9 +4,14 @@ Every failure that pyverity reports on purpose is an :class:`Error`. It carries 
 diagnosis (``str(err)``), an optional remedy for the user, and the exit code the CLI uses.
 Foreign exceptions (``OSError``, ``cryptography`` errors, ``sqlite3`` errors) are wrapped at the
 boundary with ``raise SomeError(...) from exc`` so that callers only ever catch ``Error``.
+
+An error that an appraisal can end in also carries a :class:`Reason` (``err.reason``): callers
+tell failures apart by that enum (or by class), never by comparing message text.
 """
 
 from __future__ import annotations
+
+import enum
 
 __all__ = [
     "CancelledError",
@@ -17,16 +22,35 @@ __all__ = [
     "InputError",
     "IntegrityError",
     "PolicyError",
+    "Reason",
     "SignatureError",
     "StorageError",
     "UsageError",
 ]
 
 
+class Reason(enum.StrEnum):
+    """Why an appraisal did not end READY (``OK`` when it did); the value is the short text
+    ``pyverity verify`` prints (a :class:`~enum.StrEnum`, so it formats as that text)."""
+
+    OK = "ok"
+    NO_ATTRIBUTE = "no attribute"
+    MALFORMED = "malformed"
+    NO_KEYRING = "no keyring"
+    NO_SIGNATURE = "no signature"
+    NOT_VERITY = "not fs-verity"
+    UNKNOWN_KEY = "unknown key"
+    BAD_SIGNATURE = "bad signature"
+    CONTENT_MISMATCH = "content does not match"
+    STALE = "written since it was protected"
+
+
 class Error(Exception):
     """Root of all pyverity errors: a human diagnosis, a remedy and a CLI exit code."""
 
     exit_code: int = 1
+    #: Why an appraisal failed, for the errors an appraisal can end in (None for the others).
+    reason: Reason | None = None
 
     def __init__(self, message: str, *, remedy: str | None = None) -> None:
         super().__init__(message)
@@ -49,6 +73,8 @@ class InputError(Error):
 
 class FormatError(Error):
     """Bytes (an attribute, a descriptor, a list entry) do not parse as the spec requires."""
+
+    reason = Reason.MALFORMED
 
 
 class IntegrityError(Error):

@@ -43,7 +43,7 @@ def build_parser() -> ArgumentParser:
 
 
 def _result(out: Outcome[Measured], keyring: Keyring | None) -> dict[str, Any]:
-    from pyverity.protect.appraise import appraisal_result
+    from pyverity.protect.gate import appraisal_result
 
     if out.failure is not None or out.value is None:
         message = out.failure.message if out.failure is not None else "unknown failure"
@@ -57,7 +57,7 @@ def _result(out: Outcome[Measured], keyring: Keyring | None) -> dict[str, Any]:
     return {
         "path": out.path,
         "ok": r.ok,
-        "state": r.state.value,
+        "state": r.state.lower(),
         "reason": r.reason.value,
         "message": r.message,
         "kind": r.kind.value,

@@ -7,7 +7,7 @@
 * :class:`PublicKey.verify_signature` raises :class:`BadSignatureError`;
   :class:`Keyring` (a directory of certificates by keyid) raises :class:`UnknownKeyError` or
   :class:`BadSignatureError` — both :class:`~pyverity.errors.SignatureError`, told apart by class
-  or by their ``reason`` attribute (``"unknown key"`` / ``"bad signature"``).
+  or by their ``reason`` (``Reason.UNKNOWN_KEY`` / ``Reason.BAD_SIGNATURE``).
 * :func:`load_certificate` (PEM/DER); keyid = last 4 bytes of the SKID (:mod:`.keyid`).
 * :mod:`.generate` makes a key pair and a self-signed certificate for IMA.
 * :mod:`.builtin` makes fs-verity built-in (PKCS#7) signatures; :mod:`.pkcs7` parses them

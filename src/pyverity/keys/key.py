@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from pyverity.errors import FormatError, SignatureError
+from pyverity.errors import FormatError, Reason, SignatureError
 from pyverity.format.ima import KernelHashAlgo, algo_by_id
 
 __all__ = [
@@ -49,13 +49,13 @@ PublicKeyTypes = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 class UnknownKeyError(SignatureError):
     """No key in the keyring has the signature's keyid."""
 
-    reason = "unknown key"
+    reason = Reason.UNKNOWN_KEY
 
 
 class BadSignatureError(SignatureError):
     """The key is known, but the signature does not verify over the digest."""
 
-    reason = "bad signature"
+    reason = Reason.BAD_SIGNATURE
 
 
 _CRYPTO_HASHES: dict[str, type[hashes.HashAlgorithm]] = {

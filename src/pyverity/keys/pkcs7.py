@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from pyverity.errors import SignatureError
+from pyverity.errors import Reason, SignatureError
 from pyverity.format.formatted_digest import FormattedDigest
 from pyverity.format.hashalg import by_number
 from pyverity.keys.cert import Certificate
@@ -95,7 +95,7 @@ _HASHES: dict[str, type[hashes.SHA256 | hashes.SHA512]] = {
 class MalformedSignatureError(SignatureError):
     """The built-in signature is not a PKCS#7 message of the accepted shape (EBADMSG)."""
 
-    reason = "malformed"
+    reason = Reason.MALFORMED
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Protection attributes: read, check, appraise, write (DESIGN.md §2, §3).
+"""Protection attributes: read, appraise, write (DESIGN.md §2, §3).
 
 Reading (:mod:`.attrs`): ``read_protection(fd, namespace) -> Protection`` — both attributes
 from an open descriptor, strictly parsed and bounds-checked; ``Protection.kind`` is
@@ -6,10 +6,13 @@ from an open descriptor, strictly parsed and bounds-checked; ``Protection.kind``
 parameters to build with; ``Protection.fingerprint`` changes iff a raw value changes.
 Malformed values raise :class:`InvalidProtectionError` carrying the fingerprint.
 
-Appraising (:mod:`.appraise`): ``appraisal_result(protection, computed, keyring) ->
-AppraisalResult(state=READY|MISMATCH|INVALID, reason, message, ...)`` and
-``verify_protection(...)`` (raises). ``computed`` is the built tree's ``Descriptor``, or the
-whole-file hash for CLASSIC. End to end: ``appraise_file(path, keyring)`` / ``verify_file``.
+Appraising (:mod:`.gate`, the one appraisal gate): ``appraisal_result(protection, computed,
+keyring, signature=SignatureCheck..., verity=...) -> Verdict(state, reason, message, ...)``
+and ``verify_protection(...)`` (raises the error, which carries its ``Reason``); ``computed``
+is the built tree's ``Descriptor``, the whole-file hash for CLASSIC, or None (declaration
+only: PENDING). ``VerdictState`` is the daemon's ``State`` by name (READY, PENDING, MISMATCH,
+INVALID, CLASSIC, NONE). ``compute(fd, protection)`` hashes a file as its protection says.
+End to end (:mod:`.check`): ``appraise_file(path, keyring)`` / ``verify_file``.
 
 Writing (:mod:`.sign`): ``sign_file`` (descriptor first, signature last, one ``setxattr``
 each), ``enable_file`` (descriptor only), ``imasign_file`` (classic 0x03 v2).
@@ -18,22 +21,32 @@ each), ``enable_file`` (descriptor only), ``imasign_file`` (classic 0x03 v2).
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from pyverity.errors import Reason
+
 #: name -> submodule; loaded on first use so that ``enable`` never imports ``cryptography``.
 _LAZY = {
     **dict.fromkeys(
         [
             "AppraisalResult",
             "AppraisalState",
+            "Computed",
             "ContentMismatchError",
             "MissingKeyringError",
             "NotProtectedError",
-            "Reason",
+            "NotVerityError",
+            "SignatureCheck",
+            "SignatureRequiredError",
+            "Verdict",
+            "VerdictState",
             "appraisal_result",
+            "builtin_signature_result",
             "classic_hash_algo",
+            "compute",
+            "failure_result",
             "verify_declared_signature",
             "verify_protection",
         ],
-        "appraise",
+        "gate",
     ),
     **dict.fromkeys(
         [
@@ -65,18 +78,6 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from pyverity.protect.appraise import (
-        AppraisalResult,
-        AppraisalState,
-        ContentMismatchError,
-        MissingKeyringError,
-        NotProtectedError,
-        Reason,
-        appraisal_result,
-        classic_hash_algo,
-        verify_declared_signature,
-        verify_protection,
-    )
     from pyverity.protect.attrs import (
         InvalidProtectionError,
         Protection,
@@ -86,6 +87,26 @@ if TYPE_CHECKING:
         read_protection,
     )
     from pyverity.protect.check import appraise_file, verify_file
+    from pyverity.protect.gate import (
+        AppraisalResult,
+        AppraisalState,
+        Computed,
+        ContentMismatchError,
+        MissingKeyringError,
+        NotProtectedError,
+        NotVerityError,
+        SignatureCheck,
+        SignatureRequiredError,
+        Verdict,
+        VerdictState,
+        appraisal_result,
+        builtin_signature_result,
+        classic_hash_algo,
+        compute,
+        failure_result,
+        verify_declared_signature,
+        verify_protection,
+    )
     from pyverity.protect.sign import (
         HashedFile,
         SignedFile,
@@ -103,19 +124,28 @@ if TYPE_CHECKING:
 __all__ = [
     "AppraisalResult",
     "AppraisalState",
+    "Computed",
     "ContentMismatchError",
     "HashedFile",
     "InvalidProtectionError",
     "MissingKeyringError",
     "NotProtectedError",
+    "NotVerityError",
     "Protection",
     "ProtectionKind",
     "Reason",
+    "SignatureCheck",
+    "SignatureRequiredError",
     "SignedFile",
+    "Verdict",
+    "VerdictState",
     "appraisal_result",
     "appraise_file",
+    "builtin_signature_result",
     "classic_hash_algo",
+    "compute",
     "enable_file",
+    "failure_result",
     "fingerprint",
     "hash_file",
     "imasign_file",

@@ -74,13 +74,27 @@ def fingerprint(raw_descriptor: bytes | None, raw_ima: bytes | None) -> bytes:
 
 
 class InvalidProtectionError(FormatError):
-    """The attributes are malformed or out of bounds; :attr:`fingerprint` identifies them."""
+    """The attributes are malformed or out of bounds; :attr:`fingerprint` identifies them.
 
-    reason = "malformed"
+    :attr:`bad_descriptor` is true when the ``<ns>.verity`` value itself is at fault. When it
+    is valid and only the ``<ns>.ima`` value (or the pair) is not, :attr:`verity` is the
+    protection the descriptor alone gives: fs-verity still holds for such a file (its reads
+    are checked against that descriptor), only its appraisal fails.
+    """
 
-    def __init__(self, message: str, *, fingerprint: bytes, remedy: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        fingerprint: bytes,
+        remedy: str | None = None,
+        bad_descriptor: bool = False,
+        verity: Protection | None = None,
+    ) -> None:
         super().__init__(message, remedy=remedy)
         self.fingerprint = fingerprint
+        self.bad_descriptor = bad_descriptor
+        self.verity = verity
 
 
 @dataclass(frozen=True)
@@ -132,12 +146,18 @@ def parse_protection(raw_descriptor: bytes | None, raw_ima: bytes | None, size: 
         desc = None if raw_descriptor is None else _check_descriptor(raw_descriptor, size)
     except FormatError as e:
         message = str(e) if "descriptor" in str(e) else f"verity descriptor: {e}"
-        raise InvalidProtectionError(message, fingerprint=fp, remedy=e.remedy) from e
+        raise InvalidProtectionError(
+            message, fingerprint=fp, remedy=e.remedy, bad_descriptor=True
+        ) from e
+    verity = None
+    if desc is not None:
+        only = fingerprint(raw_descriptor, None)
+        verity = Protection(ProtectionKind.VERITY, desc, None, raw_descriptor, None, only, size)
     try:
         ima = None if raw_ima is None else parse_ima_value(raw_ima)
     except FormatError as e:
         message = str(e) if "IMA" in str(e) else f"IMA attribute: {e}"
-        raise InvalidProtectionError(message, fingerprint=fp, remedy=e.remedy) from e
+        raise InvalidProtectionError(message, fingerprint=fp, remedy=e.remedy, verity=verity) from e
     if ima is None:
         kind = ProtectionKind.NONE if desc is None else ProtectionKind.VERITY
     elif isinstance(ima, ImaSignature) and ima.is_verity:
@@ -147,6 +167,7 @@ def parse_protection(raw_descriptor: bytes | None, raw_ima: bytes | None, size: 
                 f"signature is over a {ima.algorithm.name} digest, the descriptor uses"
                 f" {desc.hash_alg.name}",
                 fingerprint=fp,
+                verity=verity,
             )
     else:
         kind = ProtectionKind.CLASSIC
@@ -155,6 +176,7 @@ def parse_protection(raw_descriptor: bytes | None, raw_ima: bytes | None, size: 
                 "a verity descriptor together with a classic (whole-file) IMA value",
                 fingerprint=fp,
                 remedy="sign the file again, or remove one of the two attributes",
+                verity=verity,
             )
     return Protection(kind, desc, ima, raw_descriptor, raw_ima, fp, size)
 
@@ -168,7 +190,9 @@ def read_protection(fd: int, namespace: str = "security") -> Protection:
             raws.append(get_attr(fd, name))
         except FormatError as e:  # larger than any attribute: cannot even be fingerprinted
             raise InvalidProtectionError(
-                str(e), fingerprint=fingerprint(b"oversized:" + name.encode(), None)
+                str(e),
+                fingerprint=fingerprint(b"oversized:" + name.encode(), None),
+                bad_descriptor=suffix == VERITY_SUFFIX,
             ) from e
     raw_desc, raw_ima = raws
     return parse_protection(raw_desc, raw_ima, os.fstat(fd).st_size)

@@ -15,17 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from pyverity.errors import Error, FileChangedError, InputError
+from pyverity.errors import Error, FileChangedError, InputError, Reason
 from pyverity.format.descriptor import Descriptor
 from pyverity.fs.openfile import open_regular
-from pyverity.hashing import build_tree
 from pyverity.protect.attrs import (
     InvalidProtectionError,
     Protection,
     ProtectionKind,
     read_protection,
 )
-from pyverity.protect.sign import whole_file_hash
+from pyverity.protect.gate import classic_hash_algo, compute
 
 __all__ = ["Failure", "Measured", "Outcome", "expand_paths", "map_files", "measure_file"]
 
@@ -40,8 +39,8 @@ class Failure:
     remedy: str | None = None
     error: str = "Error"
     exit_code: int = 1
-    #: For invalid attributes: the ``reason`` of the error ("malformed" …).
-    reason: str | None = None
+    #: For appraisal errors: the error's :class:`~pyverity.errors.Reason`.
+    reason: Reason | None = None
 
 
 @dataclass(frozen=True)
@@ -55,9 +54,7 @@ def _guard(fn: Callable[[str], T], path: str) -> Outcome[T]:
     try:
         return Outcome(path, fn(path), None)
     except Error as e:
-        failure = Failure(
-            e.message, e.remedy, type(e).__name__, e.exit_code, getattr(e, "reason", None)
-        )
+        failure = Failure(e.message, e.remedy, type(e).__name__, e.exit_code, e.reason)
         return Outcome(path, None, failure)
 
 
@@ -112,19 +109,42 @@ def map_files(
 
 
 def expand_paths(paths: Iterable[str], *, recursive: bool) -> list[str]:
-    """The files named: with ``recursive``, regular files under directories (symlinks not
-    followed, sorted); without, paths as given (a directory then fails when opened)."""
+    """The files named: with ``recursive``, regular files under directories (sorted), walked
+    through descriptors beneath each directory named, never following a symlink (a symlinked
+    directory inside is not descended; a symlink named with ``recursive`` is refused);
+    without, paths as given (a directory then fails when opened)."""
+    import stat
+
+    from pyverity.fs import beneath
+
     out: list[str] = []
     for p in paths:
-        if recursive and Path(p).is_dir() and not Path(p).is_symlink():
-            for root, dirs, files in os.walk(p, followlinks=False):
-                dirs.sort()
-                for name in sorted(files):
-                    full = Path(root) / name
-                    if full.is_file() and not full.is_symlink():
-                        out.append(str(full))
-        else:
+        if not recursive:
             out.append(p)
+            continue
+        try:
+            fd = os.open(p, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            out.append(p)  # fails when opened, with its reason
+            continue
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode):
+                raise InputError(
+                    f"'{p}' is a symbolic link: -r walks trees without following symlinks",
+                    remedy="name the directory it points to",
+                )
+            if not stat.S_ISDIR(mode):
+                out.append(p)
+                continue
+            try:
+                out.extend(
+                    str(Path(p) / rel) for rel, is_dir in beneath.walk_tree(fd) if not is_dir
+                )
+            except OSError as e:
+                raise beneath.input_error(e, p) from e
+        finally:
+            os.close(fd)
     return out
 
 
@@ -139,7 +159,8 @@ class Measured:
 
 
 def measure_file(path: str, namespace: str = "security", jobs: int | None = 1) -> Measured:
-    """Open ``path`` once, read and check its attributes, hash its content as they say."""
+    """Open ``path`` once, read and check its attributes, hash its content as they say
+    (:func:`~pyverity.protect.gate.compute`); the parent judges it with the keyring."""
     fd = open_regular(path)
     try:
         try:
@@ -149,14 +170,10 @@ def measure_file(path: str, namespace: str = "security", jobs: int | None = 1) -
         if protection.kind is ProtectionKind.NONE:
             return Measured(protection, None, None)
         if protection.kind is ProtectionKind.CLASSIC:
-            from pyverity.protect.appraise import classic_hash_algo
-
             alg = classic_hash_algo(protection)
             if alg.hashlib_name is None:
                 return Measured(None, f"hash algorithm {alg.name} is not supported", None)
-            return Measured(protection, None, whole_file_hash(fd, alg))
-        tree = build_tree(fd, protection.tree_params(), keep_tree=False, jobs=jobs)
-        return Measured(protection, None, tree.descriptor)
+        return Measured(protection, None, compute(fd, protection, jobs=jobs).value)
     except FileChangedError:
         raise
     except OSError as e:  # pragma: no cover - open_regular and the builders wrap OSError

@@ -1,35 +1,24 @@
-"""Appraising a file end to end: open once, read the attributes, recompute, decide.
+"""Appraising a file end to end: open once, read the attributes, recompute, ask the gate.
 
-:func:`appraise_file` is what ``pyverity verify`` and the Python API use; the daemon and the
-reader compose the same pieces (:func:`~pyverity.protect.attrs.read_protection`, a tree build
-with ``protection.tree_params()``, :func:`~pyverity.protect.appraise.appraisal_result`)
-themselves, so they can cache, queue and resume.
+:func:`appraise_file` is what the Python API uses; :func:`verify_file` is the same appraisal,
+raising its failure. The daemon, the batch verifier and the reader compose the same pieces
+(:func:`~pyverity.protect.attrs.read_protection`, :func:`~pyverity.protect.gate.compute` or
+their own build, :func:`~pyverity.protect.gate.appraisal_result`) so they can cache, queue and
+resume.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from pyverity.errors import FormatError, SignatureError
-from pyverity.format.descriptor import Descriptor
-from pyverity.hashing import build_tree
-from pyverity.hashing.progress import CancelCheck, ProgressFn
-from pyverity.keys.keyring import Keyring
-from pyverity.protect.appraise import (
-    AppraisalResult,
-    AppraisalState,
-    Reason,
-    appraisal_result,
-    classic_hash_algo,
-    verify_declared_signature,
-    verify_protection,
-)
-from pyverity.protect.attrs import (
-    InvalidProtectionError,
-    ProtectionKind,
-    read_protection,
-)
-from pyverity.protect.sign import whole_file_hash
+from pyverity.errors import FormatError
+from pyverity.protect.attrs import InvalidProtectionError, read_protection
+from pyverity.protect.gate import Verdict, appraisal_result, compute, failure_result
+
+if TYPE_CHECKING:
+    from pyverity.hashing.progress import CancelCheck, ProgressFn
+    from pyverity.keys.keyring import Keyring
 
 __all__ = ["appraise_file", "verify_file"]
 
@@ -42,7 +31,7 @@ def appraise_file(
     jobs: int | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelCheck | None = None,
-) -> AppraisalResult:
+) -> Verdict:
     """Appraise one file (a path, opened once, or an open descriptor); never raises for a
     file that fails — only for one that cannot be read (:class:`~pyverity.errors.InputError`,
     :class:`~pyverity.errors.StorageError`, :class:`~pyverity.errors.FileChangedError`)."""
@@ -53,42 +42,17 @@ def appraise_file(
         try:
             protection = read_protection(fd, namespace)
         except InvalidProtectionError as e:
-            return AppraisalResult(
-                AppraisalState.INVALID, Reason.MALFORMED, str(e), ProtectionKind.NONE
-            )
-        if protection.kind is ProtectionKind.NONE:
-            return appraisal_result(protection, None, keyring)
-        computed: Descriptor | bytes
-        if protection.kind is ProtectionKind.CLASSIC:
-            try:
-                alg = classic_hash_algo(protection)
-                computed = whole_file_hash(fd, alg, progress)
-            except FormatError as e:
-                return AppraisalResult(
-                    AppraisalState.INVALID, Reason.MALFORMED, str(e), protection.kind
-                )
-        else:
-            try:  # reject a bad declared signature before hashing anything
-                verify_declared_signature(protection, keyring)
-            except SignatureError as e:
-                sig = protection.signature
-                return AppraisalResult(
-                    AppraisalState.INVALID,
-                    Reason(getattr(e, "reason", "bad signature")),
-                    str(e),
-                    protection.kind,
-                    sig.keyid if sig else None,
-                )
-            tree = build_tree(
-                fd,
-                protection.tree_params(),
-                keep_tree=False,
-                jobs=jobs,
-                progress=progress,
-                cancel=cancel,
-            )
-            computed = tree.descriptor
-        return appraisal_result(protection, computed, keyring)
+            return failure_result(e)
+        # The declaration first: a bad signature over a declared descriptor, or no attribute
+        # at all, is decided before anything is hashed.
+        declared = appraisal_result(protection, None, keyring)
+        if declared.failed:
+            return declared
+        try:
+            computed = compute(fd, protection, jobs=jobs, progress=progress, cancel=cancel)
+        except FormatError as e:  # e.g. a classic value with an algorithm hashlib lacks
+            return failure_result(e, protection)
+        return appraisal_result(protection, computed.value, keyring)
     finally:
         if not isinstance(path, int):
             os.close(fd)
@@ -101,21 +65,5 @@ def verify_file(
     namespace: str = "security",
     jobs: int | None = None,
 ) -> None:
-    """Raise unless ``path`` appraises READY (see :func:`verify_protection` for the errors)."""
-    from pyverity.fs.openfile import open_regular
-
-    fd = path if isinstance(path, int) else open_regular(path)
-    try:
-        protection = read_protection(fd, namespace)
-        computed: Descriptor | bytes | None = None
-        if protection.kind is ProtectionKind.CLASSIC:
-            computed = whole_file_hash(fd, classic_hash_algo(protection))
-        elif protection.kind is not ProtectionKind.NONE:
-            verify_declared_signature(protection, keyring)
-            computed = build_tree(
-                fd, protection.tree_params(), keep_tree=False, jobs=jobs
-            ).descriptor
-        verify_protection(protection, computed, keyring)
-    finally:
-        if not isinstance(path, int):
-            os.close(fd)
+    """Raise unless ``path`` appraises READY (the error of its :class:`Verdict`)."""
+    appraise_file(path, keyring, namespace=namespace, jobs=jobs).raise_if_failed()

@@ -1,6 +1,8 @@
-"""Classic IMA files (a whole-file hash or a v2 signature over it): one pass that both hashes
-the whole content, for the appraisal, and builds a Merkle tree of the very same bytes, so that
-later reads are checked block by block against content that matched the signature.
+"""Classic IMA files (a whole-file hash or a v2 signature over it) read through a verifier: one
+pass that both hashes the whole content, for the appraisal, and builds a Merkle tree of the very
+same bytes, so that later reads are checked block by block against content that matched.
+
+Used by :func:`pyverity.protect.gate.compute` with ``keep_tree`` (the reader's open).
 """
 
 from __future__ import annotations

@@ -29,15 +29,15 @@ from pyverity.keys.keyring import Keyring
 from pyverity.measure.log import MeasurementLog
 from pyverity.policy.context import context_for_fd
 from pyverity.policy.engine import Decision, Policy
-from pyverity.protect.appraise import (
+from pyverity.protect.attrs import Protection, ProtectionKind, read_protection
+from pyverity.protect.content import hash_and_tree
+from pyverity.protect.gate import (
     NotProtectedError,
     classic_hash_algo,
     verify_declared_signature,
     verify_protection,
 )
-from pyverity.protect.attrs import Protection, ProtectionKind, read_protection
 from pyverity.protect.sign import whole_file_hash
-from pyverity.reader.classic import hash_and_tree
 from pyverity.reader.kernelread import kernel_descriptor_of, kernel_enforces
 from pyverity.reader.pool import HashPool
 from pyverity.reader.tree import MemoryTree, TreeSource

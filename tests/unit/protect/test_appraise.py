@@ -105,7 +105,7 @@ def test_bad_declared_signature_is_invalid(tmp_path: Path, signer_and_ring) -> N
 def test_unsigned_and_none_and_malformed(tmp_path: Path) -> None:
     f = _file(tmp_path)
     r = appraise_file(f, None, namespace=NS)
-    assert (r.state, r.reason) == (AppraisalState.INVALID, Reason.NO_ATTRIBUTE)
+    assert (r.state, r.reason) == (AppraisalState.NONE, Reason.NO_ATTRIBUTE)
     with pytest.raises(NotProtectedError):
         verify_file(f, None, namespace=NS)
     enable_file(f, namespace=NS)
