@@ -1,9 +1,9 @@
 """Watching every directory under the roots, turning inotify records into file events.
 
 New directories are watched as they appear (and scanned, since files may be created in them
-before the watch exists). Symbolic links are never followed: directories are walked with
-``follow_symlinks=False`` and watched with ``IN_DONT_FOLLOW``. A queue overflow is reported as
-one :attr:`Change.OVERFLOW` event, on which the daemon rescans everything.
+before the watch exists). Symbolic links are never followed: directories are walked through
+descriptors (:mod:`pyverity.fs.beneath`) and watched with ``IN_DONT_FOLLOW``. A queue overflow
+is reported as one :attr:`Change.OVERFLOW` event, on which the daemon rescans everything.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pyverity.fs import beneath
 from pyverity.fs.inotify import Event, Inotify, Mask
 
 __all__ = ["Change", "FileEvent", "Watcher", "open_beneath", "walk_files"]
@@ -43,53 +44,49 @@ class FileEvent:
 
 
 def walk_files(top: str) -> Iterator[tuple[str, bool]]:
-    """``(path, is_dir)`` for every directory and regular file under ``top`` (``top`` first)."""
+    """``(path, is_dir)`` for every directory and regular file under ``top`` (``top`` first),
+    walked through descriptors without following symlinks (:func:`.beneath.walk_tree`)."""
     yield top, True
-    stack = [top]
-    while stack:
-        d = stack.pop()
-        try:
-            entries = list(os.scandir(d))
-        except OSError:
-            continue
-        for e in entries:
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    yield e.path, True
-                    stack.append(e.path)
-                elif e.is_file(follow_symlinks=False):
-                    yield e.path, False
-            except OSError:
-                continue
+    try:
+        root_fd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        base = top.rstrip(os.sep)
+        for rel, is_dir in beneath.walk_tree(root_fd):
+            yield f"{base}{os.sep}{rel}", is_dir
+    except OSError:
+        return
+    finally:
+        os.close(root_fd)
 
 
 def open_beneath(roots: tuple[str, ...], path: str) -> int:
     """Open the regular file ``path`` read-only without following any symlink below its root.
 
-    The path is walked one component at a time from the root's descriptor with
-    ``O_NOFOLLOW``, so a directory swapped for a symlink cannot lead out of the roots; the
-    file is opened ``O_NONBLOCK`` (a FIFO or device never blocks) after an ``lstat`` shows a
-    regular file. Raises :class:`OSError` (``ELOOP``, ``ENOENT``, ``EXDEV`` outside the roots).
+    The path is resolved beneath the root's descriptor by :mod:`pyverity.fs.beneath`
+    (``openat2`` with ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``, or a checked walk), so a
+    directory swapped for a symlink cannot lead out of the roots; the file is opened
+    ``O_NONBLOCK`` (a FIFO or device never blocks) once ``fstat`` shows a regular file.
+    Raises :class:`OSError` (``ELOOP``, ``ENOENT``, ``EXDEV`` outside the roots).
     """
     root = next((r for r in roots if path.startswith(r.rstrip(os.sep) + os.sep)), None)
     if root is None:
         raise OSError(errno.EXDEV, "not under a root", path)
-    parts = path[len(root.rstrip(os.sep)) + 1 :].split(os.sep)  # noqa: PTH206 (keeps . and ..)
-    if any(p in ("", ".", "..") for p in parts):
+    rel = path[len(root.rstrip(os.sep)) + 1 :]
+    if any(p in ("", ".", "..") for p in rel.split(os.sep)):  # noqa: PTH206 (keeps . and ..)
         raise OSError(errno.EINVAL, "not a canonical path", path)
-    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    dfd = os.open(root, dir_flags)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        for part in parts[:-1]:
-            nxt = os.open(part, dir_flags, dir_fd=dfd)
-            os.close(dfd)
-            dfd = nxt
-        if not stat.S_ISREG(os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        return os.open(parts[-1], flags, dir_fd=dfd)
+        pfd = beneath.open_beneath(root_fd, rel, os.O_PATH)
     finally:
-        os.close(dfd)
+        os.close(root_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(pfd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return beneath.reopen(pfd, os.O_RDONLY | os.O_NONBLOCK)
+    finally:
+        os.close(pfd)
 
 
 class Watcher:

@@ -1,4 +1,4 @@
-# ruff: noqa: PTH101, PTH102, PTH104, PTH106, PTH108, PTH115, PTH118, PTH208, PTH211
+# ruff: noqa: PTH101, PTH118, PTH208
 # (a syscall-for-syscall adapter over the source directory: the os.* calls mirror the requests)
 """The filesystem: every open appraised, every read verified, writes passed through on ``--rw``.
 
@@ -21,11 +21,21 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pyverity.errors import Error, FileChangedError, IntegrityError
+from pyverity.fs.access import (
+    Credentials,
+    check_access,
+    may_chown,
+    may_delete,
+    may_set_times,
+    owner_or_capable,
+    xattr_denied,
+)
+from pyverity.fs.beneath import components, open_at, open_parent, proc_path, reopen
 from pyverity.fs.openfile import FileIdentity, identity
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr, set_attr
 from pyverity.fuse.config import MountConfig
@@ -132,6 +142,8 @@ class VerityFS:
     ) -> None:
         self.config = config
         self._source = os.fspath(config.source)
+        #: Every path served is resolved beneath this descriptor (pyverity.fs.beneath).
+        self._root_fd = os.open(self._source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._mountpoint = os.path.realpath(config.mountpoint)
         self._handles = HandleTable()
         self._context = context
@@ -146,7 +158,73 @@ class VerityFS:
 
     # -- helpers -----------------------------------------------------------------------
     def _real(self, path: str) -> str:
+        """The backing file's path, as text for logs and the daemon (never opened here)."""
         return os.path.join(self._source, path.lstrip("/"))
+
+    # -- resolution beneath the source, and the caller's permissions ---------------------
+    def _cred(self) -> Credentials | None:
+        """The caller of the current request (None without a context: tests, no checks)."""
+        if self._context is None:
+            return None
+        uid, gid, pid = self._context()
+        return Credentials.of_process(uid, gid, pid)
+
+    @staticmethod
+    def _require(st: os.stat_result, cred: Credentials | None, mask: int) -> None:
+        if cred is not None and not check_access(st, cred, mask):
+            raise _err(errno.EACCES)
+
+    @contextlib.contextmanager
+    def _parent(self, path: str, cred: Credentials | None) -> Iterator[tuple[int, str]]:
+        """``(O_PATH fd of the directory holding the last component, its name)`` (``"."``
+        for the root), walked beneath the source without following symlinks, with search
+        permission checked on every directory passed through."""
+
+        def search(st: os.stat_result) -> None:
+            self._require(st, cred, os.X_OK)
+
+        parts = components(path.lstrip("/"))
+        dfd = open_parent(self._root_fd, parts, search if cred is not None else None)
+        try:
+            yield dfd, parts[-1] if parts else "."
+        finally:
+            os.close(dfd)
+
+    @contextlib.contextmanager
+    def _object(
+        self, path: str, cred: Credentials | None, flags: int = os.O_PATH
+    ) -> Iterator[tuple[int, os.stat_result]]:
+        """The object at ``path`` opened with ``flags`` (a final symlink: itself, with
+        ``O_PATH``) and its ``fstat``: checks then apply to what was actually opened."""
+        with self._parent(path, cred) as (dfd, name):
+            fd = open_at(dfd, name, flags)
+        try:
+            yield fd, os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def _open_checked(self, path: str, flags: int, cred: Credentials | None) -> int:
+        """Open the regular file at ``path`` with ``flags`` once the caller may."""
+        with self._object(path, cred) as (pfd, st):
+            if not stat.S_ISREG(st.st_mode):
+                raise _err(errno.EACCES)
+            mode = flags & os.O_ACCMODE
+            mask = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}.get(mode, os.R_OK | os.W_OK)
+            self._require(st, cred, mask | (os.W_OK if flags & os.O_TRUNC else 0))
+            return reopen(pfd, flags | os.O_NONBLOCK)
+
+    def _owned(self, dfd: int, name: str, cred: Credentials | None) -> None:
+        """Give a new object the caller's uid (and gid, unless the directory is setgid)."""
+        if cred is not None:
+            dir_st = os.fstat(dfd)
+            gid = -1 if dir_st.st_mode & stat.S_ISGID else cred.gid
+            os.chown(name, cred.uid, gid, dir_fd=dfd, follow_symlinks=False)
+
+    def _deletable(self, dfd: int, name: str, cred: Credentials | None) -> os.stat_result:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if cred is not None and not may_delete(os.fstat(dfd), st, cred):
+            raise _err(errno.EACCES)
+        return st
 
     def _require_rw(self) -> None:
         if not self.config.rw:
@@ -172,44 +250,73 @@ class VerityFS:
     # -- attributes and directories ----------------------------------------------------
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         del fh
-        st = os.lstat(self._real(path))
+        with self._parent(path, self._cred()) as (dfd, name):
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         attrs = {k: getattr(st, k) for k in _STAT_KEYS}
         attrs.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)
         return attrs
 
     def readdir(self, path: str, fh: int) -> list[str]:
         del fh
-        return [".", "..", *os.listdir(self._real(path))]
+        cred = self._cred()
+        with self._object(path, cred, os.O_RDONLY | os.O_DIRECTORY) as (fd, st):
+            self._require(st, cred, os.R_OK)
+            return [".", "..", *os.listdir(fd)]
 
     def readlink(self, path: str) -> str:
-        return os.readlink(self._real(path))
+        with self._object(path, self._cred()) as (fd, st):
+            if not stat.S_ISLNK(st.st_mode):
+                raise _err(errno.EINVAL)
+            return os.readlink("", dir_fd=fd)
 
     def statfs(self, path: str) -> dict[str, int]:
-        sv = os.statvfs(self._real(path))
+        with self._object(path, self._cred()) as (fd, _):
+            sv = os.statvfs(fd)
         keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files")
         return {k: getattr(sv, k) for k in (*keys, "f_flag", "f_frsize", "f_namemax")}
 
+    @contextlib.contextmanager
+    def _xattr_checked(self, path: str, name: str, *, write: bool) -> Iterator[int]:
+        cred = self._cred()
+        with self._object(path, cred) as (fd, st):
+            code = xattr_denied(st, cred, name, write=write) if cred is not None else 0
+            if code:
+                raise _err(code)
+            yield fd
+
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         del position
-        try:
-            return os.getxattr(self._real(path), name, follow_symlinks=False)
-        except OSError as e:
-            if e.errno == errno.ENODATA:
-                raise _err(errno.ENODATA) from None
-            raise
+        with self._xattr_checked(path, name, write=False) as fd:
+            try:
+                return os.getxattr(proc_path(fd), name)
+            except OSError as e:
+                if e.errno == errno.ENODATA:
+                    raise _err(errno.ENODATA) from None
+                raise
 
     def listxattr(self, path: str) -> list[str]:
-        return os.listxattr(self._real(path), follow_symlinks=False)
+        cred = self._cred()
+        with self._object(path, cred) as (fd, st):
+            names = os.listxattr(proc_path(fd))
+        if cred is None:
+            return names
+        return [
+            n
+            for n in names
+            if not n.startswith("trusted.") or not xattr_denied(st, cred, n, write=False)
+        ]
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         del position
         self._require_rw()
-        os.setxattr(self._real(path), name, value, options, follow_symlinks=False)
+        with self._xattr_checked(path, name, write=True) as fd:
+            os.setxattr(proc_path(fd), name, value, options)
         return 0
 
     def removexattr(self, path: str, name: str) -> int:
         self._require_rw()
-        os.removexattr(self._real(path), name, follow_symlinks=False)
+        with self._xattr_checked(path, name, write=True) as fd:
+            os.removexattr(proc_path(fd), name)
         return 0
 
     # -- opening -----------------------------------------------------------------------
@@ -223,8 +330,8 @@ class VerityFS:
         if writing:
             self._require_rw()
         real = self._real(path)
-        open_flags = (flags & (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC)) | os.O_NOFOLLOW
-        fd = os.open(real, open_flags | os.O_NONBLOCK | os.O_CLOEXEC)
+        open_flags = flags & (os.O_ACCMODE | os.O_APPEND | os.O_TRUNC)
+        fd = self._open_checked(path, open_flags, self._cred())
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -292,7 +399,15 @@ class VerityFS:
     def create(self, path: str, mode: int, fi: Any) -> int:
         self._require_rw()
         flags = (fi.flags & (os.O_ACCMODE | os.O_APPEND)) | os.O_CREAT | os.O_EXCL
-        fd = os.open(self._real(path), flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        cred = self._cred()
+        with self._parent(path, cred) as (dfd, name):
+            self._require(os.fstat(dfd), cred, os.W_OK | os.X_OK)
+            fd = open_at(dfd, name, flags, mode)
+            try:
+                self._owned(dfd, name, cred)
+            except BaseException:
+                os.close(fd)
+                raise
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         fi.direct_io = 1
@@ -328,7 +443,7 @@ class VerityFS:
             os.ftruncate(handle.fd, length)
             self._mark_stale(handle.fd, handle.key, path)
             return 0
-        fd = os.open(self._real(path), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = self._open_checked(path, os.O_WRONLY, self._cred())
         try:
             st = os.fstat(fd)
             os.ftruncate(fd, length)
@@ -348,52 +463,98 @@ class VerityFS:
         return 0
 
     # -- namespace changes (--rw only) -------------------------------------------------
+    # Each resolves beneath the source and checks the caller as the kernel would: write and
+    # search on the directory changed, the sticky bit, ownership for chmod/chown/utimens.
     def unlink(self, path: str) -> int:
         self._require_rw()
-        os.unlink(self._real(path))
+        cred = self._cred()
+        with self._parent(path, cred) as (dfd, name):
+            self._deletable(dfd, name, cred)
+            os.unlink(name, dir_fd=dfd)
         return 0
 
     def mkdir(self, path: str, mode: int) -> int:
         self._require_rw()
-        os.mkdir(self._real(path), mode)
+        cred = self._cred()
+        with self._parent(path, cred) as (dfd, name):
+            self._require(os.fstat(dfd), cred, os.W_OK | os.X_OK)
+            os.mkdir(name, mode, dir_fd=dfd)
+            self._owned(dfd, name, cred)
         return 0
 
     def rmdir(self, path: str) -> int:
         self._require_rw()
-        os.rmdir(self._real(path))
+        cred = self._cred()
+        with self._parent(path, cred) as (dfd, name):
+            self._deletable(dfd, name, cred)
+            os.rmdir(name, dir_fd=dfd)
         return 0
 
     def rename(self, old: str, new: str) -> int:
         self._require_rw()
-        os.rename(self._real(old), self._real(new))
+        cred = self._cred()
+        with self._parent(old, cred) as (odfd, oname), self._parent(new, cred) as (ndfd, nname):
+            st = self._deletable(odfd, oname, cred)
+            self._require(os.fstat(ndfd), cred, os.W_OK | os.X_OK)
+            with contextlib.suppress(FileNotFoundError):
+                self._deletable(ndfd, nname, cred)
+            if stat.S_ISDIR(st.st_mode) and not os.path.samestat(os.fstat(odfd), os.fstat(ndfd)):
+                self._require(st, cred, os.W_OK)  # its ".." changes
+            os.rename(oname, nname, src_dir_fd=odfd, dst_dir_fd=ndfd)
         return 0
 
     def symlink(self, target: str, source: str) -> int:
         self._require_rw()
-        os.symlink(source, self._real(target))
+        cred = self._cred()
+        with self._parent(target, cred) as (dfd, name):
+            self._require(os.fstat(dfd), cred, os.W_OK | os.X_OK)
+            os.symlink(source, name, dir_fd=dfd)
+            self._owned(dfd, name, cred)
         return 0
 
     def link(self, target: str, source: str) -> int:
         self._require_rw()
-        os.link(self._real(source), self._real(target), follow_symlinks=False)
+        cred = self._cred()
+        with self._parent(source, cred) as (sdfd, sname), self._parent(target, cred) as pair:
+            tdfd, tname = pair
+            self._require(os.fstat(tdfd), cred, os.W_OK | os.X_OK)
+            st = os.stat(sname, dir_fd=sdfd, follow_symlinks=False)
+            if cred is not None and not owner_or_capable(st, cred):  # fs.protected_hardlinks
+                if not stat.S_ISREG(st.st_mode) or st.st_mode & stat.S_ISUID:
+                    raise _err(errno.EPERM)
+                if not check_access(st, cred, os.R_OK | os.W_OK):
+                    raise _err(errno.EPERM)
+            os.link(sname, tname, src_dir_fd=sdfd, dst_dir_fd=tdfd, follow_symlinks=False)
         return 0
 
     def chmod(self, path: str, mode: int) -> int:
         self._require_rw()
-        os.chmod(self._real(path), mode, follow_symlinks=False)
+        cred = self._cred()
+        with self._object(path, cred) as (fd, st):
+            if cred is not None and not owner_or_capable(st, cred):
+                raise _err(errno.EPERM)
+            os.chmod(proc_path(fd), mode)
         return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
         self._require_rw()
-        os.chown(self._real(path), uid, gid, follow_symlinks=False)
+        cred = self._cred()
+        with self._object(path, cred) as (fd, st):
+            if cred is not None and not may_chown(st, cred, uid, gid):
+                raise _err(errno.EPERM)
+            os.chown(proc_path(fd), uid, gid)
         return 0
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
         self._require_rw()
-        if times is None:
-            os.utime(self._real(path), follow_symlinks=False)
-        else:
-            os.utime(self._real(path), ns=times, follow_symlinks=False)
+        cred = self._cred()
+        with self._object(path, cred) as (fd, st):
+            if cred is not None and not may_set_times(st, cred, explicit=times is not None):
+                raise _err(errno.EPERM if times is not None else errno.EACCES)
+            if times is None:
+                os.utime(proc_path(fd))
+            else:
+                os.utime(proc_path(fd), ns=times)
         return 0
 
     # -- fs-verity ioctls --------------------------------------------------------------
@@ -420,8 +581,7 @@ class VerityFS:
     def _enable(self, handle: Handle, path: str, data: int) -> None:
         request = parse_enable(data)
         st = os.fstat(handle.fd)
-        if not self._may_write(st):
-            raise _err(errno.EACCES)
+        self._require(st, self._cred(), os.W_OK)
         self._require_rw()
         if self._handles.writers(handle.key):
             raise _err(errno.ETXTBSY)
@@ -439,19 +599,9 @@ class VerityFS:
         set_attr(handle.fd, name, tree.descriptor.to_bytes())
         log.info("enabled protection of '%s': %s", path, tree.file_digest())
 
-    def _may_write(self, st: os.stat_result) -> bool:
-        if self._context is None:
-            return True
-        uid, gid, _ = self._context()
-        if uid == 0:
-            return True
-        if uid == st.st_uid:
-            return bool(st.st_mode & stat.S_IWUSR)
-        if gid == st.st_gid:
-            return bool(st.st_mode & stat.S_IWGRP)
-        return bool(st.st_mode & stat.S_IWOTH)
-
     # -- lifecycle ---------------------------------------------------------------------
     def destroy(self, path: str) -> None:
         del path
         self._handles.close_all()
+        with contextlib.suppress(OSError):
+            os.close(self._root_fd)
