@@ -99,6 +99,10 @@ class Daemon:
     def request(self, req: dict[str, Any], **kw: Any) -> dict[str, Any]:
         return client.request(req, state_dir=self.state, **kw)
 
+    def sync(self) -> None:
+        """Wait until the daemon has handled every event queued before now and committed."""
+        assert self.request({"op": "sync"})["ok"]
+
     def metrics(self) -> dict[str, float]:
         text = self.request({"op": "metrics"})["text"]
         out = {}

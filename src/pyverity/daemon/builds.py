@@ -11,6 +11,7 @@ worker; a checkpoint is reused only if its attribute fingerprint and identity sn
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import selectors
@@ -25,6 +26,7 @@ from pyverity.daemon.watcher import open_beneath
 from pyverity.errors import Error, FileChangedError, IntegrityError, StorageError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
+from pyverity.fs.openfile import FileIdentity
 from pyverity.hashing.result import MerkleTree
 from pyverity.store.statedb import Checkpoint, State
 
@@ -140,8 +142,11 @@ class BuildsMixin:
             job.snapshot = obs.snapshot
             job.offset = job.progress = offset
             job.leaf_bytes = len(leaves)
+            job.leaves_sha256 = hashlib.sha256(leaves)
             job.stopping = ""
-            job.extra = {"protection": prot, "file_id": file_id, "start": offset}
+            job.protection = prot
+            job.file_id = file_id
+            job.start = offset
             spec = {
                 "job_id": job.job_id,
                 "alg": params.hash_alg.number,
@@ -190,9 +195,7 @@ class BuildsMixin:
         finally:
             os.close(fd)
 
-    def _unexplained_change(
-        self, job: Job, rec: FileRecord, snapshot: tuple[int, int, int, int]
-    ) -> None:
+    def _unexplained_change(self, job: Job, rec: FileRecord, snapshot: FileIdentity) -> None:
         """Size or mtime changed with no event seen yet: retry (the event may be on its way);
         after a few retries with no explanation, the content is taken as written."""
         n = self.retries.get(job.path, 0) + 1
@@ -204,7 +207,7 @@ class BuildsMixin:
         self.apply(job.path, rec, lifecycle.on_write(rec, snapshot, seen=seen))
 
     def _saved_leaves(
-        self, file_id: int, attr_fp: bytes, snapshot: tuple[int, int, int, int], params: TreeParams
+        self, file_id: int, attr_fp: bytes, snapshot: FileIdentity, params: TreeParams
     ) -> tuple[int, bytes]:
         """The checkpoint to resume from, if it is for these attributes and this content."""
         cp = self.db.get_checkpoint(file_id)
@@ -213,10 +216,10 @@ class BuildsMixin:
         why = "attributes or identity changed"
         if cp.attr_fp == attr_fp and cp.snapshot == snapshot:
             nbytes = cp.offset // params.block_size * params.digest_size
-            saved = self.partial.load(file_id, nbytes)
+            saved = self.partial.load(file_id, nbytes, cp.leaves_sha256)
             if saved is not None:
                 return cp.offset, saved
-            why = "leaf hashes missing"
+            why = "leaf hashes missing, or not matching the checkpoint's checksum"
         log.info("discarding the checkpoint of file %d at %d: %s", file_id, cp.offset, why)
         self.db.delete_checkpoint(file_id)
         self.partial.discard(file_id)
@@ -249,7 +252,7 @@ class BuildsMixin:
             self._checkpoint(job, msg[2], msg[3])
         else:
             self._finish(worker)
-            self.metrics["bytes_hashed"] += max(0, job.progress - job.extra.get("start", 0))
+            self.metrics["bytes_hashed"] += max(0, job.progress - job.start)
             if kind == "stopped":
                 self._stopped(job, msg[2], msg[3])
             elif kind == "failed":
@@ -261,15 +264,17 @@ class BuildsMixin:
         job.progress = max(job.progress, offset)
         if job.stopping == "cancel":
             return
-        file_id = job.extra["file_id"]
+        file_id = job.file_id
         try:
             self.partial.append(file_id, leaves, job.leaf_bytes)
         except StorageError as e:
             log.warning("%s: checkpoint not saved: %s", job.path, e)
             return
         job.leaf_bytes += len(leaves)
+        job.leaves_sha256.update(leaves)
         job.offset = offset
-        self.db.put_checkpoint(Checkpoint(file_id, job.attr_fp, offset, job.snapshot))
+        checksum = job.leaves_sha256.digest()
+        self.db.put_checkpoint(Checkpoint(file_id, job.attr_fp, offset, job.snapshot, checksum))
 
     def _stopped(self, job: Job, why: str, offset: int) -> None:
         job.progress = max(job.progress, offset)
@@ -318,7 +323,15 @@ class BuildsMixin:
             self.enqueue(rec, job.priority)
             return
         built = MerkleTree(descriptor, tree)
-        result = appraise(job.extra["protection"], built, self.keyring)
+        result = appraise(self._need(job.protection), built, self.keyring)
+        if result.state != "READY" and job.start > 0:
+            # Resumed from a checkpoint: rule out the saved leaves before blaming the content.
+            log.warning("%s: resumed build does not match; building again from 0", job.path)
+            self.db.delete_checkpoint(self._need(rec.id))
+            self.partial.discard(self._need(rec.id))
+            self.db.put(rec.evolve(state=State.PENDING, progress=0))
+            self.enqueue(rec, job.priority)
+            return
         refused = ""
         in_kernel = False
         if result.state == "READY" and self.config.backend == "kernel":
@@ -349,10 +362,18 @@ class BuildsMixin:
                 error=note,
                 digest=result.digest,
                 ready_ns=time.time_ns(),
+                recheck=False,
             )
+        elif result.state == "MISMATCH" and rec.recheck:
+            # A READY file re-hashed after a ctime-only change: written with its mtime put back.
+            self.metrics["builds_mismatch"] += 1
+            why = "content written since protection (ctime changed, content differs)"
+            new = rec.evolve(state=State.STALE, error=why, progress=0, recheck=False)
         else:
             self.metrics["builds_mismatch"] += 1
-            new = rec.evolve(state=State(result.state), error=result.reason, progress=rec.size)
+            new = rec.evolve(
+                state=State(result.state), error=result.reason, progress=rec.size, recheck=False
+            )
         self.db.delete_checkpoint(self._need(rec.id))
         self.partial.discard(self._need(rec.id))
         self.apply(rec.path, rec, Decision(new))

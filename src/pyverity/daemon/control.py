@@ -1,6 +1,7 @@
 """The daemon's answers on its control socket (mixed into :class:`~.core.Daemon`).
 
-``status`` (paths, or totals), ``wait`` (until a file leaves PENDING/BUILDING), ``build-now``
+``sync`` (handle every pending event, commit, reply), ``status`` (paths, or totals),
+``wait`` (until a file leaves PENDING/BUILDING), ``build-now``
 (a first-use request: jumps the queue; a READY file's cached tree is fully verified and
 rebuilt if it is missing or corrupted), ``rebuild`` (leave STALE), ``rescan``, ``metrics``
 (Prometheus text). Path requests need the caller to be able to open the file (or to have sent
@@ -65,6 +66,7 @@ class ControlMixin:
         _sel: selectors.BaseSelector
 
         def in_roots(self, path: str) -> bool: ...
+        def _commit(self) -> None: ...
         def process_events(self) -> None: ...
         def scan_file(self, path: str, cause: Cause = Cause.SCAN) -> None: ...
         def rescan(self) -> None: ...
@@ -147,6 +149,12 @@ class ControlMixin:
         if op == "metrics":
             client.reply({"ok": True, "id": rid, "text": self.metrics_text()})
             return
+        if op == "sync":
+            # Every event queued before the request is handled (above) and committed: what a
+            # test reads from the database now includes the effect of what it did before.
+            self._commit()
+            client.reply({"ok": True, "id": rid, "queued": len(self.queue_)})
+            return
         if op == "rescan":
             if not privileged:
                 client.reply({"ok": False, "id": rid, "error": "permission denied"})
@@ -190,7 +198,7 @@ class ControlMixin:
             self.scan_file(path, Cause.REBUILD)
             rec = self.db.get(path)
             if rec is not None and rec.state in _BUSY:
-                self.queue_.push(Job(path, FIRST_USE, rec.attr_fp))
+                self.enqueue(rec, FIRST_USE)
         elif op == "build-now":
             # Look again: a change no event reported (a write through mmap) shows as STALE.
             self.scan_file(path, Cause.SCAN)
@@ -221,8 +229,8 @@ class ControlMixin:
                 else:
                     return rec
             rec = self.db.put(rec.evolve(state=State.PENDING, progress=0))
-        if rec.state in _BUSY and rec.path not in self.running:
-            self.queue_.push(Job(rec.path, FIRST_USE, rec.attr_fp))
+        if rec.state in _BUSY:
+            self.enqueue(rec, FIRST_USE)
         return rec
 
     def metrics_text(self) -> str:

@@ -167,7 +167,7 @@ class Daemon(BuildsMixin, ControlMixin):
         except Error as e:  # e.g. EIO reading an attribute: INVALID, with the reason
             reason = f"cannot read the attributes: {e}"
             declared = Declared(hashlib.sha256(reason.encode()).digest(), True, None, reason)
-        return Observation(path, identity(st), declared)
+        return Observation(path, identity(st), declared, st.st_ctime_ns)
 
     def _has_attrs(self, path: str) -> bool:
         ns = self.config.xattr_ns
@@ -182,14 +182,17 @@ class Daemon(BuildsMixin, ControlMixin):
     # -- applying decisions ---------------------------------------------------------------------
 
     def apply(self, path: str, old: FileRecord | None, decision: Decision | None) -> None:
+        """Store what a decision says about the inode ``path`` names (every path of it)."""
         if decision is None:
             return
         if decision.cancel:
             self.cancel(path, old)
         rec = decision.record
-        if rec is None:
-            self.db.delete(path)
-            self._notify(path, None)
+        if rec is None:  # no attributes any more: the inode is no longer protected
+            paths = self.db.paths_of(old.id) if old is not None and old.id is not None else []
+            for p in paths or [path]:
+                self.db.delete(p)
+                self._notify(p, None)
             return
         if old is not None and old.state != rec.state:
             log.info("%s: %s -> %s %s", path, old.state, rec.state, rec.error)
@@ -198,22 +201,62 @@ class Daemon(BuildsMixin, ControlMixin):
             if self._recently_written(path):
                 self.settle[path] = time.monotonic() + SETTLE_SECONDS
             self.enqueue(rec, BACKGROUND)
-        self._notify(path, rec)
+        for p in self._links(rec):
+            self._notify(p, rec.evolve(path=p))
+
+    def _links(self, rec: FileRecord) -> list[str]:
+        """Every path of ``rec``'s inode (``rec.path`` alone if it has no row yet)."""
+        return (self.db.paths_of(rec.id) if rec.id is not None else []) or [rec.path]
 
     def enqueue(self, rec: FileRecord, priority: int) -> None:
+        """Queue a build of ``rec``'s inode, unless one is queued or running under any of its
+        paths (then a first use only raises that job's priority)."""
+        for p in self._links(rec):
+            if p in self.running:
+                return
+            queued = self.queue_.get(p)
+            if queued is not None:
+                if priority < queued.priority:
+                    self.queue_.push(Job(p, priority, queued.attr_fp))
+                return
         self.queue_.push(Job(rec.path, priority, rec.attr_fp))
 
     def cancel(self, path: str, rec: FileRecord | None) -> None:
-        self.queue_.remove(path)
+        """Stop queued and running builds of the inode (under any of its paths); drop its
+        checkpoint."""
+        for p in self._links(rec) if rec is not None else [path]:
+            self._cancel_path(p)
+        if rec is not None and rec.id is not None:
+            self.db.delete_checkpoint(rec.id)
+            self.partial.discard(rec.id)
+
+    def _cancel_path(self, path: str) -> bool:
+        """Stop the build queued or running under ``path``; whether there was one."""
+        queued = self.queue_.remove(path) is not None
         self.retry_at.pop(path, None)
         job = self.running.get(path)
         if job is not None and job.worker is not None and not job.stopping:
             job.stopping = "cancel"
             job.worker.tell("cancel", job.job_id)
             self.metrics["builds_cancelled"] += 1
-        if rec is not None and rec.id is not None:
-            self.db.delete_checkpoint(rec.id)
-            self.partial.discard(rec.id)
+            return True
+        return queued
+
+    def forget_path(self, path: str, rec: FileRecord | None) -> None:
+        """``path`` is gone (deleted, moved out, no longer a regular file). Its inode keeps its
+        row while another path names it; a build under ``path`` moves to that path."""
+        others = [p for p in self._links(rec) if p != path] if rec is not None else []
+        if rec is None or not others:
+            self.apply(path, rec, Decision(None, cancel=True))
+            return
+        had_build = self._cancel_path(path)
+        self.db.delete(path)
+        self._notify(path, None)
+        if had_build or rec.state in (State.PENDING, State.BUILDING):
+            moved = self.db.get(others[0])
+            if moved is not None:
+                self.db.put(moved.evolve(state=State.PENDING))
+                self.enqueue(moved, BACKGROUND)
 
     def process_events(self) -> None:
         """Handle every event inotify has queued, oldest first."""
@@ -251,7 +294,7 @@ class Daemon(BuildsMixin, ControlMixin):
         if ev.change is Change.DIR_GONE:
             prefix = path.rstrip(os.sep) + os.sep
             for gone in self.db.records_under(prefix):
-                self.apply(gone.path, gone, Decision(None, cancel=True))
+                self.forget_path(gone.path, self.db.get(gone.path))
             return
         rec = self.db.get(path)
         if ev.change in (Change.WRITE, Change.CLOSE_WRITE):
@@ -264,18 +307,19 @@ class Daemon(BuildsMixin, ControlMixin):
             if seq and self._need(self.watcher).before_observation(seq, path):
                 return  # written before the observation that made the row
             try:
-                snap = identity(os.lstat(path))
+                st = os.lstat(path)
             except OSError:
                 return
+            snap = identity(st)
             if ev.change is Change.CLOSE_WRITE and snap == rec.snapshot:
                 return
-            self.apply(path, rec, lifecycle.on_write(rec, snap))
+            self.apply(path, rec, lifecycle.on_write(rec, snap, ctime_ns=st.st_ctime_ns))
             return
         if ev.change is Change.GONE:
             if rec is not None:
                 if ev.cookie:
                     self._moved[ev.cookie] = rec
-                self.apply(path, rec, Decision(None, cancel=True))
+                self.forget_path(path, rec)
             return
         moved = self._moved.pop(ev.cookie, None) if ev.cookie else None
         if moved is not None and self._renamed(path, moved):
@@ -290,7 +334,7 @@ class Daemon(BuildsMixin, ControlMixin):
         rec = self.db.get(path)
         if rec is not None:
             self.cancel(path, rec)
-        new = self.db.put(old.evolve(path=path, id=None))
+        new = self.db.put(old.evolve(path=path, id=None, ctime_ns=obs.ctime_ns))
         log.info("%s: renamed from %s, still %s", path, old.path, new.state)
         if new.state in (State.PENDING, State.BUILDING):
             self.db.put(new.evolve(state=State.PENDING))
@@ -309,13 +353,30 @@ class Daemon(BuildsMixin, ControlMixin):
         obs = self.observe(path)
         if obs is None:
             if rec is not None:
-                self.apply(path, rec, Decision(None, cancel=True))
+                self.forget_path(path, rec)
             return
+        if rec is None or rec.snapshot[:2] != obs.snapshot[:2]:
+            linked = self._link(path, rec, obs)
+            if linked is not None:
+                rec = linked
+                if cause is Cause.APPEARED:
+                    cause = Cause.ATTR  # a new link changes ctime itself; it is no write
         decision = lifecycle.on_observe(rec, obs, cause)
         if decision is None and rec is not None and self._missing_tree(rec):
             # Reconciliation queues what is missing: a READY file whose cached tree is gone.
             decision = Decision(rec.evolve(state=State.PENDING, progress=0), build=True)
         self.apply(path, rec, decision)
+
+    def _link(self, path: str, rec: FileRecord | None, obs: Observation) -> FileRecord | None:
+        """``path`` names an inode tracked under another path (a hard link): join its row."""
+        dev, ino = obs.snapshot[:2]
+        sibling = next((r for r in self.db.by_inode(dev, ino) if r.path != path), None)
+        if sibling is None:
+            return None
+        if rec is not None:
+            self.forget_path(path, rec)  # the inode this path named before
+        log.info("%s: another link of %s", path, sibling.path)
+        return self.db.put(sibling.evolve(path=path))
 
     def _missing_tree(self, rec: FileRecord) -> bool:
         if not self._check_cache or rec.state is not State.READY or not rec.digest:
@@ -352,7 +413,7 @@ class Daemon(BuildsMixin, ControlMixin):
                 seen.add(path)
                 self.scan_file(path)
         for path in [p for p in self.db.paths() if p not in seen]:
-            self.apply(path, self.db.get(path), Decision(None, cancel=True))
+            self.forget_path(path, self.db.get(path))
         self.db.commit()
 
     # -- the loop -------------------------------------------------------------------------------

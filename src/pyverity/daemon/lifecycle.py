@@ -13,6 +13,11 @@ every transition.
   content as it then is (``tar --xattrs`` sets attributes before it writes the data).
 * chmod, touch and other attributes (``IN_ATTRIB`` with the same value) change nothing but the
   snapshot; if a build was running it will see the identity change and be retried.
+* ctime: a change of ctime alone (chmod, chown, an attribute write — or a write whose mtime
+  was put back) seen while no event explains it (start-up, rescan, first use: ``Cause.SCAN``)
+  re-hashes a READY or MISMATCH file: READY if the content still matches, and a READY file
+  whose content no longer does is STALE (``recheck``), not MISMATCH. Seen with an event
+  (``IN_ATTRIB``, a new link), it is recorded only: a write would have raised ``IN_MODIFY``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import enum
 from dataclasses import dataclass
 
 from pyverity.daemon.protection import Declared
+from pyverity.fs.openfile import FileIdentity
 from pyverity.store.statedb import FileRecord, State
 
 __all__ = ["Cause", "Decision", "Observation", "describe_change", "on_observe", "on_write"]
@@ -28,6 +34,8 @@ __all__ = ["Cause", "Decision", "Observation", "describe_change", "on_observe", 
 #: States a content change turns into STALE. A PENDING file is not built yet: its build will
 #: hash the content as it is when it starts (``tar --xattrs`` writes the attributes first).
 _WRITABLE = (State.BUILDING, State.READY, State.MISMATCH)
+#: States whose content is hashed again when only ctime changed with no event to explain it.
+_RECHECKED = (State.READY, State.MISMATCH)
 
 
 class Cause(enum.Enum):
@@ -42,8 +50,13 @@ class Observation:
     """What one open of a file showed: identity snapshot, attribute values, parse result."""
 
     path: str
-    snapshot: tuple[int, int, int, int]
+    snapshot: FileIdentity
     declared: Declared
+    ctime_ns: int = 0
+
+    def ctime_changed(self, rec: FileRecord) -> bool:
+        """ctime differs from the row's (which is 0, unknown, after a schema-1 migration)."""
+        return bool(rec.ctime_ns and self.ctime_ns and rec.ctime_ns != self.ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -56,30 +69,35 @@ class Decision:
     cancel: bool = False
 
 
-def _with_snapshot(rec: FileRecord, snap: tuple[int, int, int, int]) -> FileRecord:
+def _with_snapshot(rec: FileRecord, snap: FileIdentity, ctime_ns: int = 0) -> FileRecord:
     dev, ino, size, mtime_ns = snap
-    return rec.evolve(dev=dev, ino=ino, size=size, mtime_ns=mtime_ns)
+    new = rec.evolve(dev=dev, ino=ino, size=size, mtime_ns=mtime_ns)
+    return new.evolve(ctime_ns=ctime_ns) if ctime_ns else new
 
 
-def describe_change(old: tuple[int, int, int, int], new: tuple[int, int, int, int]) -> str:
+def describe_change(old: FileIdentity, new: FileIdentity) -> str:
     names = ("device", "inode", "size", "mtime")
     return ", ".join(f"{n} {a} -> {b}" for n, a, b in zip(names, old, new, strict=True) if a != b)
 
 
 def on_write(
-    rec: FileRecord, snapshot: tuple[int, int, int, int] | None, *, seen: str = "a write event"
+    rec: FileRecord,
+    snapshot: FileIdentity | None,
+    *,
+    seen: str = "a write event",
+    ctime_ns: int = 0,
 ) -> Decision | None:
     """An observed content change (``seen`` says how); None when it changes nothing."""
     if rec.state is State.PENDING:
         if snapshot is None or snapshot == rec.snapshot:
             return None
-        return Decision(_with_snapshot(rec, snapshot))
+        return Decision(_with_snapshot(rec, snapshot, ctime_ns))
     if rec.state not in _WRITABLE:
         return None
     why = f"content written since protection ({seen})"
-    new = rec.evolve(state=State.STALE, progress=0, error=why)
+    new = rec.evolve(state=State.STALE, progress=0, error=why, recheck=False)
     if snapshot is not None:
-        new = _with_snapshot(new, snapshot)
+        new = _with_snapshot(new, snapshot, ctime_ns)
     return Decision(new, build=False, cancel=True)
 
 
@@ -93,6 +111,7 @@ def _new_protection(rec: FileRecord | None, obs: Observation) -> Decision:
         size=size,
         mtime_ns=mtime_ns,
         attr_fp=obs.declared.fingerprint,
+        ctime_ns=obs.ctime_ns,
     )
     if rec is not None:
         base = base.evolve(id=rec.id, created_ns=rec.created_ns)
@@ -113,16 +132,31 @@ def on_observe(rec: FileRecord | None, obs: Observation, cause: Cause) -> Decisi
         return None if rec is None else Decision(None, cancel=True)
     if rec is None or cause is Cause.REBUILD or rec.attr_fp != obs.declared.fingerprint:
         return _new_protection(rec, obs)
+    ctime = obs.ctime_ns
     if rec.snapshot == obs.snapshot:
+        if cause is Cause.SCAN and obs.ctime_changed(rec) and rec.state in _RECHECKED:
+            # Only ctime changed and no event says why: hash the content again.
+            again = rec.evolve(
+                state=State.PENDING,
+                progress=0,
+                error="",
+                ctime_ns=ctime,
+                recheck=rec.state is State.READY or rec.recheck,
+            )
+            return Decision(again, build=True, cancel=True)
         if cause is not Cause.ATTR and rec.state in (State.PENDING, State.BUILDING):
-            return Decision(rec.evolve(state=State.PENDING), build=True)
+            pending = rec.evolve(state=State.PENDING, ctime_ns=ctime or rec.ctime_ns)
+            return Decision(pending, build=True)
+        if ctime and ctime != rec.ctime_ns:
+            return Decision(rec.evolve(ctime_ns=ctime))  # explained by an event, or unknown
         return None
     if cause is Cause.ATTR:
         # Same attribute value: chmod, touch or another attribute. Not a content change.
-        return Decision(_with_snapshot(rec, obs.snapshot))
+        return Decision(_with_snapshot(rec, obs.snapshot, ctime))
     # Identity differs and no write event explains it: written while we were not looking.
     if rec.state in _WRITABLE:
-        return on_write(rec, obs.snapshot, seen=describe_change(rec.snapshot, obs.snapshot))
+        seen = describe_change(rec.snapshot, obs.snapshot)
+        return on_write(rec, obs.snapshot, seen=seen, ctime_ns=ctime)
     if rec.state is State.PENDING:
-        return Decision(_with_snapshot(rec, obs.snapshot), build=True)
-    return Decision(_with_snapshot(rec, obs.snapshot))
+        return Decision(_with_snapshot(rec, obs.snapshot, ctime), build=True)
+    return Decision(_with_snapshot(rec, obs.snapshot, ctime))

@@ -7,6 +7,7 @@ is requeued to resume later, so a first use waits for a chunk (~1 ms), not for a
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import logging
@@ -18,7 +19,12 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import send_handle
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pyverity.fs.openfile import FileIdentity
+
+if TYPE_CHECKING:
+    from pyverity.protect import Protection
 
 __all__ = ["BACKGROUND", "FIRST_USE", "Job", "JobQueue", "Worker", "WorkerPool"]
 
@@ -39,10 +45,15 @@ class Job:
     job_id: int = 0
     offset: int = 0
     leaf_bytes: int = 0
-    snapshot: tuple[int, int, int, int] = (0, 0, 0, 0)
+    snapshot: FileIdentity = field(default_factory=lambda: FileIdentity((0, 0, 0, 0)))
     progress: int = 0
     stopping: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: What the running build is checked against, the inode's row, the offset it started at.
+    protection: Protection | None = None
+    file_id: int = 0
+    start: int = 0
+    #: SHA-256 over the leaf hashes saved so far (the checkpoint's checksum).
+    leaves_sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
 
 
 class JobQueue:

@@ -2,8 +2,10 @@
 
 A checkpoint is two things written in order: the level-0 digests hashed so far, appended to
 ``<state>/partial/<file id>.leaves`` and ``fsync``-ed, then the row in the state database
-(offset, identity snapshot, attribute fingerprint). The file may therefore run ahead of the
-row after a crash, never behind it; :meth:`PartialStore.load` reads only what the row covers.
+(offset, identity snapshot, attribute fingerprint, and the SHA-256 of the leaf hashes up to
+that offset). The file may therefore run ahead of the row after a crash, never behind it;
+:meth:`PartialStore.load` reads only what the row covers, and refuses it unless it hashes to
+the row's checksum (a corrupted or truncated file: the build starts again from offset 0).
 A checkpoint is never used for verification: it only saves hashing, and the finished tree is
 checked against the declared root like any other.
 """
@@ -11,6 +13,8 @@ checked against the declared root like any other.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -52,8 +56,9 @@ class PartialStore:
         except OSError as e:
             raise StorageError(f"cannot write a build checkpoint: {e.strerror}") from e
 
-    def load(self, file_id: int, nbytes: int) -> bytes | None:
-        """The first ``nbytes`` of saved leaf hashes, or None if fewer were saved."""
+    def load(self, file_id: int, nbytes: int, sha256: bytes) -> bytes | None:
+        """The first ``nbytes`` of saved leaf hashes, or None if fewer were saved or they do
+        not hash to ``sha256`` (the checkpoint's own checksum)."""
         try:
             fd = os.open(self._path(file_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -64,7 +69,9 @@ class PartialStore:
             data = os.pread(fd, nbytes, 0) if nbytes else b""
         finally:
             os.close(fd)
-        return data if len(data) == nbytes else None
+        if len(data) != nbytes or not hmac.compare_digest(hashlib.sha256(data).digest(), sha256):
+            return None
+        return data
 
     def discard(self, file_id: int) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -1,4 +1,10 @@
-"""The daemon's state database: SQLite in WAL mode, one row per protected file (DESIGN.md §4).
+"""The daemon's state database: SQLite in WAL mode, one row per protected inode (DESIGN.md §4).
+
+A state belongs to an inode, ``(st_dev, st_ino)``: attributes and content are the inode's, so
+every path (hard link) of one inode shares one row of ``inodes`` through the ``paths`` table,
+and a write through any link changes what every path reports. :class:`FileRecord` is that row
+seen through one path. Databases of the first schema (one row per path, ``files``) are
+migrated when the daemon opens them (:func:`_migrate`).
 
 Only the daemon writes it; ``pyverity status`` may read it (``readonly=True``) at the same time,
 which WAL allows. Writes are batched: they accumulate in one open transaction until
@@ -18,8 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from pyverity.errors import StorageError
+from pyverity.fs.openfile import FileIdentity
 
-__all__ = ["Checkpoint", "FileRecord", "State", "StateDB", "Totals"]
+__all__ = ["SCHEMA_VERSION", "Checkpoint", "FileRecord", "State", "StateDB", "Totals"]
+
+#: ``PRAGMA user_version`` of the current schema (0 or 1: the per-path ``files`` table).
+SCHEMA_VERSION = 2
 
 
 class State(enum.StrEnum):
@@ -36,7 +46,8 @@ class State(enum.StrEnum):
 
 @dataclass(frozen=True)
 class FileRecord:
-    """One protected file: its state, the identity snapshot and the attribute fingerprint."""
+    """One protected inode seen through ``path``: state, identity snapshot, attribute
+    fingerprint. ``id`` is the inode's row, shared by all its paths."""
 
     path: str
     state: State
@@ -55,10 +66,15 @@ class FileRecord:
     updated_ns: int = 0
     ready_ns: int | None = None
     id: int | None = None
+    #: ``st_ctime_ns`` when last looked at; 0 when unknown (a row migrated from schema 1).
+    ctime_ns: int = 0
+    #: The queued build re-checks a READY file whose ctime alone changed: a result that does
+    #: not match makes it STALE (written), not MISMATCH.
+    recheck: bool = False
 
     @property
-    def snapshot(self) -> tuple[int, int, int, int]:
-        return (self.dev, self.ino, self.size, self.mtime_ns)
+    def snapshot(self) -> FileIdentity:
+        return FileIdentity((self.dev, self.ino, self.size, self.mtime_ns))
 
     def evolve(self, **changes: object) -> FileRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -66,12 +82,14 @@ class FileRecord:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Where a partial build stopped: data offset, identity at that time, for which attributes."""
+    """Where a partial build stopped: data offset, identity at that time, for which attributes,
+    and the SHA-256 of the leaf hashes saved up to ``offset`` (a corrupted file is refused)."""
 
     file_id: int
     attr_fp: bytes
     offset: int
-    snapshot: tuple[int, int, int, int]
+    snapshot: FileIdentity
+    leaves_sha256: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -82,43 +100,51 @@ class Totals:
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
+CREATE TABLE IF NOT EXISTS inodes (
     id INTEGER PRIMARY KEY,
-    path BLOB NOT NULL UNIQUE,
-    state TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT '',
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT '',
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL DEFAULT 0,
     attr_fp BLOB NOT NULL,
     digest TEXT NOT NULL DEFAULT '',
     progress INTEGER NOT NULL DEFAULT 0,
     error TEXT NOT NULL DEFAULT '',
+    recheck INTEGER NOT NULL DEFAULT 0,
     created_ns INTEGER NOT NULL,
     updated_ns INTEGER NOT NULL,
-    ready_ns INTEGER
+    ready_ns INTEGER,
+    UNIQUE (dev, ino)
 );
-CREATE INDEX IF NOT EXISTS files_state ON files(state);
-CREATE INDEX IF NOT EXISTS files_inode ON files(dev, ino);
+CREATE INDEX IF NOT EXISTS inodes_state ON inodes(state);
+CREATE TABLE IF NOT EXISTS paths (
+    path BLOB PRIMARY KEY,
+    inode INTEGER NOT NULL REFERENCES inodes(id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS paths_inode ON paths(inode);
 CREATE TABLE IF NOT EXISTS checkpoints (
-    file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
+    file_id INTEGER PRIMARY KEY REFERENCES inodes(id) ON DELETE CASCADE,
     attr_fp BLOB NOT NULL,
     offset INTEGER NOT NULL,
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,
     size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL
+    mtime_ns INTEGER NOT NULL,
+    leaves_sha256 BLOB NOT NULL
 );
 """
 _COLUMNS = (
-    "path, state, kind, dev, ino, size, mtime_ns, attr_fp, digest, progress, error,"
-    " created_ns, updated_ns, ready_ns, id"
+    "p.path, i.state, i.kind, i.dev, i.ino, i.size, i.mtime_ns, i.attr_fp, i.digest, i.progress,"
+    " i.error, i.created_ns, i.updated_ns, i.ready_ns, i.id, i.ctime_ns, i.recheck"
 )
+_FROM = "FROM paths p JOIN inodes i ON i.id = p.inode"
 
 
 def _row(r: tuple[Any, ...]) -> FileRecord:
-    (path, state, kind, dev, ino, size, mtime_ns, fp, digest, progress, error, c, u, rdy, i) = r
+    (path, state, kind, dev, ino, size, mtime, fp, digest, prog, err, c, u, rdy, i, ct, rc) = r
     return FileRecord(
         path=os.fsdecode(path),
         state=State(state),
@@ -126,16 +152,69 @@ def _row(r: tuple[Any, ...]) -> FileRecord:
         dev=dev,
         ino=ino,
         size=size,
-        mtime_ns=mtime_ns,
+        mtime_ns=mtime,
         attr_fp=fp,
         digest=digest,
-        progress=progress,
-        error=error,
+        progress=prog,
+        error=err,
         created_ns=c,
         updated_ns=u,
         ready_ns=rdy,
         id=i,
+        ctime_ns=ct,
+        recheck=bool(rc),
     )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Schema 1 (``files``: one row per path) to 2 (``inodes`` + ``paths``), in one transaction.
+
+    Paths of one inode had rows of their own, possibly in different states (the bug this
+    schema fixes); the most recently updated row speaks for the inode. ctime was not kept: it
+    is 0 (unknown) and the next look at the file records it. Checkpoints carried no checksum
+    and are dropped: those builds start again from offset 0.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("DROP TABLE IF EXISTS checkpoints")
+        db.execute("ALTER TABLE files RENAME TO files_v1")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(
+            "INSERT INTO inodes (id, dev, ino, state, kind, size, mtime_ns, attr_fp, digest,"
+            " progress, error, created_ns, updated_ns, ready_ns)"
+            " SELECT id, dev, ino, state, kind, size, mtime_ns, attr_fp, digest, progress, error,"
+            " created_ns, updated_ns, ready_ns FROM files_v1 f WHERE f.id = (SELECT g.id FROM"
+            " files_v1 g WHERE g.dev = f.dev AND g.ino = f.ino"
+            " ORDER BY g.updated_ns DESC, g.id DESC LIMIT 1)"
+        )
+        db.execute(
+            "INSERT INTO paths (path, inode) SELECT f.path, i.id FROM files_v1 f"
+            " JOIN inodes i ON i.dev = f.dev AND i.ino = f.ino"
+        )
+        db.execute("DROP TABLE files_v1")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _open_writable(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, timeout=5)
+    db.execute("PRAGMA journal_mode=WAL")
+    # FULL: each commit (batched, at most a few a second) is durable. With NORMAL a WAL commit
+    # waits for SQLite's next checkpoint to reach the disk, so a power cut lost every row and
+    # checkpoint of the last minutes and builds restarted from 0 (tests/kernel/test_powerloss.py).
+    db.execute("PRAGMA synchronous=FULL")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "files" in tables and "inodes" not in tables:
+        _migrate(db)  # foreign keys off while tables are renamed and dropped
+    db.execute("PRAGMA foreign_keys=ON")
+    db.executescript(_SCHEMA)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return db
 
 
 class StateDB:
@@ -147,18 +226,17 @@ class StateDB:
             if readonly:
                 uri = f"file:{self.path}?mode=ro"
                 self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
+                (version,) = self._db.execute("PRAGMA user_version").fetchone()
             else:
-                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                # FULL: each commit (batched, at most a few a second) is durable. With NORMAL a
-                # WAL commit waits for SQLite's next checkpoint to reach the disk, so a power
-                # cut lost every row and checkpoint of the last minutes and builds restarted
-                # from 0 (tests/kernel/test_powerloss.py).
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.execute("PRAGMA foreign_keys=ON")
-                self._db.executescript(_SCHEMA)
+                self._db = _open_writable(self.path)
         except sqlite3.Error as e:
             raise StorageError(f"cannot open the state database {self.path}: {e}") from e
+        if readonly and version != SCHEMA_VERSION:
+            self._db.close()
+            raise StorageError(
+                f"the state database {self.path} has schema {version}, not {SCHEMA_VERSION}",
+                remedy="start the daemon of this version once: it migrates the database",
+            )
         self._readonly = readonly
         self._in_tx = False
 
@@ -194,52 +272,81 @@ class StateDB:
                 raise StorageError(f"state database commit failed: {e}") from e
             self._in_tx = False
 
+    def _inode_of(self, path: str) -> int | None:
+        r = self._query("SELECT inode FROM paths WHERE path=?", (os.fsencode(path),)).fetchone()
+        return None if r is None else int(r[0])
+
+    def _drop_if_orphan(self, inode: int) -> bool:
+        cur = self._write(
+            "DELETE FROM inodes WHERE id=? AND NOT EXISTS (SELECT 1 FROM paths WHERE inode=?)",
+            (inode, inode),
+        )
+        return cur.rowcount > 0
+
     def put(self, rec: FileRecord) -> FileRecord:
-        """Insert or replace the row of ``rec.path``; returns it with its id and timestamps."""
+        """Store the state of ``rec``'s inode and link ``rec.path`` to it; returns ``rec`` with
+        the inode's id and timestamps. Every other path of that inode now reads the same row;
+        an inode that ``rec.path`` named before and no path names any more is dropped."""
         now = time.time_ns()
         created = rec.created_ns or now
+        before = self._inode_of(rec.path)
         cur = self._write(
-            "INSERT INTO files (path, state, kind, dev, ino, size, mtime_ns, attr_fp, digest,"
-            " progress, error, created_ns, updated_ns, ready_ns)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(path) DO UPDATE SET state=excluded.state, kind=excluded.kind,"
-            " dev=excluded.dev, ino=excluded.ino, size=excluded.size,"
-            " mtime_ns=excluded.mtime_ns, attr_fp=excluded.attr_fp, digest=excluded.digest,"
-            " progress=excluded.progress, error=excluded.error,"
-            " updated_ns=excluded.updated_ns, ready_ns=excluded.ready_ns RETURNING id",
+            "INSERT INTO inodes (dev, ino, state, kind, size, mtime_ns, ctime_ns, attr_fp,"
+            " digest, progress, error, recheck, created_ns, updated_ns, ready_ns)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(dev, ino) DO UPDATE SET state=excluded.state, kind=excluded.kind,"
+            " size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns,"
+            " attr_fp=excluded.attr_fp, digest=excluded.digest, progress=excluded.progress,"
+            " error=excluded.error, recheck=excluded.recheck, updated_ns=excluded.updated_ns,"
+            " ready_ns=excluded.ready_ns RETURNING id, created_ns",
             (
-                os.fsencode(rec.path),
-                str(rec.state),
-                rec.kind,
                 rec.dev,
                 rec.ino,
+                str(rec.state),
+                rec.kind,
                 rec.size,
                 rec.mtime_ns,
+                rec.ctime_ns,
                 rec.attr_fp,
                 rec.digest,
                 rec.progress,
                 rec.error,
+                int(rec.recheck),
                 created,
                 now,
                 rec.ready_ns,
             ),
         )
-        (rid,) = cur.fetchone()
+        rid, created = cur.fetchone()
+        if before != rid:
+            self._write(
+                "INSERT INTO paths (path, inode) VALUES (?, ?)"
+                " ON CONFLICT(path) DO UPDATE SET inode=excluded.inode",
+                (os.fsencode(rec.path), rid),
+            )
+            if before is not None:
+                self._drop_if_orphan(before)
         return rec.evolve(id=rid, created_ns=created, updated_ns=now)
 
     def set_progress(self, path: str, progress: int) -> None:
         self._write(
-            "UPDATE files SET progress=?, updated_ns=? WHERE path=?",
+            "UPDATE inodes SET progress=?, updated_ns=?"
+            " WHERE id=(SELECT inode FROM paths WHERE path=?)",
             (progress, time.time_ns(), os.fsencode(path)),
         )
 
-    def delete(self, path: str) -> None:
-        self._write("DELETE FROM files WHERE path=?", (os.fsencode(path),))
+    def delete(self, path: str) -> bool:
+        """Forget ``path``; True if that was the inode's last path (its row is gone too)."""
+        inode = self._inode_of(path)
+        if inode is None:
+            return True
+        self._write("DELETE FROM paths WHERE path=?", (os.fsencode(path),))
+        return self._drop_if_orphan(inode)
 
     def put_checkpoint(self, cp: Checkpoint) -> None:
         self._write(
-            "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?)",
-            (cp.file_id, cp.attr_fp, cp.offset, *cp.snapshot),
+            "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?,?)",
+            (cp.file_id, cp.attr_fp, cp.offset, *cp.snapshot, cp.leaves_sha256),
         )
 
     def delete_checkpoint(self, file_id: int) -> None:
@@ -255,27 +362,33 @@ class StateDB:
 
     def get(self, path: str) -> FileRecord | None:
         r = self._query(
-            f"SELECT {_COLUMNS} FROM files WHERE path=?",  # noqa: S608 (constant columns)
+            f"SELECT {_COLUMNS} {_FROM} WHERE p.path=?",
             (os.fsencode(path),),
         ).fetchone()
         return None if r is None else _row(r)
 
     def by_inode(self, dev: int, ino: int) -> list[FileRecord]:
+        """The inode's state through each of its paths (empty if it has no row)."""
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM files WHERE dev=? AND ino=?",  # noqa: S608
+            f"SELECT {_COLUMNS} {_FROM} WHERE i.dev=? AND i.ino=? ORDER BY p.path",
             (dev, ino),
         )
         return [_row(r) for r in rows]
 
+    def paths_of(self, file_id: int) -> list[str]:
+        """Every path of the inode row ``file_id``, sorted."""
+        rows = self._query("SELECT path FROM paths WHERE inode=? ORDER BY path", (file_id,))
+        return [os.fsdecode(p) for (p,) in rows]
+
     def records(self, states: Iterable[State] | None = None) -> Iterator[FileRecord]:
-        """All rows (or those in ``states``), ordered by path."""
+        """All paths' rows (or those in ``states``), ordered by path."""
         if states is None:
-            rows = self._query(f"SELECT {_COLUMNS} FROM files ORDER BY path")  # noqa: S608
+            rows = self._query(f"SELECT {_COLUMNS} {_FROM} ORDER BY p.path")
         else:
             names = [str(s) for s in states]
             marks = ",".join("?" * len(names))
             rows = self._query(
-                f"SELECT {_COLUMNS} FROM files WHERE state IN ({marks}) ORDER BY path",  # noqa: S608
+                f"SELECT {_COLUMNS} {_FROM} WHERE i.state IN ({marks}) ORDER BY p.path",
                 names,
             )
         for r in rows:
@@ -283,7 +396,7 @@ class StateDB:
 
     def paths(self) -> Iterator[str]:
         """Every path, streamed (no row objects: cheap on millions of rows)."""
-        for (p,) in self._query("SELECT path FROM files"):
+        for (p,) in self._query("SELECT path FROM paths"):
             yield os.fsdecode(p)
 
     def records_under(self, prefix: str) -> list[FileRecord]:
@@ -291,22 +404,24 @@ class StateDB:
         lo = os.fsencode(prefix)
         hi = lo[:-1] + bytes([lo[-1] + 1]) if lo and lo[-1] < 255 else lo + b"\xff"
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM files WHERE path >= ? AND path < ?",  # noqa: S608
+            f"SELECT {_COLUMNS} {_FROM} WHERE p.path >= ? AND p.path < ?",
             (lo, hi),
         )
         return [_row(r) for r in rows]
 
     def totals(self) -> dict[State, Totals]:
+        """Per state: inodes (a file with two links counts once), their size and progress."""
         rows = self._query(
-            "SELECT state, count(*), sum(size), sum(progress) FROM files GROUP BY state"
+            "SELECT state, count(*), sum(size), sum(progress) FROM inodes GROUP BY state"
         )
         return {State(s): Totals(n, size or 0, prog or 0) for s, n, size, prog in rows}
 
     def get_checkpoint(self, file_id: int) -> Checkpoint | None:
         r = self._query(
-            "SELECT attr_fp, offset, dev, ino, size, mtime_ns FROM checkpoints WHERE file_id=?",
+            "SELECT attr_fp, offset, dev, ino, size, mtime_ns, leaves_sha256 FROM checkpoints"
+            " WHERE file_id=?",
             (file_id,),
         ).fetchone()
         if r is None:
             return None
-        return Checkpoint(file_id, r[0], r[1], (r[2], r[3], r[4], r[5]))
+        return Checkpoint(file_id, r[0], r[1], FileIdentity((r[2], r[3], r[4], r[5])), r[6])
