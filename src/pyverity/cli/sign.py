@@ -7,7 +7,13 @@ type 0x06 v3 signature to ``<ns>.ima`` (one ``setxattr`` each, in that order).
 * ``--imasig``: classic ``evmctl ima_sign``: a 0x03 v2 signature over the whole-file hash
   (``--hash-alg`` then takes kernel names: sha256 (default), sha1, sha224, sha384, sha512).
 * ``--builtin-sig OUT``: one FILE; write the fs-verity built-in PKCS#7 signature to OUT, byte
-  for byte what ``fsverity sign FILE OUT --key KEY --cert CERT`` writes (needs ``--cert``).
+  for byte what ``fsverity sign FILE OUT --key KEY --cert CERT`` writes (needs the certificate:
+  ``--cert``, a PEM key file that also holds it, or the token's certificate object).
+* ``--out-merkle-tree F`` / ``--out-descriptor F``: one FILE; also write its tree and descriptor,
+  as ``fsverity sign`` does.
+* ``--key pkcs11:…``: a key in a PKCS#11 token (RFC 7512 URI; :mod:`pyverity.keys.pkcs11`), the
+  PIN from ``--pass-file``/``--pass-env``/the URI's ``pin-source``, the module from the URI's
+  ``module-path``, else ``--pkcs11-module``, else the p11-kit proxy.
 * ``-r``: sign trees of files, hashed in parallel, progress bar on a terminal.
 
 The keyid is the certificate's SKID tail (``--cert``, or a certificate in the key file), or
@@ -41,7 +47,8 @@ from pyverity.cli.enable import (
 from pyverity.errors import Error, UsageError
 
 if TYPE_CHECKING:
-    from pyverity.keys import FileSigner
+    from pyverity.keys import Signer
+    from pyverity.protect.sign import HashedFile
 
 __all__ = ["main", "passphrase_of"]
 
@@ -56,7 +63,12 @@ def build_parser() -> ArgumentParser:
         description="Sign files: v3 signature in <ns>.ima and descriptor in <ns>.verity.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH")
-    parser.add_argument("--key", required=True, help="private key (PEM/DER, or file:PATH)")
+    parser.add_argument(
+        "--key", required=True, help="private key: PEM/DER file, file:PATH or a pkcs11: URI"
+    )
+    parser.add_argument(
+        "--pkcs11-module", metavar="SO", help="PKCS#11 module when the URI has no module-path"
+    )
     parser.add_argument("--cert", help="the key's X.509 certificate (its SKID gives the keyid)")
     parser.add_argument("--keyid", help="keyid to write (8 hex digits), overriding the SKID")
     add_tree_options(parser)
@@ -70,6 +82,8 @@ def build_parser() -> ArgumentParser:
     mode.add_argument(
         "--builtin-sig", metavar="OUT", help="write the fs-verity built-in signature to OUT"
     )
+    parser.add_argument("--out-merkle-tree", metavar="F", help="one FILE: also write its tree")
+    parser.add_argument("--out-descriptor", metavar="F", help="one FILE: also write its descriptor")
     add_wait_options(parser)
     pw = parser.add_mutually_exclusive_group()
     pw.add_argument("--pass-file", metavar="F", help="read the key's passphrase from F")
@@ -122,8 +136,6 @@ def main(argv: list[str]) -> int:
             raise UsageError("--sigfile and --builtin-sig are exclusive")
         if len(args.paths) != 1 or args.recursive:
             raise UsageError("--builtin-sig signs exactly one FILE")
-        if args.cert is None:
-            raise UsageError("--builtin-sig needs --cert (PKCS#7 names the signer's certificate)")
     keyid = parse_keyid(args.keyid) if args.keyid is not None else None
     given = passphrase_of(args)
     signer = load_signer(
@@ -132,37 +144,75 @@ def main(argv: list[str]) -> int:
         keyid=keyid,
         passphrase=given if given is not None else _prompt,
         allow_computed_keyid=True,
+        pkcs11_module=args.pkcs11_module,
     )
-    if args.cert is None and keyid is None:
+    if args.builtin_sig is not None and signer.certificate is None:
+        raise UsageError(
+            "--builtin-sig needs the key's certificate, from --cert (PKCS#7 names it)",
+            remedy="give --cert CERT, or use a PEM key file (or a token) that also holds it",
+        )
+    if signer.certificate is None and keyid is None:
         logger.warning(
             "no --cert: keyid %08x is SHA-1 of the public key (as evmctl); it matches the"
             " certificate's SKID only if that was made the standard way",
             signer.keyid,
         )
+    hashed = _hash_with_outputs(args)
     if args.builtin_sig is not None:
-        return _builtin(args, signer)
+        return _builtin(args, signer, hashed)
     if args.imasig:
         return _imasig(args, signer, ns)
-    return _verity(args, signer, ns)
+    return _verity(args, signer, ns, hashed)
 
 
-def _builtin(args: argparse.Namespace, signer: FileSigner) -> int:
+def _hash_with_outputs(args: argparse.Namespace) -> HashedFile | None:
+    """``--out-merkle-tree``/``--out-descriptor``: hash the one FILE keeping its tree, write
+    them (as ``fsverity sign`` does) and return what signing then uses."""
+    from pyverity.fs.openfile import identity, open_regular
+    from pyverity.hashing import build_tree
+    from pyverity.keys.generate import publish_file
+    from pyverity.protect.sign import HashedFile
+
+    if args.out_merkle_tree is None and args.out_descriptor is None:
+        return None
+    if args.imasig:
+        raise UsageError("--out-merkle-tree and --out-descriptor do not apply to --imasig")
+    if len(args.paths) != 1 or args.recursive:
+        raise UsageError("--out-merkle-tree and --out-descriptor take exactly one FILE")
+    path = args.paths[0]
+    fd = open_regular(path)
+    try:
+        before = identity(os.fstat(fd))
+        tree = build_tree(fd, tree_params_of(args), keep_tree=args.out_merkle_tree is not None)
+    finally:
+        os.close(fd)
+    if args.out_merkle_tree is not None:
+        publish_file(Path(args.out_merkle_tree), tree.tree or b"", overwrite=True)
+    if args.out_descriptor is not None:
+        publish_file(Path(args.out_descriptor), tree.descriptor.to_bytes(), overwrite=True)
+    return HashedFile(os.fsdecode(path), before, tree.descriptor)
+
+
+def _builtin(args: argparse.Namespace, signer: Signer, hashed: HashedFile | None) -> int:
     from pyverity.format.formatted_digest import FormattedDigest
-    from pyverity.keys import load_certificate
     from pyverity.keys.builtin import builtin_signature
     from pyverity.keys.generate import publish_file
     from pyverity.protect.sign import hash_file
 
     path = args.paths[0]
-    desc = hash_file(path, tree_params_of(args), jobs=args.jobs).descriptor
+    if hashed is None:
+        hashed = hash_file(path, tree_params_of(args), jobs=args.jobs)
+    desc = hashed.descriptor
     formatted = FormattedDigest(desc.hash_algorithm, desc.digest())
-    der = builtin_signature(formatted, signer.private_key, load_certificate(args.cert).cert)
+    cert = signer.certificate
+    assert cert is not None  # noqa: S101 - checked in main
+    der = builtin_signature(formatted, signer, cert.cert)
     publish_file(Path(args.builtin_sig), der, overwrite=True)
     print(f"Signed file '{path}' ({desc.hash_alg.name}:{desc.digest().hex()})")
     return 0
 
 
-def _imasig(args: argparse.Namespace, signer: FileSigner, ns: str) -> int:
+def _imasig(args: argparse.Namespace, signer: Signer, ns: str) -> int:
     from pyverity.format.ima import algo_by_name
     from pyverity.protect.batch import expand_paths
     from pyverity.protect.sign import imasign_file
@@ -193,9 +243,11 @@ def _write_sigfile(path: str, value: bytes) -> None:
     publish_file(Path(path + ".sig"), value, overwrite=True)
 
 
-def _verity(args: argparse.Namespace, signer: FileSigner, ns: str) -> int:
+def _verity(
+    args: argparse.Namespace, signer: Signer, ns: str, hashed: HashedFile | None = None
+) -> int:
     from pyverity.keys import sign_v3
-    from pyverity.protect.batch import expand_paths, map_files
+    from pyverity.protect.batch import Outcome, expand_paths, map_files
     from pyverity.protect.sign import hash_file, write_hashed
 
     params = tree_params_of(args)
@@ -204,7 +256,13 @@ def _verity(args: argparse.Namespace, signer: FileSigner, ns: str) -> int:
     fn = functools.partial(hash_file, params=params, jobs=1 if len(files) > 1 else args.jobs)
     worst = 0
     written: list[str] = []
-    for out in map_files(fn, files, jobs=args.jobs, on_done=progress):
+    # Workers only hash; the signer (a PKCS#11 session does not survive fork) signs here.
+    outcomes = (
+        map_files(fn, files, jobs=args.jobs, on_done=progress)
+        if hashed is None
+        else iter([Outcome(hashed.path, hashed, None)])
+    )
+    for out in outcomes:
         if out.failure is not None or out.value is None:
             failure = out.failure
             assert failure is not None  # noqa: S101

@@ -3,7 +3,7 @@
 * :class:`Signer` — abstract: ``keyid``, ``public_key`` and ``sign_digest(digest, hash_algo)``
   returning the raw signature over a pre-hashed digest. :class:`FileSigner` holds a private key
   loaded from a file; :func:`load_signer` picks the signer by URI scheme (``file:`` or a plain
-  path; other schemes such as ``pkcs11:`` are refused until a backend exists).
+  path; ``pkcs11:`` for a key in a token, :mod:`pyverity.keys.pkcs11`, imported only then).
 * :func:`load_private_key` reads PEM or DER, encrypted or not; a passphrase is bytes, or a
   callable asked only if the key turns out to be encrypted (the CLI reads prompt/file/env).
 * :func:`sign_v2` / :func:`sign_v3` make :class:`~pyverity.format.ima.ImaSignature` values:
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from pyverity.errors import SignatureError, UsageError
+from pyverity.errors import ConfigurationError, SignatureError, UsageError
 from pyverity.format.ima import (
     ImaSignature,
     algo_by_id,
@@ -35,7 +35,7 @@ from pyverity.format.ima import (
     kernel_algo_for_verity,
 )
 from pyverity.keys.cert import Certificate, load_certificate, parse_certificate, read_bounded
-from pyverity.keys.key import PublicKey, check_key_type, crypto_hash
+from pyverity.keys.key import PublicKey, PublicKeyTypes, check_key_type, crypto_hash
 from pyverity.keys.keyid import keyid_from_public_key
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Passphrase",
     "PrivateKeyTypes",
     "Signer",
+    "choose_keyid",
     "load_private_key",
     "load_signer",
     "sign_v2",
@@ -71,6 +72,11 @@ class Signer(abc.ABC):
     def sign_digest(self, digest: bytes, hash_algo: int) -> bytes:
         """The raw signature over ``digest``, already hashed with kernel algorithm ``hash_algo``."""
 
+    @property
+    def certificate(self) -> Certificate | None:
+        """The key's certificate, when one was given or found (PKCS#7 names it)."""
+        return None
+
 
 @dataclass(frozen=True)
 class FileSigner(Signer):
@@ -78,10 +84,15 @@ class FileSigner(Signer):
 
     private_key: PrivateKeyTypes
     _keyid: int
+    _certificate: Certificate | None = None
 
     @property
     def keyid(self) -> int:
         return self._keyid
+
+    @property
+    def certificate(self) -> Certificate | None:
+        return self._certificate
 
     @property
     def public_key(self) -> PublicKey:
@@ -157,6 +168,34 @@ def _same_key(a: PrivateKeyTypes, cert: Certificate) -> bool:
     return a.public_key().public_bytes(der, pub) == cert.public_key.key.public_bytes(der, pub)
 
 
+def choose_keyid(
+    public: PublicKeyTypes,
+    cert: Certificate | None,
+    cert_name: str,
+    keyid: int | None,
+    *,
+    allow_computed_keyid: bool,
+) -> int:
+    """The keyid to sign under (spec §2.5): ``keyid``, else the certificate's SKID tail, else
+    (only if ``allow_computed_keyid``) SHA-1 of the public key, as evmctl."""
+    if keyid is not None:
+        return keyid
+    if cert is not None:
+        if not cert.keyid_from_skid:
+            raise SignatureError(
+                f"certificate '{cert_name}' has no Subject Key Identifier:"
+                " the kernel could never find this key",
+                remedy="give the keyid with --keyid HEX, or use a certificate with an SKID",
+            )
+        return cert.keyid
+    if not allow_computed_keyid:
+        raise SignatureError(
+            "no certificate given: cannot know the keyid the kernel will look up",
+            remedy="give --cert CERT (its SKID is the keyid) or --keyid HEX",
+        )
+    return keyid_from_public_key(public)
+
+
 def load_signer(
     key: str | os.PathLike[str],
     *,
@@ -164,16 +203,38 @@ def load_signer(
     keyid: int | None = None,
     passphrase: Passphrase = None,
     allow_computed_keyid: bool = False,
-) -> FileSigner:
-    """A signer for the key at ``key`` (a path or a ``file:`` URI).
+    pkcs11_module: str | None = None,
+) -> Signer:
+    """A signer for ``key``: a path, a ``file:`` URI, or a ``pkcs11:`` URI (RFC 7512).
 
     With ``cert``: the key must match it, and the keyid is its SKID tail. ``keyid`` overrides.
     Without either, the keyid is SHA-1 of the public key only if ``allow_computed_keyid``.
+    A ``pkcs11:`` key needs the optional ``python-pkcs11`` (``pyverity[pkcs11]``), imported only
+    then; ``passphrase`` is its PIN and ``pkcs11_module`` the module used when the URI names
+    none (see :mod:`pyverity.keys.pkcs11`).
     """
     key = os.fsdecode(key)
+    if key.startswith("pkcs11:"):
+        try:
+            from pyverity.keys.pkcs11 import load_pkcs11_signer
+        except ModuleNotFoundError as e:
+            if e.name != "pkcs11":
+                raise
+            raise ConfigurationError(
+                "PKCS#11 keys need python-pkcs11, which is not installed",
+                remedy="pip install 'pyverity[pkcs11]'",
+            ) from e
+        return load_pkcs11_signer(
+            key,
+            cert=cert,
+            keyid=keyid,
+            pin=passphrase,
+            allow_computed_keyid=allow_computed_keyid,
+            module=pkcs11_module,
+        )
     if ":" in key.split("/", 1)[0] and not key.startswith("file:"):
         scheme = key.split(":", 1)[0]
-        raise UsageError(f"key URI scheme '{scheme}:' is not supported (use a file path)")
+        raise UsageError(f"key URI scheme '{scheme}:' is not supported (a path, file: or pkcs11:)")
     path = key.removeprefix("file:")
     private = load_private_key(path, passphrase)
     c: Certificate | None = None
@@ -184,23 +245,10 @@ def load_signer(
         start = data.find(b"-----BEGIN CERTIFICATE-----")
         if start >= 0:
             c = parse_certificate(data[start:], path)
-    if c is not None:
-        cert_name = os.fsdecode(cert) if cert is not None else path
-        if not _same_key(private, c):
-            raise SignatureError(f"key '{path}' does not match certificate '{cert_name}'")
-        if keyid is None:
-            if not c.keyid_from_skid:
-                raise SignatureError(
-                    f"certificate '{cert_name}' has no Subject Key Identifier:"
-                    " the kernel could never find this key",
-                    remedy="give the keyid with --keyid HEX, or use a certificate with an SKID",
-                )
-            keyid = c.keyid
-    if keyid is None:
-        if not allow_computed_keyid:
-            raise SignatureError(
-                "no certificate given: cannot know the keyid the kernel will look up",
-                remedy="give --cert CERT (its SKID is the keyid) or --keyid HEX",
-            )
-        keyid = keyid_from_public_key(private.public_key())
-    return FileSigner(private, keyid)
+    cert_name = os.fsdecode(cert) if cert is not None else path
+    if c is not None and not _same_key(private, c):
+        raise SignatureError(f"key '{path}' does not match certificate '{cert_name}'")
+    chosen = choose_keyid(
+        private.public_key(), c, cert_name, keyid, allow_computed_keyid=allow_computed_keyid
+    )
+    return FileSigner(private, chosen, c)

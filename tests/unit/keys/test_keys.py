@@ -198,8 +198,8 @@ def test_key_certificate_mismatch_and_keyid_rules() -> None:
         load_signer(str(a.key_path))
     assert load_signer(str(a.key_path), allow_computed_keyid=True).keyid == a.keyid
     assert load_signer("file:" + str(a.key_path), keyid=7).keyid == 7
-    with pytest.raises(UsageError, match="pkcs11"):
-        load_signer("pkcs11:token=x")
+    with pytest.raises(UsageError, match="'https:' is not supported"):
+        load_signer("https://keys.example/x")
 
 
 def test_key_file_with_embedded_certificate(tmp_path: Path) -> None:
