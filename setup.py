@@ -10,7 +10,7 @@ setup(
     ext_modules=[
         Extension(
             "pyverity.hashing._accel",
-            sources=["src/pyverity/hashing/_accel.c"],
+            sources=["src/pyverity/hashing/_accel.c", "src/pyverity/hashing/_accel_sha512.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
             optional=True,
         )

@@ -8,7 +8,12 @@
  * instruction has a long latency, so independent streams fill the pipeline), and the last
  * n % width blocks as one narrower group. Where AVX-512 runs at full width (AMD Zen 5), it
  * hashes sixteen blocks at once instead, one per 32-bit lane, which is faster still; the last
- * n % 16 blocks go to SHA-NI. The GIL is released while hashing.
+ * n % 16 blocks go to SHA-NI. The GIL is released while hashing. Which width is fastest
+ * depends on the CPU (on AMD Zen 4, two SHA-NI streams beat four and sixteen lanes): the
+ * Python side (pyverity.hashing.widths) measures them and passes the best one explicitly.
+ *
+ * sha512_blocks does the same for SHA-512 with eight 64-bit AVX-512 lanes (_accel_sha512.c);
+ * it needs AVX-512 F and BW (with the OS saving their state), not SHA-NI.
  *
  * Written from FIPS 180-4 (SHA-256: constants, padding, message schedule, the round function)
  * and Intel's description of the SHA extensions (sha256rnds2 works on the state split as ABEF
@@ -320,7 +325,8 @@ AVX512 static void hash_group16(const uint32_t h[8], const uint8_t *pad, const u
             memcpy(out + SHA256_DIGEST * l + 4 * i, &words[i][l], 4);
 }
 
-/* The path used when the caller does not choose one (width 0). CPU time per core on 4 KiB
+/* The path used when the caller does not choose one (width 0): a static guess from cpuid,
+ * which pyverity.hashing.widths replaces by measuring every width. CPU time per core on 4 KiB
  * blocks, AMD EPYC (Zen 5, family 0x1a), where sha256rnds2 issues every 2 cycles with a
  * latency of 4: SHA-NI with 1 stream 2.1 GB/s, 2 streams 3.0, 3 streams 3.5, 4 streams 3.6
  * (the SHA unit's ceiling there, one sha256rnds2 every 2 cycles, is about 4.2 GB/s); AVX-512
@@ -359,18 +365,57 @@ TARGET static void hash_run(const uint8_t *salt, size_t salt_len, const uint8_t 
         GROUPS[n - i](start, pad, data + i * bs, bs, out + i * SHA256_DIGEST);
 }
 
-/* AVX-512 F and BW, with the OS saving the opmask and zmm registers (XCR0 bits 1, 2, 5-7). */
-static int cpu_has_avx512(void)
+/* XCR0 (the register state the OS saves) when the OS enabled XSAVE (OSXSAVE), else 0. XGETBV
+ * is executed only when cpuid says OSXSAVE, so it cannot fault. */
+static unsigned int os_xcr0(void)
 {
     unsigned int a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) /* OSXSAVE */
         return 0;
     unsigned int xlo, xhi;
     __asm__("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-    if ((xlo & 0xE6) != 0xE6)
+    return xlo;
+}
+
+/* AVX-512 F and BW, with the OS saving the SSE, AVX, opmask and zmm state (XCR0 bits 1, 2,
+ * 5-7). */
+static int cpu_has_avx512(void)
+{
+    unsigned int a, b, c, d;
+    if ((os_xcr0() & 0xE6) != 0xE6 || __get_cpuid_max(0, NULL) < 7)
         return 0;
     __cpuid_count(7, 0, a, b, c, d);
     return ((b >> 16) & 1) && ((b >> 30) & 1);
+}
+
+/* What identifies this CPU model for the width calibration's cache: vendor, brand string,
+ * family/model/stepping, the feature bits of leaves 1 and 7 and XCR0 (not the APIC id, which
+ * differs between cores of one machine). */
+static void cpu_signature(char *buf, size_t size)
+{
+    unsigned int a = 0, b = 0, c = 0, d = 0, r[12] = {0};
+    unsigned int vendor[3] = {0}, f1[3] = {0}, f7[3] = {0};
+    if (__get_cpuid(0, &a, &b, &c, &d)) {
+        vendor[0] = b, vendor[1] = d, vendor[2] = c;
+    }
+    if (__get_cpuid(1, &a, &b, &c, &d)) {
+        f1[0] = a, f1[1] = c, f1[2] = d;
+    }
+    if (__get_cpuid_max(0, NULL) >= 7) {
+        __cpuid_count(7, 0, a, b, c, d);
+        f7[0] = b, f7[1] = c, f7[2] = d;
+    }
+    if (__get_cpuid_max(0x80000000u, NULL) >= 0x80000004u)
+        for (unsigned int i = 0; i < 3; i++)
+            __get_cpuid(0x80000002u + i, &r[4 * i], &r[4 * i + 1], &r[4 * i + 2], &r[4 * i + 3]);
+    char vend[13] = {0}, brand[49] = {0};
+    memcpy(vend, vendor, 12);
+    memcpy(brand, r, 48);
+    for (int i = 0; i < 48; i++)
+        if (brand[i] && (brand[i] < 0x20 || brand[i] > 0x7e || brand[i] == '|'))
+            brand[i] = '?';
+    snprintf(buf, size, "%s|%s|%08x|%08x.%08x|%08x.%08x.%08x|%08x", vend, brand, f1[0], f1[1],
+             f1[2], f7[0], f7[1], f7[2], os_xcr0());
 }
 
 /* AMD family 0x1a (Zen 5) or later: 512-bit operations at full width. */
@@ -399,7 +444,15 @@ static int cpu_has_shani(void)
     return (b >> 29) & 1; /* SHA */
 }
 
+/* _accel_sha512.c, compiled for AVX-512; called only when cpu_has_avx512(). */
+void pv_sha512_x8(const uint8_t *salt, size_t salt_len, const uint8_t *data, size_t bs, size_t n,
+                  uint8_t *out);
+
 #endif /* PV_HAVE_SHANI */
+
+#define SHA512_DIGEST 64
+#define SHA512_BLOCK 128
+#define SHA512_WIDTH 8
 
 static int have_shani = 0;
 static int have_avx512 = 0;
@@ -416,6 +469,20 @@ static PyObject *accel_widths(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(unu
         return PyTuple_New(0);
     return have_avx512 ? Py_BuildValue("(iiiii)", 1, 2, 3, 4, 16)
                        : Py_BuildValue("(iiii)", 1, 2, 3, 4);
+}
+
+static PyObject *accel_sha512_widths(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(unused))
+{
+    return have_avx512 ? Py_BuildValue("(i)", SHA512_WIDTH) : PyTuple_New(0);
+}
+
+static PyObject *accel_cpu_signature(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(unused))
+{
+    char buf[256] = "";
+#if PV_HAVE_SHANI
+    cpu_signature(buf, sizeof(buf));
+#endif
+    return PyUnicode_FromString(buf);
 }
 
 static PyObject *accel_default_width(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(unused))
@@ -473,6 +540,49 @@ done:
     return result;
 }
 
+static PyObject *accel_sha512_blocks(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer data, salt;
+    Py_ssize_t bs;
+    int width = 0;
+    if (!PyArg_ParseTuple(args, "y*ny*|i:sha512_blocks", &data, &bs, &salt, &width))
+        return NULL;
+    PyObject *result = NULL;
+    if (!have_avx512) {
+        PyErr_SetString(PyExc_RuntimeError, "AVX-512 is not available on this CPU");
+        goto done;
+    }
+    if (bs < SHA512_BLOCK || bs % SHA512_BLOCK || data.len % bs || salt.len % SHA512_BLOCK) {
+        PyErr_SetString(PyExc_ValueError,
+                        "block_size must be a multiple of 128 dividing len(data), and the "
+                        "padded salt a multiple of 128 bytes");
+        goto done;
+    }
+    if (width != 0 && width != SHA512_WIDTH) {
+        PyErr_SetString(PyExc_ValueError, "width must be 0 (the default) or 8");
+        goto done;
+    }
+#if PV_HAVE_SHANI
+    {
+        size_t n = (size_t)(data.len / bs);
+        result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * SHA512_DIGEST));
+        if (!result)
+            goto done;
+        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+        const uint8_t *src = (const uint8_t *)data.buf;
+        const uint8_t *salt_bytes = (const uint8_t *)salt.buf;
+        size_t salt_len = (size_t)salt.len;
+        Py_BEGIN_ALLOW_THREADS
+        pv_sha512_x8(salt_bytes, salt_len, src, (size_t)bs, n, out);
+        Py_END_ALLOW_THREADS
+    }
+#endif
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&salt);
+    return result;
+}
+
 static PyMethodDef accel_methods[] = {
     {"available", accel_available, METH_NOARGS,
      "available() -> bool\n\nTrue when this CPU has the SHA extensions sha256_blocks needs."},
@@ -480,14 +590,25 @@ static PyMethodDef accel_methods[] = {
      "widths() -> tuple[int, ...]\n\nThe interleave widths sha256_blocks accepts here: 1 to 4\n"
      "(SHA-NI streams) and 16 (AVX-512 lanes) when the CPU and OS support AVX-512."},
     {"default_width", accel_default_width, METH_NOARGS,
-     "default_width() -> int\n\nThe width sha256_blocks uses when given 0: 16 on AMD Zen 5 and\n"
-     "later with AVX-512, else 4."},
+     "default_width() -> int\n\nThe width sha256_blocks uses when given 0, a static guess: 16 on\n"
+     "AMD Zen 5 and later with AVX-512, else 4 (pyverity.hashing.widths measures instead)."},
+    {"sha512_widths", accel_sha512_widths, METH_NOARGS,
+     "sha512_widths() -> tuple[int, ...]\n\nThe widths sha512_blocks accepts here: (8,) (AVX-512\n"
+     "lanes) when the CPU and OS support AVX-512 F and BW, else () (sha512_blocks unusable)."},
+    {"cpu_signature", accel_cpu_signature, METH_NOARGS,
+     "cpu_signature() -> str\n\nThe CPU's vendor, brand, family/model/stepping, feature bits and\n"
+     "XCR0, from cpuid (the key of the width calibration's cache)."},
     {"sha256_blocks", accel_sha256_blocks, METH_VARARGS,
      "sha256_blocks(data, block_size, padded_salt, width=0) -> bytes\n\n"
      "SHA-256(padded_salt + block) of every block_size-byte block of data, concatenated.\n"
      "block_size and len(padded_salt) must be multiples of 64; len(data) a multiple of\n"
      "block_size. width: how many blocks are hashed at once (see widths(); 0, the default,\n"
      "is default_width()). Releases the GIL while hashing."},
+    {"sha512_blocks", accel_sha512_blocks, METH_VARARGS,
+     "sha512_blocks(data, block_size, padded_salt, width=0) -> bytes\n\n"
+     "SHA-512(padded_salt + block) of every block_size-byte block of data, concatenated, eight\n"
+     "blocks at once in AVX-512 lanes. block_size and len(padded_salt) must be multiples of\n"
+     "128; len(data) a multiple of block_size; width 0 or 8. Releases the GIL while hashing."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -504,7 +625,7 @@ PyMODINIT_FUNC PyInit__accel(void)
 {
 #if PV_HAVE_SHANI
     have_shani = cpu_has_shani();
-    have_avx512 = have_shani && cpu_has_avx512();
+    have_avx512 = cpu_has_avx512();
     default_width = have_avx512 && cpu_prefers_avx512() ? AVX512_WIDTH : SHANI_WIDTH;
 #endif
     return PyModule_Create(&accel_module);

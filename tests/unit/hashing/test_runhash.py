@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyverity.format.hashalg import SHA256, SHA512
+from pyverity.format.hashalg import SHA256, SHA512, HashAlgorithm
 from pyverity.format.params import TreeParams
 from pyverity.hashing import runhash
 from pyverity.hashing.blockhash import block_hasher
@@ -24,9 +24,37 @@ BLOCK_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
 @pytest.fixture
 def with_accel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accelerator's SHA-256 path (SHA-NI) can run here."""
     monkeypatch.delenv(runhash.NO_ACCEL_ENV, raising=False)
-    if runhash.accelerator() is None:
+    module = runhash.accelerator()
+    if module is None or not module.available():
         pytest.skip("the compiled accelerator is not built or this CPU lacks SHA-NI")
+
+
+@pytest.fixture
+def with_accel512(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accelerator's SHA-512 path (AVX-512) can run here."""
+    monkeypatch.delenv(runhash.NO_ACCEL_ENV, raising=False)
+    module = runhash.accelerator()
+    if module is None or not module.sha512_widths():
+        pytest.skip("the compiled accelerator is not built or this CPU lacks AVX-512")
+
+
+def accelerated_algs() -> list[object]:
+    """SHA256 and SHA512, each skipped where the accelerator has no path for it."""
+    module = runhash.accelerator()
+    return [
+        pytest.param(
+            alg,
+            marks=pytest.mark.skipif(
+                module is None
+                or not (module.available() if alg is SHA256 else module.sha512_widths()),
+                reason=f"no accelerated {alg.name} path here",
+            ),
+            id=alg.name,
+        )
+        for alg in (SHA256, SHA512)
+    ]
 
 
 def reference_run(params: TreeParams, data: bytes) -> bytes:
@@ -50,9 +78,23 @@ def test_no_accel_environment_forces_pure_path(monkeypatch: pytest.MonkeyPatch) 
         runhash.run_hasher(TreeParams(), accel=True)
 
 
-def test_sha512_never_asks_for_the_accelerator() -> None:
-    with pytest.raises(RuntimeError, match="sha512"):
-        runhash.run_hasher(TreeParams(SHA512), accel=True)
+def test_sha512_asks_for_the_accelerator_only_where_it_has_avx512(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(runhash.NO_ACCEL_ENV, raising=False)
+    module = runhash.accelerator()
+    params = TreeParams(SHA512, 4096, b"salt")
+    if module is None or not module.sha512_widths():
+        with pytest.raises(RuntimeError, match="sha512"):
+            runhash.run_hasher(params, accel=True)
+        assert not runhash.uses_accelerator(params)
+    else:
+        data = os.urandom(3 * 4096)
+        assert runhash.run_hasher(params, accel=True)(data) == reference_run(params, data)
+        assert runhash.uses_accelerator(params, accel=True)
+    if " avx512bw" in Path("/proc/cpuinfo").read_text() and shutil.which("gcc"):
+        assert module is not None
+        assert module.sha512_widths() == (8,)
 
 
 @pytest.mark.parametrize("alg", [SHA256, SHA512])
@@ -66,12 +108,15 @@ def test_pure_matches_reference(alg: object, block_size: int, salt_len: int) -> 
         assert runhash.pure_run_hasher(params)(data) == reference_run(params, data)
 
 
-@pytest.mark.usefixtures("with_accel")
+@pytest.mark.parametrize("alg", accelerated_algs())
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 @pytest.mark.parametrize("salt_len", [0, 1, 5, 16, 31, 32])
-def test_accelerated_matches_pure_and_reference(block_size: int, salt_len: int) -> None:
+def test_accelerated_matches_pure_and_reference(
+    monkeypatch: pytest.MonkeyPatch, alg: HashAlgorithm, block_size: int, salt_len: int
+) -> None:
+    monkeypatch.delenv(runhash.NO_ACCEL_ENV, raising=False)
     rng = random.Random(block_size + salt_len)
-    params = TreeParams(SHA256, block_size, rng.randbytes(salt_len))
+    params = TreeParams(alg, block_size, rng.randbytes(salt_len))
     accelerated = runhash.run_hasher(params, accel=True)
     pure = runhash.run_hasher(params, accel=False)
     for n in (0, 1, 2, 3, 4, 5, 7, 9, 17, 34):
@@ -111,6 +156,55 @@ def test_every_interleave_width_and_tail_matches_hashlib(block_size: int, salt_l
             assert got == b"".join(want[:n]), (width, n)
 
 
+@pytest.mark.usefixtures("with_accel512")
+@pytest.mark.parametrize(("block_size", "salt_len"), [(128, 0), (1024, 0), (4096, 32), (65536, 7)])
+def test_every_sha512_width_and_tail_matches_hashlib(block_size: int, salt_len: int) -> None:
+    """Eight lanes: 0..19 blocks cover every count modulo 8 (the unused lanes of the last
+    group hash a block again and must not be written), salted and not."""
+    from pyverity.hashing import _accel
+
+    rng = random.Random(block_size + salt_len)
+    params = TreeParams(SHA512, max(block_size, 128), rng.randbytes(salt_len))
+    assert len(params.padded_salt) % 128 == 0
+    data = rng.randbytes(19 * block_size)
+    want = [
+        hashlib.sha512(params.padded_salt + data[o : o + block_size]).digest()
+        for o in range(0, len(data), block_size)
+    ]
+    for width in (0, *_accel.sha512_widths()):
+        for n in range(20):
+            got = _accel.sha512_blocks(
+                data[: n * block_size], block_size, params.padded_salt, width
+            )
+            assert got == b"".join(want[:n]), (width, n)
+    # A salt of several compression blocks is absorbed block by block.
+    long_salt = rng.randbytes(384)
+    got = _accel.sha512_blocks(data[: 9 * block_size], block_size, long_salt)
+    assert got == b"".join(
+        hashlib.sha512(long_salt + data[o : o + block_size]).digest()
+        for o in range(0, 9 * block_size, block_size)
+    )
+
+
+@pytest.mark.usefixtures("with_accel512")
+def test_sha512_accelerator_rejects_bad_arguments() -> None:
+    from pyverity.hashing import _accel
+
+    for width in (-1, 1, 4, 16):
+        with pytest.raises(ValueError, match="width"):
+            _accel.sha512_blocks(b"\0" * 128, 128, b"", width)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        _accel.sha512_blocks(b"\0" * 128, 64, b"")
+    with pytest.raises(ValueError, match="multiple of 128"):
+        _accel.sha512_blocks(b"\0" * 200, 128, b"")
+    with pytest.raises(ValueError, match="multiple of 128"):
+        _accel.sha512_blocks(b"\0" * 128, 128, b"\0" * 64)
+    data = bytearray(os.urandom(128 * 3))
+    assert _accel.sha512_blocks(memoryview(data), 128, b"") == _accel.sha512_blocks(
+        bytes(data), 128, b""
+    )
+
+
 @pytest.mark.usefixtures("with_accel")
 def test_widths_and_default() -> None:
     from pyverity.hashing import _accel
@@ -120,6 +214,10 @@ def test_widths_and_default() -> None:
     assert _accel.default_width() in _accel.widths()
     if " avx512bw" in Path("/proc/cpuinfo").read_text():
         assert 16 in _accel.widths()
+    sig = _accel.cpu_signature()
+    assert sig.count("|") == 5
+    assert sig.isascii()
+    assert sig == _accel.cpu_signature()  # the same on every call (no APIC id)
 
 
 @pytest.mark.usefixtures("with_accel")
