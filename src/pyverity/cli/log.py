@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pyverity.cli._common import ArgumentParser
@@ -20,11 +20,11 @@ from pyverity.errors import FormatError, IntegrityError, UsageError
 if TYPE_CHECKING:
     from pyverity.format.measurelist import MeasurementRecord
     from pyverity.measure.pcr import PcrValues
+    from pyverity.measure.stream import ListReader
 
 __all__ = ["main"]
 
 DEFAULT_LIST = "/var/lib/pyverity/measurements"
-_MAX_ASCII = 1 << 30
 
 
 def _parser() -> ArgumentParser:
@@ -76,37 +76,28 @@ def _parser() -> ArgumentParser:
     return p
 
 
-def _load(
-    path: str, *, pcrs: bool = True
-) -> tuple[list[MeasurementRecord], PcrValues | None, str | None]:
-    """(records, stored PcrValues or None, tail problem)."""
-    from pyverity.format.measurelist import parse_ascii_line
-    from pyverity.measure.log import read_list
+def _records(reader: ListReader) -> Iterator[MeasurementRecord]:
+    """The list's records one at a time; a bad one raises :class:`FormatError` naming the
+    list, the offset and whether the list is no list at all or cut short."""
+    from pyverity.format.measurelist import TruncatedRecordError
 
-    if _looks_ascii(path):
-        try:
-            with Path(path).open(encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read(_MAX_ASCII)
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-        records = []
-        for n, line in enumerate(text.splitlines(keepends=True), 1):
-            try:
-                records.append(parse_ascii_line(line))
-            except FormatError as exc:
-                raise FormatError(f"{path}:{n}: {exc}") from None
-        return records, None, None
-    snap = read_list(path, pcrs=pcrs)
-    return list(snap.records), snap.pcrs, snap.tail_problem
-
-
-def _looks_ascii(path: str) -> bool:
+    n = 0
     try:
-        with Path(path).open("rb") as f:
-            head = f.read(3)
-    except OSError:
-        return False
-    return len(head) == 3 and head[:2].strip().isdigit() and head[2:3] == b" "
+        for _offset, record in reader.records():
+            n += 1
+            yield record
+    except TruncatedRecordError as exc:
+        if n:
+            raise FormatError(f"{reader.path}: truncated: {exc}") from None
+        raise FormatError(f"{reader.path}: not a measurement list ({exc})") from None
+    except FormatError as exc:
+        if n:
+            raise FormatError(f"{reader.path}: {exc}") from None
+        raise FormatError(f"{reader.path}: not a measurement list ({exc})") from None
+    if not n and reader.pcrs is None:
+        raise FormatError(
+            f"{reader.path}: empty, and no PCR values to compare: not a measurement list"
+        )
 
 
 def _parse_pcr_args(values: list[str], count: int) -> PcrValues:
@@ -133,10 +124,18 @@ def _parse_pcr_args(values: list[str], count: int) -> PcrValues:
         raise UsageError(f"--pcr: {exc}") from None
 
 
-def _show(args: argparse.Namespace, recs: list[MeasurementRecord]) -> int:
-    if args.json:
-        out = [
-            {
+def _show(args: argparse.Namespace, reader: ListReader) -> int:
+    if not args.json:
+        write = sys.stdout.write
+        for r in _records(reader):
+            write(r.ascii_line())
+        return 0
+    # one element at a time, laid out as json.dump(..., indent=1) lays out the whole array
+    sys.stdout.write("[")
+    first = True
+    try:
+        for i, r in enumerate(_records(reader), 1):
+            item = {
                 "index": i,
                 "pcr": r.pcr,
                 "template_hash": r.template_digest.hex(),
@@ -146,38 +145,45 @@ def _show(args: argparse.Namespace, recs: list[MeasurementRecord]) -> int:
                 "signature": r.signature.hex() if "sig" in r.field_ids else None,
                 "violation": r.is_violation,
             }
-            for i, r in enumerate(recs, 1)
-        ]
-        json.dump(out, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write("".join(r.ascii_line() for r in recs))
+            text = json.dumps(item, indent=1).replace("\n", "\n ")
+            sys.stdout.write(("\n " if first else ",\n ") + text)
+            first = False
+    finally:
+        sys.stdout.write("]\n" if first else "\n]\n")  # valid JSON even for a cut list
     return 0
 
 
-def _verify(
-    args: argparse.Namespace,
-    path: str,
-    recs: list[MeasurementRecord],
-    stored: PcrValues | None,
-    tail: str | None,
-) -> int:
-    from pyverity.measure.verify import EntryProblem, verify_result
+def _verify(args: argparse.Namespace, reader: ListReader) -> int:
+    from pyverity.measure.verify import EntryProblem, ListVerifier
 
+    path = reader.path
     keyring = None
     if args.keyring:
         from pyverity.keys.keyring import Keyring
 
         keyring = Keyring.from_directory(args.keyring)
-    expected = _parse_pcr_args(args.pcr, len(recs)) if args.pcr else stored
-    from pyverity.measure.files import chain_path, load_chain
-
-    chain = None if _looks_ascii(path) else load_chain(chain_path(path))
-    report = verify_result(recs, expected=expected, keyring=keyring, chain=chain)
-    violations = sum(1 for r in recs if r.is_violation)
+    stored = reader.pcrs
+    # --pcr values cover the whole list, whose length is known only at its end: replay all
+    expected = _parse_pcr_args(args.pcr, sys.maxsize) if args.pcr else stored
+    verifier = ListVerifier(expected=expected, keyring=keyring, chain=reader.chain)
+    violations = 0
+    tail: str | None = None
+    try:
+        for record in _records(reader):
+            verifier.add(record)
+            violations += record.is_violation
+    except FormatError as exc:
+        if not verifier.entries:
+            raise  # not a list at all: one line
+        tail = str(exc).removeprefix(f"{path}: ")
+    if args.pcr:
+        verifier.expected = expected = _parse_pcr_args(args.pcr, verifier.entries)
+    report = verifier.finish()
     problems = list(report.problems)
     if tail is not None:
-        problems.append(EntryProblem(len(recs) + 1, "format", f"unreadable: {tail}"))
+        problems.append(EntryProblem(report.entries + 1, "format", f"unreadable: {tail}"))
+    if expected is None and not report.entries:
+        raise FormatError(f"{path}: empty, and no PCR values to compare")
     if args.json:
         json.dump(
             {
@@ -192,6 +198,7 @@ def _verify(
                     {"index": p.index, "kind": p.kind, "name": p.name, "reason": p.reason}
                     for p in problems
                 ],
+                "more_problems": report.more_problems,
             },
             sys.stdout,
             indent=1,
@@ -200,6 +207,8 @@ def _verify(
     else:
         for p in problems:
             sys.stdout.write(f"FAIL {p}\n")
+        if report.more_problems:
+            sys.stdout.write(f"FAIL ... and {report.more_problems} more problems\n")
         if not problems:
             what = ["template hashes"]
             what.append("PCR replay" if expected is not None else "no PCR values to compare")
@@ -216,14 +225,20 @@ def _verify(
             "dropped or reordered entries cannot be detected\n"
         )
     if problems:
-        raise IntegrityError(f"{path}: {len(problems)} problem(s); first: {problems[0]}")
+        count = len(problems) + report.more_problems
+        raise IntegrityError(f"{path}: {count} problem(s); first: {problems[0]}")
     return 0
 
 
-def _pcrs(args: argparse.Namespace, recs: list[MeasurementRecord], stored: PcrValues | None) -> int:
-    from pyverity.measure.pcr import PcrValues
+def _pcrs(args: argparse.Namespace, reader: ListReader) -> int:
+    from pyverity.measure.pcr import PcrReplay
 
-    values = PcrValues.replay(recs) if args.replay or stored is None else stored
+    stored = reader.pcrs
+    replay = PcrReplay()
+    for record in _records(reader):  # read through in any case: a cut list is an error
+        if args.replay or stored is None:
+            replay.extend(record)
+    values = replay.values() if args.replay or stored is None else stored
     if stored is None and not args.replay:
         sys.stderr.write(f"NOTE: {args.list}: no stored PCR values; these are replayed\n")
     bank = args.evmctl
@@ -244,14 +259,12 @@ def _pcrs(args: argparse.Namespace, recs: list[MeasurementRecord], stored: PcrVa
 
 
 def main(argv: list[str]) -> int:
+    from pyverity.measure.stream import open_list
+
     args = _parser().parse_args(argv)
-    path: str = args.list
-    records, stored, tail = _load(path, pcrs=args.action != "show")
-    if args.action == "show":
-        rc = _show(args, records)
-        if tail is not None:
-            sys.stderr.write(f"WARNING: {path}: {tail}\n")
-        return rc
-    if args.action == "verify":
-        return _verify(args, path, records, stored, tail)
-    return _pcrs(args, records, stored)
+    with open_list(args.list) as reader:
+        if args.action == "show":
+            return _show(args, reader)
+        if args.action == "verify":
+            return _verify(args, reader)
+        return _pcrs(args, reader)

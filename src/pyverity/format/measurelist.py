@@ -1,6 +1,7 @@
 """IMA measurement-list records: template fields, template hashes, binary and ascii forms.
 
-spec/ima.md §4. Pure bytes <-> objects, no I/O. A :class:`MeasurementRecord` is one entry of
+spec/ima.md §4. Pure bytes <-> objects, no I/O (readers take a ``read(n)`` callable, never a
+path). A :class:`MeasurementRecord` is one entry of
 ``binary_runtime_measurements``: PCR index, the 20-byte SHA-1 template digest of the legacy
 list, template name and the raw ``data`` of each field. Integers are little-endian, as the
 kernel writes them on x86-64/arm64 (and everywhere under ``ima_canonical_fmt``).
@@ -11,15 +12,19 @@ kernel writes them on x86-64/arm64 (and everywhere under ``ima_canonical_fmt``).
 - :meth:`MeasurementRecord.template_hash`: the template hash for one PCR bank;
   :meth:`MeasurementRecord.build` computes the stored SHA-1 digest;
 - :meth:`MeasurementRecord.to_bytes` / :func:`parse_binary`: the binary record;
+  :func:`iter_records` parses one record at a time from a ``read(n)`` callable (a buffered
+  file), so a list of any size is read in the memory of one record;
   :meth:`MeasurementRecord.ascii_line` / :func:`parse_ascii_line`: the ascii line.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import io
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pyverity.errors import FormatError
@@ -28,24 +33,29 @@ __all__ = [
     "MAX_FIELD_COUNT",
     "MAX_NAME_LEN",
     "MAX_TEMPLATE_DATA",
+    "NUM_PCRS",
     "SHA1_DIGEST_SIZE",
     "TEMPLATE_FIELDS",
     "WRITABLE_TEMPLATES",
     "DigestField",
     "MeasurementRecord",
     "ParsedList",
+    "Reader",
     "TruncatedRecordError",
     "encode_name",
     "iter_binary",
+    "iter_records",
     "parse_ascii_line",
     "parse_binary",
+    "read_record",
     "template_fields",
 ]
 
 _U32 = struct.Struct("<I")
-_HEADER = struct.Struct("<I20sI")  # pcr, sha1 template digest, template name length
 
 SHA1_DIGEST_SIZE = 20
+#: PCR indexes a list entry may name (a TPM has 24 PCRs).
+NUM_PCRS = 24
 #: The template digest column of a violation entry (extended into PCRs as 0xFF…).
 _ZERO_DIGEST = bytes(SHA1_DIGEST_SIZE)
 
@@ -199,8 +209,8 @@ class MeasurementRecord:
     fields: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
-        if not 0 <= self.pcr < 1 << 32:
-            raise FormatError(f"PCR index {self.pcr} out of range")
+        if not 0 <= self.pcr < NUM_PCRS:
+            raise FormatError(f"PCR index {self.pcr} (a list has PCRs 0-{NUM_PCRS - 1})")
         if len(self.template_digest) != SHA1_DIGEST_SIZE:
             raise FormatError(f"template digest of {len(self.template_digest)} bytes (not 20)")
         if not 0 < len(self.template_name.encode()) <= MAX_NAME_LEN:
@@ -328,7 +338,8 @@ class MeasurementRecord:
 
     def to_bytes(self) -> bytes:
         name = self.template_name.encode()
-        head = _HEADER.pack(self.pcr, self.template_digest, len(name)) + name
+        head = _header(len(self.template_digest)).pack(self.pcr, self.template_digest, len(name))
+        head += name
         if self.template_name == "ima":
             ev = self.fields[1][:-1]
             return head + self.fields[0] + _U32.pack(len(ev)) + ev
@@ -359,22 +370,60 @@ def _render(fid: str, data: bytes) -> str:
 
 # -- binary list ------------------------------------------------------------------------------
 
-
-def _take(data: memoryview, pos: int, size: int, start: int) -> bytes:
-    if pos + size > len(data):
-        raise TruncatedRecordError(
-            f"record at offset {start} is incomplete ({len(data) - start} bytes)", offset=start
-        )
-    return bytes(data[pos : pos + size])
+#: Reads up to ``n`` bytes, fewer only at the end (``BufferedReader.read``, ``BytesIO.read``).
+Reader = Callable[[int], bytes]
 
 
-def _parse_one(data: memoryview, start: int) -> tuple[MeasurementRecord, int]:
-    pcr, digest, name_len = _HEADER.unpack(_take(data, start, _HEADER.size, start))
-    pos = start + _HEADER.size
+@functools.lru_cache(maxsize=8)
+def _header(digest_size: int) -> struct.Struct:
+    """pcr, template digest (the list's bank: 20 bytes for the legacy sha1 list), name length."""
+    return struct.Struct(f"<I{digest_size}sI")
+
+
+class _Record:
+    """Pulls one record's bytes from ``read``; a short read is a torn tail at ``start``."""
+
+    __slots__ = ("pos", "read", "start")
+
+    def __init__(self, read: Reader, start: int) -> None:
+        self.read, self.start, self.pos = read, start, start
+
+    def take(self, size: int) -> bytes:
+        data = self.read(size)
+        self.pos += len(data)
+        if len(data) < size:
+            raise TruncatedRecordError(
+                f"record at offset {self.start} is incomplete "
+                f"({self.pos - self.start} bytes, the list ends there)",
+                offset=self.start,
+            )
+        return data
+
+
+def read_record(
+    read: Reader, start: int, *, digest_size: int = SHA1_DIGEST_SIZE
+) -> tuple[MeasurementRecord, int] | None:
+    """Parse the record at byte ``start`` from ``read``: ``(record, end)``, or ``None`` at a
+    clean end of the list. Memory is bounded by one record (at most
+    :data:`MAX_TEMPLATE_DATA` of template data, checked before it is read).
+
+    Raises :class:`TruncatedRecordError` if the bytes end inside the record and
+    :class:`FormatError` (naming the offset) if it is malformed.
+    """
+    header = _header(digest_size)
+    first = read(header.size)
+    if not first:
+        return None
+    r = _Record(read, start)
+    r.pos += len(first)
+    if len(first) < header.size:
+        first += r.take(header.size - len(first))
+    pcr, digest, name_len = header.unpack(first)
+    if not 0 <= pcr < NUM_PCRS:
+        raise FormatError(f"record at offset {start}: PCR index {pcr} (a list has PCRs 0-23)")
     if not 0 < name_len <= MAX_NAME_LEN:
         raise FormatError(f"record at offset {start}: template name length {name_len}")
-    raw_name = _take(data, pos, name_len, start)
-    pos += name_len
+    raw_name = r.take(name_len)
     try:
         name = raw_name.decode("ascii")
         ids = template_fields(name)
@@ -382,19 +431,16 @@ def _parse_one(data: memoryview, start: int) -> tuple[MeasurementRecord, int]:
         raise FormatError(f"record at offset {start}: unknown template {raw_name!r}") from None
     fields: list[bytes] = []
     if name == "ima":
-        fields.append(_take(data, pos, SHA1_DIGEST_SIZE, start))
-        pos += SHA1_DIGEST_SIZE
-        (ev_len,) = _U32.unpack(_take(data, pos, 4, start))
+        fields.append(r.take(SHA1_DIGEST_SIZE))
+        (ev_len,) = _U32.unpack(r.take(4))
         if ev_len > _IMA_EVENT_NAME_LEN_MAX:
             raise FormatError(f"record at offset {start}: event name length {ev_len}")
-        fields.append(_take(data, pos + 4, ev_len, start) + b"\0")
-        pos += 4 + ev_len
+        fields.append(r.take(ev_len) + b"\0")
     else:
-        (total,) = _U32.unpack(_take(data, pos, 4, start))
+        (total,) = _U32.unpack(r.take(4))
         if total > MAX_TEMPLATE_DATA:
             raise FormatError(f"record at offset {start}: template data length {total}")
-        body = _take(data, pos + 4, total, start)
-        pos += 4 + total
+        body = r.take(total)
         at = 0
         for fid in ids:
             if at + 4 > total:
@@ -410,7 +456,20 @@ def _parse_one(data: memoryview, start: int) -> tuple[MeasurementRecord, int]:
         record = MeasurementRecord(pcr, digest, name, tuple(fields))
     except FormatError as exc:
         raise FormatError(f"record at offset {start}: {exc}") from None
-    return record, pos
+    return record, r.pos
+
+
+def iter_records(
+    read: Reader, *, start: int = 0, digest_size: int = SHA1_DIGEST_SIZE
+) -> Iterator[tuple[int, MeasurementRecord, int]]:
+    """Yield ``(offset, record, end)`` for each record read from ``read``, one at a time;
+    raise at the first malformed one (:class:`TruncatedRecordError` if the bytes end inside
+    it)."""
+    pos = start
+    while (got := read_record(read, pos, digest_size=digest_size)) is not None:
+        record, end = got
+        yield pos, record, end
+        pos = end
 
 
 def iter_binary(data: bytes | memoryview) -> Iterator[tuple[int, MeasurementRecord]]:
@@ -418,12 +477,8 @@ def iter_binary(data: bytes | memoryview) -> Iterator[tuple[int, MeasurementReco
 
     Ending inside a record raises :class:`TruncatedRecordError` (with ``offset``).
     """
-    view = memoryview(data)
-    pos = 0
-    while pos < len(view):
-        record, end = _parse_one(view, pos)
-        yield pos, record
-        pos = end
+    for offset, record, _end in iter_records(io.BytesIO(data).read):
+        yield offset, record
 
 
 @dataclass(frozen=True)
@@ -443,18 +498,16 @@ def parse_binary(data: bytes | memoryview, *, allow_torn_tail: bool = False) -> 
     """Parse a whole binary list. A torn tail raises, or is reported if ``allow_torn_tail``."""
     records: list[MeasurementRecord] = []
     offsets: list[int] = []
-    view = memoryview(data)
     end = 0
-    while end < len(view):
-        try:
-            record, next_end = _parse_one(view, end)
-        except TruncatedRecordError as exc:
-            if not allow_torn_tail:
-                raise
-            return ParsedList(tuple(records), tuple(offsets), end, exc)
-        records.append(record)
-        offsets.append(end)
-        end = next_end
+    try:
+        for offset, record, next_end in iter_records(io.BytesIO(data).read):
+            records.append(record)
+            offsets.append(offset)
+            end = next_end
+    except TruncatedRecordError as exc:
+        if not allow_torn_tail:
+            raise
+        return ParsedList(tuple(records), tuple(offsets), end, exc)
     return ParsedList(tuple(records), tuple(offsets), end)
 
 

@@ -5,7 +5,6 @@ See :mod:`pyverity.measure.log` for what each file holds and how the writer keep
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pyverity.errors import FormatError, StorageError
 from pyverity.format.measurelist import MeasurementRecord, TruncatedRecordError, iter_binary
 from pyverity.fs.atomic import publish_bytes, write_all
 from pyverity.measure.pcr import PcrValues
+from pyverity.measure.stream import open_list, read_pcr_file
 
 __all__ = [
     "MAX_LIST_SIZE",
@@ -103,41 +103,43 @@ def read_all(fd: int) -> bytes:
 
 
 def load_pcrs(path: Path) -> PcrValues | None:
-    try:
-        with path.open("rb") as f:
-            text = f.read((1 << 16) + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StorageError(f"cannot read PCR values {path}: {exc.strerror}") from exc
-    try:
-        return PcrValues.from_json(text)
-    except FormatError as exc:
-        raise StorageError(f"PCR values {path}: {exc}") from exc
+    return read_pcr_file(path)
 
 
 def read_list(path: str | os.PathLike[str], *, pcrs: bool = True) -> ListSnapshot:
-    """Read a list (ours, or a kernel's ``binary_runtime_measurements``) and its PCR values.
+    """Read a list (ours, or a kernel's ``binary_runtime_measurements``) and its PCR values,
+    into memory (at most :data:`MAX_LIST_SIZE` bytes; :mod:`pyverity.measure.stream` reads a
+    list of any size one record at a time).
 
-    Takes a shared lock on the list while reading, so a running writer's append is never seen
-    half-done. Malformed or torn bytes at the end are reported in ``tail_problem``, not raised.
+    The size, PCR values and chain are taken under a shared lock on the list, so a running
+    writer's append is never seen half-done. Malformed or torn bytes at the end are reported
+    in ``tail_problem``, not raised.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise StorageError(f"cannot open measurement list {path}: {exc.strerror}") from exc
-    try:
+    records: list[MeasurementRecord] = []
+    offsets: list[int] = []
+    problem: str | None = None
+    with open_list(path, pcrs=pcrs) as reader:
+        if reader.ascii:
+            raise FormatError(f"{reader.path}: an ascii list (read it with open_list)")
+        if reader.size is not None and reader.size > MAX_LIST_SIZE:
+            raise StorageError(f"measurement list is larger than {MAX_LIST_SIZE} bytes")
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        except OSError:
-            logger.debug("no lock on %s (not a regular file?)", path)
-        values = load_pcrs(pcr_path(path)) if pcrs else None
-        chain = load_chain(chain_path(path)) if pcrs else None
-        data = read_all(fd)
-    finally:
-        os.close(fd)
-    records, offsets, end, problem = scan_list(data)
-    return ListSnapshot(tuple(records), tuple(offsets), end, len(data), values, problem, chain)
+            for offset, record in reader.records():
+                records.append(record)
+                offsets.append(offset)
+                if reader.end > MAX_LIST_SIZE:
+                    raise StorageError(f"measurement list is larger than {MAX_LIST_SIZE} bytes")
+        except TruncatedRecordError as exc:
+            problem = f"torn tail: {exc}"
+        except FormatError as exc:
+            problem = str(exc)
+        chain = None
+        if reader.chain is not None:
+            chain = reader.chain.read(reader.chain_size)
+        # (securityfs gives no size: the bytes parsed, and one more if they end badly)
+        size = reader.size if reader.size is not None else reader.end + (problem is not None)
+        values = reader.pcrs
+    return ListSnapshot(tuple(records), tuple(offsets), reader.end, size, values, problem, chain)
 
 
 def load_chain(path: Path) -> bytes | None:

@@ -10,26 +10,26 @@ fsync + rename) so that a verifier can replay the list and compare; the evmctl f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pyverity.errors import FormatError
-from pyverity.format.measurelist import MeasurementRecord
+from pyverity.format.measurelist import NUM_PCRS, MeasurementRecord
 
-__all__ = ["BANKS", "CHAIN_BANK", "NUM_PCRS", "PcrValues", "chain_values"]
+__all__ = ["BANKS", "CHAIN_BANK", "NUM_PCRS", "PcrReplay", "PcrValues", "chain_values"]
 
 #: The banks pyverity keeps (TPM 2.0's usual pair).
 BANKS = ("sha1", "sha256")
 #: The bank of ``LIST.chain`` (the PCR value after each entry).
 CHAIN_BANK = "sha256"
-#: PCRs shown in evmctl's file format (a TPM has 24).
-NUM_PCRS = 24
 _FORMAT_VERSION = 1
 _MAX_PCR_FILE = 1 << 16
 
 
+@functools.cache
 def _zero(bank: str) -> bytes:
     return bytes(hashlib.new(bank).digest_size)
 
@@ -75,10 +75,10 @@ class PcrValues:
         cls, records: Iterable[MeasurementRecord], banks: Iterable[str] = BANKS
     ) -> PcrValues:
         """Replay ``records`` from all-zero PCRs."""
-        values = cls({b: {} for b in banks})
+        replay = PcrReplay(banks)
         for record in records:
-            values = values.extend(record)
-        return values
+            replay.extend(record)
+        return replay.values()
 
     # -- storage forms ------------------------------------------------------------------------
 
@@ -124,6 +124,37 @@ class PcrValues:
     def as_dict(self) -> dict[str, dict[str, str]]:
         """``{bank: {pcr: hex}}`` for JSON output."""
         return {b: {str(i): v.hex() for i, v in sorted(p.items())} for b, p in self.values.items()}
+
+
+class PcrReplay:
+    """PCR values extended one record at a time, in place (for lists of any length: memory
+    does not grow with the list); :meth:`values` gives the :class:`PcrValues` so far."""
+
+    def __init__(self, banks: Iterable[str] = BANKS) -> None:
+        self._banks: dict[str, dict[int, bytes]] = {b: {} for b in banks}
+        for bank in self._banks:
+            if bank not in BANKS:
+                raise FormatError(f"unsupported PCR bank {bank!r} (sha1 or sha256)")
+        self.count = 0
+        self.size = 0
+
+    def extend(self, record: MeasurementRecord, *, size: int | None = None) -> bytes | None:
+        """Extend ``record`` into every bank; the new value of its PCR in the sha256 bank
+        (the ``LIST.chain`` value), or ``None`` without that bank."""
+        chained = None
+        for bank, pcrs in self._banks.items():
+            old = pcrs.get(record.pcr) or _zero(bank)
+            pcrs[record.pcr] = value = hashlib.new(
+                bank, old + record.pcr_extend_value(bank)
+            ).digest()
+            if bank == CHAIN_BANK:
+                chained = value
+        self.count += 1
+        self.size += len(record.to_bytes()) if size is None else size
+        return chained
+
+    def values(self) -> PcrValues:
+        return PcrValues({b: dict(p) for b, p in self._banks.items()}, self.count, self.size)
 
 
 def chain_values(records: Iterable[MeasurementRecord], bank: str = CHAIN_BANK) -> bytes:

@@ -21,18 +21,27 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from pyverity.errors import Error, FormatError, IntegrityError
 from pyverity.format.measurelist import MeasurementRecord
-from pyverity.measure.pcr import CHAIN_BANK, PcrValues, chain_values
+from pyverity.measure.pcr import CHAIN_BANK, PcrReplay, PcrValues
 
 if TYPE_CHECKING:
     from pyverity.keys.keyring import Keyring
 
-__all__ = ["EntryProblem", "VerifyReport", "check_signature", "verify_list", "verify_result"]
+__all__ = [
+    "MAX_PROBLEMS",
+    "EntryProblem",
+    "ListVerifier",
+    "VerifyReport",
+    "check_signature",
+    "verify_list",
+    "verify_result",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ class VerifyReport:
     expected: PcrValues | None
     signatures_checked: int = 0
     problems: tuple[EntryProblem, ...] = field(default_factory=tuple)
+    #: Problems found beyond the :data:`MAX_PROBLEMS` kept.
+    more_problems: int = 0
 
     @property
     def ok(self) -> bool:
@@ -83,21 +94,64 @@ def check_signature(record: MeasurementRecord, keyring: Keyring) -> None:
     keyring.verify_ima_signature(value, digest.digest)
 
 
-def verify_result(
-    records: Sequence[MeasurementRecord],
-    *,
-    expected: PcrValues | None = None,
-    keyring: Keyring | None = None,
-    chain: bytes | None = None,
-) -> VerifyReport:
-    """Run every check over ``records`` and collect the problems (see the module docstring)."""
-    problems: list[EntryProblem] = []
-    signatures = 0
-    for i, record in enumerate(records, 1):
+#: Problems kept in a report (a list of millions of bad entries is counted, not kept).
+MAX_PROBLEMS = 1000
+
+
+class ListVerifier:
+    """:func:`verify_result` one record at a time: :meth:`add` each record in order, then
+    :meth:`finish`. Memory does not grow with the list (PCR values, the first entries of
+    interest and at most :data:`MAX_PROBLEMS` problems); ``chain`` (``LIST.chain``, the sha256
+    PCR value after each entry) may be a file object read alongside the records.
+    """
+
+    def __init__(
+        self,
+        *,
+        expected: PcrValues | None = None,
+        keyring: Keyring | None = None,
+        chain: bytes | BinaryIO | None = None,
+    ) -> None:
+        self.expected, self.keyring = expected, keyring
+        banks = expected.banks if expected is not None else ("sha1", "sha256")
+        self._replay = PcrReplay(banks)
+        self._problems: list[EntryProblem] = []
+        self.more_problems = 0
+        self.entries = 0
+        self.signatures = 0
+        self._chain = io.BytesIO(chain) if isinstance(chain, bytes) else chain
+        self._chain_usable = self._chain is not None and self._chain_ends_at_expected()
+        self._mine: dict[int, bytes] = {}  # sha256 PCR values over every entry, for the chain
+        self._diverges: tuple[int, str] | None = None
+        self._first_uncovered = ""
+
+    def _chain_ends_at_expected(self) -> bool:
+        """The chain is a hint only if it ends where the expected PCR values are."""
+        f, expected = self._chain, self.expected
+        size = hashlib.new(CHAIN_BANK).digest_size
+        if f is None or expected is None or CHAIN_BANK not in expected.values:
+            return False
+        length = f.seek(0, io.SEEK_END)
+        if not length or length % size:
+            return False
+        f.seek(length - size)
+        last = f.read(size)
+        f.seek(0)
+        return last in expected.values[CHAIN_BANK].values()
+
+    def problem(self, problem: EntryProblem) -> None:
+        if len(self._problems) < MAX_PROBLEMS:
+            self._problems.append(problem)
+        else:
+            self.more_problems += 1
+
+    def add(self, record: MeasurementRecord, size: int | None = None) -> None:
+        self.entries += 1
+        i = self.entries
         if not record.is_violation and not hmac.compare_digest(
             record.template_hash("sha1"), record.template_digest
         ):
-            problems.append(
+            self.problem(
                 EntryProblem(
                     i,
                     "template-hash",
@@ -105,109 +159,129 @@ def verify_result(
                     record.file_name,
                 )
             )
-        if keyring is not None and "sig" in record.field_ids and not record.is_violation:
-            if not record.signature:
-                continue
-            signatures += 1
+        keyring = self.keyring
+        if (
+            keyring is not None
+            and "sig" in record.field_ids
+            and not record.is_violation
+            and record.signature
+        ):
+            self.signatures += 1
             try:
                 check_signature(record, keyring)
             except Error as exc:
-                problems.append(
+                self.problem(
                     EntryProblem(
                         i, "signature", f"signature does not verify: {exc}", record.file_name
                     )
                 )
-    banks = expected.banks if expected is not None else ("sha1", "sha256")
-    covered = records if expected is None else records[: expected.count]
-    replayed = PcrValues.replay(covered, banks)
-    if expected is not None:
-        problems.extend(_compare(records, replayed, expected, chain))
-    return VerifyReport(len(records), replayed, expected, signatures, tuple(problems))
+        expected = self.expected
+        if expected is None or i <= expected.count:
+            self._replay.extend(record, size=size)
+        elif i == expected.count + 1:
+            self._first_uncovered = record.file_name
+        if self._chain_usable and self._diverges is None:
+            self._follow_chain(i, record)
 
+    def _follow_chain(self, i: int, record: MeasurementRecord) -> None:
+        assert self._chain is not None  # noqa: S101 - only called when the chain is usable
+        bank = CHAIN_BANK
+        old = self._mine.get(record.pcr) or bytes(hashlib.new(bank).digest_size)
+        mine = hashlib.new(bank, old + record.pcr_extend_value(bank)).digest()
+        self._mine[record.pcr] = mine
+        recorded = self._chain.read(len(mine))
+        if len(recorded) < len(mine):
+            self._chain_usable = False  # the chain ends here: nothing diverged before it
+        elif recorded != mine:
+            self._diverges = (i, record.file_name)
 
-def _diverges_at(
-    records: Sequence[MeasurementRecord], expected: PcrValues, chain: bytes | None
-) -> int | None:
-    """The first entry (0-based) whose replay leaves the recorded chain, if the chain is one
-    the expected PCR values end with; ``None`` otherwise."""
-    size = hashlib.new(CHAIN_BANK).digest_size
-    if not chain or len(chain) % size or CHAIN_BANK not in expected.values:
-        return None
-    if chain[-size:] not in expected.values[CHAIN_BANK].values():
-        return None  # the chain does not end where the PCR values are: no use as a hint
-    mine = chain_values(records)
-    for i in range(min(len(mine), len(chain)) // size):
-        if mine[i * size : (i + 1) * size] != chain[i * size : (i + 1) * size]:
-            return i
-    return None
-
-
-def _compare(
-    records: Sequence[MeasurementRecord],
-    replayed: PcrValues,
-    expected: PcrValues,
-    chain: bytes | None = None,
-) -> list[EntryProblem]:
-    problems: list[EntryProblem] = []
-    if expected.count > len(records):
-        problems.append(
-            EntryProblem(
-                0,
-                "count",
-                f"the PCR values cover {expected.count} entries, the list has {len(records)}: "
-                f"entries {len(records) + 1}..{expected.count} were dropped",
-            )
+    def finish(self) -> VerifyReport:
+        replayed = self._replay.values()
+        problems = list(self._problems)
+        if self.expected is not None:
+            problems.extend(self._compare(replayed, self.expected))
+        return VerifyReport(
+            self.entries,
+            replayed,
+            self.expected,
+            self.signatures,
+            tuple(problems),
+            self.more_problems,
         )
-    elif expected.count < len(records):
-        extra = records[expected.count]
-        problems.append(
-            EntryProblem(
-                expected.count + 1,
-                "count",
-                f"not covered by the PCR values (they cover {expected.count} of "
-                f"{len(records)} entries)",
-                extra.file_name,
-            )
-        )
-    pcr_indexes = sorted(
-        {i for bank in expected.values.values() for i in bank}
-        | {i for bank in replayed.values.values() for i in bank}
-    )
-    for bank in expected.banks:
-        for pcr in pcr_indexes:
-            if not hmac.compare_digest(replayed.get(bank, pcr), expected.get(bank, pcr)):
-                n = min(len(records), expected.count)
-                problems.append(
-                    EntryProblem(
-                        0,
-                        "replay",
-                        f"replaying entries 1..{n} gives {bank} PCR {pcr} "
-                        f"{replayed.get(bank, pcr).hex()}, expected {expected.get(bank, pcr).hex()}"
-                        ": entries were changed, dropped or reordered",
-                    )
+
+    def _compare(self, replayed: PcrValues, expected: PcrValues) -> list[EntryProblem]:
+        problems: list[EntryProblem] = []
+        n = self.entries
+        if expected.count > n:
+            problems.append(
+                EntryProblem(
+                    0,
+                    "count",
+                    f"the PCR values cover {expected.count} entries, the list has {n}: "
+                    f"entries {n + 1}..{expected.count} were dropped",
                 )
-    if any(p.kind in ("replay", "count") for p in problems):
-        at = _diverges_at(records, expected, chain)
-        if at is not None:
+            )
+        elif expected.count < n:
+            problems.append(
+                EntryProblem(
+                    expected.count + 1,
+                    "count",
+                    f"not covered by the PCR values (they cover {expected.count} of {n} entries)",
+                    self._first_uncovered,
+                )
+            )
+        pcr_indexes = sorted(
+            {i for bank in expected.values.values() for i in bank}
+            | {i for bank in replayed.values.values() for i in bank}
+        )
+        for bank in expected.banks:
+            for pcr in pcr_indexes:
+                if not hmac.compare_digest(replayed.get(bank, pcr), expected.get(bank, pcr)):
+                    problems.append(
+                        EntryProblem(
+                            0,
+                            "replay",
+                            f"replaying entries 1..{min(n, expected.count)} gives {bank} PCR "
+                            f"{pcr} {replayed.get(bank, pcr).hex()}, expected "
+                            f"{expected.get(bank, pcr).hex()}: entries were changed, dropped "
+                            "or reordered",
+                        )
+                    )
+        if problems and self._diverges is not None:
+            at, name = self._diverges
             problems.insert(
                 0,
                 EntryProblem(
-                    at + 1,
+                    at,
                     "chain",
                     "the replay leaves the recorded PCR chain here: this entry was changed or "
                     "inserted, or an entry before it was dropped or moved",
-                    records[at].file_name,
+                    name,
                 ),
             )
-    return problems
+        return problems
 
 
-def verify_list(
-    records: Sequence[MeasurementRecord],
+def verify_result(
+    records: Iterable[MeasurementRecord],
     *,
     expected: PcrValues | None = None,
     keyring: Keyring | None = None,
-    chain: bytes | None = None,
+    chain: bytes | BinaryIO | None = None,
+) -> VerifyReport:
+    """Run every check over ``records`` and collect the problems (see the module docstring)."""
+    verifier = ListVerifier(expected=expected, keyring=keyring, chain=chain)
+    for record in records:
+        verifier.add(record)
+    return verifier.finish()
+
+
+def verify_list(
+    records: Iterable[MeasurementRecord],
+    *,
+    expected: PcrValues | None = None,
+    keyring: Keyring | None = None,
+    chain: bytes | BinaryIO | None = None,
 ) -> VerifyReport:
     """Like :func:`verify_result`, but raise :class:`IntegrityError` naming the first problem."""
     report = verify_result(records, expected=expected, keyring=keyring, chain=chain)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from pyverity.errors import PolicyError
-from pyverity.format.measurelist import TEMPLATE_FIELDS, WRITABLE_TEMPLATES
+from pyverity.format.measurelist import NUM_PCRS, TEMPLATE_FIELDS, WRITABLE_TEMPLATES
 from pyverity.policy.glob import compile_glob
 from pyverity.policy.rules import (
     FILE_FUNCS,
@@ -276,6 +276,13 @@ def _pcr(d: _Draft, value: str) -> None:
     body = value[1:] if value[:1] in "+-" else value
     if not body.isdigit() or value.startswith("-") or int(body) >= _PCR_LIMIT:
         raise _RuleError(f"pcr={value} is not a PCR index (0-63)")
+    if int(body) >= NUM_PCRS:
+        # the kernel accepts 24-63 but cannot extend them into a TPM; a list entry that names
+        # one is refused by every reader, ours included
+        raise _RuleError(
+            f"pcr={value}: a measurement list holds PCRs 0-{NUM_PCRS - 1}",
+            remedy="use a PCR below 24 (the default is 10)",
+        )
     d.fields["pcr"] = int(body)  # the kernel keeps the last pcr=
     d.flags |= Flag.PCR
 

@@ -105,7 +105,8 @@ def test_pcrs(our_list: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_missing_list_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["log", "verify", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("ERROR: cannot open measurement list")
+    nope = tmp_path / "nope"
+    assert err == f"ERROR: can't read measurement list '{nope}': No such file or directory\n"
     assert "Traceback" not in err
 
 
