@@ -89,8 +89,13 @@ def sign_bytes(signer: Signer, data_digest: bytes) -> bytes:
     return signer.sign_digest(data_digest, HashAlgoId.SHA256)
 
 
+def _keyed(index: int, fd: int, stats: WalkStats) -> Iterator[tuple[bytes, int, Found]]:
+    for found in walk(fd, stats):
+        yield found.path, index, found
+
+
 def _merged(roots: list[str], fds: list[int], stats: WalkStats) -> Iterator[tuple[str, Found]]:
-    walks = [((f.path, i, f) for f in walk(fd, stats)) for i, fd in enumerate(fds)]
+    walks = [_keyed(i, fd, stats) for i, fd in enumerate(fds)]
     previous: bytes | None = None
     for path, i, found in heapq.merge(*walks):
         if path == previous:
