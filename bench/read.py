@@ -33,7 +33,7 @@ from pyverity.fs.xattr import attr_name, set_attr
 from pyverity.hashing.api import build_tree
 from pyverity.hashing.runhash import accelerator
 from pyverity.reader import ReaderOptions
-from pyverity.reader.pool import HashPool
+from pyverity.reader.hashpool import HashPool
 from pyverity.store.cache import MemoryStore
 
 MIB = 1 << 20

@@ -24,7 +24,7 @@ from pyverity.cli import main as cli_main
 from pyverity.daemon import client
 from pyverity.fs import ioctl
 from pyverity.protect import read_protection
-from pyverity.reader.appraise import ReaderOptions
+from pyverity.reader.options import ReaderOptions
 from pyverity.store import kernel
 from pyverity.store.statedb import StateDB
 

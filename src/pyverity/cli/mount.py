@@ -17,10 +17,12 @@ def _parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="pyverity mount",
         description=(
-            "Mount SOURCE on MOUNTPOINT through a FUSE filesystem that appraises every open"
-            " (EACCES when an enforcing appraisal fails) and verifies every read block by block"
-            " (EIO for a corrupt block). Protection holds for access through MOUNTPOINT only:"
-            " keep SOURCE out of reach (see docs/mount.md)."
+            "Mount SOURCE on MOUNTPOINT through a FUSE filesystem with fs-verity's semantics:"
+            " every file with a descriptor or a v3 signature is verified on every read, block"
+            " by block, whatever the policy and the mode (EIO for a corrupt block, or at open"
+            " for a descriptor that does not match); the policy adds appraisal (EACCES when an"
+            " enforcing appraisal fails) and measurement. Protection holds for access through"
+            " MOUNTPOINT only: keep SOURCE out of reach (see docs/mount.md)."
         ),
     )
     p.add_argument("source", metavar="SOURCE", help="directory to serve")
@@ -45,7 +47,9 @@ def _parser() -> ArgumentParser:
         default="enforce",
         help="enforce: deny failed appraisals (default); log: log them and serve; fix: as log,"
         " and write the missing descriptor of a file whose v3 signature verified over its"
-        " content; off: no appraisal (files served unverified, measured as the policy says)",
+        " content; off: no appraisal (measured as the policy says). In every mode files with a"
+        " descriptor or a v3 signature are still verified on every read (as ima_appraise=off"
+        " leaves fs-verity on)",
     )
     p.add_argument(
         "--xattr-ns",
@@ -71,7 +75,8 @@ def _parser() -> ArgumentParser:
     p.add_argument(
         "--unsafe-no-verify",
         action="store_true",
-        help="serve without any verification (benchmark baseline only)",
+        help="UNSAFE: turn fs-verity off too, serving every file without any verification,"
+        " appraisal or measurement (the baseline of bench/read.py; logs a warning)",
     )
     return p
 
@@ -79,10 +84,13 @@ def _parser() -> ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from pyverity.fuse.config import MountConfig
-    from pyverity.reader.appraise import ReaderOptions
+    from pyverity.reader.options import ReaderOptions
 
     if args.unsafe_no_verify:
-        log.warning("UNSAFE: serving every file without verification (--unsafe-no-verify)")
+        log.warning(
+            "UNSAFE: fs-verity is off, every file is served without verification, appraisal or"
+            " measurement (--unsafe-no-verify)"
+        )
     policy = keyring = measurements = None
     if args.policy is not None:
         from pyverity.policy.engine import Policy

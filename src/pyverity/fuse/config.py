@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyverity.reader.appraise import ReaderOptions
+from pyverity.reader.options import ReaderOptions
 
 __all__ = ["MountConfig"]
 
@@ -16,11 +16,13 @@ class MountConfig:
     mountpoint: Path
     #: Pass writes through (a written protected file becomes STALE until signed again).
     rw: bool = False
-    #: Appraisal (policy, keyring, enforce or log), tree store and measurement list.
+    #: fs-verity and appraisal (policy, keyring, enforce or log), tree store, measurement list.
     reader: ReaderOptions = field(default_factory=ReaderOptions)
     #: Keep verified pages in the kernel's page cache while the backing file is unchanged.
     keep_cache: bool = True
     #: Readahead asked of the kernel for the mount (KiB; 0 keeps FUSE's 128).
     readahead_kb: int = 4096
-    #: Bench only: serve every file without verification (the baseline of ``bench/read.py``).
+    #: ``--unsafe-no-verify``: fs-verity off — every file served without verification,
+    #: appraisal or measurement (the baseline of ``bench/read.py``). Nothing else turns
+    #: fs-verity off: ``--mode log|off`` keep it.
     unsafe_no_verify: bool = False

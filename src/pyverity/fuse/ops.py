@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pyverity.errors import Error, FileChangedError, IntegrityError
+from pyverity.errors import Error, FileChangedError
 from pyverity.fs.access import (
     Credentials,
     check_access,
@@ -54,7 +54,8 @@ from pyverity.hashing.api import build_tree
 from pyverity.hashing.result import MerkleTree
 from pyverity.protect.attrs import fingerprint
 from pyverity.reader.api import open_fd
-from pyverity.reader.appraise import Access, CachedEntry, TreeProvider
+from pyverity.reader.opening import VerityOpenError
+from pyverity.reader.options import Access, CachedEntry, TreeProvider
 
 __all__ = ["LockedStore", "VerityFS"]
 
@@ -364,26 +365,27 @@ class VerityFS:
             fp = self._fingerprint(fd)
             if fp is None and reader.policy is None:
                 return Handle(fd, key, path, writable=False)  # no policy: only protected files
-            with self._lock:
-                stale = self._stale.get(key)
-                if stale is not None and stale != fp:
-                    del self._stale[key]  # signed (or enabled) again since the write
-                    stale = None
-            if stale is not None:
-                log.warning("'%s' was written since it was protected (STALE)", path)
-                raise IntegrityError(f"'{path}' was written since it was protected (STALE)")
             uid, gid = (self._context()[:2]) if self._context is not None else (None, None)
-            access = Access(os.path.join(self._mountpoint, path.lstrip("/")), uid, gid, real)
+            mounted = os.path.join(self._mountpoint, path.lstrip("/"))
+            access = Access(mounted, uid, gid, real, stale=self._still_stale(key, fp))
+            # The reader decides everything: fs-verity for every file with a descriptor or a
+            # v3 signature, then the policy's appraisal (enforced or only logged).
             raw = open_fd(fd, access, reader, closefd=False)
+        except VerityOpenError as e:
+            log.warning("'%s' refused by fs-verity (EIO): %s", path, e)
+            raise _err(errno.EIO) from e
         except Error as e:
-            enforcing = (
-                reader.enforce if reader.policy is None else reader.policy.mode.value == "enforce"
-            )
-            if not enforcing:  # only STALE gets here: the reader serves other failures itself
-                log.warning("'%s' served unverified (not enforced): %s", path, e)
-                return Handle(fd, key, path, writable=False)
             raise _err(errno.EACCES) from e
         return Handle(fd, key, path, writable=False, verified=raw)
+
+    def _still_stale(self, key: InodeKey, fp: bytes | None) -> bool:
+        """Written through the mount, and its attributes not written again since."""
+        with self._lock:
+            stale = self._stale.get(key)
+            if stale is not None and stale != fp:
+                del self._stale[key]  # signed (or enabled) again since the write
+                return False
+            return stale is not None
 
     def _set_cache_flags(self, fi: Any, key: InodeKey, st: os.stat_result, writing: bool) -> None:
         now = identity(st)
@@ -567,13 +569,18 @@ class VerityFS:
         if cmd not in known or not data:
             raise _err(errno.ENOTTY)
         handle = self._handles.get(fi.fh)
-        if cmd in FS_IOC_GETFLAGS:  # what lsattr shows: 'V' for a file appraised with a tree
-            write_flags(data, FS_VERITY_FL if handle.verified is not None else 0)
+        # A file with a descriptor or a v3 signature is verified whatever the policy says, so it
+        # answers as a verity file does ('V' in lsattr, its digest); others (no protection, a
+        # classic IMA value, or --unsafe-no-verify) as a file without fs-verity.
+        verified = handle.verified
+        verity = verified if verified is not None and verified.fs_verity else None
+        if cmd in FS_IOC_GETFLAGS:
+            write_flags(data, FS_VERITY_FL if verity is not None else 0)
             return 0
         if cmd == FS_IOC_MEASURE_VERITY:
-            if handle.verified is None:
-                raise _err(errno.ENODATA)  # not appraised: no digest is enforced for it
-            write_measure(data, handle.verified.descriptor)
+            if verity is None:
+                raise _err(errno.ENODATA)  # no fs-verity digest is enforced for it
+            write_measure(data, verity.descriptor)
             return 0
         self._enable(handle, path, data)
         return 0

@@ -6,7 +6,8 @@ In FUSE's restricted ioctl mode the kernel copies the argument for us: for
 signature. libfuse hands the server that buffer as ``data``; these functions parse and fill it.
 
 A built-in signature given to ``FS_IOC_ENABLE_VERITY`` is checked against the mount's
-``--keyring`` (:mod:`pyverity.keys.pkcs7`), with the kernel's errnos: EBADMSG malformed,
+``--keyring`` by the appraisal gate (:func:`pyverity.protect.gate.builtin_signature_result`,
+over :mod:`pyverity.keys.pkcs7`), its reason mapped to the kernel's errnos: EBADMSG malformed,
 ENOKEY no such certificate (or no keyring at all: the kernel's empty ``.fs-verity`` keyring),
 EKEYREJECTED the signature does not verify.
 """
@@ -20,9 +21,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pyverity.errors import FormatError
+from pyverity.errors import FormatError, Reason
 from pyverity.format.descriptor import Descriptor
-from pyverity.format.formatted_digest import FormattedDigest
 from pyverity.format.hashalg import by_number
 from pyverity.format.params import MAX_SALT_SIZE, TreeParams
 
@@ -100,31 +100,39 @@ def parse_enable(data: int) -> EnableRequest:
     return EnableRequest(params, tail[salt_size:])
 
 
+#: The kernel's errno for each reason a built-in signature is refused.
+_BUILTIN_ERRNO = {
+    Reason.MALFORMED: errno.EBADMSG,
+    Reason.NO_KEYRING: errno.ENOKEY,
+    Reason.UNKNOWN_KEY: errno.ENOKEY,
+    Reason.BAD_SIGNATURE: errno.EKEYREJECTED,
+}
+
+
 def check_builtin_signature(
     path: str, signature: bytes, descriptor: Descriptor, keyring: Keyring | None
 ) -> None:
-    """Verify a built-in (PKCS#7) signature over ``descriptor``'s digest; OSError as the kernel."""
-    if keyring is None:
+    """Verify a built-in (PKCS#7) signature over ``descriptor``'s digest through the gate;
+    OSError with the kernel's errno when it is refused."""
+    from pyverity.protect.gate import builtin_signature_result
+
+    verdict = builtin_signature_result(descriptor, signature, keyring)
+    if not verdict.failed:
+        log.info("built-in signature of '%s' verified: %s", path, verdict.message)
+        return
+    code = _BUILTIN_ERRNO.get(verdict.reason, errno.EBADMSG)
+    if verdict.reason is Reason.NO_KEYRING:
         log.warning(
             "FS_IOC_ENABLE_VERITY on '%s' with a built-in signature refused: the mount has no"
             " --keyring to check it against (ENOKEY, as the kernel with an empty .fs-verity"
             " keyring)",
             path,
         )
-        raise _os_error(errno.ENOKEY, "no keyring for built-in signatures")
-    from pyverity.keys.key import BadSignatureError, UnknownKeyError
-    from pyverity.keys.pkcs7 import MalformedSignatureError, verify_builtin_signature
-
-    formatted = FormattedDigest(descriptor.hash_algorithm, descriptor.digest())
-    try:
-        cert = verify_builtin_signature(signature, formatted, keyring)
-    except MalformedSignatureError as e:
-        log.warning("built-in signature of '%s' refused (EBADMSG): %s", path, e)
-        raise _os_error(errno.EBADMSG, str(e)) from e
-    except UnknownKeyError as e:
-        log.warning("built-in signature of '%s' refused (ENOKEY): %s", path, e)
-        raise _os_error(errno.ENOKEY, str(e)) from e
-    except BadSignatureError as e:
-        log.warning("built-in signature of '%s' refused (EKEYREJECTED): %s", path, e)
-        raise _os_error(errno.EKEYREJECTED, str(e)) from e
-    log.info("built-in signature of '%s' verified: signed by '%s'", path, cert.subject)
+    else:
+        log.warning(
+            "built-in signature of '%s' refused (%s): %s",
+            path,
+            errno.errorcode[code],
+            verdict.message,
+        )
+    raise _os_error(code, verdict.message) from verdict.error

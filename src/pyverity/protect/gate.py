@@ -293,9 +293,10 @@ def _judge_tree(
         if computed is None:
             return VerdictState.PENDING
         if not _same(computed.to_bytes(), declared.to_bytes()):
+            its = " its descriptor" if name is not None else ""
             raise ContentMismatchError(
-                f"{_prefix(name)}content does not match: root hash {computed.root_hash.hex()},"
-                f" declared {declared.root_hash.hex()}",
+                f"{_prefix(name)}content does not match{its}: root hash"
+                f" {computed.root_hash.hex()}, declared {declared.root_hash.hex()}",
                 remedy="the file changed since it was protected; sign or enable it again",
             )
         return VerdictState.READY

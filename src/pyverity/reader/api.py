@@ -9,9 +9,10 @@ import os
 from pyverity.fs.openfile import open_regular
 from pyverity.keys.keyring import Keyring
 from pyverity.policy.engine import Policy
-from pyverity.reader.appraise import Access, ReaderOptions, appraise_open
 from pyverity.reader.file import VerifiedRawIO
 from pyverity.reader.kernelread import KernelVerified
+from pyverity.reader.opening import check_open
+from pyverity.reader.options import Access, ReaderOptions
 from pyverity.reader.verifier import BlockVerifier
 
 __all__ = ["open", "open_fd"]
@@ -24,20 +25,22 @@ _BUFFER = 128 << 10
 def open_fd(
     fd: int, access: Access, options: ReaderOptions | None = None, *, closefd: bool = True
 ) -> VerifiedRawIO | None:
-    """Appraise the open regular file ``fd``: a raw verified reader, or None to serve it
-    unverified (not appraised by the policy, or a failure that is not enforced).
+    """Check the open regular file ``fd`` (:func:`~pyverity.reader.opening.check_open`): a
+    raw verified reader, or None to serve it unverified (it has no descriptor and no v3
+    signature, and is not an appraised classic file).
 
-    An enforced appraisal failure raises; ``fd`` is then closed if ``closefd``.
+    An enforced appraisal failure raises, and so does fs-verity's refusal
+    (:class:`~pyverity.reader.opening.VerityOpenError`); ``fd`` is then closed if ``closefd``.
     """
     options = options or ReaderOptions()
     try:
-        appraisal = appraise_open(fd, access, options)
-        if appraisal is None or appraisal.descriptor is None:
+        anchor = check_open(fd, access, options)
+        if anchor is None:
             return None
-        descriptor = appraisal.descriptor
+        descriptor = anchor.descriptor
         on_corrupt = None
         store = options.store
-        if appraisal.tree_origin == "cache" and store is not None:
+        if anchor.tree_origin == "cache" and store is not None:
             alg, digest = descriptor.hash_alg.name, descriptor.digest()
 
             def on_corrupt() -> None:
@@ -46,10 +49,10 @@ def open_fd(
 
         verifier = (
             KernelVerified(descriptor, name=access.path)
-            if appraisal.tree_origin == "kernel"
+            if anchor.tree_origin == "kernel"
             else BlockVerifier(
                 descriptor,
-                appraisal.tree,
+                anchor.tree,
                 name=access.path,
                 on_corrupt_tree=on_corrupt,
                 pool=options.hash_pool,
@@ -59,7 +62,14 @@ def open_fd(
         if closefd:
             os.close(fd)
         raise
-    return VerifiedRawIO(fd, verifier, name=access.path, closefd=closefd, chunk=options.chunk)
+    return VerifiedRawIO(
+        fd,
+        verifier,
+        name=access.path,
+        closefd=closefd,
+        chunk=options.chunk,
+        fs_verity=anchor.fs_verity,
+    )
 
 
 def open(  # noqa: A001 - the verb of this API, as io.open
@@ -72,13 +82,16 @@ def open(  # noqa: A001 - the verb of this API, as io.open
 ) -> io.BufferedReader:
     """Open ``path`` for verified reading.
 
-    The file is opened once (``O_NOFOLLOW``, regular files only) and appraised from that
-    descriptor: without a policy it must carry a descriptor (or a v3 signature), and with a
-    ``keyring`` a signature that verifies; with a ``policy`` (a :class:`Policy` or a file) its
-    rules decide. Every read is checked block by block against the file's Merkle tree; a block
-    that does not match raises ``OSError(errno.EIO)`` naming it. The raw object (``f.raw``)
-    has ``digest`` and ``descriptor``. Only a policy that does not appraise the file (or a
-    failure in ``log`` mode) gives an unverified file object.
+    The file is opened once (``O_NOFOLLOW``, regular files only) and checked from that
+    descriptor. fs-verity first, whatever the policy says: a file with a descriptor or a v3
+    signature is verified block by block on every read against its Merkle tree (a block that
+    does not match raises ``OSError(errno.EIO)`` naming it), and a descriptor that does not
+    match the content or does not parse fails the open
+    (:class:`~pyverity.reader.opening.VerityOpenError`). Appraisal on top: without a policy
+    the file must carry a descriptor (or a v3 signature), and with a ``keyring`` a signature
+    that verifies; with a ``policy`` (a :class:`Policy` or a file) its rules decide. The raw
+    object (``f.raw``) has ``digest`` and ``descriptor``. Only a file with neither attribute
+    (or a classic one the policy does not appraise) gives an unverified file object.
     """
     own_options = options is None
     options = options or ReaderOptions()
@@ -98,9 +111,7 @@ def open(  # noqa: A001 - the verb of this API, as io.open
     resolved = os.path.realpath(name)
     raw = open_fd(fd, Access(resolved), options)
     if raw is None:
-        log.warning(
-            "'%s' is served unverified (not appraised by the policy, or not enforced)", name
-        )
+        log.warning("'%s' is served unverified (no fs-verity protection, and not appraised)", name)
         return io.BufferedReader(io.FileIO(fd, "rb", closefd=True), buffer_size=buffering)
     if own_options and options.hash_pool is not None:
         raw.on_close = options.hash_pool.close  # nobody else uses this pool

@@ -42,6 +42,7 @@ class VerifiedRawIO(io.RawIOBase):
         name: str,
         closefd: bool = True,
         chunk: int = DEFAULT_CHUNK,
+        fs_verity: bool = True,
     ) -> None:
         super().__init__()
         self._fd = fd
@@ -52,6 +53,9 @@ class VerifiedRawIO(io.RawIOBase):
         self._chunk_blocks = max(1, chunk // self._bs)
         self._pos = 0
         self.name = name
+        #: A descriptor or a v3 signature protects the file (False: a classic IMA value, whose
+        #: reads are checked against a tree built at open but which is no fs-verity file).
+        self.fs_verity = fs_verity
         #: Called once when the file is closed (e.g. to stop a hash pool it alone used).
         self.on_close: Callable[[], None] | None = None
 

@@ -25,7 +25,7 @@ from typing import NoReturn
 from pyverity.format.descriptor import Descriptor
 from pyverity.hashing.blockhash import block_hasher
 from pyverity.hashing.runhash import run_hasher
-from pyverity.reader.pool import HashPool
+from pyverity.reader.hashpool import HashPool
 from pyverity.reader.tree import TreeSource
 
 __all__ = ["BlockVerifier", "VerificationError"]

@@ -95,9 +95,18 @@ def test_appraisal_failure_is_eacces_and_unprotected_passes(tmp_path: Path) -> N
     fi = _open(fs, "/plain")
     assert fs.read("/plain", 100, 0, fi) == b"plain"
     fs.release("/plain", fi)
+    # Not enforced: the appraisal failure is only logged, but fs-verity still refuses content
+    # that does not match its descriptor (EIO at open, the tree being built there).
     lax = _fs(tmp_path, reader=ReaderOptions(xattr_ns=NS, enforce=False))
-    fi = _open(lax, "/f")
-    assert lax.read("/f", 10, 0, fi) == b"abd"
+    assert _errno(lambda: _open(lax, "/f")) == errno.EIO
+    unsafe = _fs(tmp_path, unsafe_no_verify=True)  # only --unsafe-no-verify serves it
+    fi = _open(unsafe, "/f")
+    assert unsafe.read("/f", 10, 0, fi) == b"abd"
+    buf = _measure_buffer(64)
+    at = ctypes.addressof(buf)
+    assert (
+        _errno(lambda: unsafe.ioctl("/f", FS_IOC_MEASURE_VERITY, None, fi, 0, at)) == errno.ENODATA
+    )
 
 
 def test_read_only_refuses_writes(tmp_path: Path) -> None:

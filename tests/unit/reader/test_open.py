@@ -18,7 +18,7 @@ from pyverity.fs.xattr import attr_name, set_attr
 from pyverity.hashing.result import MerkleTree
 from pyverity.policy.engine import Policy
 from pyverity.reader import ReaderOptions, open_fd
-from pyverity.reader.appraise import Access
+from pyverity.reader.options import Access
 from tests.unit.reader.helpers import NS, OPTIONS, flip, protect
 
 SIZES = [0, 1, 4095, 4096, 4097, 128 * 4096, 128 * 4096 + 1, 300 * 4096 + 123]

@@ -12,7 +12,7 @@ import pytest
 import pyverity
 from pyverity.format.params import TreeParams
 from pyverity.hashing.runhash import pure_run_hasher
-from pyverity.reader.pool import HashPool
+from pyverity.reader.hashpool import HashPool
 from tests.unit.reader.helpers import OPTIONS, flip, protect
 
 BS = 4096

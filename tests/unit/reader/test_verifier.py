@@ -12,7 +12,7 @@ from pyverity.format.hashalg import SHA512
 from pyverity.format.params import TreeParams
 from pyverity.hashing.api import build_tree
 from pyverity.reader import BlockVerifier, MemoryTree, VerificationError
-from pyverity.reader.pool import HashPool
+from pyverity.reader.hashpool import HashPool
 
 
 class CountingTree(MemoryTree):
