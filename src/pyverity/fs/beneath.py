@@ -22,7 +22,7 @@ import errno
 import functools
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 
 from pyverity.errors import InputError
 from pyverity.fs.libc import libc
@@ -149,13 +149,14 @@ def open_parent(root_fd: int, parts: list[str], check: DirCheck | None = None) -
     """An ``O_PATH`` descriptor of the directory holding ``parts[-1]`` (the root for ``[]``
     or one name), found one directory at a time from ``root_fd``.
 
-    ``check`` sees the ``fstat`` of the root and of each directory passed through, in order
-    (the mount checks search permission there) and may raise to stop the walk. The caller
+    ``check`` sees the ``fstat`` of each directory a name is looked up in (the root unless
+    ``parts`` is empty, then each directory passed through), in order: the mount checks search
+    permission there. It may raise to stop the walk. The caller
     closes the descriptor.
     """
     fd = os.dup(root_fd)
     try:
-        if check is not None:
+        if check is not None and parts:  # the root is searched only to look a name up
             st = os.fstat(fd)
             if not stat.S_ISDIR(st.st_mode):
                 raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
@@ -211,7 +212,7 @@ def _list(fd: int) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(dirs)
 
 
-def walk_tree(root_fd: int) -> Iterator[tuple[str, bool]]:
+def walk_tree(root_fd: int) -> Generator[tuple[str, bool], None, None]:
     """``(relative path, is_dir)`` of every regular file and directory beneath ``root_fd``.
 
     Each directory is opened from its parent's descriptor without following symlinks (a

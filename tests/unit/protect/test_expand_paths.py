@@ -1,0 +1,34 @@
+"""``sign -r``/``verify -r`` walk beneath each directory named, never following a symlink."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyverity.errors import InputError
+from pyverity.protect.batch import expand_paths
+
+
+def test_symlinked_directory_inside_is_not_descended(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_bytes(b"")
+    (tree / "z").write_bytes(b"")
+    (tree / "out").symlink_to(outside)  # a directory swapped for a symlink, say
+    (tree / "flink").symlink_to(tree / "z")
+    assert expand_paths([str(tree)], recursive=True) == [str(tree / "z"), str(tree / "sub" / "f")]
+
+
+def test_symlink_named_with_recursive_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    with pytest.raises(InputError, match="is a symbolic link") as e:
+        expand_paths([str(tmp_path / "link")], recursive=True)
+    assert "\n" not in str(e.value)
+    # Without -r a path is taken as given; a missing one fails later, when opened.
+    assert expand_paths([str(tmp_path / "link")], recursive=False) == [str(tmp_path / "link")]
+    assert expand_paths([str(tmp_path / "nope")], recursive=True) == [str(tmp_path / "nope")]
