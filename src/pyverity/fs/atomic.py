@@ -40,12 +40,15 @@ def publish_bytes(
     mode: int = 0o644,
     exclusive: bool = False,
     sync_dir: bool = True,
+    sync_file: bool = True,
 ) -> None:
     """Make ``data`` the content of ``path`` atomically.
 
     ``exclusive`` refuses to replace an existing file (``FileExistsError``, even if one appears
     meanwhile); ``sync_dir=False`` skips the directory fsync where a caller batches it or can
-    rebuild the file. The file gets exactly ``mode`` (not reduced by the umask).
+    rebuild the file; ``sync_file=False`` skips the file's fsync too, for a cache whose reader
+    validates it (after a crash it may be empty, never half of another version). The file gets
+    exactly ``mode`` (not reduced by the umask).
     """
     final = Path(path)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -54,7 +57,8 @@ def publish_bytes(
         try:
             os.fchmod(fd, mode)
             write_all(fd, data)
-            os.fsync(fd)
+            if sync_file:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if exclusive:

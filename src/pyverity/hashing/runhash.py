@@ -83,9 +83,9 @@ def pure_run_hasher(params: TreeParams) -> RunHasher:
     return salted
 
 
-#: The data each width hashes per calibration round: 64 blocks of 4 KiB (sixteen-wide groups
+#: The data each width hashes per calibration round: 32 blocks of 4 KiB (sixteen-wide groups
 #: and SHA-512's eight-wide ones come out even), in memory, small enough for any L2 cache.
-CALIBRATION_RUN = 256 << 10
+CALIBRATION_RUN = 128 << 10
 _CALIBRATION_BLOCK = 4096
 #: The process's choice, once made (a forked worker inherits it).
 _CHOICE: dict[str, _widths.Choice] = {}

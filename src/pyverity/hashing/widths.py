@@ -162,7 +162,9 @@ def write_cache(path: str | os.PathLike[str], key: str, widths: Mapping[str, int
     body = "".join(f"{alg} {widths[alg]}\n" for alg in sorted(widths))
     try:
         Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        publish_bytes(path, f"{_MAGIC}\nkey {key}\n{body}".encode(), mode=0o600, sync_dir=False)
+        data = f"{_MAGIC}\nkey {key}\n{body}".encode()
+        # A cache: no fsync (a file lost or emptied by a crash is measured again).
+        publish_bytes(path, data, mode=0o600, sync_dir=False, sync_file=False)
     except OSError:
         return False
     return True
