@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "digest": "compute the fs-verity digest of files (as `fsverity digest`)",
     "measure": "show the fs-verity digest recorded for files (kernel, or the .verity attribute)",
     "sign": "sign files: v3 signature in <ns>.ima and descriptor in <ns>.verity",
+    "sign-digest": "sign 'DIGEST PATH' lines from stdin without the files (evmctl sign_hash)",
+    "apply-signatures": "write sign-digest output onto the files, checking each digest",
     "enable": "protect files unsigned: write the <ns>.verity descriptor",
     "verify": "recompute digests and check attributes and signatures against a keyring",
     "key": "generate keys and certificates, list a keyring",
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         sys.stderr.write(f"ERROR: unknown command '{name}'\n\n{usage()}")
         return 2
-    module = importlib.import_module(f"pyverity.cli.{name}")
+    module = importlib.import_module(f"pyverity.cli.{name.replace('-', '_')}")
     rc: int = _common.run(module.main, args[1:])
     return rc
 
