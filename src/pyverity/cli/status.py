@@ -2,11 +2,16 @@
 
 Reads the daemon's state database directly (read-only; it is committed a few times a second,
 so progress is live enough) when it can; otherwise asks the running daemon over its socket
-(which only answers about files the caller could open itself).
+(which only answers about files the caller could open itself). Read directly, the database
+may have been left by a daemon that is gone: whether one runs is told by its lock
+(``daemon.lock``, held while it lives), and with none a BUILDING file is shown as PENDING
+("daemon not running"), as that is what it is until a daemon starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -39,6 +44,40 @@ def _line(f: dict[str, Any]) -> str:
     err = f"  ({f['error']})" if f.get("error") else ""
     size = _human(int(f.get("size", 0)))
     return f"{f['state']:<9} [{bar}] {frac * 100:3.0f}% {size:>7}  {f['path']}{err}"
+
+
+_NOT_RUNNING = "daemon not running: the build continues when it starts"
+
+
+def daemon_alive(state_dir: Path) -> bool:
+    """Whether a daemon holds the state directory's lock (it does while it runs)."""
+    try:
+        fd = os.open(state_dir / "daemon.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing also releases a lock just taken
+    return False
+
+
+def _not_building(files: list[dict[str, Any]], totals: dict[str, Any]) -> None:
+    """No daemon: what the database says is BUILDING is not being built."""
+    for f in files:
+        if f.get("state") == "BUILDING":
+            f["state"] = "PENDING"
+            f["error"] = _NOT_RUNNING
+    building = totals.pop("BUILDING", None)
+    if building is not None:
+        pending = totals.setdefault("PENDING", {"count": 0, "size": 0, "progress": 0})
+        for k in ("count", "size", "progress"):
+            pending[k] = pending.get(k, 0) + building.get(k, 0)
 
 
 def _from_db(
@@ -93,11 +132,19 @@ def _show(args: Any, paths: list[str]) -> int:
 
     state_dir = args.state_dir or default_state_dir()
     db_path = state_dir / "state.db"
+    running = True
     if os.access(db_path, os.R_OK):
         files, totals = _from_db(db_path, paths, args.totals)
+        running = daemon_alive(state_dir)
+        if not running:
+            _not_building(files, totals)
     else:
+        from pyverity.daemon.client import DaemonDeniedError
+
         try:
             files, totals = _from_daemon(state_dir, paths)
+        except DaemonDeniedError:
+            raise  # "permission denied", not "not running"
         except StorageError as e:
             raise StorageError(
                 f"no state database readable at {db_path} and no daemon answering",
@@ -107,11 +154,14 @@ def _show(args: Any, paths: list[str]) -> int:
     if args.json:
         out.writelines(json.dumps(f) + "\n" for f in files)
         if args.totals or not paths:
-            out.write(json.dumps({"totals": totals}) + "\n")
+            daemon = "running" if running else "not running"
+            out.write(json.dumps({"totals": totals, "daemon": daemon}) + "\n")
     else:
         out.writelines(_line(f) + "\n" for f in files)
         if not paths or args.totals:
             _print_totals(totals, out)
+        if not running:
+            out.write("daemon: not running\n")
     out.flush()
     return 1 if paths and any(f["state"] in ("NONE", "?") for f in files) else 0
 

@@ -8,6 +8,7 @@ which is the daemon's proof that the caller may ask about that file. ``wait`` an
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ from pyverity.daemon.config import DEFAULT_STATE_DIR, socket_path
 from pyverity.errors import StorageError
 
 __all__ = [
+    "DaemonDeniedError",
     "build_now",
     "canonical_path",
     "daemon_running",
@@ -29,6 +31,10 @@ __all__ = [
 ]
 
 _MAX_REPLY = 1 << 26
+
+
+class DaemonDeniedError(StorageError):
+    """The daemon's control socket exists but this caller may not connect to it."""
 
 
 def default_state_dir() -> Path:
@@ -42,8 +48,11 @@ def canonical_path(path: str | os.PathLike[str]) -> str:
 
 
 def daemon_running(state_dir: Path | None = None) -> bool:
+    """Whether a daemon answers; a caller it denies gets :class:`DaemonDeniedError`."""
     try:
         request({"op": "metrics"}, state_dir=state_dir, timeout=2)
+    except DaemonDeniedError:
+        raise
     except StorageError:
         return False
     return True
@@ -72,6 +81,12 @@ def request(
         try:
             sock.connect(str(sock_path))
         except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM):
+                raise DaemonDeniedError(
+                    f"permission denied: uid {os.geteuid()} may not use the pyverity daemon's"
+                    f" control socket {sock_path}",
+                    remedy="run as the daemon's user, or ask its administrator",
+                ) from e
             raise StorageError(
                 f"the pyverity daemon is not running ({sock_path}: {e.strerror})",
                 remedy="start it with `pyverity daemon` (or pass --state-dir)",

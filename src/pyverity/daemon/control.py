@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyverity.daemon.lifecycle import Cause, Decision
 from pyverity.daemon.pool import FIRST_USE, Job, JobQueue
-from pyverity.daemon.server import Client, may_open
+from pyverity.daemon.server import Client, denial
 from pyverity.errors import IntegrityError
 from pyverity.store.statedb import FileRecord, State
 
@@ -182,8 +182,9 @@ class ControlMixin:
             client.reply({"ok": False, "id": rid, "error": "bad request"})
             return
         for p in paths:
-            if not self.in_roots(p) or not may_open(client.peer, p, fd):
-                client.reply({"ok": False, "id": rid, "path": p, "error": "permission denied"})
+            why = denial(client.peer, p, fd) if self.in_roots(p) else "permission denied"
+            if why:
+                client.reply({"ok": False, "id": rid, "path": p, "error": why})
                 return
         if op == "status":
             files = []
@@ -195,10 +196,7 @@ class ControlMixin:
         path = paths[0]
         timeout = float(req.get("timeout", 3600))
         if op == "rebuild":
-            self.scan_file(path, Cause.REBUILD)
-            rec = self.db.get(path)
-            if rec is not None and rec.state in _BUSY:
-                self.enqueue(rec, FIRST_USE)
+            rec = self._rebuild(path)
         elif op == "build-now":
             # Look again: a change no event reported (a write through mmap) shows as STALE.
             self.scan_file(path, Cause.SCAN)
@@ -214,6 +212,20 @@ class ControlMixin:
             self.waiters.setdefault(path, []).append((client, req, time.monotonic() + timeout))
             return
         client.reply({"ok": True, "id": rid, **self._live(rec)})
+
+    def _rebuild(self, path: str) -> FileRecord | None:
+        """A build against the current attributes. One already queued or running for the
+        current content and attributes is that build: a second request joins it."""
+        self.scan_file(path, Cause.SCAN)
+        rec = self.db.get(path)
+        if rec is None or rec.state not in _BUSY:
+            self.scan_file(path, Cause.REBUILD)
+            rec = self.db.get(path)
+        else:
+            self.metrics["rebuilds_coalesced"] += 1
+        if rec is not None and rec.state in _BUSY:
+            self.enqueue(rec, FIRST_USE)
+        return rec
 
     def _first_use(self, rec: FileRecord) -> FileRecord:
         """Make sure a tree exists for ``rec`` soon: verify the stored one, or build it first."""

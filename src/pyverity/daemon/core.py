@@ -118,6 +118,7 @@ class Daemon(BuildsMixin, ControlMixin):
             "builds_preempted": 0,
             "bytes_hashed": 0,
             "cache_rejects": 0,
+            "rebuilds_coalesced": 0,
         }
         self._job_ids = 0
         self._stop = False
@@ -194,6 +195,8 @@ class Daemon(BuildsMixin, ControlMixin):
                 self.db.delete(p)
                 self._notify(p, None)
             return
+        if decision.build and rec.state is State.PENDING and self._building(rec):
+            rec = rec.evolve(state=State.BUILDING)  # already being built, and not stopping
         if old is not None and old.state != rec.state:
             log.info("%s: %s -> %s %s", path, old.state, rec.state, rec.error)
         rec = self.db.put(rec)
@@ -203,6 +206,17 @@ class Daemon(BuildsMixin, ControlMixin):
             self.enqueue(rec, BACKGROUND)
         for p in self._links(rec):
             self._notify(p, rec.evolve(path=p))
+
+    def _building(self, rec: FileRecord) -> bool:
+        """A build of ``rec``'s inode (under any path) runs, for these attributes, unstopped."""
+        if rec.id is None:
+            return False
+        return any(
+            (job := self.running.get(p)) is not None
+            and not job.stopping
+            and job.attr_fp == rec.attr_fp
+            for p in self._links(rec)
+        )
 
     def _links(self, rec: FileRecord) -> list[str]:
         """Every path of ``rec``'s inode (``rec.path`` alone if it has no row yet)."""

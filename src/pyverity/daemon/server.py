@@ -23,7 +23,7 @@ from typing import Any
 
 from pyverity.errors import ConfigurationError
 
-__all__ = ["Client", "Peer", "Server", "may_open"]
+__all__ = ["Client", "Peer", "Server", "denial", "may_open"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,36 @@ def may_open(peer: Peer, path: str, fd: int | None) -> bool:
         if parent == parent.parent:
             return True
         parent = parent.parent
+
+
+def _searchable(peer: Peer, directory: Path) -> bool:
+    """Could ``peer`` search every directory from ``/`` down to ``directory``?"""
+    if peer.uid == 0:
+        return True
+    for d in (directory, *directory.parents):
+        try:
+            st = d.stat()
+        except OSError:
+            return False
+        if not _permitted(peer, st, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH):
+            return False
+    return True
+
+
+def denial(peer: Peer, path: str, fd: int | None) -> str:
+    """Why ``peer`` gets no answer about ``path`` ("" if it may ask): "no such file or
+    directory" when it does not exist and the peer could have seen that for itself (it may
+    search the directories on the way), "permission denied" otherwise."""
+    if may_open(peer, path, fd):
+        return ""
+    try:
+        Path(path).lstat()
+    except FileNotFoundError:
+        if fd is None and _searchable(peer, Path(path).parent):
+            return "no such file or directory"
+    except OSError:
+        pass
+    return "permission denied"
 
 
 @dataclass(eq=False)

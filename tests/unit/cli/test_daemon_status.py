@@ -3,7 +3,10 @@ refusing unsafe directories, one-line errors."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,12 @@ from pyverity.store.statedb import FileRecord, State, StateDB
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Path:
+def state(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "state"
     d.mkdir(mode=0o700)
+    # Held as a running daemon holds it: BUILDING rows are shown as BUILDING only then.
+    lock = os.open(d / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     with StateDB(d / "state.db") as db:
         db.put(FileRecord(str(tmp_path / "a.bin"), State.READY, 1, 1, 8192, 1, b"x", progress=8192))
         db.put(
@@ -24,7 +30,8 @@ def state(tmp_path: Path) -> Path:
             )
         )
         db.put(FileRecord(str(tmp_path / "c.bin"), State.STALE, 1, 3, 10, 1, b"z", error="written"))
-    return d
+    yield d
+    os.close(lock)
 
 
 def test_status_table_and_totals(state: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
 from pyverity.daemon.pool import BACKGROUND, FIRST_USE, Job, JobQueue
 from pyverity.daemon.protection import appraise, read_declared
-from pyverity.daemon.server import Peer, may_open
+from pyverity.daemon.server import Peer, denial, may_open
 from pyverity.daemon.watcher import Change, FileEvent, Watcher
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
@@ -101,6 +102,29 @@ def test_may_open_by_credentials_or_descriptor(tmp_path: Path) -> None:
         os.close(fd)
     f.chmod(0o644)
     assert may_open(stranger, str(f), None) == bool(tmp_path.stat().st_mode & 0o001)
+
+
+def test_denial_says_missing_only_to_who_could_see_it() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # pytest's tmp_path is under a 0700
+        _denial_cases(Path(top))
+
+
+def _denial_cases(tmp_path: Path) -> None:
+    missing = tmp_path / "d" / "missing"
+    missing.parent.mkdir()
+    root = Peer(1, 0, 0)
+    stranger = Peer(1, 54321, 54321)
+    assert denial(root, str(missing), None) == "no such file or directory"
+    tmp_path.chmod(0o755)
+    missing.parent.chmod(0o755)
+    assert denial(stranger, str(missing), None) == "no such file or directory"
+    missing.parent.chmod(0o700)  # the stranger cannot look inside: it learns nothing
+    assert denial(stranger, str(missing), None) == "permission denied"
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    f.chmod(0o600)
+    assert denial(stranger, str(f), None) == "permission denied"
+    assert denial(root, str(f), None) == ""
 
 
 def test_read_declared_and_appraise(tmp_path: Path) -> None:
