@@ -17,10 +17,15 @@ gave with the request; capabilities count only for a process in this user namesp
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import platform
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+
+from pyverity.fs.libc import libc
 
 __all__ = [
     "CAP_CHOWN",
@@ -29,6 +34,8 @@ __all__ = [
     "CAP_FOWNER",
     "CAP_SYS_ADMIN",
     "Credentials",
+    "acting_as",
+    "can_act_as",
     "check_access",
     "may_chown",
     "may_delete",
@@ -223,3 +230,53 @@ def xattr_denied(st: os.stat_result, cred: Credentials, name: str, *, write: boo
     if name.startswith("system."):
         return 0 if owner_or_capable(st, cred) else errno.EPERM
     return 0 if cred.capable(CAP_SYS_ADMIN) else errno.EPERM
+
+
+#: ``setgroups`` by number: the C library's wrapper changes every thread's groups, the system
+#: call only the caller's. Architectures not listed create as root, then ``chown``.
+_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "riscv64": 159}
+
+
+def _setgroups_thread(groups: list[int]) -> None:
+    arr = (ctypes.c_uint32 * max(len(groups), 1))(*groups)
+    nr = _SYS_SETGROUPS[platform.machine()]
+    if libc().syscall(ctypes.c_long(nr), ctypes.c_long(len(groups)), arr) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), "setgroups")
+
+
+def _set_fs_ids(uid: int, gid: int) -> None:
+    c = libc()
+    c.setfsgid(ctypes.c_uint32(gid))
+    c.setfsuid(ctypes.c_uint32(uid))
+    # setfsuid/setfsgid report the previous value, and a refused change silently: ask again.
+    if (
+        c.setfsuid(ctypes.c_uint32(0xFFFFFFFF)) != uid
+        or c.setfsgid(ctypes.c_uint32(0xFFFFFFFF)) != gid
+    ):
+        raise OSError(errno.EPERM, "cannot take the caller's filesystem ids")
+
+
+def can_act_as() -> bool:
+    """Whether :func:`acting_as` switches credentials here (root, a known architecture)."""
+    return os.geteuid() == 0 and platform.machine() in _SYS_SETGROUPS
+
+
+@contextlib.contextmanager
+def acting_as(cred: Credentials | None) -> Iterator[bool]:
+    """Run the block with this thread's filesystem uid, gid and groups set to ``cred``'s, so
+    that what it creates belongs to the caller from the start and the kernel checks it as the
+    caller. Linux keeps these per thread; other threads are not affected. Yields whether the
+    switch was made (not without ``cred``, nor where :func:`can_act_as` is false).
+    """
+    if cred is None or not can_act_as():
+        yield False
+        return
+    saved = os.getgroups()  # the system call: this thread's groups
+    _setgroups_thread(sorted(cred.groups))
+    try:
+        _set_fs_ids(cred.uid, cred.gid)
+        yield True
+    finally:
+        _set_fs_ids(0, os.getegid())  # fsuid 0 first: that restores the capabilities
+        _setgroups_thread(saved)

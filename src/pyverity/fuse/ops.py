@@ -28,6 +28,7 @@ from typing import Any
 from pyverity.errors import Error, FileChangedError
 from pyverity.fs.access import (
     Credentials,
+    acting_as,
     check_access,
     may_chown,
     may_delete,
@@ -214,11 +215,16 @@ class VerityFS:
             self._require(st, cred, mask | (os.W_OK if flags & os.O_TRUNC else 0))
             return reopen(pfd, flags | os.O_NONBLOCK)
 
-    def _owned(self, dfd: int, name: str, cred: Credentials | None) -> None:
-        """Give a new object the caller's uid (and gid, unless the directory is setgid)."""
-        if cred is not None:
-            dir_st = os.fstat(dfd)
-            gid = -1 if dir_st.st_mode & stat.S_ISGID else cred.gid
+    @contextlib.contextmanager
+    def _creating(self, dfd: int, name: str, cred: Credentials | None) -> Iterator[None]:
+        """Create ``name`` in ``dfd`` as the caller: under its filesystem ids where this
+        thread can take them (the object is the caller's from the start), else as the server
+        and then given the caller's uid (and gid, unless the directory is setgid)."""
+        self._require(os.fstat(dfd), cred, os.W_OK | os.X_OK)
+        with acting_as(cred) as switched:
+            yield
+        if cred is not None and not switched and os.geteuid() == 0:
+            gid = -1 if os.fstat(dfd).st_mode & stat.S_ISGID else cred.gid
             os.chown(name, cred.uid, gid, dir_fd=dfd, follow_symlinks=False)
 
     def _deletable(self, dfd: int, name: str, cred: Credentials | None) -> os.stat_result:
@@ -402,14 +408,8 @@ class VerityFS:
         self._require_rw()
         flags = (fi.flags & (os.O_ACCMODE | os.O_APPEND)) | os.O_CREAT | os.O_EXCL
         cred = self._cred()
-        with self._parent(path, cred) as (dfd, name):
-            self._require(os.fstat(dfd), cred, os.W_OK | os.X_OK)
+        with self._parent(path, cred) as (dfd, name), self._creating(dfd, name, cred):
             fd = open_at(dfd, name, flags, mode)
-            try:
-                self._owned(dfd, name, cred)
-            except BaseException:
-                os.close(fd)
-                raise
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         fi.direct_io = 1
@@ -478,10 +478,8 @@ class VerityFS:
     def mkdir(self, path: str, mode: int) -> int:
         self._require_rw()
         cred = self._cred()
-        with self._parent(path, cred) as (dfd, name):
-            self._require(os.fstat(dfd), cred, os.W_OK | os.X_OK)
+        with self._parent(path, cred) as (dfd, name), self._creating(dfd, name, cred):
             os.mkdir(name, mode, dir_fd=dfd)
-            self._owned(dfd, name, cred)
         return 0
 
     def rmdir(self, path: str) -> int:
@@ -508,10 +506,8 @@ class VerityFS:
     def symlink(self, target: str, source: str) -> int:
         self._require_rw()
         cred = self._cred()
-        with self._parent(target, cred) as (dfd, name):
-            self._require(os.fstat(dfd), cred, os.W_OK | os.X_OK)
+        with self._parent(target, cred) as (dfd, name), self._creating(dfd, name, cred):
             os.symlink(source, name, dir_fd=dfd)
-            self._owned(dfd, name, cred)
         return 0
 
     def link(self, target: str, source: str) -> int:

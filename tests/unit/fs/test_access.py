@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,8 @@ from pyverity.fs.access import (
     CAP_DAC_READ_SEARCH,
     CAP_FOWNER,
     Credentials,
+    acting_as,
+    can_act_as,
     check_access,
     may_chown,
     may_delete,
@@ -128,3 +132,48 @@ def test_xattr_permissions() -> None:
     assert xattr_denied(f, GROUP, "system.posix_acl_access", write=True) == errno.EPERM
     link = _st(0o777, kind=stat.S_IFLNK)
     assert xattr_denied(link, OWNER, "user.x", write=True) == errno.EPERM
+
+
+@pytest.mark.skipif(not can_act_as(), reason="switching filesystem ids needs root")
+def test_acting_as_switches_this_thread_only(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    groups_before = os.getgroups()
+    inside, done = threading.Event(), threading.Event()
+    other: list[int] = []
+
+    def elsewhere() -> None:
+        inside.wait(10)
+        (shared / "by-other-thread").write_bytes(b"")
+        other.append((shared / "by-other-thread").stat().st_uid)
+        done.set()
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    # Relative to descriptors, as the mount works (tmp_path's parents are root-only).
+    shared_fd = os.open(shared, os.O_PATH | os.O_DIRECTORY)
+    private_fd = os.open(private, os.O_PATH | os.O_DIRECTORY)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        with acting_as(Credentials(54321, 54322, {7})) as switched:
+            assert switched
+            assert os.getgroups() == [7]
+            os.close(os.open("mine", flags, 0o644, dir_fd=shared_fd))
+            with pytest.raises(PermissionError):  # the kernel checks as the caller too
+                os.open("x", flags, 0o644, dir_fd=private_fd)
+            inside.set()
+            assert done.wait(10)
+    finally:
+        os.close(shared_fd)
+        os.close(private_fd)
+        inside.set()
+    t.join()
+    st = (shared / "mine").stat()
+    assert (st.st_uid, st.st_gid) == (54321, 54322)
+    assert other == [os.geteuid()]  # the other thread kept its ids
+    assert os.getgroups() == groups_before
+    (private / "y").write_bytes(b"")  # capabilities back
+    assert (private / "y").stat().st_uid == 0
