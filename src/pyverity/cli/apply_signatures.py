@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hmac
 import os
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -155,14 +154,12 @@ def _apply(item: SignedLine, args: argparse.Namespace, ns: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from pyverity.cli.sign_digest import read_lines
+    from pyverity.cli.sign_digest import read_lines, stdin_bytes
     from pyverity.keys import Keyring
 
     args = build_parser().parse_args(argv)
     ns = namespace_of(args)
-    if sys.stdin is None:
-        raise UsageError("standard input is closed: nothing to apply")
-    items = [_parse(n, raw, args) for n, raw in read_lines(sys.stdin.buffer)]
+    items = [_parse(n, raw, args) for n, raw in read_lines(stdin_bytes())]
     if not items:
         raise UsageError("no signature lines on standard input")
     keyring = Keyring.from_directory(args.keyring) if args.keyring is not None else None

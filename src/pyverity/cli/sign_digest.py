@@ -22,9 +22,10 @@ length for its algorithm, is one ``ERROR: line N: ...`` and exit 1, with nothing
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from pyverity.cli._common import ArgumentParser
 from pyverity.errors import FormatError, UsageError
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from pyverity.format.ima import ImaSignature, KernelHashAlgo
     from pyverity.keys import Signer
 
-__all__ = ["DigestLine", "main", "parse_digest_line", "read_lines"]
+__all__ = ["DigestLine", "main", "parse_digest_line", "read_lines", "stdin_bytes"]
 
 #: A longer line is not a digest line (PATH_MAX is 4096; the signature hex adds ~2 KiB).
 MAX_LINE = 64 * 1024
@@ -141,6 +142,16 @@ def parse_digest_line(
     return DigestLine(number, raw, verity, kernel, verity_number, digest, path)
 
 
+def stdin_bytes() -> BinaryIO:
+    """Standard input as bytes (its buffer; a text-only stand-in is read and encoded)."""
+    if sys.stdin is None:
+        raise UsageError("standard input is closed")
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is not None:
+        return cast("BinaryIO", buffer)
+    return io.BytesIO(sys.stdin.read().encode("utf-8", "surrogateescape"))
+
+
 def read_lines(stream: BinaryIO) -> list[tuple[int, bytes]]:
     """``(number, line)`` for each line of ``stream``, without the newline; bounded length."""
     out: list[tuple[int, bytes]] = []
@@ -207,12 +218,9 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.veritysig and args.hash_alg not in (None, "sha256", "sha512"):
         raise UsageError("--veritysig takes --hash-alg sha256 or sha512 (fs-verity algorithms)")
-    stdin = sys.stdin.buffer if sys.stdin is not None else None
-    if stdin is None:
-        raise UsageError("standard input is closed: nothing to sign")
     parsed = [
         parse_digest_line(raw, n, hash_alg=args.hash_alg, veritysig=args.veritysig)
-        for n, raw in read_lines(stdin)
+        for n, raw in read_lines(stdin_bytes())
     ]
     if not parsed:
         raise UsageError("no digest lines on standard input")
