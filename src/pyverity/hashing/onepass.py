@@ -16,6 +16,7 @@ compared before and after: a file that changes while it is read raises
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -26,9 +27,16 @@ from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileIdentity, identity
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.progress import ProgressFn
-from pyverity.hashing.runhash import run_hasher
+from pyverity.hashing.runhash import RunHasher, run_hasher
 
 __all__ = ["CHUNK_SIZE", "OnePass", "hash_once"]
+
+
+@functools.lru_cache(maxsize=16)
+def _run_hasher(params: TreeParams, accel: bool | None) -> RunHasher:
+    """One run hasher per parameters and process (looking the accelerator up costs more than
+    hashing a small file)."""
+    return run_hasher(params, accel=accel)
 
 #: Bytes read per call (rounded down to whole blocks, at least one block).
 CHUNK_SIZE = 1 << 20
@@ -71,9 +79,9 @@ def hash_once(
     size = before.size
     bs = params.block_size
     chunk = max(bs, chunk_size - chunk_size % bs)
-    run = run_hasher(params, accel=accel)
+    run = _run_hasher(params, accel)
     folder = TreeFolder(params)
-    view = memoryview(bytearray(chunk))
+    view = memoryview(bytearray(min(chunk, -(-size // bs) * bs)))  # small files: small buffer
     offset = 0
     while offset < size:
         want = min(chunk, size - offset)

@@ -159,7 +159,7 @@ def _spool(
                 if on_failure is not None:
                     on_failure(entry)
                 continue
-            write_all(spool.fileno(), entry.to_line())
+            spool.write(entry.to_line())
             counts["entries"] += 1
             if isinstance(entry, FileEntry):
                 counts["files"] += 1
