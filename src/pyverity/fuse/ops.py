@@ -472,7 +472,8 @@ class VerityFS:
         cred = self._cred()
         with self._parent(path, cred) as (dfd, name):
             self._deletable(dfd, name, cred)
-            os.unlink(name, dir_fd=dfd)
+            with acting_as(cred):  # the kernel checks again, as the caller, at the change
+                os.unlink(name, dir_fd=dfd)
         return 0
 
     def mkdir(self, path: str, mode: int) -> int:
@@ -487,7 +488,8 @@ class VerityFS:
         cred = self._cred()
         with self._parent(path, cred) as (dfd, name):
             self._deletable(dfd, name, cred)
-            os.rmdir(name, dir_fd=dfd)
+            with acting_as(cred):
+                os.rmdir(name, dir_fd=dfd)
         return 0
 
     def rename(self, old: str, new: str) -> int:
@@ -500,7 +502,8 @@ class VerityFS:
                 self._deletable(ndfd, nname, cred)
             if stat.S_ISDIR(st.st_mode) and not os.path.samestat(os.fstat(odfd), os.fstat(ndfd)):
                 self._require(st, cred, os.W_OK)  # its ".." changes
-            os.rename(oname, nname, src_dir_fd=odfd, dst_dir_fd=ndfd)
+            with acting_as(cred):
+                os.rename(oname, nname, src_dir_fd=odfd, dst_dir_fd=ndfd)
         return 0
 
     def symlink(self, target: str, source: str) -> int:
@@ -522,7 +525,8 @@ class VerityFS:
                     raise _err(errno.EPERM)
                 if not check_access(st, cred, os.R_OK | os.W_OK):
                     raise _err(errno.EPERM)
-            os.link(sname, tname, src_dir_fd=sdfd, dst_dir_fd=tdfd, follow_symlinks=False)
+            with acting_as(cred):
+                os.link(sname, tname, src_dir_fd=sdfd, dst_dir_fd=tdfd, follow_symlinks=False)
         return 0
 
     def chmod(self, path: str, mode: int) -> int:

@@ -117,3 +117,7 @@ def test_rw_changes_are_checked(src: Path) -> None:
     assert _code(fs.symlink, "/open/up/x", "y") == errno.ELOOP
     assert fs.mkdir("/mine/d", 0o755) == 0
     assert (src / "mine" / "d").stat().st_uid == USER
+    assert fs.rename("/mine/new", "/mine/renamed") == 0
+    assert fs.unlink("/mine/renamed") == 0
+    assert fs.rmdir("/mine/d") == 0
+    assert sorted(p.name for p in (src / "mine").iterdir()) == []
