@@ -16,6 +16,7 @@ __all__ = ["COMMANDS", "entry_point", "main"]
 COMMANDS: dict[str, str] = {
     "digest": "compute the fs-verity digest of files (as `fsverity digest`)",
     "measure": "show the fs-verity digest recorded for files (kernel, or the .verity attribute)",
+    "dump-metadata": "write a file's tree, descriptor or signature (as `fsverity dump_metadata`)",
     "sign": "sign files: v3 signature in <ns>.ima and descriptor in <ns>.verity",
     "sign-digest": "sign 'DIGEST PATH' lines from stdin without the files (evmctl sign_hash)",
     "apply-signatures": "write sign-digest output onto the files, checking each digest",

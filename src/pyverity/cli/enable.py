@@ -160,10 +160,16 @@ def build_parser() -> ArgumentParser:
         " verity, f2fs, btrfs): the kernel keeps and checks the tree, and the file becomes"
         " read-only for good",
     )
+    parser.add_argument(
+        "--signature",
+        metavar="SIG",
+        help="with --kernel and one FILE: the built-in signature (fsverity sign / pyverity sign"
+        " --builtin-sig) the kernel checks against its .fs-verity keyring",
+    )
     return parser
 
 
-def _kernel_enable(hashed: HashedFile, *, quiet: bool) -> int:
+def _kernel_enable(hashed: HashedFile, *, quiet: bool, signature: bytes = b"") -> int:
     """``--kernel``: FS_IOC_ENABLE_VERITY with the descriptor just written (store.kernel).
 
     Returns the exit code (0, or the error's after printing it).
@@ -171,7 +177,9 @@ def _kernel_enable(hashed: HashedFile, *, quiet: bool) -> int:
     from pyverity.store.kernel import enable
 
     try:
-        verity = enable(hashed.path, hashed.descriptor, unchanged_since=hashed.identity)
+        verity = enable(
+            hashed.path, hashed.descriptor, unchanged_since=hashed.identity, signature=signature
+        )
     except Error as e:
         print_failure(hashed.path, e.message, e.remedy)
         return e.exit_code
@@ -195,6 +203,23 @@ def wait_for_daemon(args: argparse.Namespace, paths: list[str]) -> int:
     return wait_and_report(paths, state_dir=args.state_dir, timeout=args.wait_timeout)
 
 
+def _read_signature(args: argparse.Namespace) -> bytes:
+    """``--signature SIG``: the built-in signature's bytes, parsed strictly before the
+    irreversible enable (the kernel checks it; a malformed one is refused here first)."""
+    if args.signature is None:
+        return b""
+    if not args.kernel:
+        raise UsageError("--signature needs --kernel (the kernel checks built-in signatures)")
+    if len(args.paths) != 1 or args.recursive:
+        raise UsageError("--signature enables exactly one FILE (a signature names one digest)")
+    from pyverity.fs.inputs import read_input
+    from pyverity.keys.pkcs7 import MAX_BUILTIN_SIG_SIZE, parse_builtin_signature
+
+    data = read_input(args.signature, "signature file", MAX_BUILTIN_SIG_SIZE)
+    parse_builtin_signature(data)
+    return data
+
+
 def main(argv: list[str]) -> int:
     from pyverity.protect.batch import expand_paths, map_files
     from pyverity.protect.sign import hash_file, write_hashed
@@ -202,6 +227,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     params = tree_params_of(args)
     ns = namespace_of(args)
+    signature = _read_signature(args)
     files = expand_paths(args.paths, recursive=args.recursive)
     progress = Progress(len(files), "enable", enabled=args.recursive)
     worst = 0
@@ -222,7 +248,9 @@ def main(argv: list[str]) -> int:
                 alg = done.descriptor.hash_alg.name
                 print(f"Protected file '{out.path}' ({alg}:{digest}) in {ns}.verity")
             if args.kernel:
-                worst = max(worst, _kernel_enable(out.value, quiet=args.recursive))
+                worst = max(
+                    worst, _kernel_enable(out.value, quiet=args.recursive, signature=signature)
+                )
         elif out.failure is not None:
             print_failure(out.path, out.failure.message, out.failure.remedy)
             worst = max(worst, out.failure.exit_code)

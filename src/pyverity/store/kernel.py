@@ -123,8 +123,12 @@ def enable(
     descriptor: Descriptor,
     *,
     unchanged_since: tuple[int, int, int, int] | None = None,
+    signature: bytes = b"",
 ) -> KernelVerity:
     """Enable fs-verity on ``path`` with ``descriptor``'s parameters; return what the kernel says.
+
+    ``signature``: a built-in (PKCS#7) signature the kernel checks against its ``.fs-verity``
+    keyring (``fsverity enable --signature``).
 
     Idempotent: a file that already has fs-verity with the descriptor's digest is left alone;
     with another digest it raises :class:`IntegrityError`. Before the irreversible ioctl the file
@@ -133,7 +137,13 @@ def enable(
     """
     fd = open_regular(path)
     try:
-        return enable_fd(fd, descriptor, label=os.fspath(path), unchanged_since=unchanged_since)
+        return enable_fd(
+            fd,
+            descriptor,
+            label=os.fspath(path),
+            unchanged_since=unchanged_since,
+            signature=signature,
+        )
     finally:
         os.close(fd)
 
@@ -144,6 +154,7 @@ def enable_fd(
     *,
     label: str,
     unchanged_since: tuple[int, int, int, int] | None = None,
+    signature: bytes = b"",
 ) -> KernelVerity:
     """:func:`enable` on a file the caller opened read-only (e.g. beneath a root, no symlinks)."""
     try:
@@ -171,6 +182,7 @@ def enable_fd(
             hash_algorithm=descriptor.hash_algorithm,
             block_size=descriptor.block_size,
             salt=descriptor.salt,
+            signature=signature,
         )
     except FormatError as e:  # EINVAL
         raise _block_size_error(_named(e, fd, label), fd, label, descriptor.block_size) from e
