@@ -37,12 +37,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 from types import TracebackType
 
 from pyverity.errors import StorageError
 from pyverity.format.measurelist import WRITABLE_TEMPLATES, DigestField, MeasurementRecord
+from pyverity.fs.inputs import describe_mode
 from pyverity.measure.files import (
     ListSnapshot,
     chain_path,
@@ -139,6 +141,9 @@ class MeasurementLog:
                 lpath, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640
             )
             try:
+                mode = os.fstat(fd).st_mode
+                if not stat.S_ISREG(mode):
+                    raise StorageError(f"measurement list '{lpath}' is {describe_mode(mode)}")
                 log = cls._recover(lpath, lock_fd, fd, default_template, verify=verify)
             except BaseException:
                 os.close(fd)
