@@ -7,6 +7,10 @@ and for ``evmctl ima_verify``). ``--pass-file``/``--pass-env`` encrypt the priva
 
 ``pyverity key list DIR [--json]`` shows each certificate's keyid, algorithm and subject, as a
 keyring made from DIR would index them.
+
+``pyverity key import CERT --keyring _ima|.ima|.fs-verity|%keyring:NAME|@u|SERIAL`` adds the
+certificate to a kernel keyring (``add_key`` system call, as ``evmctl import``) and prints the
+key's serial (:mod:`pyverity.keys.kernel_keyring`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ def build_parser() -> ArgumentParser:
     ls = sub.add_parser("list", help="keyids, algorithms and subjects of a keyring directory")
     ls.add_argument("dir", metavar="DIR")
     ls.add_argument("--json", action="store_true")
+    imp = sub.add_parser("import", help="add a certificate to a kernel keyring; print its serial")
+    imp.add_argument("cert", metavar="CERT", help="X.509 certificate (PEM or DER)")
+    imp.add_argument(
+        "--keyring",
+        required=True,
+        metavar="RING",
+        help="_ima, .ima, .fs-verity, %%keyring:NAME, @s, @u or a serial",
+    )
     return parser
 
 
@@ -48,7 +60,14 @@ def main(argv: list[str]) -> int:
         return _generate(args)
     if args.action == "list":
         return _list(args)
-    raise UsageError("missing action: generate or list", remedy=parser.format_usage().strip())
+    if args.action == "import":
+        from pyverity.keys.kernel_keyring import import_certificate
+
+        print(import_certificate(vars(args)["cert"], vars(args)["keyring"]))
+        return 0
+    raise UsageError(
+        "missing action: generate, list or import", remedy=parser.format_usage().strip()
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
