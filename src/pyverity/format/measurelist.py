@@ -311,15 +311,29 @@ class MeasurementRecord:
 
     # -- hashing ------------------------------------------------------------------------------
 
-    def template_data(self) -> bytes:
-        """The template data as hashed (non-``ima`` templates: ``u32 len ‖ data`` per field)."""
+    @functools.cached_property
+    def _template_data(self) -> bytes:
         if self.template_name == "ima":
             return self.fields[0] + self.fields[1].ljust(_IMA_EVENT_NAME_LEN_MAX + 1, b"\0")
         return b"".join(_U32.pack(len(f)) + f for f in self.fields)
 
+    @functools.cached_property
+    def _hashes(self) -> dict[str, bytes]:
+        return {}
+
+    def template_data(self) -> bytes:
+        """The template data as hashed (non-``ima`` templates: ``u32 len ‖ data`` per field).
+
+        Computed once per record (a record is immutable), as are its template hashes: a
+        verifier hashes each record for its stored digest and for every PCR bank."""
+        return self._template_data
+
     def template_hash(self, algo: str) -> bytes:
         """The template digest for a PCR bank of hash ``algo`` (spec/ima.md §4.3)."""
-        return hashlib.new(algo, self.template_data()).digest()
+        value = self._hashes.get(algo)
+        if value is None:
+            value = self._hashes[algo] = hashlib.new(algo, self._template_data).digest()
+        return value
 
     def pcr_extend_value(self, algo: str) -> bytes:
         """What the kernel extends into bank ``algo``: the template hash; 0xFF… for a violation."""

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from pyverity.errors import FormatError, InputError, StorageError
 from pyverity.format.measurelist import (
@@ -32,6 +33,9 @@ from pyverity.format.measurelist import (
 )
 from pyverity.fs.inputs import open_stream, read_input
 from pyverity.measure.pcr import PcrValues
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = ["MAX_ASCII_LINE", "ListReader", "looks_ascii", "open_list", "read_pcr_file"]
 
@@ -62,6 +66,26 @@ def read_pcr_file(path: str | os.PathLike[str]) -> PcrValues | None:
         raise StorageError(f"PCR values {os.fsdecode(path)}: {exc}") from exc
 
 
+class _BoundedRaw(io.RawIOBase):
+    """The bytes ``[0, size)`` of ``fd`` by ``pread`` (to the end if ``size`` is ``None``)."""
+
+    def __init__(self, fd: int, size: int | None) -> None:
+        super().__init__()
+        self._fd, self._size, self._pos = fd, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        want = len(view) if self._size is None else min(len(view), self._size - self._pos)
+        if want <= 0:
+            return 0
+        got = os.preadv(self._fd, [view[:want]], self._pos)
+        self._pos += got
+        return got
+
+
 @dataclass
 class ListReader:
     """An open list: the snapshot taken under the lock, and :meth:`records` to read it."""
@@ -80,18 +104,10 @@ class ListReader:
     end: int = 0
 
     def _bounded_read(self) -> Reader:
-        stream, size = self.stream, self.size
-        if size is None:
-            return stream.read
-        remaining = size
-
-        def read(n: int) -> bytes:
-            nonlocal remaining
-            data = stream.read(min(n, remaining))
-            remaining -= len(data)
-            return data
-
-        return read
+        """``read(n)`` over the list's first :attr:`size` bytes (from offset 0, whatever the
+        stream's position), buffered: one ``pread`` per MiB."""
+        raw = _BoundedRaw(self.stream.fileno(), self.size)
+        return io.BufferedReader(raw, buffer_size=1 << 20).read
 
     def records(self) -> Iterator[tuple[int, MeasurementRecord]]:
         """Yield ``(offset, record)`` one at a time (the offset is the line number in an ascii
