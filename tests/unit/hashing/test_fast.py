@@ -303,3 +303,57 @@ def test_worker_exit_status_becomes_the_right_error(status: int, error: type) ->
     workers.kill()
     if status == 105:
         assert caught.value.errno == 5  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("map_workers", [True, False])
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_mapping_and_reading_workers_give_the_same_tree(
+    tmp_path: Path, map_workers: bool, jobs: int
+) -> None:
+    """Mapping workers (the caller only folds) and reading ones (the caller hashes a share);
+    the last chunk, with a partial block, is always read."""
+    data = os.urandom(40 * 4096 + 123)
+    path = write(tmp_path, data)
+    options = FastOptions(chunk_size=3 * 4096, parallel_min_size=0, map_workers=map_workers)
+    for params in (TreeParams(), TreeParams(SHA512, 4096, b"s"), TreeParams(SHA256, 1024)):
+        got = fast(path, params, keep_tree=True, jobs=jobs, options=options)
+        assert got == reference(data, params)
+
+
+def test_holes_are_read_not_mapped(tmp_path: Path) -> None:
+    """A sparse file: the extent map shows its data; chunks in holes are read with pread (from
+    the zero page), so hashing it allocates nothing, on tmpfs too."""
+    from pyverity.hashing.fast import _data_extents, _mappable
+
+    for directory in (tmp_path, Path("/dev/shm")):
+        if not directory.is_dir():
+            continue
+        path = directory / f"sparse-{os.getpid()}"
+        try:
+            with path.open("wb") as f:
+                f.truncate(64 << 20)
+                f.seek(8 << 20)
+                f.write(os.urandom(1 << 20))
+            blocks = path.stat().st_blocks
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.lseek(fd, 5, os.SEEK_SET)
+                extents = _data_extents(fd, 64 << 20)
+                assert os.lseek(fd, 0, os.SEEK_CUR) == 5  # the caller's offset is kept
+            finally:
+                os.close(fd)
+            if extents:  # the file system reports holes
+                assert any(s <= 8 << 20 and e >= 9 << 20 for s, e in extents)
+                assert not _mappable(extents, 32 << 20, 1 << 20, 4096)
+            assert _mappable([(0, 1 << 20)], 0, 1 << 20, 4096)
+            assert not _mappable([(0, 1 << 20)], 4096, 1 << 20, 4096)  # past the extent
+            assert not _mappable([(0, 1 << 20)], 100, 4096, 4096)  # not page-aligned
+            assert not _mappable([(0, 1 << 20)], 0, 4097, 4096)  # a partial block
+            assert not _mappable([], 0, 4096, 4096)
+            want = reference(path.read_bytes(), TreeParams(), keep_tree=False)
+            options = FastOptions(parallel_min_size=0)
+            got = fast(path, TreeParams(), keep_tree=False, jobs=2, options=options)
+            assert got == want
+            assert path.stat().st_blocks == blocks  # no hole was filled
+        finally:
+            path.unlink(missing_ok=True)
