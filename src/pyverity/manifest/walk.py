@@ -2,9 +2,11 @@
 
 Both work on directory descriptors only: a directory is opened with ``O_DIRECTORY |
 O_NOFOLLOW`` relative to its parent's descriptor, entries are listed with ``os.scandir`` on
-the descriptor, files are opened relative to it; no path string is ever joined and opened, and
-no symlink is followed. (When ``pyverity.fs`` gains its openat2 walker these two functions are
-the only places to switch.)
+the descriptor; files are opened beneath the root by :mod:`pyverity.fs.beneath` (``openat2``
+with ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``, or its checked walk); no path string is ever
+joined and opened, and no symlink is followed. (``fs.beneath.walk_tree`` is not used for the
+walk: it lists files before subdirectories, which is not byte order of full paths, and skips
+symlinks and unreadable directories, which a manifest must record or refuse.)
 
 **Order.** Sorting each directory's names and descending depth-first does *not* give byte
 order of full paths: ``a.b`` sorts before ``a/x`` (``.`` is 0x2e, ``/`` is 0x2f) but after
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pyverity.errors import FileChangedError, InputError
+from pyverity.fs import beneath
 from pyverity.manifest.model import check_path, display
 
 __all__ = [
@@ -186,22 +189,29 @@ def open_dir_beneath(root_fd: int, parts: list[bytes], path: bytes) -> int:
     return fd
 
 
+def _diagnose(root_fd: int, parts: list[bytes], path: bytes, err: OSError) -> InputError:
+    """Why ``path`` could not be opened, told apart one component at a time."""
+    dfd = open_dir_beneath(root_fd, parts[:-1], path)  # raises for the directories on the way
+    try:
+        return _fail(path, err, dfd, parts[-1], last=True)
+    finally:
+        os.close(dfd)
+
+
 def open_beneath(root_fd: int, path: bytes) -> int:
     """Open the regular file ``path`` (canonical, relative) beneath ``root_fd`` for reading.
 
-    No component may be a symlink (:class:`SymlinkInPathError` for a directory on the way,
-    :class:`NotRegularError` for the file itself); FIFOs and devices are refused without
-    blocking (``O_NONBLOCK`` until ``fstat`` shows a regular file).
+    One ``openat2`` (``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``) through
+    :func:`pyverity.fs.beneath.open_beneath` where the kernel has it. No component may be a
+    symlink (:class:`SymlinkInPathError` for a directory on the way, :class:`NotRegularError`
+    for the file itself); FIFOs and devices are refused without blocking (``O_NONBLOCK`` until
+    ``fstat`` shows a regular file).
     """
     parts = check_path(path).split(b"/")
-    dfd = open_dir_beneath(root_fd, parts[:-1], path)
     try:
-        try:
-            fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
-        except OSError as e:
-            raise _fail(path, e, dfd, parts[-1], last=True) from e
-    finally:
-        os.close(dfd)
+        fd = beneath.open_beneath(root_fd, os.fsdecode(path), _FILE_FLAGS)
+    except OSError as e:
+        raise _diagnose(root_fd, parts, path, e) from e
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegularError(f"'{display(path)}' is not a regular file")

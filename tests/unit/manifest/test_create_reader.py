@@ -48,17 +48,23 @@ def test_round_trip_awkward_names(tmp_path: Path) -> None:
     assert b'"entries":13' in lines[0]
 
 
-def test_deterministic_whatever_the_jobs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "size"), [("rsa", "2048"), ("ecdsa", "P-256")])
+def test_deterministic_whatever_the_jobs(tmp_path: Path, kind: str, size: str) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
     make_tree(tree)
-    key = make_key()
+    key = make_key(kind, size)
     outs = []
     for jobs in (1, 3):
         out = tmp_path / f"m{jobs}"
-        create_manifest(out, [str(tree)], signer(key), options(signatures="v3", jobs=jobs))
+        create_manifest(out, [str(tree)], signer(key), options(jobs=jobs))
         outs.append(out.read_bytes())
-    assert outs[0] == outs[1]  # RSA: even the signatures are identical
+    if kind == "rsa":
+        assert outs[0] == outs[1]  # RSA PKCS#1 v1.5: even the signature is identical
+    else:  # ECDSA signatures are randomised; every other line is identical
+        a, b = (o.splitlines(keepends=True) for o in outs)
+        assert a[:-1] == b[:-1]
+        assert a[-1] != b[-1]
 
 
 def test_several_roots_merge_and_refuse_overlap(tmp_path: Path) -> None:
@@ -126,6 +132,8 @@ def test_signature_checked_and_bytes_bound(tmp_path: Path) -> None:
     lines = _lines(tmp_path)
     assert len(_open(tmp_path / "m.jsonl")) == 3
     body = b"".join(lines)
+    garbage = [lines[0], b"{not json at all\n", *lines[2:]]
+    _refused(tmp_path, b"".join(garbage), "truncated or altered", SignatureError)  # before parsing
     _refused(tmp_path, body[:-1], "truncated")
     _refused(tmp_path, b"".join(lines[:-1]), "truncated")  # signature line dropped
     _refused(
