@@ -270,3 +270,16 @@ def test_pin_from_uri_and_option_is_ambiguous(
                "--xattr-user", str(f)])  # fmt: skip
     assert rc == 2
     assert "the PIN is given twice" in capsys.readouterr().err
+
+
+def test_manifest_create_with_a_token_key(token: SoftToken, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        _file(src, f"f{i}", 9000 + i)
+    out = tmp_path / "m"
+    argv = ["manifest", "create", "-o", str(out), "--key", token.uri("rsa", pin=True),
+            "--signatures", "--jobs", "2", str(src)]  # fmt: skip
+    assert main(argv) == 0
+    ring = keyring_dir(token.rsa)
+    assert main(["manifest", "verify", "--keyring", str(ring), str(out), str(src)]) == 0
