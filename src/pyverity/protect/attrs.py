@@ -13,7 +13,7 @@ The result is a :class:`Protection` whose :attr:`~Protection.kind` is NONE, VERI
 only, unsigned), VERITY_SIGNED (0x06, with or without descriptor) or CLASSIC (whole-file hash or
 0x03 signature; no tree). :meth:`Protection.tree_params` gives the parameters to build with:
 the descriptor's, or — v3 signature alone — 4096-byte blocks, no salt, the signature's
-algorithm. Values are ``unverified_*`` until :mod:`pyverity.protect.appraise` checks them.
+algorithm. Values are ``unverified_*`` until :mod:`pyverity.protect.gate` checks them.
 
 Malformed or out-of-bounds attributes raise :class:`InvalidProtectionError` (a
 :class:`~pyverity.errors.FormatError`) that still carries the :attr:`fingerprint`, so a caller
