@@ -2,4 +2,7 @@
 
 This package sits beside ``hashing`` in the layering (DESIGN.md §9): it does I/O but knows no
 policy. Everything it returns from disk is untrusted until a caller verifies it.
+
+Watching files: :mod:`.watch` (the event shape and the ``Watch`` protocol), :mod:`.inotify` (a
+watch per directory) and :mod:`.fanotify` (one mark per filesystem, Linux >= 5.9).
 """
