@@ -283,3 +283,12 @@ def test_manifest_create_with_a_token_key(token: SoftToken, tmp_path: Path) -> N
     assert main(argv) == 0
     ring = keyring_dir(token.rsa)
     assert main(["manifest", "verify", "--keyring", str(ring), str(out), str(src)]) == 0
+
+
+def test_no_pin_and_no_terminal_is_a_usage_error(token: SoftToken, tmp_path: Path) -> None:
+    f = _file(tmp_path)
+    proc = _pyverity("sign", "--key", token.uri("rsa"), "--xattr-user", str(f), env=token.env())
+    assert proc.returncode == 2
+    assert _errors(proc.stderr) == [
+        "ERROR: token 'pyverity' needs a PIN and there is no terminal to ask for it"
+    ]

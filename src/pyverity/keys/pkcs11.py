@@ -287,7 +287,13 @@ def _login(token: Any, uri: Pkcs11Uri, pin: PinSource) -> Any:
                 f"token '{token.label}' needs a PIN",
                 remedy="give it with --pass-file FILE, --pass-env VAR or pin-source=FILE",
             )
-        user_pin = pin()
+        try:
+            user_pin = pin()
+        except UsageError as e:  # no terminal to ask on
+            raise UsageError(
+                f"token '{token.label}' needs a PIN and there is no terminal to ask for it",
+                remedy="give it with --pass-file FILE, --pass-env VAR or pin-source=FILE",
+            ) from e
     if isinstance(user_pin, bytes):
         try:
             user_pin = user_pin.decode("utf-8")
