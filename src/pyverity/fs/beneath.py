@@ -65,18 +65,35 @@ class _OpenHow(ctypes.Structure):
 use_openat2 = True
 
 
+_SyscallOpenat2 = ctypes.CFUNCTYPE(
+    ctypes.c_long,
+    ctypes.c_long,  # the system call number
+    ctypes.c_int,  # dirfd
+    ctypes.c_char_p,  # pathname
+    ctypes.c_void_p,  # struct open_how *
+    ctypes.c_size_t,  # its size
+    use_errno=True,
+)
+
+
+@functools.cache
+def _syscall() -> Callable[[int, int, bytes, int, int], int]:
+    """``syscall(2)`` typed for ``openat2`` (a typed prototype: a third of the call's cost)."""
+    fn: Callable[[int, int, bytes, int, int], int] = _SyscallOpenat2(("syscall", libc()))
+    return fn
+
+
+@functools.lru_cache(maxsize=64)
+def _how(flags: int, mode: int) -> _OpenHow:
+    """One ``open_how`` per (flags, mode), kept alive here; the kernel only reads it."""
+    return _OpenHow(flags, mode, _RESOLVE)
+
+
 def _openat2(dfd: int, path: str, flags: int, mode: int) -> int:
     creates = flags & os.O_CREAT or (flags & os.O_TMPFILE) == os.O_TMPFILE
     # openat2 refuses a mode without O_CREAT/O_TMPFILE, or with file-type bits (EINVAL)
-    how = _OpenHow(flags, mode & 0o7777 if creates else 0, _RESOLVE)
-    syscall = libc().syscall
-    fd: int = syscall(
-        ctypes.c_long(SYS_OPENAT2),
-        ctypes.c_int(dfd),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
+    how = _how(flags, mode & 0o7777 if creates else 0)
+    fd = _syscall()(SYS_OPENAT2, dfd, os.fsencode(path), ctypes.addressof(how), ctypes.sizeof(how))
     if fd < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), path)
@@ -151,17 +168,18 @@ def open_parent(root_fd: int, parts: list[str], check: DirCheck | None = None) -
 
     ``check`` sees the ``fstat`` of each directory a name is looked up in (the root unless
     ``parts`` is empty, then each directory passed through), in order: the mount checks search
-    permission there. It may raise to stop the walk. The caller
-    closes the descriptor.
+    permission there. It may raise to stop the walk. The caller closes the descriptor.
     """
-    fd = os.dup(root_fd)
+    if check is not None and parts:  # the root is searched only to look a name up
+        st = os.fstat(root_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        check(st)
+    if len(parts) < 2:
+        return os.dup(root_fd)
+    fd = _step(root_fd, parts[0], check)
     try:
-        if check is not None and parts:  # the root is searched only to look a name up
-            st = os.fstat(fd)
-            if not stat.S_ISDIR(st.st_mode):
-                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-            check(st)
-        for name in parts[:-1]:
+        for name in parts[1:-1]:
             nxt = _step(fd, name, check)
             os.close(fd)
             fd = nxt
