@@ -180,8 +180,8 @@ def _verify(args: argparse.Namespace, reader: ListReader) -> int:
         verifier.expected = expected = _parse_pcr_args(args.pcr, verifier.entries)
     report = verifier.finish()
     problems = list(report.problems)
-    if tail is not None:
-        problems.append(EntryProblem(report.entries + 1, "format", f"unreadable: {tail}"))
+    if tail is not None:  # first: it explains the others (entries dropped, PCRs differing)
+        problems.insert(0, EntryProblem(report.entries + 1, "format", f"unreadable: {tail}"))
     if expected is None and not report.entries:
         raise FormatError(f"{path}: empty, and no PCR values to compare")
     if args.json:

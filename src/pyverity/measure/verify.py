@@ -54,7 +54,9 @@ class EntryProblem:
     name: str = ""
 
     def __str__(self) -> str:
-        where = f"entry {self.index} ({self.name})" if self.index else "list"
+        where = f"entry {self.index}" if self.index else "list"
+        if self.index and self.name:
+            where += f" ({self.name})"
         return f"{where}: {self.reason}"
 
 

@@ -136,3 +136,102 @@ def test_verify_names_a_moved_entry(our_list: Path, capsys: pytest.CaptureFixtur
         "FAIL entry 2 (/f_1): the replay leaves the recorded PCR chain here: this entry was "
         "changed or inserted, or an entry before it was dropped or moved"
     )
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.splitlines()
+    errors = [line for line in err if line.startswith("ERROR: ")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("action", [["show"], ["show", "--json"], ["verify"], ["pcrs"],
+                                    ["pcrs", "--replay"]])  # fmt: skip
+def test_random_bytes_and_text_are_not_a_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: list[str]
+) -> None:
+    rnd = tmp_path / "random"
+    rnd.write_bytes(bytes(range(256)) * 4096)
+    text = tmp_path / "text"
+    text.write_text("Hello, this is a README.\n" * 100)
+    for path in (rnd, text):
+        assert main(["log", *action, str(path)]) == 1
+        assert "not a measurement list" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("action", [["show"], ["verify"], ["pcrs"], ["pcrs", "--replay"]])
+def test_truncated_list_is_exit_1_naming_the_offset(
+    our_list: Path, capsys: pytest.CaptureFixture[str], action: list[str]
+) -> None:
+    from pyverity.measure import read_list
+
+    offsets = read_list(our_list).offsets
+    data = our_list.read_bytes()
+    our_list.write_bytes(data[:-5])
+    assert main(["log", *action, str(our_list)]) == 1
+    assert f"record at offset {offsets[-1]} is incomplete" in _one_line_error(capsys)
+
+
+def test_empty_list_without_pcr_values_is_not_ok(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyverity.measure import PcrValues
+
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    for action in ("show", "verify", "pcrs"):
+        assert main(["log", action, str(empty)]) == 1
+        assert "empty" in _one_line_error(capsys)
+    pcr_path(empty).write_text(PcrValues().to_json())  # PCR values covering 0 entries
+    assert main(["log", "verify", str(empty)]) == 0
+    assert capsys.readouterr().out.startswith(f"OK {empty}: 0 entries")
+
+
+def test_entry_of_pcr_24_is_refused(our_list: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pyverity.measure import read_list
+
+    offset = read_list(our_list).offsets[2]
+    data = bytearray(our_list.read_bytes())
+    data[offset : offset + 4] = (24).to_bytes(4, "little")
+    our_list.write_bytes(bytes(data))
+    assert main(["log", "show", str(our_list)]) == 1
+    assert capsys.readouterr().err == (
+        f"ERROR: {our_list}: record at offset {offset}: PCR index 24 (a list has PCRs 0-23)\n"
+    )
+
+
+def test_show_streams_a_large_list_in_little_memory(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from pyverity.format.measurelist import MeasurementRecord
+
+    rec = MeasurementRecord.for_file(
+        "ima-sigv2", DigestField("sha256", bytes(32), "verity"), "/f" * 40, b"\x03" * 300
+    ).to_bytes()
+    big = tmp_path / "big"
+    count = (48 << 20) // len(rec)
+    big.write_bytes(rec * count)  # 48 MiB: the in-memory reader needed about ten times that
+    # the peak of the child's own memory (VmHWM after the exec: ru_maxrss would count the
+    # pytest process the child was forked from)
+    probe = (
+        "import atexit, sys\n"
+        "from pyverity.cli import main\n"
+        "def hwm():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'): sys.stderr.write(line)\n"
+        "atexit.register(hwm)\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    with open(os.devnull, "wb") as null:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, "log", "show", str(big)],
+            stdout=null,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr
+    peak_kib = int(proc.stderr.split()[-2])
+    assert peak_kib < 80 * 1024, f"peak RSS {peak_kib} KiB"
