@@ -16,11 +16,13 @@ directories (or the file's own mode) protect them, so any escape shows.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
 import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -232,3 +234,74 @@ def test_no_escape_through_symlink_swaps_or_renames_onto_cached_names(
     assert stats["swaps"] > 100, stats
     assert stats["ok_reads"] > 10, stats
     assert stats["ok_lists"] > 10, stats
+
+
+RW_CALLER = r"""
+import json, os, sys
+
+mnt = sys.argv[1]
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = e.errno
+
+def create(path):
+    with open(path, "wb") as f:
+        f.write(b"by the user")
+
+attempt("create_own", lambda: create(mnt + "/user/new"))
+attempt("mkdir_own", lambda: os.mkdir(mnt + "/user/newdir"))
+attempt("symlink_own", lambda: os.symlink("new", mnt + "/user/newlink"))
+attempt("create_root", lambda: create(mnt + "/rootonly/new"))
+attempt("unlink_root", lambda: os.unlink(mnt + "/rootonly/f"))
+attempt("chmod_root", lambda: os.chmod(mnt + "/user/lockedfile", 0o666))
+attempt("write_root", lambda: open(mnt + "/user/lockedfile", "r+b").close())
+attempt("rename_own", lambda: os.rename(mnt + "/user/new", mnt + "/user/moved"))
+print(json.dumps(out))
+"""
+
+
+def test_rw_changes_are_made_as_the_caller(attacker: pwd.struct_passwd, world: Path) -> None:
+    src, mnt = world / "src", world / "mnt"
+    src.mkdir(mode=0o755)
+    (src / "user").mkdir()
+    (src / "user" / "lockedfile").write_text("root's")
+    (src / "user" / "lockedfile").chmod(0o600)
+    os.chown(src / "user", attacker.pw_uid, attacker.pw_gid)
+    (src / "rootonly").mkdir(mode=0o755)  # searchable, not writable
+    (src / "rootonly" / "f").write_text("root's")
+    mnt.mkdir(mode=0o755)
+    with mounted(src, mnt, "--rw"):
+        done = subprocess.run(
+            [_python(), "-c", RW_CALLER, str(mnt)],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+            user=attacker.pw_uid,
+            group=attacker.pw_gid,
+            extra_groups=[],
+            timeout=30,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out == {
+        "create_own": "ok",
+        "mkdir_own": "ok",
+        "symlink_own": "ok",
+        "create_root": errno.EACCES,
+        "unlink_root": errno.EACCES,
+        "chmod_root": errno.EPERM,
+        "write_root": errno.EACCES,
+        "rename_own": "ok",
+    }
+    for name in ("moved", "newdir", "newlink"):
+        st = (src / "user" / name).lstat()
+        assert (st.st_uid, st.st_gid) == (attacker.pw_uid, attacker.pw_gid), name
+    assert (src / "user" / "moved").read_bytes() == b"by the user"
+    assert (src / "rootonly" / "f").exists()
+    assert stat.S_IMODE((src / "user" / "lockedfile").stat().st_mode) == 0o600

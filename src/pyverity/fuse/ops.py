@@ -3,7 +3,10 @@
 """The filesystem: every open appraised, every read verified, writes passed through on ``--rw``.
 
 A thin adapter (DESIGN.md §9): appraisal and verification are :mod:`pyverity.reader`'s; this
-module maps paths to the source directory, keeps the open handles, decides what the kernel may
+module resolves paths beneath the source directory's descriptor without following symlinks
+(:mod:`pyverity.fs.beneath`) and checks the caller against what it resolved
+(:mod:`pyverity.fs.access`; the kernel's ``default_permissions`` check, made on cached
+attributes, is never the only one), keeps the open handles, decides what the kernel may
 cache, and turns results into errnos (EACCES for a failed appraisal under enforcement, EIO for
 a corrupt block, EROFS for writes on a read-only mount).
 
