@@ -85,7 +85,7 @@ def test_apply_signatures_output_verifies_with_evmctl(tmp_path: Path) -> None:
     sums = _run(["sha256sum", *map(str, files)], b"")
     signed = _pyverity("sign-digest", "--key", str(k.key_path), "--cert", str(k.cert_path),
                        "--hash-alg", "sha256", stdin=sums)  # fmt: skip
-    _pyverity("apply-signatures", "--xattr-user", stdin=signed)
+    _pyverity("apply-signatures", "--root", "/", "--xattr-user", stdin=signed)
     for f in files:
         ok = subprocess.run(
             ["evmctl", "ima_verify", "--xattr-user", "--key", str(k.der_path), str(f)],
@@ -104,7 +104,7 @@ def test_pkcs11_key_signs_digests_like_the_file_key(tmp_path: Path) -> None:
     from_token = _pyverity("sign-digest", "--key", token.uri("rsa", pin=True), stdin=digests,
                            env=token.env())  # fmt: skip
     assert from_token == from_file
-    out = _pyverity("apply-signatures", "--xattr-user", stdin=from_token)
+    out = _pyverity("apply-signatures", "--root", "/", "--xattr-user", stdin=from_token)
     assert out.count(b"Applied v3") == 3
     ring = tmp_path / "ring"
     ring.mkdir()

@@ -12,9 +12,11 @@ is the one that was signed (and, with ``--keyring``, if the signature verifies):
 * bare-hex lines (v2, type 0x03): the whole-file hash with the signature's algorithm; the
   value goes to ``<ns>.ima`` (a stale descriptor is removed), as ``evmctl ima_sign`` writes it.
 
-Every line is parsed before any file is touched (a malformed line: one error, exit 1, nothing
-written). A file that does not match its line is reported and left alone; the exit code is then
-1 and the other files are still written.
+PATH is opened beneath ``--root`` (default: the current directory) without following symlinks:
+a ``..``, a symlink or an absolute path (unless ``--root /``) is refused for that line, so the
+lines can only reach files under the root. Every line is parsed before any file is touched (a
+malformed line: one error, exit 1, nothing written). A file that does not match its line is
+reported and left alone; the exit code is then 1 and the other files are still written.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from typing import TYPE_CHECKING
 
 from pyverity.cli._common import ArgumentParser
 from pyverity.cli.enable import add_namespace_options, namespace_of, print_failure
-from pyverity.errors import Error, FormatError, IntegrityError, SignatureError, UsageError
+from pyverity.errors import (
+    Error,
+    FormatError,
+    InputError,
+    IntegrityError,
+    SignatureError,
+    UsageError,
+)
 from pyverity.keys.signer import Signer
 
 if TYPE_CHECKING:
@@ -121,6 +130,9 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--keyring", metavar="DIR", help="also verify each signature first")
     parser.add_argument(
+        "--root", default=".", metavar="DIR", help="the paths are beneath DIR (default: .)"
+    )
+    parser.add_argument(
         "--hash-alg", metavar="ALG", help="algorithm of bare-hex lines (default: the signature's)"
     )
     parser.add_argument(
@@ -134,7 +146,31 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _apply(item: SignedLine, args: argparse.Namespace, ns: str) -> None:
+def _open_beneath(root_fd: int, root: str, path: str) -> int:
+    from pyverity.fs.beneath import input_error, open_beneath
+
+    rel = path.lstrip("/") if os.path.realpath(root) == "/" else path
+    try:
+        return open_beneath(root_fd, rel, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        err = input_error(e, path)
+        if path.startswith("/"):
+            err.remedy = "absolute paths need --root / (or hash with relative paths)"
+        raise err from e
+
+
+def _apply(item: SignedLine, args: argparse.Namespace, ns: str, root_fd: int) -> None:
+    from pyverity.fs.beneath import proc_path
+
+    fd = _open_beneath(root_fd, args.root, item.path)
+    try:
+        _write(item, args, ns, proc_path(fd))
+    finally:
+        os.close(fd)
+
+
+def _write(item: SignedLine, args: argparse.Namespace, ns: str, path: str) -> None:
+    """Hash ``path`` (the opened file, by its /proc/self/fd name) and write if it matches."""
     from pyverity.format import hashalg
     from pyverity.format.params import TreeParams
     from pyverity.protect.sign import hash_file, imasign_file, write_hashed
@@ -142,14 +178,14 @@ def _apply(item: SignedLine, args: argparse.Namespace, ns: str) -> None:
     line, sig = item.line, item.signature
     signer = ReplaySigner(sig, sig.signed_digest(line.digest), item.path)
     if not line.verity:
-        imasign_file(item.path, signer, line.algorithm, namespace=ns)
+        imasign_file(path, signer, line.algorithm, namespace=ns)
         return
     try:
         salt = bytes.fromhex(args.salt)
     except ValueError:
         raise UsageError(f"invalid salt '{args.salt}': expected hex digits") from None
     params = TreeParams(hashalg.by_number(line.verity_algorithm), args.block_size, salt)
-    hashed = hash_file(item.path, params)
+    hashed = hash_file(path, params)
     write_hashed(hashed, signer, namespace=ns)
 
 
@@ -163,16 +199,24 @@ def main(argv: list[str]) -> int:
     if not items:
         raise UsageError("no signature lines on standard input")
     keyring = Keyring.from_directory(args.keyring) if args.keyring is not None else None
+    try:
+        root_fd = os.open(args.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise InputError(f"can't open root directory '{args.root}': {e.strerror}") from e
     worst = 0
-    for item in items:
-        try:
-            if keyring is not None:
-                keyring.verify_ima_signature(item.signature, item.line.digest)
-            _apply(item, args, ns)
-        except Error as e:
-            print_failure(item.path, e.message, e.remedy)
-            worst = max(worst, e.exit_code)
-            continue
-        kind = "v3" if item.line.verity else "v2"
-        print(f"Applied {kind} signature to '{item.path}' (keyid {item.signature.keyid_hex})")
+    try:
+        for item in items:
+            try:
+                if keyring is not None:
+                    keyring.verify_ima_signature(item.signature, item.line.digest)
+                _apply(item, args, ns, root_fd)
+            except Error as e:
+                print_failure(item.path, e.message, e.remedy)
+                worst = max(worst, e.exit_code)
+                continue
+            kind = "v3" if item.line.verity else "v2"
+            keyid = item.signature.keyid_hex
+            print(f"Applied {kind} signature to '{item.path}' (keyid {keyid})")
+    finally:
+        os.close(root_fd)
     return worst

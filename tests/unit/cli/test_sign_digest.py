@@ -187,7 +187,7 @@ def test_apply_signatures_writes_what_sign_would(
         f.write_bytes(os.urandom(9000))
     signed = _signed_lines(monkeypatch, capsysbinary, files)
     ring = keyring_dir(k)
-    argv = ["apply-signatures", "--xattr-user", "--keyring", str(ring)]
+    argv = ["apply-signatures", "--root", "/", "--xattr-user", "--keyring", str(ring)]
     rc, out, err = _run(monkeypatch, capsysbinary, argv, signed)
     assert rc == 0, err
     assert out.count(b"Applied") == 2
@@ -219,7 +219,9 @@ def test_apply_signatures_refuses_changed_files_and_bad_signatures(
     signed = _signed_lines(monkeypatch, capsysbinary, files)
     files[0].write_bytes(b"changed")
     files[1].write_bytes(b"changed")
-    rc, _, err = _run(monkeypatch, capsysbinary, ["apply-signatures", "--xattr-user"], signed)
+    rc, _, err = _run(
+        monkeypatch, capsysbinary, ["apply-signatures", "--root", "/", "--xattr-user"], signed
+    )
     assert rc == 1
     assert err.count(b"does not have the digest that was signed") == 2
     assert os.listxattr(files[0]) == []
@@ -228,7 +230,7 @@ def test_apply_signatures_refuses_changed_files_and_bad_signatures(
     # Another key's keyring: nothing is written.
     os.removexattr(files[2], "user.ima")
     other = keyring_dir(make_key("ecdsa", "P-256"))
-    argv = ["apply-signatures", "--xattr-user", "--keyring", str(other)]
+    argv = ["apply-signatures", "--root", "/", "--xattr-user", "--keyring", str(other)]
     rc, _, err = _run(monkeypatch, capsysbinary, argv, signed.splitlines(keepends=True)[2])
     assert rc == 1
     assert b"unknown key" in err
@@ -266,7 +268,50 @@ def test_apply_signatures_kind_must_match_the_line(
     signed = _signed_lines(monkeypatch, capsysbinary, [f])
     head, _, value = signed.strip().rpartition(b" ")
     swapped = f"sha256:{H256} {f} ".encode() + value + b"\n"  # a v2 value on a v3 line
-    rc, _, err = _run(monkeypatch, capsysbinary, ["apply-signatures", "--xattr-user"], swapped)
+    rc, _, err = _run(
+        monkeypatch, capsysbinary, ["apply-signatures", "--root", "/", "--xattr-user"], swapped
+    )
     assert rc == 1
     assert b"is not a type 0x06 (v3) signature" in err
     assert head
+
+
+def test_apply_signatures_paths_stay_beneath_the_root(
+    monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes],
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    inside = root / "sub" / "v2-in"
+    inside.write_bytes(b"inside")
+    outside = tmp_path / "v2-out"
+    outside.write_bytes(b"inside")  # same content: the same signed line would fit it
+    (root / "link").symlink_to(outside)
+    signed = _signed_lines(monkeypatch, capsysbinary, [inside])
+    value = signed.strip().rpartition(b" ")[2]
+    sha = hashlib.sha256(b"inside").hexdigest()
+
+    def apply(path: str, *extra: str) -> tuple[int, bytes]:
+        line = f"{sha}  {path} ".encode() + value + b"\n"
+        argv = ["apply-signatures", "--xattr-user", *extra]
+        rc, _, err = _run(monkeypatch, capsysbinary, argv, line)
+        return rc, err
+
+    monkeypatch.chdir(root)
+    for path, reason in [
+        ("../v2-out", b"leads outside its root"),
+        ("link", b"symbolic link"),
+        (str(outside), b"absolute paths need --root /"),
+    ]:
+        rc, err = apply(path)
+        assert rc == 1, path
+        assert reason in err, (path, err)
+    assert os.listxattr(outside) == []
+    rc, err = apply("sub/v2-in")
+    assert rc == 0, err
+    assert "user.ima" in os.listxattr(inside)
+    os.removexattr(inside, "user.ima")
+    rc, err = apply("v2-in", "--root", str(root / "sub"))
+    assert rc == 0, err
+    assert "user.ima" in os.listxattr(inside)
