@@ -5,9 +5,10 @@
 Generates a list of about ``--size-mib`` MiB of ``ima-sigv2`` records (names of 40-90
 bytes, a 256-byte signature field: about 400 bytes a record) with its ``LIST.pcrs``, then runs
 ``pyverity log show``, ``log verify`` and ``log pcrs --replay`` on it, each in its own
-process with stdout to /dev/null, and prints for each the wall time, MB/s, records/s and the
-process's peak RSS (``wait4``'s ``ru_maxrss``). The list is in the page cache: this measures
-the parser, not the disk.
+process with stdout to /dev/null, and prints for each the wall and CPU time, MiB and records
+per CPU-second (on a shared machine wall time measures the load) and the process's peak RSS
+(``wait4``'s ``ru_maxrss``; the parent is small, so it is the command's own). The list is in
+the page cache: this measures the parser, not the disk.
 """
 
 from __future__ import annotations
@@ -53,15 +54,15 @@ def generate(path: Path, size: int) -> int:
     return count
 
 
-def run(argv: list[str]) -> tuple[float, int, int]:
-    """(wall seconds, exit code, peak RSS in KiB) of ``pyverity ARGV``."""
+def run(argv: list[str]) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds, exit code, peak RSS in KiB) of ``pyverity ARGV``."""
     with open(os.devnull, "wb") as null:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "pyverity.cli", *argv], stdout=null)
         _pid, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, proc.returncode, usage.ru_maxrss
+    return wall, usage.ru_utime + usage.ru_stime, proc.returncode, usage.ru_maxrss
 
 
 def main() -> None:
@@ -87,10 +88,11 @@ def main() -> None:
             pass
         print(f"CPU: {cpu}; Python {platform.python_version()}")
         for argv in (["log", "show"], ["log", "verify"], ["log", "pcrs", "--replay"]):
-            wall, rc, rss = run([*argv, str(path)])
+            wall, cpu_s, rc, rss = run([*argv, str(path)])
             print(
-                f"  {' '.join(argv):<17} {wall:6.1f} s  {size / MIB / wall:6.1f} MiB/s  "
-                f"{count / wall:9.0f} records/s  peak RSS {rss / 1024:5.0f} MiB  exit {rc}"
+                f"  {' '.join(argv):<17} {wall:6.1f} s ({cpu_s:6.1f} s CPU)  "
+                f"{size / MIB / cpu_s:6.1f} MiB/CPU-s  {count / cpu_s:8.0f} records/CPU-s  "
+                f"peak RSS {rss / 1024:4.0f} MiB  exit {rc}"
             )
         if args.keep:
             kept = Path.cwd() / "bench-list"
