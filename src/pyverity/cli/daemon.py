@@ -68,6 +68,13 @@ def _parser() -> ArgumentParser:
         help="how often a build saves its progress (default 1.0)",
     )
     p.add_argument("--nice", type=int, metavar="N", help="CPU niceness of workers (0-19)")
+    p.add_argument(
+        "--watcher",
+        choices=("auto", "fanotify", "inotify"),
+        help="how changes are seen: fanotify (one mark per filesystem; root, Linux 5.9+),"
+        " inotify (a watch per directory), or auto (default: fanotify where it can be used,"
+        " else inotify, saying why)",
+    )
     return p
 
 
@@ -89,6 +96,7 @@ def main(argv: list[str]) -> int:
         crash_policy=args.crash_policy,
         checkpoint_interval=args.checkpoint_interval,
         nice=args.nice,
+        watcher=args.watcher,
     )
     logging.getLogger("pyverity").setLevel(logging.INFO)
     Daemon(config).run()

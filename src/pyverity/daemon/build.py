@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from pyverity.errors import CancelledError, FileChangedError
 from pyverity.format.params import TreeParams
-from pyverity.fs.openfile import identity
+from pyverity.fs.openfile import FileIdentity, identity
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.result import MerkleTree
 from pyverity.hashing.runhash import run_hasher
@@ -58,7 +58,7 @@ def _chunk_hasher(fd: int, size: int, params: TreeParams, chunk: int) -> Callabl
 def build_from_offset(
     fd: int,
     params: TreeParams,
-    snapshot: tuple[int, int, int, int],
+    snapshot: FileIdentity,
     *,
     offset: int = 0,
     leaves: bytes = b"",

@@ -44,6 +44,7 @@ _KEYS = {
     "crash_policy",
     "checkpoint_interval",
     "nice",
+    "watcher",
 }
 
 
@@ -61,6 +62,8 @@ class DaemonConfig:
     checkpoint_interval: float = 1.0
     #: CPU niceness added to workers (their I/O class is set to idle when nice > 0).
     nice: int = 10
+    #: ``auto`` (fanotify where it can, else inotify), ``fanotify`` or ``inotify``.
+    watcher: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +83,10 @@ class DaemonConfig:
             raise ConfigurationError("checkpoint_interval must be 0.01..3600 seconds")
         if not 0 <= self.nice <= 19:
             raise ConfigurationError("nice must be 0..19")
+        if self.watcher not in ("auto", "fanotify", "inotify"):
+            raise ConfigurationError(
+                f"unknown watcher '{self.watcher}' (use auto, fanotify or inotify)"
+            )
 
     @property
     def socket(self) -> Path:
@@ -126,6 +133,7 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
         ("backend", str),
         ("xattr_ns", str),
         ("crash_policy", str),
+        ("watcher", str),
         ("workers", int),
         ("nice", int),
         ("checkpoint_interval", float),

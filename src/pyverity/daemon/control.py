@@ -1,9 +1,9 @@
-"""The daemon's answers on its control socket (mixed into :class:`~.core.Daemon`).
+"""The control service: the daemon's answers on its socket (:mod:`.server` carries them).
 
-``sync`` (handle every pending event, commit, reply), ``status`` (paths, or totals),
-``wait`` (until a file leaves PENDING/BUILDING), ``build-now``
-(a first-use request: jumps the queue; a READY file's cached tree is fully verified and
-rebuilt if it is missing or corrupted), ``rebuild`` (leave STALE), ``rescan``, ``metrics``
+``sync`` (handle every pending event, commit, reply), ``status`` (paths, or totals), ``wait``
+(until a file leaves PENDING/BUILDING), ``build-now`` (a first-use request: jumps the queue; a
+READY file's cached tree is fully verified and rebuilt if it is missing or corrupted),
+``rebuild`` (leave STALE; a second request joins a build under way), ``rescan``, ``metrics``
 (Prometheus text). Path requests need the caller to be able to open the file (or to have sent
 its descriptor) and the path to be under the roots.
 """
@@ -14,26 +14,36 @@ import contextlib
 import os
 import selectors
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pyverity.daemon.lifecycle import Cause, Decision
-from pyverity.daemon.pool import FIRST_USE, Job, JobQueue
-from pyverity.daemon.server import Client, denial
+from pyverity.daemon.lifecycle import Cause
+from pyverity.daemon.pool import FIRST_USE
+from pyverity.daemon.server import Client, Peer, Server, denial
 from pyverity.errors import IntegrityError
 from pyverity.store.statedb import FileRecord, State
 
 if TYPE_CHECKING:
     from pyverity.daemon.config import DaemonConfig
-    from pyverity.daemon.pool import WorkerPool
-    from pyverity.daemon.server import Server
-    from pyverity.daemon.watcher import Watcher
+    from pyverity.daemon.scheduler import Scheduler
+    from pyverity.daemon.tracker import Tracker
     from pyverity.store.cache import TreeStore
-    from pyverity.store.statedb import StateDB
 
-__all__ = ["ControlMixin", "record_json"]
+__all__ = ["ControlService", "Replier", "record_json"]
 
 _BUSY = (State.PENDING, State.BUILDING)
+
+
+class Replier(Protocol):
+    """Whoever sent a request: a socket :class:`~.server.Client`, or a test's stand-in."""
+
+    peer: Peer
+
+    @property
+    def closed(self) -> bool: ...
+
+    def reply(self, obj: dict[str, Any]) -> None: ...
 
 
 def record_json(rec: FileRecord, progress: int | None = None) -> dict[str, Any]:
@@ -51,38 +61,46 @@ def record_json(rec: FileRecord, progress: int | None = None) -> dict[str, Any]:
     }
 
 
-class ControlMixin:
-    if TYPE_CHECKING:
-        config: DaemonConfig
-        db: StateDB
-        store: TreeStore
-        queue_: JobQueue
-        running: dict[str, Job]
-        waiters: dict[str, list[tuple[Client, dict[str, Any], float]]]
-        metrics: dict[str, int]
-        watcher: Watcher | None
-        pool: WorkerPool | None
-        server: Server | None
-        _sel: selectors.BaseSelector
+class ControlService:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        tracker: Tracker,
+        scheduler: Scheduler,
+        store: TreeStore,
+        commit: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.tracker = tracker
+        self.scheduler = scheduler
+        self.db = tracker.db
+        self.store = store
+        self.metrics = tracker.metrics
+        self.commit = commit
+        self.waiters: dict[str, list[tuple[Replier, dict[str, Any], float]]] = {}
+        self.server: Server | None = None
+        self._sel: selectors.BaseSelector | None = None
+        tracker.on_change = self.notify
 
-        def in_roots(self, path: str) -> bool: ...
-        def _commit(self) -> None: ...
-        def process_events(self) -> None: ...
-        def scan_file(self, path: str, cause: Cause = Cause.SCAN) -> None: ...
-        def rescan(self) -> None: ...
-        def enqueue(self, rec: FileRecord, priority: int) -> None: ...
-        def apply(self, path: str, old: FileRecord | None, decision: Decision | None) -> None: ...
+    # -- the socket -------------------------------------------------------------------------------
 
-    # -- plumbing ---------------------------------------------------------------------------------
+    def listen(self, sel: selectors.BaseSelector) -> None:
+        self.server = Server(self.config.socket)
+        self._sel = sel
+        sel.register(self.server.sock, selectors.EVENT_READ, self._accept)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
     def _accept(self) -> None:
-        if self.server is None:
+        if self.server is None or self._sel is None:
             return
         client = self.server.accept()
         if client is not None:
-            self._sel.register(client.sock, selectors.EVENT_READ, ("client", client))
+            self._sel.register(client.sock, selectors.EVENT_READ, lambda: self._readable(client))
 
-    def _client_readable(self, client: Client) -> None:
+    def _readable(self, client: Client) -> None:
         if self.server is None:
             return
         self.server.read(client, self.handle_request)
@@ -90,38 +108,42 @@ class ControlMixin:
             self._drop_client(client)
 
     def _drop_client(self, client: Client) -> None:
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self._sel.unregister(client.sock)
+        if self._sel is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.unregister(client.sock)
         for path in list(self.waiters):
             self.waiters[path] = [w for w in self.waiters[path] if w[0] is not client]
             if not self.waiters[path]:
                 del self.waiters[path]
 
+    # -- waiters ----------------------------------------------------------------------------------
+
     def _record(self, path: str) -> FileRecord | None:
         rec = self.db.get(path)
         if rec is None:
-            self.scan_file(path, Cause.ATTR)
+            self.tracker.scan_file(path, Cause.ATTR)
             rec = self.db.get(path)
         return rec
 
     def _live(self, rec: FileRecord) -> dict[str, Any]:
-        job = self.running.get(rec.path)
+        running = self.scheduler.running
+        job = next((j for p in self.tracker.links(rec) if (j := running.get(p))), None)
         return record_json(rec, job.progress if job is not None else None)
 
-    def _notify(self, path: str, rec: FileRecord | None) -> None:
+    def notify(self, path: str, rec: FileRecord | None) -> None:
+        """``path``'s row changed: answer whoever waits for it to leave PENDING/BUILDING."""
         if rec is not None and rec.state in _BUSY:
             return
         waiting = self.waiters.pop(path, [])
         if waiting:
-            self.store.flush()
-            self.db.commit()  # what a waiter is told is what the database says
+            self.commit()  # what a waiter is told is what the database says
         for client, req, _ in waiting:
             if rec is None:
                 client.reply({"ok": True, "id": req.get("id"), "path": path, "state": "NONE"})
             else:
                 client.reply({"ok": True, "id": req.get("id"), **self._live(rec)})
 
-    def _expire_waiters(self) -> None:
+    def expire_waiters(self) -> None:
         now = time.monotonic()
         for path in list(self.waiters):
             keep = []
@@ -141,25 +163,25 @@ class ControlMixin:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def handle_request(self, client: Client, req: dict[str, Any], fd: int | None) -> None:
+    def handle_request(self, client: Replier, req: dict[str, Any], fd: int | None) -> None:
         op = req.get("op")
         rid = req.get("id")
         privileged = client.peer.uid in (0, os.geteuid())
-        self.process_events()  # a request sees every change made before it
+        self.tracker.process_events()  # a request sees every change made before it
         if op == "metrics":
             client.reply({"ok": True, "id": rid, "text": self.metrics_text()})
             return
         if op == "sync":
             # Every event queued before the request is handled (above) and committed: what a
             # test reads from the database now includes the effect of what it did before.
-            self._commit()
-            client.reply({"ok": True, "id": rid, "queued": len(self.queue_)})
+            self.commit()
+            client.reply({"ok": True, "id": rid, "queued": len(self.scheduler.queue)})
             return
         if op == "rescan":
             if not privileged:
                 client.reply({"ok": False, "id": rid, "error": "permission denied"})
                 return
-            self.rescan()
+            self.tracker.rescan()
             client.reply({"ok": True, "id": rid})
             return
         if op == "status" and not req.get("paths") and not req.get("path"):
@@ -169,8 +191,10 @@ class ControlMixin:
                     "ok": True,
                     "id": rid,
                     "totals": totals,
-                    "queued": len(self.queue_),
-                    "building": [self._live(r) for p in self.running if (r := self.db.get(p))],
+                    "queued": len(self.scheduler.queue),
+                    "building": [
+                        self._live(r) for p in self.scheduler.running if (r := self.db.get(p))
+                    ],
                     "workers": self.config.workers,
                 }
             )
@@ -182,7 +206,7 @@ class ControlMixin:
             client.reply({"ok": False, "id": rid, "error": "bad request"})
             return
         for p in paths:
-            why = denial(client.peer, p, fd) if self.in_roots(p) else "permission denied"
+            why = denial(client.peer, p, fd) if self.tracker.in_roots(p) else "permission denied"
             if why:
                 client.reply({"ok": False, "id": rid, "path": p, "error": why})
                 return
@@ -199,7 +223,7 @@ class ControlMixin:
             rec = self._rebuild(path)
         elif op == "build-now":
             # Look again: a change no event reported (a write through mmap) shows as STALE.
-            self.scan_file(path, Cause.SCAN)
+            self.tracker.scan_file(path, Cause.SCAN)
             rec = self.db.get(path)
             if rec is not None:
                 rec = self._first_use(rec)
@@ -216,15 +240,15 @@ class ControlMixin:
     def _rebuild(self, path: str) -> FileRecord | None:
         """A build against the current attributes. One already queued or running for the
         current content and attributes is that build: a second request joins it."""
-        self.scan_file(path, Cause.SCAN)
+        self.tracker.scan_file(path, Cause.SCAN)
         rec = self.db.get(path)
         if rec is None or rec.state not in _BUSY:
-            self.scan_file(path, Cause.REBUILD)
+            self.tracker.scan_file(path, Cause.REBUILD)
             rec = self.db.get(path)
         else:
             self.metrics["rebuilds_coalesced"] += 1
         if rec is not None and rec.state in _BUSY:
-            self.enqueue(rec, FIRST_USE)
+            self.scheduler.enqueue(rec, FIRST_USE)
         return rec
 
     def _first_use(self, rec: FileRecord) -> FileRecord:
@@ -242,7 +266,7 @@ class ControlMixin:
                     return rec
             rec = self.db.put(rec.evolve(state=State.PENDING, progress=0))
         if rec.state in _BUSY:
-            self.enqueue(rec, FIRST_USE)
+            self.scheduler.enqueue(rec, FIRST_USE)
         return rec
 
     def metrics_text(self) -> str:
@@ -258,10 +282,10 @@ class ControlMixin:
             metric = f"pyverity_{name}_total"
             lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
         gauges = {
-            "queue_length": len(self.queue_),
+            "queue_length": len(self.scheduler.queue),
             "workers": self.config.workers,
-            "workers_busy": len(self.running),
-            "watched_directories": self.watcher.watch_count if self.watcher else 0,
+            "workers_busy": len(self.scheduler.running),
+            "watched_directories": self.tracker.watcher.watch_count,
         }
         for name, value in gauges.items():
             lines += [f"# TYPE pyverity_{name} gauge", f"pyverity_{name} {value}"]

@@ -23,16 +23,18 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pyverity.daemon.protection import Appraisal, appraise
+from pyverity.daemon.protection import appraise, mismatch
 from pyverity.errors import Error, FileChangedError, IntegrityError
 from pyverity.format.descriptor import Descriptor
 from pyverity.fs.ioctl import VerityUnsupportedError
+from pyverity.fs.openfile import FileIdentity
 from pyverity.hashing.result import MerkleTree
 from pyverity.store import kernel
 
 if TYPE_CHECKING:
     from pyverity.keys import Keyring
     from pyverity.protect import Protection
+    from pyverity.protect.gate import Verdict
 
 __all__ = ["FALLBACK", "adopt", "hand_over"]
 
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 FALLBACK = "kernel fs-verity refused, tree kept in the cache: "
 
 
-def adopt(fd: int, protection: Protection, keyring: Keyring | None) -> Appraisal | None:
+def adopt(fd: int, protection: Protection, keyring: Keyring | None) -> Verdict | None:
     """A file that already has fs-verity: the appraisal of the descriptor the kernel enforces.
 
     None when fs-verity is not enabled on it, or the filesystem has none (then it is built).
@@ -56,24 +58,22 @@ def adopt(fd: int, protection: Protection, keyring: Keyring | None) -> Appraisal
     declared = protection.unverified_descriptor
     digest = f"{enforced.hash_alg.name}:{enforced.digest().hex()}"
     if declared is not None and declared.to_bytes() != enforced.to_bytes():
-        return Appraisal(
-            "MISMATCH",
+        return mismatch(
+            protection,
             f"fs-verity is enabled in the kernel with digest {digest}, not the declared"
             f" {declared.hash_alg.name}:{declared.digest().hex()} (the file is read-only now)",
             digest,
         )
     if declared is None and enforced.params != protection.tree_params():
-        return Appraisal(
-            "MISMATCH",
+        return mismatch(
+            protection,
             f"fs-verity is enabled in the kernel with other tree parameters ({digest})",
             digest,
         )
     return appraise(protection, MerkleTree(enforced, None), keyring)
 
 
-def hand_over(
-    fd: int, label: str, descriptor: Descriptor, snapshot: tuple[int, int, int, int]
-) -> str:
+def hand_over(fd: int, label: str, descriptor: Descriptor, snapshot: FileIdentity) -> str:
     """Enable fs-verity on a proven file; ``""`` when the kernel now keeps its tree, else why
     the kernel refused (the caller falls back to the cache).
 

@@ -3,6 +3,9 @@
 First-use requests (``FIRST_USE``) are served before background builds; when every worker is
 busy with background work, one of those builds is asked to *yield*: it checkpoints, stops, and
 is requeued to resume later, so a first use waits for a chunk (~1 ms), not for a whole file.
+
+The scheduler sees workers through :class:`BuildWorker` and :class:`Pool`, so that tests can run
+it with workers that build in memory (``tests/support/daemon.py``).
 """
 
 from __future__ import annotations
@@ -16,22 +19,34 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import send_handle
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
+from pyverity.daemon import protocol as msg
 from pyverity.fs.openfile import FileIdentity
 
 if TYPE_CHECKING:
     from pyverity.protect import Protection
 
-__all__ = ["BACKGROUND", "FIRST_USE", "Job", "JobQueue", "Worker", "WorkerPool"]
+__all__ = [
+    "BACKGROUND",
+    "FIRST_USE",
+    "BuildWorker",
+    "Job",
+    "JobQueue",
+    "Pool",
+    "Worker",
+    "WorkerPool",
+]
 
 log = logging.getLogger(__name__)
 
 FIRST_USE = 0
 BACKGROUND = 1
+_FROM_WORKER = (msg.Hello, msg.Progress, msg.Checkpoint, msg.Stopped, msg.Failed, msg.Done)
 
 
 @dataclass(eq=False)
@@ -41,13 +56,14 @@ class Job:
     attr_fp: bytes
     seq: int = 0
     #: Set while running: the worker, and the offset/leaf bytes of the last checkpoint.
-    worker: Worker | None = None
+    worker: BuildWorker | None = None
     job_id: int = 0
     offset: int = 0
     leaf_bytes: int = 0
     snapshot: FileIdentity = field(default_factory=lambda: FileIdentity((0, 0, 0, 0)))
     progress: int = 0
-    stopping: str = ""
+    #: Why the daemon asked the running build to stop (None: it was not asked).
+    stopping: msg.StopReason | None = None
     #: What the running build is checked against, the inode's row, the offset it started at.
     protection: Protection | None = None
     file_id: int = 0
@@ -105,8 +121,47 @@ class JobQueue:
             heapq.heappop(self._heap)
 
 
+class BuildWorker(Protocol):
+    """A worker as the scheduler uses it: one build at a time."""
+
+    job: Job | None
+    #: ``time.monotonic()`` when it was started.
+    started: float
+
+    @property
+    def pid(self) -> int: ...
+
+    def fileno(self) -> int: ...
+
+    def start(self, job: Job, spec: msg.BuildSpec, fd: int) -> None:
+        """Start building ``job`` over ``fd`` (the worker keeps its own copy of the fd)."""
+        ...
+
+    def tell(self, m: msg.ToWorker) -> None: ...
+
+    def recv(self) -> msg.FromWorker:
+        """The next message; :class:`EOFError` or :class:`OSError` once the worker is gone."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class Pool(Protocol):
+    @property
+    def workers(self) -> Sequence[BuildWorker]: ...
+
+    def idle(self) -> BuildWorker | None: ...
+
+    def replace(self, dead: BuildWorker) -> BuildWorker:
+        """A new worker in the place of one that exited."""
+        ...
+
+    def stop(self) -> None: ...
+
+
 class Worker:
-    """One worker process, talking over a socket pair (pickled tuples, fds by SCM_RIGHTS)."""
+    """One worker process, talking over a socket pair (:mod:`.protocol` messages pickled, fds
+    by SCM_RIGHTS)."""
 
     def __init__(self, lock_path: str, nice: int) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -137,20 +192,26 @@ class Worker:
     def fileno(self) -> int:
         return self.conn.fileno()
 
-    def start(self, job: Job, spec: dict[str, Any], fd: int) -> None:
+    def start(self, job: Job, spec: msg.BuildSpec, fd: int) -> None:
         self.job = job
         job.worker = self
-        self.conn.send(("build", spec))
+        self.conn.send(spec)
         send_handle(self.conn, fd, self.pid)
 
-    def tell(self, *msg: Any) -> None:
+    def tell(self, m: msg.ToWorker) -> None:
         try:
-            self.conn.send(msg)
+            self.conn.send(m)
         except OSError as e:
             log.warning("worker %d unreachable: %s", self.pid, e)
 
+    def recv(self) -> msg.FromWorker:
+        m = self.conn.recv()
+        if not isinstance(m, _FROM_WORKER):
+            raise EOFError(f"worker {self.pid} sent {type(m).__name__}")  # noqa: TRY004 (gone)
+        return m
+
     def stop(self) -> None:
-        self.tell("exit")
+        self.tell(msg.Exit())
         self.conn.close()
         try:
             self.proc.wait(timeout=2)
@@ -160,22 +221,30 @@ class Worker:
 
 
 class WorkerPool:
+    """``size`` worker processes (:class:`Pool`)."""
+
     def __init__(self, size: int, lock_path: str, nice: int) -> None:
         self._lock_path = lock_path
         self._nice = nice
-        self.workers: list[Worker] = [Worker(lock_path, nice) for _ in range(size)]
+        self._workers: list[Worker] = [Worker(lock_path, nice) for _ in range(size)]
+
+    @property
+    def workers(self) -> Sequence[Worker]:
+        return self._workers
 
     def idle(self) -> Worker | None:
-        return next((w for w in self.workers if w.job is None), None)
+        return next((w for w in self._workers if w.job is None), None)
 
-    def replace(self, dead: Worker) -> Worker:
+    def replace(self, dead: BuildWorker) -> Worker:
         """Replace a worker that exited (its socket closed)."""
+        if not isinstance(dead, Worker):
+            raise TypeError(f"not a worker of this pool: {dead!r}")
         dead.conn.close()
         dead.proc.wait()
         new = Worker(self._lock_path, self._nice)
-        self.workers[self.workers.index(dead)] = new
+        self._workers[self._workers.index(dead)] = new
         return new
 
     def stop(self) -> None:
-        for w in self.workers:
+        for w in self._workers:
             w.stop()

@@ -10,18 +10,19 @@ content involved), so an untrusted key or a forged signature is INVALID without 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyverity.errors import Error
+from pyverity.errors import Error, Reason
 from pyverity.hashing.result import MerkleTree
 
 if TYPE_CHECKING:
     from pyverity.keys import Keyring
     from pyverity.protect import Protection
+    from pyverity.protect.gate import Verdict
 
-__all__ = ["Appraisal", "Declared", "appraise", "load_keyring", "read_declared"]
+__all__ = ["Declared", "appraise", "load_keyring", "mismatch", "read_declared"]
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,6 @@ class Declared:
         return f"{desc.hash_alg.name}:{desc.digest().hex()}" if desc is not None else ""
 
 
-@dataclass(frozen=True)
-class Appraisal:
-    """``state`` is READY, MISMATCH or INVALID; ``reason`` says why when it is not READY."""
-
-    state: str
-    reason: str = ""
-    digest: str = ""
-
-
 def load_keyring(path: Path | None) -> Keyring | None:
     if path is None:
         return None
@@ -87,21 +79,30 @@ def read_declared(fd: int, namespace: str, keyring: Keyring | None) -> Declared:
         try:
             verify_declared_signature(prot, keyring)
         except Error as e:
-            return Declared(prot.fingerprint, True, None, f"{getattr(e, 'reason', 'invalid')}: {e}")
+            return Declared(prot.fingerprint, True, None, f"{e.reason or Reason.MALFORMED}: {e}")
     if prot.kind is ProtectionKind.VERITY_SIGNED and keyring is None:
         return Declared(prot.fingerprint, True, None, "signed, but the daemon has no keyring")
     return Declared(prot.fingerprint, True, prot)
 
 
-def appraise(protection: Protection, built: MerkleTree, keyring: Keyring | None) -> Appraisal:
-    """Compare a freshly built tree with what the attributes declare (and their signature)."""
-    from pyverity.protect import appraisal_result
+def appraise(protection: Protection, built: MerkleTree, keyring: Keyring | None) -> Verdict:
+    """The gate's verdict on a freshly built tree (:func:`pyverity.protect.gate.appraisal_result`:
+    what the attributes declare, and their signature), with the computed digest; a failure's
+    message starts with its reason."""
+    from pyverity.protect.gate import appraisal_result
 
-    result = appraisal_result(protection, built.descriptor, keyring)
+    verdict = appraisal_result(protection, built.descriptor, keyring)
     digest = str(built.file_digest())
-    if result.ok:
-        return Appraisal("READY", "", digest)
-    reason = result.message
-    if not reason.startswith(result.reason.value):
-        reason = f"{result.reason.value}: {reason}"
-    return Appraisal(result.state.name, reason, digest)
+    message = verdict.message
+    if not verdict.ok and not message.startswith(verdict.reason.value):
+        message = f"{verdict.reason.value}: {message}"
+    return replace(verdict, digest=digest, message=message)
+
+
+def mismatch(protection: Protection, message: str, digest: str | None) -> Verdict:
+    """A MISMATCH verdict the daemon finds itself (the kernel enforces another digest)."""
+    from pyverity.protect.gate import Verdict, VerdictState
+
+    return Verdict(
+        VerdictState.MISMATCH, Reason.CONTENT_MISMATCH, message, protection.kind, digest=digest
+    )

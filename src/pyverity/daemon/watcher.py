@@ -1,9 +1,14 @@
-"""Watching every directory under the roots, turning inotify records into file events.
+"""The daemon's view of the roots: kernel watch events turned into numbered file events.
 
-New directories are watched as they appear (and scanned, since files may be created in them
-before the watch exists). Symbolic links are never followed: directories are walked through
-descriptors (:mod:`pyverity.fs.beneath`) and watched with ``IN_DONT_FOLLOW``. A queue overflow
-is reported as one :attr:`Change.OVERFLOW` event, on which the daemon rescans everything.
+:class:`Watcher` wraps a :class:`pyverity.fs.watch.Watch` — inotify (a watch on every
+directory, :class:`~pyverity.fs.inotify.InotifyWatch`) or fanotify (one mark per filesystem,
+:class:`~pyverity.fs.fanotify.FanotifyWatch`), chosen by :func:`open_watch` (``--watcher
+auto|fanotify|inotify``). Events outside the roots are dropped (fanotify reports a whole
+filesystem). New directories are walked as they appear (files may be created in them before a
+watch exists); a directory that goes away is one :attr:`Change.DIR_GONE`. Symbolic links are
+never followed: directories are walked through descriptors (:mod:`pyverity.fs.beneath`) and
+watched with ``IN_DONT_FOLLOW``. A queue overflow is one :attr:`Change.OVERFLOW` event, on
+which the daemon rescans everything.
 """
 
 from __future__ import annotations
@@ -17,10 +22,15 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pyverity.errors import ConfigurationError
 from pyverity.fs import beneath
-from pyverity.fs.inotify import Event, Inotify, Mask
+from pyverity.fs import watch as kernel
+from pyverity.fs.inotify import InotifyWatch
 
-__all__ = ["Change", "FileEvent", "Watcher", "open_beneath", "walk_files"]
+__all__ = ["WATCHERS", "Change", "FileEvent", "Watcher", "open_beneath", "open_watch", "walk_files"]
+
+#: The values of ``--watcher``.
+WATCHERS = ("auto", "fanotify", "inotify")
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +99,37 @@ def open_beneath(roots: tuple[str, ...], path: str) -> int:
         os.close(pfd)
 
 
+def open_watch(kind: str, roots: tuple[str, ...]) -> kernel.Watch:
+    """The kernel watcher ``kind`` names over ``roots``.
+
+    ``auto`` tries fanotify (one mark per filesystem; needs CAP_SYS_ADMIN and Linux 5.9) and
+    falls back to inotify, saying why, where fanotify cannot be used: EPERM, EXDEV (a btrfs
+    subvolume), EOPNOTSUPP, ENODEV, or an old kernel. ``fanotify`` refuses to start instead.
+    """
+    if kind not in WATCHERS:
+        raise ConfigurationError(f"unknown watcher '{kind}' (use {', '.join(WATCHERS)})")
+    if kind == "inotify":
+        return InotifyWatch()
+    from pyverity.fs.fanotify import FanotifyError, FanotifyWatch
+
+    fan: FanotifyWatch | None = None
+    try:
+        fan = FanotifyWatch()
+        for root in roots:
+            fan.add_root(root)
+    except FanotifyError as e:
+        if fan is not None:
+            fan.close()
+        if kind == "fanotify" or not e.can_fall_back:
+            raise ConfigurationError(f"cannot watch with fanotify: {e}", remedy=e.remedy) from e
+        log.warning("fanotify cannot watch %s (%s): watching with inotify", ", ".join(roots), e)
+        return InotifyWatch()
+    log.info("watching with fanotify (%d filesystem marks)", fan.watch_count)
+    return fan
+
+
 class Watcher:
-    """Watches, and a queue of translated events numbered in the order the kernel made them.
+    """A kernel watcher, and a queue of its events numbered in the order the kernel made them.
 
     Events are handled some time after they happen, but a file is observed *now*. So that a
     write made before an observation is not taken for a write after it, :meth:`observed`
@@ -100,49 +139,40 @@ class Watcher:
     it is counted as after (the safe side).
     """
 
-    def __init__(self) -> None:
-        self._ino = Inotify()
-        self._dirs: dict[int, str] = {}
-        self._wds: dict[str, int] = {}
+    def __init__(self, watch: kernel.Watch | None = None, roots: tuple[str, ...] = ()) -> None:
+        self._watch = watch if watch is not None else InotifyWatch()
+        self._roots = roots
         self._queue: deque[tuple[int, FileEvent]] = deque()
         self._seq = 0
         self._marks: dict[str, int] = {}
 
     @property
     def fd(self) -> int:
-        return self._ino.fd
+        return self._watch.fd
 
     @property
     def watch_count(self) -> int:
-        return len(self._dirs)
+        return self._watch.watch_count
 
     def close(self) -> None:
-        self._ino.close()
+        self._watch.close()
 
     def add_tree(self, top: str) -> Iterator[str]:
         """Watch ``top`` and every directory below it; yields the regular files found."""
+        if not self._roots or top in self._roots:
+            self._watch.add_root(top)
         for path, is_dir in walk_files(top):
             if is_dir:
-                wd = self._ino.add_watch(path)
-                if wd is not None:
-                    old = self._dirs.get(wd)
-                    if old is not None and old != path:
-                        self._wds.pop(old, None)
-                    self._dirs[wd] = path
-                    self._wds[path] = wd
+                self._watch.watch_dir(path)
             else:
                 yield path
 
-    def _forget_under(self, prefix: str) -> None:
-        sub = prefix + os.sep
-        for path in [p for p in self._wds if p == prefix or p.startswith(sub)]:
-            wd = self._wds.pop(path)
-            self._dirs.pop(wd, None)
-            self._ino.rm_watch(wd)
-
     def pull(self) -> None:
-        """Queue what inotify has pending; new directories are watched and walked here."""
-        for raw in self._ino.read():
+        """Queue what the kernel has pending; new directories are watched and walked here."""
+        events = self._watch.read()
+        if self._roots:
+            events = kernel.filter_to_roots(events, self._roots)
+        for raw in events:
             for ev in self._translate(raw):
                 self._seq += 1
                 self._queue.append((self._seq, ev))
@@ -168,35 +198,31 @@ class Watcher:
         while (item := self.next_event()) is not None:
             yield item[1]
 
-    def _translate(self, ev: Event) -> Iterator[FileEvent]:
-        if ev.has(Mask.Q_OVERFLOW):
-            log.warning("inotify queue overflowed: rescanning")
+    def _translate(self, ev: kernel.WatchEvent) -> Iterator[FileEvent]:
+        k = kernel.Change
+        if ev.change is k.OVERFLOW:
             yield FileEvent(Change.OVERFLOW, "")
             return
-        if ev.has(Mask.IGNORED):
-            path = self._dirs.pop(ev.wd, None)
-            if path is not None and self._wds.get(path) == ev.wd:
-                del self._wds[path]
-            return
-        base = self._dirs.get(ev.wd)
-        if base is None or ev.has(Mask.DELETE_SELF | Mask.MOVE_SELF) or not ev.name:
-            return
-        path = f"{base}{os.sep}{os.fsdecode(ev.name)}"
-        if ev.has(Mask.ISDIR):
-            if ev.has(Mask.CREATE | Mask.MOVED_TO):
-                for f in self.add_tree(path):
+        if ev.is_dir:
+            if ev.change in (k.CREATED, k.MOVED_TO):
+                for f in self.add_tree(ev.path):
                     yield FileEvent(Change.APPEARED, f)
-            elif ev.has(Mask.MOVED_FROM | Mask.DELETE):
-                self._forget_under(path)
-                yield FileEvent(Change.DIR_GONE, path)
+            elif ev.change in (k.DELETED, k.MOVED_FROM):
+                self._watch.forget_under(ev.path)
+                yield FileEvent(Change.DIR_GONE, ev.path)
             return
-        if ev.has(Mask.MODIFY):
-            yield FileEvent(Change.WRITE, path)
-        if ev.has(Mask.CLOSE_WRITE):
-            yield FileEvent(Change.CLOSE_WRITE, path)
-        if ev.has(Mask.ATTRIB):
-            yield FileEvent(Change.ATTR, path)
-        if ev.has(Mask.CREATE | Mask.MOVED_TO):
-            yield FileEvent(Change.APPEARED, path, ev.cookie if ev.has(Mask.MOVED_TO) else 0)
-        if ev.has(Mask.DELETE | Mask.MOVED_FROM):
-            yield FileEvent(Change.GONE, path, ev.cookie if ev.has(Mask.MOVED_FROM) else 0)
+        change = _CHANGES.get(ev.change)
+        if change is not None:
+            cookie = ev.cookie if ev.change in (k.MOVED_FROM, k.MOVED_TO) else 0
+            yield FileEvent(change, ev.path, cookie)
+
+
+_CHANGES = {
+    kernel.Change.WRITE: Change.WRITE,
+    kernel.Change.CLOSE_WRITE: Change.CLOSE_WRITE,
+    kernel.Change.ATTR: Change.ATTR,  # FAN_ATTRIB too: the attributes are read again
+    kernel.Change.CREATED: Change.APPEARED,
+    kernel.Change.MOVED_TO: Change.APPEARED,
+    kernel.Change.DELETED: Change.GONE,
+    kernel.Change.MOVED_FROM: Change.GONE,
+}

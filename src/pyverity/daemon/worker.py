@@ -2,9 +2,9 @@
 
 It dies with the daemon (``PR_SET_PDEATHSIG``, and a check that its parent is still the one
 that started it), holds a shared lock on the state directory's ``workers.lock`` (a new daemon
-waits for old workers to be gone), and never writes the state or the cache: it receives a job
-and the file's descriptor over its socket (``SCM_RIGHTS``), and sends back progress,
-checkpoints and the finished tree; the daemon commits.
+waits for old workers to be gone), and never writes the state or the cache: it receives a
+:class:`~.protocol.BuildSpec` and the file's descriptor over its socket (``SCM_RIGHTS``), and
+sends back progress, checkpoints and the finished tree (:mod:`.protocol`); the daemon commits.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import signal
 import sys
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
-from typing import Any
 
+from pyverity.daemon import protocol as msg
 from pyverity.daemon.build import Stopped, build_from_offset
-from pyverity.errors import Error
+from pyverity.errors import Error, FileChangedError, StorageError
 from pyverity.format.hashalg import by_number
 from pyverity.format.params import TreeParams
 from pyverity.fs.libc import libc
@@ -51,48 +51,56 @@ class _Job:
     def __init__(self, conn: Connection, job_id: int) -> None:
         self.conn = conn
         self.job_id = job_id
-        self.backlog: list[Any] = []
 
     def poll(self) -> str | None:
         while self.conn.poll():
-            msg = self.conn.recv()
-            if msg[0] in ("cancel", "yield") and msg[1] == self.job_id:
-                return str(msg[0])
-            if msg[0] == "exit":
-                return "cancel"
+            m = self.conn.recv()
+            if isinstance(m, msg.Cancel | msg.Yield) and m.job_id == self.job_id:
+                return msg.StopReason.CANCEL if isinstance(m, msg.Cancel) else msg.StopReason.YIELD
+            if isinstance(m, msg.Exit):
+                return msg.StopReason.CANCEL
         return None
 
     def progress(self, offset: int) -> None:
-        self.conn.send(("progress", self.job_id, offset))
+        self.conn.send(msg.Progress(self.job_id, offset))
 
     def checkpoint(self, offset: int, leaves: bytes) -> None:
-        self.conn.send(("checkpoint", self.job_id, offset, leaves))
+        self.conn.send(msg.Checkpoint(self.job_id, offset, leaves))
 
 
-def _run(conn: Connection, spec: dict[str, Any], fd: int) -> None:
-    job = _Job(conn, spec["job_id"])
+def _failure(e: Error) -> msg.FailureKind:
+    if isinstance(e, FileChangedError):
+        return msg.FailureKind.FILE_CHANGED
+    if isinstance(e, StorageError):
+        return msg.FailureKind.STORAGE
+    return msg.FailureKind.ERROR
+
+
+def run_build(conn: Connection, spec: msg.BuildSpec, fd: int) -> None:
+    """Build ``spec`` over ``fd`` (closed at the end), reporting on ``conn``."""
+    job = _Job(conn, spec.job_id)
     try:
-        params = TreeParams(by_number(spec["alg"]), spec["block_size"], spec["salt"])
+        params = TreeParams(by_number(spec.alg), spec.block_size, spec.salt)
         tree = build_from_offset(
             fd,
             params,
-            tuple(spec["snapshot"]),
-            offset=spec["offset"],
-            leaves=spec["leaves"],
-            checkpoint_seconds=spec["checkpoint_seconds"],
-            threads=spec.get("threads", 1),
+            spec.snapshot,
+            offset=spec.offset,
+            leaves=spec.leaves,
+            checkpoint_seconds=spec.checkpoint_seconds,
+            threads=spec.threads,
             on_progress=job.progress,
             on_checkpoint=job.checkpoint,
             poll=job.poll,
         )
     except Stopped as e:
-        conn.send(("stopped", job.job_id, e.why, e.offset))
+        conn.send(msg.Stopped(job.job_id, msg.StopReason(e.why), e.offset))
     except Error as e:
-        conn.send(("failed", job.job_id, type(e).__name__, str(e)))
+        conn.send(msg.Failed(job.job_id, _failure(e), str(e)))
     except OSError as e:
-        conn.send(("failed", job.job_id, "OSError", e.strerror or str(e)))
+        conn.send(msg.Failed(job.job_id, msg.FailureKind.OS, e.strerror or str(e)))
     else:
-        conn.send(("done", job.job_id, tree.descriptor.to_bytes(), tree.tree))
+        conn.send(msg.Done(job.job_id, tree.descriptor.to_bytes(), tree.tree or b""))
     finally:
         os.close(fd)
 
@@ -110,14 +118,14 @@ def main(argv: list[str]) -> int:
     fcntl.flock(lock_fd, fcntl.LOCK_SH)
     conn = Connection(sock_fd)
     try:
-        conn.send(("hello", os.getpid()))
+        conn.send(msg.Hello(os.getpid()))
         while True:
-            msg = conn.recv()
-            if msg[0] == "exit":
+            m = conn.recv()
+            if isinstance(m, msg.Exit):
                 return 0
-            if msg[0] == "build":
+            if isinstance(m, msg.BuildSpec):
                 fd = recv_handle(conn)
-                _run(conn, msg[1], fd)
+                run_build(conn, m, fd)
     except (EOFError, OSError):
         return 0
 

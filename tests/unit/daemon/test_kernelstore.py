@@ -60,7 +60,7 @@ def test_already_enabled_with_the_declared_digest_is_ready(
     protection = parse_protection(descriptor.to_bytes(), None, descriptor.data_size)
     result = kernelstore.adopt(fd, protection, None)
     assert result is not None
-    assert (result.state, result.reason) == ("READY", "")
+    assert (result.state, result.ok) == ("READY", True)  # the gate's verdict
     assert result.digest == f"sha256:{descriptor.digest().hex()}"
 
 
@@ -74,7 +74,7 @@ def test_enabled_with_another_digest_is_mismatch(
     result = kernelstore.adopt(fd, protection, None)
     assert result is not None
     assert result.state == "MISMATCH"
-    assert result.reason.startswith(
+    assert result.message.startswith(
         f"fs-verity is enabled in the kernel with digest sha256:{other.digest().hex()}, not the"
     )
 

@@ -1,0 +1,135 @@
+"""What the daemon and its build workers say to each other: one frozen dataclass per message.
+
+They travel pickled over the worker's socket pair (:class:`multiprocessing.connection.Connection`);
+the file itself follows a :class:`BuildSpec` as a descriptor (``SCM_RIGHTS``). The daemon sends
+:class:`BuildSpec`, :class:`Cancel`, :class:`Yield` and :class:`Exit`; a worker answers
+:class:`Hello` once, then for each build :class:`Progress` and :class:`Checkpoint` messages and
+one of :class:`Done`, :class:`Stopped` or :class:`Failed`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pyverity.fs.openfile import FileIdentity
+
+__all__ = [
+    "BuildSpec",
+    "Cancel",
+    "Checkpoint",
+    "Done",
+    "Exit",
+    "Failed",
+    "FailureKind",
+    "FromWorker",
+    "Hello",
+    "Progress",
+    "StopReason",
+    "Stopped",
+    "ToWorker",
+    "Yield",
+]
+
+
+class StopReason(enum.StrEnum):
+    """Why a build stopped before its end."""
+
+    CANCEL = "cancel"  # the result is no longer wanted (a write, a new value, shutdown)
+    YIELD = "yield"  # give the worker to a first use; the build is queued to resume
+
+
+class FailureKind(enum.StrEnum):
+    """What kind of error ended a build (the daemon retries FILE_CHANGED soon, others later)."""
+
+    FILE_CHANGED = "file changed"  # the identity changed while hashing (FileChangedError)
+    STORAGE = "storage"  # writing the result failed (StorageError: a full disk)
+    ERROR = "error"  # any other pyverity error
+    OS = "os"  # an OSError reading the file
+
+
+# -- daemon to worker --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Build the tree of the file whose descriptor follows, from ``offset`` (with the level-0
+    hashes ``leaves`` of the data before it, from a checkpoint)."""
+
+    job_id: int
+    alg: int
+    block_size: int
+    salt: bytes
+    snapshot: FileIdentity
+    offset: int
+    leaves: bytes
+    checkpoint_seconds: float
+    #: Hashing threads: a lone build may use every CPU; concurrent builds share them.
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class Cancel:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Yield:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Exit:
+    pass
+
+
+ToWorker = BuildSpec | Cancel | Yield | Exit
+
+
+# -- worker to daemon --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The level-0 hashes of the data from the previous checkpoint up to ``offset``."""
+
+    job_id: int
+    offset: int
+    leaves: bytes
+
+
+@dataclass(frozen=True)
+class Stopped:
+    job_id: int
+    why: StopReason
+    offset: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: int
+    kind: FailureKind
+    message: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The finished build: the descriptor (as bytes) and the tree, to be appraised."""
+
+    job_id: int
+    descriptor: bytes
+    tree: bytes
+
+
+FromWorker = Hello | Progress | Checkpoint | Stopped | Failed | Done

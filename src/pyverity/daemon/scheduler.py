@@ -1,0 +1,490 @@
+"""The scheduler: the queue, the workers, partial builds, the tree store and the kernel backend.
+
+It starts queued builds in priority order (a first use preempts a background build), hands each
+worker the descriptor of the file it opened again and checked against the row, commits what
+workers send back — progress; checkpoints (leaf hashes appended with their checksum, then the
+row); finished trees, appraised through :func:`.protection.appraise` (the ``protect`` gate) and
+published before their state is committed — and hands results to the tracker as decisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pyverity.daemon import kernelstore, lifecycle
+from pyverity.daemon import protocol as msg
+from pyverity.daemon.lifecycle import Cause, Decision
+from pyverity.daemon.pool import BACKGROUND, FIRST_USE, BuildWorker, Job, JobQueue, Pool
+from pyverity.daemon.protection import appraise, mismatch
+from pyverity.daemon.watcher import open_beneath
+from pyverity.errors import Error, FileChangedError, IntegrityError, StorageError
+from pyverity.format.descriptor import Descriptor
+from pyverity.format.params import TreeParams
+from pyverity.fs.openfile import FileIdentity
+from pyverity.hashing.result import MerkleTree
+from pyverity.protect.gate import Verdict, VerdictState
+from pyverity.store.statedb import Checkpoint, FileRecord, State
+
+if TYPE_CHECKING:
+    from pyverity.daemon.config import DaemonConfig
+    from pyverity.daemon.tracker import Tracker
+    from pyverity.keys import Keyring
+    from pyverity.protect import Protection
+    from pyverity.store.cache import TreeStore
+    from pyverity.store.checkpoint import PartialStore
+    from pyverity.store.statedb import StateDB
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger(__name__)
+
+_MAX_RETRIES = 5
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        tracker: Tracker,
+        *,
+        store: TreeStore,
+        partial: PartialStore,
+        keyring: Keyring | None,
+        metrics: dict[str, int],
+    ) -> None:
+        self.config = config
+        self.tracker = tracker
+        self.db: StateDB = tracker.db
+        self.roots = tracker.roots
+        self.store = store
+        self.partial = partial
+        self.keyring = keyring
+        self.metrics = metrics
+        self.queue = JobQueue()
+        self.running: dict[str, Job] = {}
+        self.retry_at: dict[str, float] = {}
+        self.retries: dict[str, int] = {}
+        #: Background builds wait until their file has been quiet for a moment (monotonic).
+        self.settle_until: dict[str, float] = {}
+        self.pool: Pool | None = None
+        #: Called with a worker that died and the one that replaced it (the loop watches
+        #: workers' sockets).
+        self.on_replaced: Callable[[BuildWorker, BuildWorker], None] = lambda _d, _n: None
+        self.stopping = False
+        self._job_ids = 0
+
+    def _pool(self) -> Pool:
+        if self.pool is None:
+            raise StorageError("scheduler used before its pool was started")
+        return self.pool
+
+    # -- what the tracker asks ---------------------------------------------------------------------
+
+    def enqueue(self, rec: FileRecord, priority: int) -> None:
+        """Queue a build of ``rec``'s inode, unless one is queued or running under any of its
+        paths (then a first use only raises that job's priority)."""
+        for p in self.tracker.links(rec):
+            if p in self.running:
+                return
+            queued = self.queue.get(p)
+            if queued is not None:
+                if priority < queued.priority:
+                    self.queue.push(Job(p, priority, queued.attr_fp))
+                return
+        self.queue.push(Job(rec.path, priority, rec.attr_fp))
+
+    def cancel(self, path: str, rec: FileRecord | None) -> None:
+        for p in self.tracker.links(rec) if rec is not None else [path]:
+            self.cancel_path(p)
+        if rec is not None and rec.id is not None:
+            self.db.delete_checkpoint(rec.id)
+            self.partial.discard(rec.id)
+
+    def cancel_path(self, path: str) -> bool:
+        """Stop the build queued or running under ``path``; whether there was one."""
+        queued = self.queue.remove(path) is not None
+        self.retry_at.pop(path, None)
+        job = self.running.get(path)
+        if job is not None and job.worker is not None and not job.stopping:
+            job.stopping = msg.StopReason.CANCEL
+            job.worker.tell(msg.Cancel(job.job_id))
+            self.metrics["builds_cancelled"] += 1
+            return True
+        return queued
+
+    def building(self, rec: FileRecord) -> bool:
+        """A build of ``rec``'s inode (under any path) runs, for these attributes, unstopped."""
+        if rec.id is None:
+            return False
+        return any(
+            (job := self.running.get(p)) is not None
+            and not job.stopping
+            and job.attr_fp == rec.attr_fp
+            for p in self.tracker.links(rec)
+        )
+
+    def settle(self, path: str, until: float) -> None:
+        self.settle_until[path] = until
+
+    # -- start-up and shutdown -----------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a crash: keep the checkpoints ``crash_policy = resume`` may continue from."""
+        resume = self.config.crash_policy == "resume"
+        for rec in list(self.db.records((State.PENDING, State.BUILDING))):
+            if rec.id is None:
+                continue
+            cp = self.db.get_checkpoint(rec.id)
+            if not resume or cp is None:
+                self.db.delete_checkpoint(rec.id)
+                self.partial.discard(rec.id)
+            offset = cp.offset if cp is not None and resume else 0
+            self.db.put(rec.evolve(progress=offset))  # the rescan decides: resume, or STALE
+
+    def drop_orphans(self) -> None:
+        live = {r.id for r in self.db.records((State.PENDING, State.BUILDING))}
+        for stale_id in self.partial.ids() - live:
+            self.partial.discard(stale_id)
+
+    def write_progress(self) -> None:
+        for job in self.running.values():
+            self.db.set_progress(job.path, job.progress)
+
+    def ask_to_yield(self) -> None:
+        """Ask running builds to checkpoint and stop (shutdown)."""
+        for job in self.running.values():
+            if job.worker is not None and not job.stopping:
+                job.stopping = msg.StopReason.YIELD
+                job.worker.tell(msg.Yield(job.job_id))
+
+    # -- dispatching -------------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        pool = self._pool()
+        self.tracker.process_events()
+        deferred: list[Job] = []
+        now = time.monotonic()
+        for path, when in list(self.retry_at.items()):
+            if when <= now:
+                del self.retry_at[path]
+                rec = self.db.get(path)
+                if rec is not None and rec.state in (State.PENDING, State.BUILDING):
+                    self.enqueue(rec, BACKGROUND)
+        while (worker := pool.idle()) is not None:
+            job = self.queue.pop()
+            if job is None:
+                break
+            waiting = job.priority == BACKGROUND and self.settle_until.get(job.path, 0.0) > now
+            if job.path in self.running or waiting:
+                deferred.append(job)
+                continue
+            self.settle_until.pop(job.path, None)
+            try:
+                self._start(worker, job)
+            except Error as e:  # one file's trouble must not stop the daemon
+                log.warning("%s: cannot start its build: %s", job.path, e)
+        for job in deferred:
+            self.queue.push(job)
+        if self.queue.peek_priority() == FIRST_USE and pool.idle() is None:
+            self._preempt()
+
+    def _preempt(self) -> None:
+        victims = [j for j in self.running.values() if j.priority == BACKGROUND and not j.stopping]
+        yielding = any(j.stopping is msg.StopReason.YIELD for j in self.running.values())
+        worker = victims[0].worker if victims and not yielding else None
+        if worker is not None:
+            victims[0].stopping = msg.StopReason.YIELD
+            worker.tell(msg.Yield(victims[0].job_id))
+            self.metrics["builds_preempted"] += 1
+
+    def _start(self, worker: BuildWorker, job: Job) -> None:
+        rec = self.db.get(job.path)
+        if rec is None or rec.attr_fp != job.attr_fp:
+            return
+        try:
+            fd = open_beneath(self.roots, job.path)
+        except OSError:
+            self.tracker.apply(job.path, rec, Decision(None, cancel=True))
+            return
+        try:
+            if not self._start_fd(worker, job, rec, fd):
+                return
+        finally:
+            os.close(fd)
+        self.running[job.path] = job
+        self.metrics["builds_started"] += 1
+        self.db.put(rec.evolve(state=State.BUILDING, progress=job.offset, error=""))
+
+    def _start_fd(self, worker: BuildWorker, job: Job, rec: FileRecord, fd: int) -> bool:
+        """Check the file open as ``fd`` is the row's, then start its build; False if not."""
+        obs = self.tracker.observe_fd(job.path, fd)
+        if obs is None or obs.declared.fingerprint != rec.attr_fp:
+            if obs is not None:
+                self.tracker.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.ATTR))
+            return False
+        if obs.snapshot != rec.snapshot:
+            self._unexplained_change(job, rec, obs.snapshot)
+            return False
+        prot = obs.declared.protection
+        if prot is None or not prot.has_tree:
+            self.tracker.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.REBUILD))
+            return False
+        if self.config.backend == "kernel" and self._kernel_verity(job.path, rec, fd, prot):
+            return False
+        file_id = rec.id
+        if file_id is None:
+            return False
+        params = prot.tree_params()
+        offset, leaves = self._saved_leaves(file_id, rec.attr_fp, obs.snapshot, params)
+        self._job_ids += 1
+        job.job_id = self._job_ids
+        job.snapshot = obs.snapshot
+        job.offset = job.progress = job.start = offset
+        job.leaf_bytes = len(leaves)
+        job.leaves_sha256 = hashlib.sha256(leaves)
+        job.stopping = None
+        job.protection = prot
+        job.file_id = file_id
+        spec = msg.BuildSpec(
+            job_id=job.job_id,
+            alg=params.hash_alg.number,
+            block_size=params.block_size,
+            salt=params.salt,
+            snapshot=obs.snapshot,
+            offset=offset,
+            leaves=leaves,
+            checkpoint_seconds=self.config.checkpoint_interval,
+            threads=max(1, (os.cpu_count() or 1) // max(1, len(self.running) + 1)),
+        )
+        if offset:
+            log.info("%s: resuming build at offset %d", job.path, offset)
+        else:
+            log.info("%s: building from offset 0", job.path)
+        worker.start(job, spec, fd)
+        return True
+
+    def _kernel_verity(self, path: str, rec: FileRecord, fd: int, prot: Protection) -> bool:
+        """Kernel backend: a file that already has fs-verity is READY (the kernel's descriptor
+        is the declared one and appraises) or MISMATCH without a build; False otherwise."""
+        try:
+            result = kernelstore.adopt(fd, prot, self.keyring)
+        except Error as e:
+            log.warning("%s: cannot read its kernel fs-verity state: %s", path, e)
+            return False
+        if result is None:
+            return False
+        log.info("%s: fs-verity already enabled in the kernel: %s", path, result.state)
+        self._settled(rec, result, "")
+        return True
+
+    def _to_kernel(self, job: Job, descriptor: Descriptor) -> str:
+        """Kernel backend: enable fs-verity on the proven file; "" or why the kernel refused."""
+        try:
+            fd = open_beneath(self.roots, job.path)
+        except OSError as e:
+            raise FileChangedError(f"cannot open it again: {e.strerror}") from e
+        try:
+            return kernelstore.hand_over(fd, job.path, descriptor, job.snapshot)
+        finally:
+            os.close(fd)
+
+    def _unexplained_change(self, job: Job, rec: FileRecord, snapshot: FileIdentity) -> None:
+        """Size or mtime changed with no event seen yet: retry (the event may be on its way);
+        after a few retries with no explanation, the content is taken as written."""
+        n = self.retries.get(job.path, 0) + 1
+        self.retries[job.path] = n
+        if n <= _MAX_RETRIES:
+            self.retry_at[job.path] = time.monotonic() + 0.1 * n
+            return
+        seen = lifecycle.describe_change(rec.snapshot, snapshot)
+        self.tracker.apply(job.path, rec, lifecycle.on_write(rec, snapshot, seen=seen))
+
+    def _saved_leaves(
+        self, file_id: int, attr_fp: bytes, snapshot: FileIdentity, params: TreeParams
+    ) -> tuple[int, bytes]:
+        """The checkpoint to resume from, if it is for these attributes and this content."""
+        cp = self.db.get_checkpoint(file_id)
+        if cp is None:
+            return 0, b""
+        why = "attributes or identity changed"
+        if cp.attr_fp == attr_fp and cp.snapshot == snapshot:
+            nbytes = cp.offset // params.block_size * params.digest_size
+            saved = self.partial.load(file_id, nbytes, cp.leaves_sha256)
+            if saved is not None:
+                return cp.offset, saved
+            why = "leaf hashes missing, or not matching the checkpoint's checksum"
+        log.info("discarding the checkpoint of file %d at %d: %s", file_id, cp.offset, why)
+        self.db.delete_checkpoint(file_id)
+        self.partial.discard(file_id)
+        return 0, b""
+
+    # -- what workers send back --------------------------------------------------------------------
+
+    def _finish(self, worker: BuildWorker) -> Job | None:
+        job = worker.job
+        worker.job = None
+        if job is not None:
+            job.worker = None
+            if self.running.get(job.path) is job:
+                del self.running[job.path]
+        return job
+
+    def on_worker(self, worker: BuildWorker) -> None:
+        """Read one message of ``worker`` and act on it."""
+        try:
+            m = worker.recv()
+        except (EOFError, OSError):
+            self._worker_died(worker)
+            return
+        job = worker.job
+        if isinstance(m, msg.Hello) or job is None or m.job_id != job.job_id:
+            return
+        if isinstance(m, msg.Progress):
+            job.progress = m.offset
+            return
+        if isinstance(m, msg.Checkpoint):
+            self._checkpoint(job, m.offset, m.leaves)
+            return
+        if isinstance(m, msg.Done):
+            job.progress = job.snapshot.size
+        self._finish(worker)
+        self.metrics["bytes_hashed"] += max(0, job.progress - job.start)
+        if isinstance(m, msg.Stopped):
+            self._stopped(job, m.why, m.offset)
+        elif isinstance(m, msg.Failed):
+            self._failed(job, m.kind, m.message)
+        else:
+            self._done(job, Descriptor.from_bytes(m.descriptor), m.tree)
+
+    def _checkpoint(self, job: Job, offset: int, leaves: bytes) -> None:
+        job.progress = max(job.progress, offset)
+        if job.stopping is msg.StopReason.CANCEL:
+            return
+        try:
+            self.partial.append(job.file_id, leaves, job.leaf_bytes)
+        except StorageError as e:
+            log.warning("%s: checkpoint not saved: %s", job.path, e)
+            return
+        job.leaf_bytes += len(leaves)
+        job.leaves_sha256.update(leaves)
+        job.offset = offset
+        checksum = job.leaves_sha256.digest()
+        cp = Checkpoint(job.file_id, job.attr_fp, offset, job.snapshot, checksum)
+        self.db.put_checkpoint(cp)
+
+    def _stopped(self, job: Job, why: msg.StopReason, offset: int) -> None:
+        job.progress = max(job.progress, offset)
+        if why is msg.StopReason.YIELD and job.stopping is msg.StopReason.YIELD:
+            rec = self.db.get(job.path)
+            if rec is not None and rec.attr_fp == job.attr_fp:
+                self.db.put(rec.evolve(state=State.PENDING, progress=job.offset))
+                self.queue.push(Job(job.path, BACKGROUND, job.attr_fp))
+
+    def _current(self, job: Job) -> FileRecord | None:
+        """The row a finished job still belongs to: not cancelled, same attribute values."""
+        if job.stopping is msg.StopReason.CANCEL:
+            return None
+        rec = self.db.get(job.path)
+        return rec if rec is not None and rec.attr_fp == job.attr_fp else None
+
+    def _failed(self, job: Job, kind: msg.FailureKind, message: str) -> None:
+        rec = self._current(job)
+        if rec is None:
+            return
+        self.metrics["builds_failed"] += 1
+        n = self.retries.get(job.path, 0) + 1
+        self.retries[job.path] = n
+        if kind is msg.FailureKind.FILE_CHANGED and n <= _MAX_RETRIES:
+            # An identity change at commit with no write event seen: observe again, retry.
+            log.info("%s: %s; retrying", job.path, message)
+            self.db.put(rec.evolve(state=State.PENDING, error=""))
+            self.tracker.scan_file(job.path, Cause.SCAN)
+            again = self.db.get(job.path)
+            if again is not None and again.state is State.PENDING:
+                self.enqueue(again, job.priority)
+            return
+        delay = min(300.0, 2.0**n)
+        log.warning("%s: build failed (%s); retry in %.0f s", job.path, message, delay)
+        self.db.put(rec.evolve(state=State.PENDING, error=message))
+        self.retry_at[job.path] = time.monotonic() + delay
+
+    def _done(self, job: Job, descriptor: Descriptor, tree: bytes) -> None:
+        rec = self._current(job)
+        if rec is None or job.protection is None:
+            return
+        if rec.snapshot != job.snapshot:
+            # Touched during the build (no write event): hash the current content again.
+            self.db.put(rec.evolve(state=State.PENDING))
+            self.enqueue(rec, job.priority)
+            return
+        built = MerkleTree(descriptor, tree)
+        verdict = appraise(job.protection, built, self.keyring)
+        if not verdict.ok and job.start > 0 and rec.id is not None:
+            # Resumed from a checkpoint: rule out the saved leaves before blaming the content.
+            log.warning("%s: resumed build does not match; building again from 0", job.path)
+            self.db.delete_checkpoint(rec.id)
+            self.partial.discard(rec.id)
+            self.db.put(rec.evolve(state=State.PENDING, progress=0))
+            self.enqueue(rec, job.priority)
+            return
+        refused = ""
+        in_kernel = False
+        if verdict.ok and self.config.backend == "kernel":
+            try:
+                refused = self._to_kernel(job, descriptor)
+                in_kernel = not refused
+            except FileChangedError as e:
+                self._failed(job, msg.FailureKind.FILE_CHANGED, str(e))
+                return
+            except IntegrityError as e:
+                why = f"kernel fs-verity: {e.message}"
+                verdict = mismatch(job.protection, why, verdict.digest)
+        if verdict.ok and not in_kernel:
+            try:
+                self.store.put(built)
+            except StorageError as e:
+                self._failed(job, msg.FailureKind.STORAGE, str(e))
+                return
+        self.retries.pop(job.path, None)
+        self._settled(rec, verdict, kernelstore.FALLBACK + refused if refused else "")
+
+    def _settled(self, rec: FileRecord, verdict: Verdict, note: str) -> None:
+        """Commit a finished appraisal (READY, or MISMATCH/INVALID with its reason)."""
+        self.metrics["builds_ready" if verdict.ok else "builds_mismatch"] += 1
+        if verdict.ok:
+            new = rec.evolve(
+                state=State.READY,
+                progress=rec.size,
+                error=note,
+                digest=verdict.digest or "",
+                ready_ns=time.time_ns(),
+                recheck=False,
+            )
+        elif verdict.state is VerdictState.MISMATCH and rec.recheck:
+            # A READY file re-hashed after a ctime-only change: written with its mtime put back.
+            why = "content written since protection (ctime changed, content differs)"
+            new = rec.evolve(state=State.STALE, error=why, progress=0, recheck=False)
+        else:
+            new = rec.evolve(
+                state=State(verdict.state), error=verdict.message, progress=rec.size, recheck=False
+            )
+        if rec.id is not None:
+            self.db.delete_checkpoint(rec.id)
+            self.partial.discard(rec.id)
+        self.tracker.apply(rec.path, rec, Decision(new))
+
+    def _worker_died(self, worker: BuildWorker) -> None:
+        job = self._finish(worker)
+        log.warning("worker %d exited", worker.pid)
+        if self.stopping:
+            return
+        if time.monotonic() - worker.started < 1.0:
+            time.sleep(0.5)  # a worker that dies at once would otherwise be respawned in a loop
+        self.on_replaced(worker, self._pool().replace(worker))
+        if job is not None and not job.stopping:
+            self.queue.push(Job(job.path, job.priority, job.attr_fp))
