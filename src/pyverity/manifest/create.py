@@ -15,6 +15,7 @@ manifest is then not published at all (:class:`~pyverity.errors.FileChangedError
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import heapq
 import os
@@ -140,8 +141,6 @@ def _spool(
     spool: IO[bytes],
     on_failure: Callable[[Failed], None] | None,
 ) -> CreateReport:
-    import functools
-
     fds: list[int] = []
     stats = WalkStats()
     counts = {"entries": 0, "files": 0, "symlinks": 0, "bytes": 0, "failures": 0, "changed": 0}
@@ -246,6 +245,6 @@ def create_manifest(
             _publish(out, header, spool, signer)
     except Error:
         raise
-    except OSError as e:
+    except OSError as e:  # the spool or the output directory, not an input
         raise StorageError(f"can't write manifest '{out}': {e.strerror}") from e
     return report
