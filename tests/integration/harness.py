@@ -6,15 +6,26 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pyverity.daemon import client
 from pyverity.errors import StorageError
 from pyverity.store.statedb import FileRecord, StateDB
+from tests.support.polling import wait_until
+from tests.support.protect import TOOL_TIMEOUT, fsverity_digest, protect, setfattr
 
-TOOL_TIMEOUT = 120
+__all__ = [
+    "TOOL_TIMEOUT",
+    "Daemon",
+    "fsverity_digest",
+    "protect",
+    "pyverity",
+    "setfattr",
+    "wait_until",
+    "write_file",
+]
 
 
 class Daemon:
@@ -52,17 +63,19 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        def answers() -> bool:
+            if proc.poll() is not None:
                 raise AssertionError(f"daemon exited: {self.log.read_text()}")
             try:
                 client.request({"op": "metrics"}, state_dir=self.state, timeout=2)
             except StorageError:
-                time.sleep(0.05)
-            else:
-                return self
-        raise AssertionError(f"daemon did not start: {self.log.read_text()}")
+                return False
+            return True
+
+        wait_until(answers, timeout=timeout, interval=0.05, what=f"daemon start\n{self.log}")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -117,60 +130,33 @@ class Daemon:
             return db.get(client.canonical_path(path))
 
     def wait_state(self, path: Path, *states: str, timeout: float = 60) -> FileRecord:
-        deadline = time.monotonic() + timeout
-        rec = None
-        while time.monotonic() < deadline:
+        def reached() -> FileRecord | None:
             rec = self.record(path)
-            if rec is not None and str(rec.state) in states:
-                return rec
-            time.sleep(0.02)
-        raise AssertionError(f"{path} never reached {states}: {rec}\n{self.log.read_text()}")
+            return rec if rec is not None and str(rec.state) in states else None
+
+        try:
+            return wait_until(reached, timeout=timeout)
+        except AssertionError:
+            got = self.record(path)
+            raise AssertionError(
+                f"{path} never reached {states}: {got}\n{self.log.read_text()}"
+            ) from None
 
     def wait_gone(self, path: Path, timeout: float = 5) -> None:
-        deadline = time.monotonic() + timeout
-        while self.record(path) is not None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{path} still has a row: {self.record(path)}")
-            time.sleep(0.02)
+        wait_until(lambda: self.record(path) is None, timeout=timeout, what=f"{path} forgotten")
+
+    def wait_for(
+        self, probe: Callable[[], Any], *, timeout: float = 30, what: str = ""
+    ) -> Any:
+        """:func:`wait_until` with the daemon's log in the message."""
+        try:
+            return wait_until(probe, timeout=timeout, what=what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.log.read_text()}") from None
 
     def cache_entry(self, digest: str) -> Path:
         alg, _, hexd = digest.partition(":")
         return self.cache / "objects" / alg / hexd[:2] / hexd
-
-
-def fsverity_digest(path: Path, out: Path, *opts: str) -> tuple[str, bytes, bytes]:
-    """``fsverity digest`` of ``path``: the digest (``alg:hex``), descriptor and tree."""
-    desc, tree = out / "desc", out / "tree"
-    r = subprocess.run(
-        [
-            "fsverity",
-            "digest",
-            *opts,
-            str(path),
-            f"--out-descriptor={desc}",
-            f"--out-merkle-tree={tree}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=TOOL_TIMEOUT,
-    )
-    return r.stdout.split()[0], desc.read_bytes(), tree.read_bytes()
-
-
-def protect(path: Path, out: Path, *opts: str, ns: str = "user") -> tuple[str, bytes, bytes]:
-    """Write ``path``'s descriptor, as ``fsverity digest`` computes it, with ``setfattr``."""
-    digest, desc, tree = fsverity_digest(path, out, *opts)
-    setfattr(path, f"{ns}.verity", desc)
-    return digest, desc, tree
-
-
-def setfattr(path: Path, name: str, value: bytes) -> None:
-    subprocess.run(
-        ["setfattr", "-n", name, "-v", "0x" + value.hex(), str(path)],
-        check=True,
-        timeout=TOOL_TIMEOUT,
-    )
 
 
 def write_file(path: Path, size: int, *, sparse: bool = False) -> None:

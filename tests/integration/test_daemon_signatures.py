@@ -19,6 +19,7 @@ from pyverity.hashing import compute_digest
 from pyverity.keys import load_signer, sign_v3
 from pyverity.keys.generate import GeneratedKey, generate_key
 from tests.integration.harness import Daemon, fsverity_digest, pyverity, setfattr, write_file
+from tests.support.evmctl import evmctl
 
 MiB = 1 << 20
 
@@ -96,13 +97,7 @@ def test_signed_files(
     assert [line.split()[0] for line in r.stdout.splitlines()] == ["READY", "INVALID", "MISMATCH"]
 
 
-def _evmctl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["evmctl", *args], capture_output=True, text=True, input=stdin, timeout=60, check=False
-    )
-
-
-def test_values_written_by_evmctl(
+def test_values_written_byevmctl(
     make_daemon: Callable[..., Daemon],
     tmp_path: Path,
     keys: tuple[GeneratedKey, GeneratedKey, Path],
@@ -111,12 +106,12 @@ def test_values_written_by_evmctl(
     d = make_daemon("--keyring", str(keyring)).start()
     hashed = d.root / "hashed.bin"
     write_file(hashed, MiB)
-    assert _evmctl("ima_hash", "--xattr-user", "-a", "sha256", str(hashed)).returncode == 0
+    assert evmctl("ima_hash", "--xattr-user", "-a", "sha256", str(hashed)).returncode == 0
     rec = d.wait_state(hashed, "CLASSIC", timeout=10)
     assert rec.kind == "classic"
     signed = d.root / "signed.bin"
     write_file(signed, MiB)
-    r = _evmctl(
+    r = evmctl(
         "ima_sign", "--xattr-user", "-a", "sha256", "--key", str(trusted.key_path), str(signed)
     )
     assert r.returncode == 0, r.stderr
@@ -130,7 +125,7 @@ def test_values_written_by_evmctl(
     write_file(verity, 3 * MiB)
     digest, desc, tree = fsverity_digest(verity, tmp_path)
     fid = file_id_hash(4, bytes.fromhex(digest.split(":")[1]))
-    r = _evmctl(
+    r = evmctl(
         "sign_hash", "-a", "sha256", "--key", str(trusted.key_path), stdin=f"{fid.hex()} x\n"
     )
     assert r.returncode == 0, r.stderr

@@ -1,0 +1,363 @@
+"""The daemon's lifecycle in memory (tests/support/daemon.py): events arrive when the test emits
+them, builds run when it lets them, and every check waits on state (``settle``), not on time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pyverity.daemon import protocol as msg
+from pyverity.fs.watch import Change
+from pyverity.hashing import build_tree
+from tests.support.daemon import DaemonSim
+from tests.support.protect import protect_with_pyverity
+from tests.support.xattrs import require_user_xattrs
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> DaemonSim:
+    require_user_xattrs(tmp_path)
+    return DaemonSim(tmp_path)
+
+
+def _file(sim: DaemonSim, name: str, data: bytes | None = None) -> Path:
+    f = sim.root / name
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(os.urandom(50_000) if data is None else data)
+    return f
+
+
+def _protect(sim: DaemonSim, f: Path) -> bytes:
+    """Protect ``f`` and tell the daemon (IN_ATTRIB); the cache entry it should end with."""
+    tree = protect_with_pyverity(f, ns="user")
+    sim.emit(Change.ATTR, f)
+    return tree.descriptor.to_bytes() + (tree.tree or b"")
+
+
+def _cache_entry(sim: DaemonSim, digest: str) -> bytes:
+    alg, _, hexd = digest.partition(":")
+    return (sim.base / "cache" / "objects" / alg / hexd[:2] / hexd).read_bytes()
+
+
+def _metric(sim: DaemonSim, name: str) -> int:
+    return sim.d.metrics[name]
+
+
+def test_attribute_then_ready_and_cached(sim: DaemonSim) -> None:
+    sim.start()
+    f = _file(sim, "a.bin")
+    entry = _protect(sim, f)
+    sim.settle()
+    rec = sim.record(f)
+    assert rec is not None
+    assert str(rec.state) == "READY"
+    assert rec.kind == "verity"
+    assert _cache_entry(sim, rec.digest) == entry
+    assert sim.request("wait", f)["state"] == "READY"
+
+
+def test_write_makes_stale_chmod_and_touch_do_not_a_new_value_rebuilds(sim: DaemonSim) -> None:
+    sim.start()
+    f = _file(sim, "w.bin")
+    _protect(sim, f)
+    sim.settle()
+    f.chmod(0o600)
+    os.utime(f)
+    sim.emit(Change.ATTR, f)
+    sim.settle()
+    assert sim.state(f) == "READY"  # chmod and touch change nothing
+    with f.open("r+b") as w:
+        w.write(b"changed")
+    sim.emit(Change.WRITE, f)
+    sim.settle()
+    rec = sim.record(f)
+    assert rec is not None
+    assert str(rec.state) == "STALE"
+    assert "written" in rec.error
+    started = _metric(sim, "builds_started")
+    f.chmod(0o644)
+    sim.emit(Change.ATTR, f)
+    sim.settle()
+    assert sim.state(f) == "STALE"  # nothing leaves STALE but a new value or a rebuild
+    assert _metric(sim, "builds_started") == started
+    _protect(sim, f)
+    sim.settle()
+    assert sim.state(f) == "READY"
+
+
+def test_write_during_a_build_cancels_it_and_stays_stale(tmp_path: Path) -> None:
+    require_user_xattrs(tmp_path)
+    sim = DaemonSim(tmp_path, auto=False).start()
+    f = _file(sim, "b.bin", os.urandom(300_000))
+    _protect(sim, f)
+    sim.settle()
+    assert sim.state(f) == "BUILDING"  # handed to the worker, which has not run it yet
+    (worker,) = sim.pool.workers
+    with f.open("r+b") as w:
+        w.write(b"changed")
+    sim.emit(Change.WRITE, f)
+    sim.settle()
+    assert sim.state(f) == "STALE"
+    assert isinstance(worker.inbox[-1], msg.Cancel)
+    assert _metric(sim, "builds_cancelled") == 1
+    worker.run()  # it sees the cancel and stops
+    sim.settle()
+    assert worker.job is None
+    assert sim.state(f) == "STALE"
+    sim.restart()
+    assert sim.state(f) == "STALE"
+    assert _metric(sim, "builds_started") == 0
+
+
+def test_write_while_down_is_stale_and_rebuild_says_mismatch(sim: DaemonSim) -> None:
+    sim.start()
+    f = _file(sim, "down.bin")
+    _protect(sim, f)
+    sim.settle()
+    sim.stop()
+    with f.open("r+b") as w:
+        w.write(b"more")
+    sim.start()
+    assert sim.state(f) == "STALE"
+    assert _metric(sim, "builds_started") == 0
+    reply = sim.request("rebuild", f, wait=True)
+    assert reply["state"] == "MISMATCH"
+
+
+def test_ctime_only_change_while_down_rehashes_and_mtime_put_back_is_stale(
+    sim: DaemonSim,
+) -> None:
+    sim.start()
+    same, written = _file(sim, "same.bin"), _file(sim, "written.bin")
+    _protect(sim, same)
+    _protect(sim, written)
+    sim.settle()
+    sim.stop()
+    same.chmod(0o600)
+    st = written.stat()
+    with written.open("r+b") as w:
+        w.write(b"new bytes, same size")
+    os.utime(written, ns=(st.st_atime_ns, st.st_mtime_ns))
+    sim.start()
+    assert sim.state(same) == "READY"
+    assert _metric(sim, "builds_started") == 2  # both hashed again
+    rec = sim.record(written)
+    assert rec is not None
+    assert str(rec.state) == "STALE"
+    assert "ctime" in rec.error
+
+
+def test_hard_links_share_one_state_and_one_build(sim: DaemonSim) -> None:
+    f = _file(sim, "a.bin")
+    protect_with_pyverity(f, ns="user")
+    os.link(f, sim.root / "b.bin")
+    sim.start()
+    assert sim.state(f) == sim.state(sim.root / "b.bin") == "READY"
+    assert _metric(sim, "builds_started") == 1
+    with (sim.root / "b.bin").open("r+b") as w:
+        w.write(b"x")
+    sim.emit(Change.WRITE, sim.root / "b.bin")
+    sim.settle()
+    assert sim.state(f) == "STALE"
+    (sim.root / "b.bin").unlink()
+    sim.emit(Change.DELETED, sim.root / "b.bin")
+    sim.settle()
+    assert sim.record(sim.root / "b.bin") is None
+    assert sim.state(f) == "STALE"
+
+
+def test_flipped_cache_byte_is_detected_on_first_use_and_rebuilt(sim: DaemonSim) -> None:
+    sim.start()
+    f = _file(sim, "c.bin")
+    entry = _protect(sim, f)
+    sim.settle()
+    rec = sim.record(f)
+    assert rec is not None
+    alg, _, hexd = rec.digest.partition(":")
+    path = sim.base / "cache" / "objects" / alg / hexd[:2] / hexd
+    raw = bytearray(path.read_bytes())
+    raw[256 + 10] ^= 1
+    path.write_bytes(bytes(raw))
+    assert sim.request("build-now", f)["state"] == "READY"
+    assert path.read_bytes() == entry
+    assert _metric(sim, "cache_rejects") == 1
+
+
+def test_none_backend_builds_again_on_first_use_after_restart(tmp_path: Path) -> None:
+    require_user_xattrs(tmp_path)
+    sim = DaemonSim(tmp_path, backend="none").start()
+    f = _file(sim, "n.bin")
+    _protect(sim, f)
+    sim.settle()
+    assert sim.state(f) == "READY"
+    sim.restart()
+    assert _metric(sim, "builds_started") == 0
+    assert sim.request("build-now", f)["state"] == "READY"
+    assert _metric(sim, "builds_started") == 1
+    assert sim.request("build-now", f)["state"] == "READY"
+    assert _metric(sim, "builds_started") == 1  # kept in memory now
+
+
+def test_faults_are_recorded_not_fatal(sim: DaemonSim) -> None:
+    sim.start()
+    bad = _file(sim, "bad.bin")
+    os.setxattr(bad, "user.verity", b"\1" * 256)
+    sim.emit(Change.ATTR, bad)
+    other = _file(sim, "other.bin")
+    desc = build_tree(_file(sim, "src.bin")).descriptor.to_bytes()
+    (sim.root / "src.bin").unlink()
+    os.truncate(other, 50_000)
+    os.setxattr(other, "user.verity", desc)  # right size, other content
+    sim.emit(Change.ATTR, other)
+    fifo = sim.root / "fifo"
+    os.mkfifo(fifo)
+    sim.emit(Change.CREATED, fifo)
+    sim.settle()
+    rec = sim.record(bad)
+    assert rec is not None
+    assert str(rec.state) == "INVALID"
+    assert rec.error
+    rec = sim.record(other)
+    assert rec is not None
+    assert str(rec.state) == "MISMATCH"
+    assert "content" in rec.error
+    assert sim.record(fifo) is None
+
+
+def test_attributes_before_data_end_ready(sim: DaemonSim) -> None:
+    """tar --xattrs: the attribute is set first, then the data is written."""
+    sim.start()
+    data = os.urandom(40_000)
+    staged = _file(sim, "stage.bin", data)
+    desc = build_tree(staged).descriptor.to_bytes()
+    staged.unlink()
+    f = sim.root / "t.bin"
+    f.write_bytes(b"")
+    sim.emit(Change.CREATED, f)
+    os.setxattr(f, "user.verity", desc)
+    sim.emit(Change.ATTR, f)
+    f.write_bytes(data)
+    sim.emit(Change.WRITE, f)
+    sim.emit(Change.CLOSE_WRITE, f)
+    sim.settle()
+    assert sim.state(f) == "READY"
+
+
+def test_first_use_preempts_a_background_build(tmp_path: Path) -> None:
+    require_user_xattrs(tmp_path)
+    sim = DaemonSim(tmp_path, auto=False).start()
+    slow, wanted = _file(sim, "slow.bin"), _file(sim, "wanted.bin")
+    _protect(sim, slow)
+    sim.settle()
+    (worker,) = sim.pool.workers
+    assert worker.job is not None
+    _protect(sim, wanted)
+    sim.settle()
+    caller_reply = {}
+    sim.d.control.handle_request(
+        _Root(caller_reply), {"op": "build-now", "path": str(wanted)}, None
+    )
+    sim.d.step(timeout=0)
+    assert isinstance(worker.inbox[-1], msg.Yield)
+    assert _metric(sim, "builds_preempted") == 1
+    sim.pool.auto = True
+    worker.run()  # yields; then the first use is built, then the background one
+    sim.settle()
+    assert caller_reply["state"] == "READY"
+    assert sim.state(slow) == "READY"
+    assert [s.offset == 0 for s in worker.builds] == [True, True, True]
+
+
+class _Root:
+    """A caller as root whose one reply lands in ``out``."""
+
+    def __init__(self, out: dict[str, object]) -> None:
+        from pyverity.daemon.server import Peer
+
+        self.peer = Peer(os.getpid(), 0, 0)
+        self.closed = False
+        self._out = out
+
+    def reply(self, obj: dict[str, object]) -> None:
+        self._out.update(obj)
+
+
+def test_a_worker_that_dies_is_replaced_and_the_build_done_again(tmp_path: Path) -> None:
+    require_user_xattrs(tmp_path)
+    sim = DaemonSim(tmp_path, auto=False).start()
+    f = _file(sim, "d.bin")
+    _protect(sim, f)
+    sim.settle()
+    (worker,) = sim.pool.workers
+    worker.kill()
+    sim.pool.auto = True
+    sim.settle()
+    (new,) = sim.pool.workers
+    assert new is not worker
+    assert sim.state(f) == "READY"
+
+
+def test_duplicate_rebuilds_are_one_build(tmp_path: Path) -> None:
+    require_user_xattrs(tmp_path)
+    sim = DaemonSim(tmp_path, auto=False).start()
+    f = _file(sim, "r.bin")
+    protect_with_pyverity(f, ns="user")
+    sim.emit(Change.ATTR, f)
+    sim.settle()
+    (worker,) = sim.pool.workers
+    worker.run()
+    sim.settle()
+    assert sim.state(f) == "READY"
+    for _ in range(3):
+        assert sim.request("rebuild", f)["state"] in ("PENDING", "BUILDING")
+    sim.pool.auto = True
+    worker.run()
+    sim.settle()
+    assert sim.state(f) == "READY"
+    assert _metric(sim, "rebuilds_coalesced") == 2
+    assert _metric(sim, "builds_started") == 2
+    assert _metric(sim, "builds_cancelled") == 0
+
+
+def test_rename_within_the_roots_keeps_the_state(sim: DaemonSim) -> None:
+    sim.start()
+    f = _file(sim, "old.bin")
+    _protect(sim, f)
+    sim.settle()
+    new = sim.root / "new.bin"
+    f.rename(new)
+    sim.emit(Change.MOVED_FROM, f, cookie=7)
+    sim.emit(Change.MOVED_TO, new, cookie=7)
+    sim.settle()
+    assert sim.record(f) is None
+    assert sim.state(new) == "READY"
+    assert _metric(sim, "builds_started") == 1
+
+
+def test_overflow_reconciles_everything(sim: DaemonSim) -> None:
+    sim.start()
+    f = _file(sim, "o.bin")
+    protect_with_pyverity(f, ns="user")  # no event: lost in the overflow
+    sim.emit(Change.OVERFLOW, "")
+    sim.settle()
+    assert sim.state(f) == "READY"
+    assert _metric(sim, "rescans") == 2  # start-up and the overflow
+
+
+def test_sync_commits_what_was_done_before_it(sim: DaemonSim) -> None:
+    from pyverity.store.statedb import StateDB
+
+    sim.start()
+    f = _file(sim, "s.bin")
+    _protect(sim, f)
+    sim.settle()
+    with f.open("r+b") as w:
+        w.write(b"x")
+    sim.emit(Change.WRITE, f)
+    assert sim.request("sync")["ok"]
+    with StateDB(sim.base / "state" / "state.db", readonly=True) as db:
+        rec = db.get(str(f))
+    assert rec is not None
+    assert str(rec.state) == "STALE"  # another reader sees it after the reply
