@@ -30,6 +30,10 @@ from pyverity.cli import main
 
 KINDS = ("dir", "fifo", "unreadable", "zero", "random")
 NOT_RANDOM = ("dir", "fifo", "unreadable", "zero")
+#: Directory slots (keyrings, trees): also a directory that cannot be read; an empty
+#: directory is not hostile where it is a valid (empty) tree.
+KEYRING = (*KINDS, "unreadable_dir")
+TREE = ("fifo", "unreadable", "zero", "random", "unreadable_dir")
 TIMEOUT = 10
 _PR_CAPBSET_DROP, _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 24, 1, 2
 
@@ -59,14 +63,14 @@ CASES = [
     Case("log-verify", ["log", "verify", "{X}"]),
     Case("log-pcrs", ["log", "pcrs", "{X}"]),
     Case("log-pcrs-replay", ["log", "pcrs", "--replay", "{X}"]),
-    Case("log-verify-keyring", ["log", "verify", "--keyring", "{X}", "{list}"]),
-    Case("key-list", ["key", "list", "{X}"]),
+    Case("log-verify-keyring", ["log", "verify", "--keyring", "{X}", "{list}"], KEYRING),
+    Case("key-list", ["key", "list", "{X}"], KEYRING),
     Case(
         "key-generate-pass-file",
         ["key", "generate", "--out", "{out}", "--pass-file", "{X}"],
         ("dir", "unreadable", "zero"),  # a FIFO or random bytes are a passphrase
     ),
-    Case("verify-keyring", ["verify", "--keyring", "{X}", "{file}"]),
+    Case("verify-keyring", ["verify", "--keyring", "{X}", "{file}"], KEYRING),
     Case("verify-path", ["verify", "{X}"], NOT_RANDOM, report=True),
     Case("policy-check", ["policy", "check", "{X}"]),
     Case("policy-check-path", ["policy", "check", "{policy}", "{X}"], NOT_RANDOM, report=True),
@@ -103,10 +107,17 @@ CASES = [
         stdin=f"{_ZERO_DIGEST} {{file}} {{sig}}\n",
     ),
     Case("mount-policy", [*_MOUNT, "--policy", "{X}"]),
-    Case("mount-keyring", [*_MOUNT, "--keyring", "{X}"]),
+    Case("mount-keyring", [*_MOUNT, "--keyring", "{X}"], KEYRING),
+    # (root may mount a directory it cannot read: the mount applies the modes to every caller)
+    Case("mount-source", ["mount", "{X}", "{mnt}"], ("fifo", "zero", "random")),
     Case("mount-log", [*_MOUNT, "--policy", "{policy}", "--log", "{X}"]),
     Case("manifest-verify", ["manifest", "verify", "--keyring", "{keyring}", "{X}"]),
-    Case("manifest-verify-keyring", ["manifest", "verify", "--keyring", "{X}", "{file}"]),
+    Case("manifest-verify-keyring", ["manifest", "verify", "--keyring", "{X}", "{file}"], KEYRING),
+    Case(
+        "manifest-create-dir",
+        ["manifest", "create", "-o", "{out}/m2", "--key", "{key}", "{X}"],
+        TREE,
+    ),
     Case("manifest-create-key", ["manifest", "create", "-o", "{out}/m", "--key", "{X}", "{src}"]),
     Case("manifest-apply", ["manifest", "apply", "--keyring", "{keyring}", "{X}", "{src}"]),
 ]
@@ -160,11 +171,16 @@ def world() -> Iterator[dict[str, str]]:
         unreadable = base / "h-unreadable"
         unreadable.write_bytes(os.urandom(4096))
         unreadable.chmod(0)
+        unreadable_dir = base / "h-unreadable-dir"
+        unreadable_dir.mkdir()
+        (unreadable_dir / "c.pem").write_bytes(b"")
         for p in base.rglob("*"):
             if p != unreadable and not stat.S_ISFIFO(p.lstat().st_mode):
                 p.chmod(p.stat().st_mode | 0o755 if p.is_dir() else 0o644)
+        unreadable_dir.chmod(0)
         yield {
             "base": str(base),
+            "unreadable_dir": str(unreadable_dir),
             "key": str(key),
             "cert": str(cert),
             "enckey": str(enckey),
@@ -184,6 +200,8 @@ def world() -> Iterator[dict[str, str]]:
         }
     finally:
         os.environ.pop("PYVERITY_TEST_PASS", None)
+        if os.path.ismount(base / "mnt"):  # a case that mounted after all: fail, but clean up
+            main(["umount", str(base / "mnt")])
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -284,7 +302,7 @@ def test_one_error_line(
 ) -> None:
     argv = [_fill(part, world, kind) for part in case.argv]
     stdin = _fill(case.stdin, world, kind)
-    if kind == "unreadable" and os.geteuid() == 0:
+    if kind.startswith("unreadable") and os.geteuid() == 0:
         rc, out, err = _run_unprivileged(argv, stdin, world)
     else:
         rc, out, err = _run_in_process(argv, stdin, capsys, monkeypatch)
