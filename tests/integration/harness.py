@@ -112,9 +112,36 @@ class Daemon:
     def request(self, req: dict[str, Any], **kw: Any) -> dict[str, Any]:
         return client.request(req, state_dir=self.state, **kw)
 
-    def sync(self) -> None:
-        """Wait until the daemon has handled every event queued before now and committed."""
-        assert self.request({"op": "sync"})["ok"]
+    def sync(self) -> int:
+        """Wait until the daemon has handled every event queued before now and committed;
+        how many builds it has queued (not started)."""
+        reply = self.request({"op": "sync"})
+        assert reply["ok"], reply
+        return int(reply["queued"])
+
+    def wait_log(self, text: str, *, timeout: float = 10) -> str:
+        """Wait until the daemon's log contains ``text``; the log."""
+        return str(
+            self.wait_for(
+                lambda: text in self.log.read_text() and self.log.read_text(),
+                timeout=timeout,
+                what=f"{text!r} in the log",
+            )
+        )
+
+    def wait_progress(self, path: Path, above: int = 0, *, timeout: float = 60) -> FileRecord:
+        """Wait until ``path`` is BUILDING with more than ``above`` bytes hashed (or READY)."""
+
+        def moved() -> FileRecord | None:
+            rec = self.record(path)
+            if rec is None:
+                return None
+            if str(rec.state) == "READY" or (str(rec.state) == "BUILDING" and rec.progress > above):
+                return rec
+            return None
+
+        rec: FileRecord = self.wait_for(moved, timeout=timeout, what=f"{path} hashing past {above}")
+        return rec
 
     def metrics(self) -> dict[str, float]:
         text = self.request({"op": "metrics"})["text"]
@@ -145,9 +172,7 @@ class Daemon:
     def wait_gone(self, path: Path, timeout: float = 5) -> None:
         wait_until(lambda: self.record(path) is None, timeout=timeout, what=f"{path} forgotten")
 
-    def wait_for(
-        self, probe: Callable[[], Any], *, timeout: float = 30, what: str = ""
-    ) -> Any:
+    def wait_for(self, probe: Callable[[], Any], *, timeout: float = 30, what: str = "") -> Any:
         """:func:`wait_until` with the daemon's log in the message."""
         try:
             return wait_until(probe, timeout=timeout, what=what)

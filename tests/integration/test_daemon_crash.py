@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,14 +22,14 @@ KILLS = 3
 def _last_start(d: Daemon, f: Path) -> int:
     """The offset the last build of ``f`` started at, from the daemon's log."""
     pattern = re.compile(re.escape(str(f)) + r": (?:resuming build at|building from) offset (\d+)")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def started() -> list[str] | None:
         found = pattern.findall(d.log.read_text())
-        if len(found) > d.seen_starts:
-            d.seen_starts = len(found)
-            return int(found[-1])
-        time.sleep(0.02)
-    raise AssertionError(d.log.read_text())
+        return found if len(found) > d.seen_starts else None
+
+    found = d.wait_for(started, timeout=10, what="a build start in the log")
+    d.seen_starts = len(found)
+    return int(found[-1])
 
 
 def _crash_loop(d: Daemon, f: Path, rng: random.Random) -> tuple[int, list[int]]:
@@ -41,14 +40,11 @@ def _crash_loop(d: Daemon, f: Path, rng: random.Random) -> tuple[int, list[int]]
         d.start()
         start = _last_start(d, f)
         starts.append(start)
-        # Once a checkpoint of this run is committed, kill at a random moment after it.
-        deadline = time.monotonic() + 30
-        while (rec := d.record(f)) is None or str(rec.state) != "READY":
-            if str(rec.state) == "BUILDING" and rec.progress > start:
-                break
-            assert time.monotonic() < deadline, rec
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
+        # Once a checkpoint of this run is committed, kill at a random point after it: when a
+        # random amount more has been hashed (a position in the data, not a moment in time).
+        rec = d.wait_progress(f, start, timeout=30)
+        if str(rec.state) != "READY":
+            d.wait_progress(f, rec.progress + rng.randrange(0, 48 * MiB), timeout=60)
         rec = d.record(f)
         assert rec is not None
         if str(rec.state) == "READY":  # finished before this kill: nothing left to interrupt
@@ -58,9 +54,7 @@ def _crash_loop(d: Daemon, f: Path, rng: random.Random) -> tuple[int, list[int]]
         assert workers
         d.kill9()
         hashed += rec.progress - start
-        deadline = time.monotonic() + 5
-        while d.workers() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        d.wait_for(lambda: not d.workers(), timeout=5, what="workers to die with the daemon")
         assert not d.workers(), "workers outlived the daemon"
     else:
         d.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,17 +139,16 @@ OPTS = ("--hash-alg=sha512", "--block-size=1024", "--salt=0102")
 def _cut_mid_build(d: Daemon, f: Path) -> int:
     """Start, wait for a committed checkpoint, kill -9; the checkpoint's row id."""
     d.start()
-    deadline = time.monotonic() + 60
-    while True:
+
+    def checkpointed() -> tuple[int, int] | None:
         rec = d.record(f)
         assert rec is not None
         assert str(rec.state) != "READY", "finished before a checkpoint could be cut"
         with sqlite3.connect(f"file:{d.state / 'state.db'}?mode=ro", uri=True) as db:
             row = db.execute("SELECT file_id, offset FROM checkpoints").fetchone()
-        if row is not None and row[1] > 0:
-            break
-        assert time.monotonic() < deadline, d.log.read_text()
-        time.sleep(0.02)
+        return row if row is not None and row[1] > 0 else None
+
+    row = d.wait_for(checkpointed, timeout=60, what="a committed checkpoint")
     d.kill9()
     return int(row[0])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from pyverity.daemon import client
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.hashalg import SHA512
 from pyverity.format.params import TreeParams
-from tests.integration.harness import Daemon, protect, setfattr, write_file
+from tests.integration.harness import Daemon, protect, setfattr, wait_until, write_file
 
 MiB = 1 << 20
 SLOW = ("--hash-alg=sha512", "--block-size=1024")
@@ -47,8 +46,7 @@ def test_killed_worker_is_replaced_and_build_finishes(
     f = d.root / "k.bin"
     write_file(f, 256 * MiB, sparse=True)
     digest, desc, tree = protect(f, tmp_path, *SLOW)
-    d.wait_state(f, "BUILDING")
-    time.sleep(0.3)
+    d.wait_progress(f)
     (pid,) = d.workers()
     os.kill(pid, signal.SIGKILL)
     d.wait_state(f, "READY", timeout=120)
@@ -66,18 +64,14 @@ def test_clean_stop_checkpoints_and_resumes(make_daemon: Callable[..., Daemon]) 
     # (and a made-up root, so the build would end in MISMATCH) is enough.
     desc = Descriptor.for_tree(TreeParams(SHA512, 1024), size, bytes(64))
     setfattr(f, "user.verity", desc.to_bytes())
-    d.wait_state(f, "BUILDING")
-    time.sleep(0.5)
+    d.wait_progress(f)
     d.stop()  # SIGTERM: the running build checkpoints although the interval is 60 s
     rec = d.record(f)
     assert rec is not None
     assert str(rec.state) == "PENDING"
     assert 0 < rec.progress < rec.size
     d.start()
-    deadline = time.monotonic() + 10
-    while f"resuming build at offset {rec.progress}" not in d.log.read_text():
-        assert time.monotonic() < deadline, d.log.read_text()
-        time.sleep(0.05)
+    d.wait_log(f"resuming build at offset {rec.progress}")
 
 
 def test_wiped_cache_is_rebuilt_at_start(
@@ -92,9 +86,7 @@ def test_wiped_cache_is_rebuilt_at_start(
     shutil.rmtree(d.cache / "objects")
     d.start()
     d.wait_state(f, "READY", timeout=30)
-    deadline = time.monotonic() + 10
-    while not d.cache_entry(digest).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    d.wait_for(d.cache_entry(digest).exists, what="the cache entry")
     assert d.cache_entry(digest).read_bytes() == desc + tree
 
 
@@ -127,7 +119,14 @@ def test_mmap_write_without_event_is_stale_on_first_use(
     write_file(f, MiB)
     protect(f, tmp_path)
     d.wait_state(f, "READY")
-    time.sleep(0.05)  # let the mtime tick
+    mtime = f.stat().st_mtime_ns
+    probe = tmp_path / "tick"
+
+    def ticked() -> bool:  # the kernel stamps mtime from a coarse clock
+        probe.write_bytes(b"")
+        return probe.stat().st_mtime_ns > mtime
+
+    wait_until(ticked, what="a write to get another mtime stamp")
     with f.open("r+b") as fh, mmap.mmap(fh.fileno(), 0) as m:
         m[0:4] = b"MMAP"  # no IN_MODIFY for writes through a mapping
         m.flush()

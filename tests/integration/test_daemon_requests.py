@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,11 +21,7 @@ NOBODY = 65534
 
 
 def _building(d: Daemon, f: Path) -> None:
-    d.wait_state(f, "BUILDING")
-    deadline = time.monotonic() + 30
-    while (rec := d.record(f)) is not None and rec.progress == 0:
-        assert time.monotonic() < deadline, rec
-        time.sleep(0.02)
+    assert str(d.wait_progress(f).state) == "BUILDING"
 
 
 def test_rebuild_of_a_missing_path_says_so(make_daemon: Callable[..., Daemon]) -> None:

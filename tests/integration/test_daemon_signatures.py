@@ -166,10 +166,7 @@ def test_first_use_jumps_two_busy_workers(
     assert set(states) <= {"BUILDING", "PENDING"}, states  # the big builds are not done
     assert d.metrics()["pyverity_builds_preempted_total"] >= 1
     # The build that yielded resumes from its checkpoint.
-    deadline = time.monotonic() + 10
-    while "resuming build at offset" not in d.log.read_text():
-        assert time.monotonic() < deadline, d.log.read_text()
-        time.sleep(0.05)
+    d.wait_log("resuming build at offset")
 
 
 def test_enable_wait(make_daemon: Callable[..., Daemon]) -> None:
