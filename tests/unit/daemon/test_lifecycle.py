@@ -6,6 +6,7 @@ from pyverity.daemon.lifecycle import Cause, Observation, on_observe, on_write
 from pyverity.daemon.protection import Declared
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
+from pyverity.fs.openfile import FileIdentity
 from pyverity.protect import parse_protection
 from pyverity.store.statedb import FileRecord, State
 
@@ -20,14 +21,14 @@ def _declared(desc: Descriptor | None) -> Declared:
 
 VALUES = _declared(DESC)
 NONE = _declared(None)
-SNAP = (1, 2, 100, 5)
+SNAP = FileIdentity((1, 2, 100, 5))
 
 
-def _obs(values: Declared = VALUES, snap: tuple[int, int, int, int] = SNAP) -> Observation:
+def _obs(values: Declared = VALUES, snap: FileIdentity = SNAP) -> Observation:
     return Observation("/r/f", snap, values)
 
 
-def _rec(state: State, snap: tuple[int, int, int, int] = SNAP) -> FileRecord:
+def _rec(state: State, snap: FileIdentity = SNAP) -> FileRecord:
     return FileRecord("/r/f", state, *snap, attr_fp=VALUES.fingerprint, id=1)
 
 
@@ -147,3 +148,42 @@ def test_attributes_removed_deletes_row() -> None:
     assert d.record is None
     assert d.cancel
     assert on_observe(None, _obs(NONE), Cause.ATTR) is None
+
+
+@pytest.mark.parametrize(
+    ("state", "after", "recheck"),
+    [(State.READY, State.PENDING, True), (State.MISMATCH, State.PENDING, False)],
+)
+def test_ctime_only_change_at_a_scan_rehashes(state: State, after: State, recheck: bool) -> None:
+    rec = _rec(state).evolve(ctime_ns=10)
+    d = on_observe(rec, Observation("/r/f", SNAP, VALUES, 11), Cause.SCAN)
+    assert d is not None
+    assert d.build
+    assert d.cancel
+    assert d.record is not None
+    assert (d.record.state, d.record.recheck, d.record.ctime_ns) == (after, recheck, 11)
+
+
+@pytest.mark.parametrize("cause", [Cause.ATTR, Cause.APPEARED])
+def test_ctime_change_explained_by_an_event_is_only_recorded(cause: Cause) -> None:
+    rec = _rec(State.READY).evolve(ctime_ns=10)
+    d = on_observe(rec, Observation("/r/f", SNAP, VALUES, 11), cause)
+    assert d is not None
+    assert not d.build
+    assert d.record is not None
+    assert (d.record.state, d.record.ctime_ns) == (State.READY, 11)
+
+
+def test_unknown_ctime_is_adopted_and_stale_stays_stale() -> None:
+    migrated = _rec(State.READY)  # ctime 0: a schema-1 row
+    d = on_observe(migrated, Observation("/r/f", SNAP, VALUES, 11), Cause.SCAN)
+    assert d is not None
+    assert not d.build
+    assert d.record is not None
+    assert d.record.ctime_ns == 11
+    stale = _rec(State.STALE).evolve(ctime_ns=10)
+    d = on_observe(stale, Observation("/r/f", SNAP, VALUES, 11), Cause.SCAN)
+    assert d is not None
+    assert d.record is not None
+    assert d.record.state is State.STALE
+    assert not d.build
