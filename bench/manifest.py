@@ -32,6 +32,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyverity.fs.openfile import FileRef
 
 PYVERITY = [sys.executable, "-m", "pyverity.cli"]
 
@@ -208,12 +212,11 @@ def _pass(kind: str, tree: str, jobs: int) -> None:
             raise SystemExit(f"{out.path}: {out.failure.message}")
 
 
-def _sha256(path: str) -> bytes:
+def _sha256(path: FileRef) -> bytes:
     from pyverity.format.ima import algo_by_name
-    from pyverity.fs.openfile import open_regular
     from pyverity.protect.sign import whole_file_hash
 
-    fd = open_regular(path)
+    fd = path.open()
     try:
         return whole_file_hash(fd, algo_by_name("sha256"))
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -174,12 +175,20 @@ def _kernel_enable(hashed: HashedFile, *, quiet: bool, signature: bytes = b"") -
 
     Returns the exit code (0, or the error's after printing it).
     """
-    from pyverity.store.kernel import enable
+    from pyverity.store.kernel import enable_fd
 
     try:
-        verity = enable(
-            hashed.path, hashed.descriptor, unchanged_since=hashed.identity, signature=signature
-        )
+        fd = hashed.open()  # as it was hashed: beneath its walk root for -r
+        try:
+            verity = enable_fd(
+                fd,
+                hashed.descriptor,
+                label=hashed.path,
+                unchanged_since=hashed.identity,
+                signature=signature,
+            )
+        finally:
+            os.close(fd)
     except Error as e:
         print_failure(hashed.path, e.message, e.remedy)
         return e.exit_code

@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
 def _hash_with_outputs(args: argparse.Namespace) -> HashedFile | None:
     """``--out-merkle-tree``/``--out-descriptor``: hash the one FILE keeping its tree, write
     them (as ``fsverity sign`` does) and return what signing then uses."""
-    from pyverity.fs.openfile import identity, open_regular
+    from pyverity.fs.openfile import FileRef, identity
     from pyverity.hashing import build_tree
     from pyverity.keys.generate import publish_file
     from pyverity.protect.sign import HashedFile
@@ -179,8 +179,8 @@ def _hash_with_outputs(args: argparse.Namespace) -> HashedFile | None:
         raise UsageError("--out-merkle-tree and --out-descriptor do not apply to --imasig")
     if len(args.paths) != 1 or args.recursive:
         raise UsageError("--out-merkle-tree and --out-descriptor take exactly one FILE")
-    path = args.paths[0]
-    fd = open_regular(path)
+    ref = FileRef(None, args.paths[0])  # named: O_NOFOLLOW, as every batch command
+    fd = ref.open()
     try:
         before = identity(os.fstat(fd))
         tree = build_tree(fd, tree_params_of(args), keep_tree=args.out_merkle_tree is not None)
@@ -190,18 +190,19 @@ def _hash_with_outputs(args: argparse.Namespace) -> HashedFile | None:
         publish_file(Path(args.out_merkle_tree), tree.tree or b"", overwrite=True)
     if args.out_descriptor is not None:
         publish_file(Path(args.out_descriptor), tree.descriptor.to_bytes(), overwrite=True)
-    return HashedFile(os.fsdecode(path), before, tree.descriptor)
+    return HashedFile(ref.path, before, tree.descriptor, ref)
 
 
 def _builtin(args: argparse.Namespace, signer: Signer, hashed: HashedFile | None) -> int:
     from pyverity.format.formatted_digest import FormattedDigest
+    from pyverity.fs.openfile import FileRef
     from pyverity.keys.builtin import builtin_signature
     from pyverity.keys.generate import publish_file
     from pyverity.protect.sign import hash_file
 
     path = args.paths[0]
     if hashed is None:
-        hashed = hash_file(path, tree_params_of(args), jobs=args.jobs)
+        hashed = hash_file(FileRef(None, path), tree_params_of(args), jobs=args.jobs)
     desc = hashed.descriptor
     formatted = FormattedDigest(desc.hash_algorithm, desc.digest())
     cert = signer.certificate
@@ -221,14 +222,14 @@ def _imasig(args: argparse.Namespace, signer: Signer, ns: str) -> int:
     files = expand_paths(args.paths, recursive=args.recursive)
     progress = Progress(len(files), "sign", enabled=args.recursive)
     worst = 0
-    for path in files:
+    for ref in files:
         try:
-            done = imasign_file(path, signer, alg, namespace=ns, write=not args.sigfile)
+            done = imasign_file(ref, signer, alg, namespace=ns, write=not args.sigfile)
             assert done.signature is not None  # noqa: S101
             if args.sigfile:
-                _write_sigfile(path, done.signature.to_bytes())
+                _write_sigfile(ref.path, done.signature.to_bytes())
         except Error as e:
-            print_failure(path, e.message, e.remedy)
+            print_failure(ref.path, e.message, e.remedy)
             worst = max(worst, e.exit_code)
             progress.failed += 1
         progress.done += 1

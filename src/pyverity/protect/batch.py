@@ -9,15 +9,14 @@ never stops the others: it comes back as a :class:`Failure`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Generic, TypeVar
 
 from pyverity.errors import Error, FileChangedError, InputError, Reason
 from pyverity.format.descriptor import Descriptor
-from pyverity.fs.openfile import open_regular
+from pyverity.fs.openfile import FileRef, open_target
 from pyverity.protect.attrs import (
     InvalidProtectionError,
     Protection,
@@ -26,9 +25,19 @@ from pyverity.protect.attrs import (
 )
 from pyverity.protect.gate import classic_hash_algo, compute
 
-__all__ = ["Failure", "Measured", "Outcome", "expand_paths", "map_files", "measure_file"]
+__all__ = [
+    "Failure",
+    "FileRef",
+    "Measured",
+    "Outcome",
+    "expand_paths",
+    "map_files",
+    "measure_file",
+]
 
 T = TypeVar("T")
+#: What a worker function is given: a path (the Python API's) or a :class:`FileRef` (the CLI's).
+P = TypeVar("P", str, FileRef)
 
 
 @dataclass(frozen=True)
@@ -50,22 +59,27 @@ class Outcome(Generic[T]):
     failure: Failure | None
 
 
-def _guard(fn: Callable[[str], T], path: str) -> Outcome[T]:
+def _name(target: str | FileRef) -> str:
+    return target.path if isinstance(target, FileRef) else target
+
+
+def _guard(fn: Callable[[P], T], target: P) -> Outcome[T]:
     try:
-        return Outcome(path, fn(path), None)
+        return Outcome(_name(target), fn(target), None)
     except Error as e:
         failure = Failure(e.message, e.remedy, type(e).__name__, e.exit_code, e.reason)
-        return Outcome(path, None, failure)
+        return Outcome(_name(target), None, failure)
 
 
 def map_files(
-    fn: Callable[[str], T],
-    paths: list[str],
+    fn: Callable[[P], T],
+    paths: Sequence[P],
     *,
     jobs: int | None = None,
     on_done: Callable[[Outcome[T]], None] | None = None,
 ) -> Iterator[Outcome[T]]:
-    """Apply picklable ``fn`` to each path, in ``jobs`` processes (default: CPUs; 1 = inline).
+    """Apply picklable ``fn`` to each path or :class:`FileRef`, in ``jobs`` processes (default:
+    CPUs; 1 = inline). A worker opens a :class:`FileRef` itself, beneath its root.
 
     Outcomes are yielded in the order of ``paths``; ``on_done`` sees each as it completes.
     """
@@ -108,38 +122,42 @@ def map_files(
                 next_index += 1
 
 
-def expand_paths(paths: Iterable[str], *, recursive: bool) -> list[str]:
-    """The files named: with ``recursive``, regular files under directories (sorted), walked
-    through descriptors beneath each directory named, never following a symlink (a symlinked
-    directory inside is not descended; a symlink named with ``recursive`` is refused);
-    without, paths as given (a directory then fails when opened)."""
+def expand_paths(paths: Iterable[str], *, recursive: bool) -> list[FileRef]:
+    """The files named, as :class:`FileRef`: with ``recursive``, regular files under
+    directories (sorted), walked through descriptors beneath each directory named, never
+    following a symlink (a symlinked directory inside is not descended; a symlink named with
+    ``recursive`` is refused), each opened later beneath that directory (a directory swapped
+    for a symlink after the listing is refused then); without, paths as given, opened with
+    ``O_NOFOLLOW`` on the last component (a directory then fails when opened)."""
     import stat
 
     from pyverity.fs import beneath
 
-    out: list[str] = []
+    out: list[FileRef] = []
     for p in paths:
         if not recursive:
-            out.append(p)
+            out.append(FileRef(None, p))
             continue
         try:
             fd = os.open(p, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
-            out.append(p)  # fails when opened, with its reason
+            out.append(FileRef(None, p))  # fails when opened, with its reason
             continue
         try:
-            mode = os.fstat(fd).st_mode
+            st = os.fstat(fd)
+            mode = st.st_mode
             if stat.S_ISLNK(mode):
                 raise InputError(
                     f"'{p}' is a symbolic link: -r walks trees without following symlinks",
                     remedy="name the directory it points to",
                 )
             if not stat.S_ISDIR(mode):
-                out.append(p)
+                out.append(FileRef(None, p))
                 continue
+            root_id = (st.st_dev, st.st_ino)
             try:
                 out.extend(
-                    str(Path(p) / rel) for rel, is_dir in beneath.walk_tree(fd) if not is_dir
+                    FileRef(p, rel, root_id) for rel, is_dir in beneath.walk_tree(fd) if not is_dir
                 )
             except OSError as e:
                 raise beneath.input_error(e, p) from e
@@ -158,10 +176,13 @@ class Measured:
     computed: Descriptor | bytes | None
 
 
-def measure_file(path: str, namespace: str = "security", jobs: int | None = 1) -> Measured:
-    """Open ``path`` once, read and check its attributes, hash its content as they say
-    (:func:`~pyverity.protect.gate.compute`); the parent judges it with the keyring."""
-    fd = open_regular(path)
+def measure_file(
+    path: str | FileRef, namespace: str = "security", jobs: int | None = 1
+) -> Measured:
+    """Open ``path`` once (:func:`~pyverity.fs.openfile.open_target`), read and check its
+    attributes, hash its content as they say (:func:`~pyverity.protect.gate.compute`); the
+    parent judges it with the keyring."""
+    fd = open_target(path)
     try:
         try:
             protection = read_protection(fd, namespace)
@@ -177,6 +198,6 @@ def measure_file(path: str, namespace: str = "security", jobs: int | None = 1) -
     except FileChangedError:
         raise
     except OSError as e:  # pragma: no cover - open_regular and the builders wrap OSError
-        raise InputError(f"can't read '{path}': {e.strerror}") from e
+        raise InputError(f"can't read '{_name(path)}': {e.strerror}") from e
     finally:
         os.close(fd)

@@ -26,7 +26,7 @@ from pyverity.errors import FileChangedError, StorageError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.ima import ImaSignature, KernelHashAlgo, XattrType
 from pyverity.format.params import TreeParams
-from pyverity.fs.openfile import identity, open_regular
+from pyverity.fs.openfile import FileIdentity, FileRef, identity, open_target
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr, remove_attr, set_attr
 from pyverity.hashing import MerkleTree, build_tree
 from pyverity.hashing.progress import CancelCheck, ProgressFn
@@ -57,8 +57,14 @@ class HashedFile:
     worker processes can hash and the parent, which holds the key, can sign and write)."""
 
     path: str
-    identity: tuple[int, int, int, int]
+    identity: FileIdentity
     descriptor: Descriptor
+    #: How to open the file again to write (a walked file beneath its root); None: ``path``.
+    source: FileRef | None = None
+
+    def open(self) -> int:
+        """The file opened again, as it was opened to be hashed."""
+        return open_target(self.source if self.source is not None else self.path)
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ def write_protection(
         set_attr(fd, attr_name(namespace, IMA_SUFFIX), signature)
 
 
-def _check_unchanged(fd: int, before: tuple[int, int, int, int]) -> None:
+def _check_unchanged(fd: int, before: FileIdentity) -> None:
     if identity(os.fstat(fd)) != before:
         raise FileChangedError("file changed while it was being signed; nothing written")
 
@@ -137,16 +143,21 @@ def _restore(fd: int, name: str, old: bytes | None) -> None:
         logger.warning("could not restore %s after a failed signature write", name)
 
 
+def _label(path: str | os.PathLike[str] | FileRef) -> str:
+    return path.path if isinstance(path, FileRef) else os.fsdecode(path)
+
+
 def hash_file(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | FileRef,
     params: TreeParams | None = None,
     *,
     jobs: int | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelCheck | None = None,
 ) -> HashedFile:
-    """Open ``path`` (regular files only) and compute its descriptor; no key needed."""
-    fd = open_regular(path)
+    """Open ``path`` (regular files only; a :class:`FileRef` beneath its root) and compute its
+    descriptor; no key needed."""
+    fd = open_target(path)
     try:
         before = identity(os.fstat(fd))
         tree, _ = verity_values(
@@ -154,7 +165,8 @@ def hash_file(
         )
     finally:
         os.close(fd)
-    return HashedFile(os.fsdecode(path), before, tree.descriptor)
+    source = path if isinstance(path, FileRef) else None
+    return HashedFile(_label(path), before, tree.descriptor, source)
 
 
 def write_hashed(
@@ -171,7 +183,7 @@ def write_hashed(
         from pyverity.keys.signer import sign_v3
 
         sig = sign_v3(signer, d.hash_algorithm, d.digest())
-    fd = open_regular(hashed.path)
+    fd = hashed.open()
     try:
         _check_unchanged(fd, hashed.identity)
         verity_name = attr_name(namespace, VERITY_SUFFIX)
@@ -194,7 +206,7 @@ def write_hashed(
 
 
 def sign_file(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | FileRef,
     signer: Signer,
     params: TreeParams | None = None,
     *,
@@ -209,7 +221,7 @@ def sign_file(
 
 
 def enable_file(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | FileRef,
     params: TreeParams | None = None,
     *,
     namespace: str = "security",
@@ -223,7 +235,7 @@ def enable_file(
 
 
 def imasign_file(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | FileRef,
     signer: Signer,
     alg: KernelHashAlgo,
     *,
@@ -237,7 +249,7 @@ def imasign_file(
     """
     from pyverity.keys.signer import sign_v2
 
-    fd = open_regular(path)
+    fd = open_target(path)
     try:
         before = identity(os.fstat(fd))
         digest = whole_file_hash(fd, alg, progress)
@@ -248,4 +260,4 @@ def imasign_file(
             write_protection(fd, namespace, None, sig.to_bytes())
     finally:
         os.close(fd)
-    return SignedFile(os.fsdecode(path), None, sig, digest)
+    return SignedFile(_label(path), None, sig, digest)

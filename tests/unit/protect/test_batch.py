@@ -43,8 +43,9 @@ def test_expand_paths(tmp_path: Path) -> None:
     (tmp_path / "d" / "e" / "a").write_bytes(b"")
     (tmp_path / "d" / "link").symlink_to(tmp_path / "d" / "b")
     files = expand_paths([str(tmp_path / "d")], recursive=True)
-    assert files == [str(tmp_path / "d" / "b"), str(tmp_path / "d" / "e" / "a")]
-    assert expand_paths([str(tmp_path / "d")], recursive=False) == [str(tmp_path / "d")]
+    assert [f.path for f in files] == [str(tmp_path / "d" / "b"), str(tmp_path / "d" / "e" / "a")]
+    named = expand_paths([str(tmp_path / "d")], recursive=False)
+    assert [(f.root, f.path) for f in named] == [(None, str(tmp_path / "d"))]
 
 
 def test_measure_file_kinds(tmp_path: Path) -> None:

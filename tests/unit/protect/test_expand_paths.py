@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pyverity.errors import InputError
+from pyverity.fs.openfile import FileRef
 from pyverity.protect.batch import expand_paths
 
 
@@ -20,7 +21,9 @@ def test_symlinked_directory_inside_is_not_descended(tmp_path: Path) -> None:
     (tree / "z").write_bytes(b"")
     (tree / "out").symlink_to(outside)  # a directory swapped for a symlink, say
     (tree / "flink").symlink_to(tree / "z")
-    assert expand_paths([str(tree)], recursive=True) == [str(tree / "z"), str(tree / "sub" / "f")]
+    refs = expand_paths([str(tree)], recursive=True)
+    assert [r.path for r in refs] == [str(tree / "z"), str(tree / "sub" / "f")]
+    assert {(r.root, r.rel) for r in refs} == {(str(tree), "z"), (str(tree), "sub/f")}
 
 
 def test_symlink_named_with_recursive_is_refused(tmp_path: Path) -> None:
@@ -30,5 +33,9 @@ def test_symlink_named_with_recursive_is_refused(tmp_path: Path) -> None:
         expand_paths([str(tmp_path / "link")], recursive=True)
     assert "\n" not in str(e.value)
     # Without -r a path is taken as given; a missing one fails later, when opened.
-    assert expand_paths([str(tmp_path / "link")], recursive=False) == [str(tmp_path / "link")]
-    assert expand_paths([str(tmp_path / "nope")], recursive=True) == [str(tmp_path / "nope")]
+    assert expand_paths([str(tmp_path / "link")], recursive=False) == [
+        FileRef(None, str(tmp_path / "link"))
+    ]
+    assert expand_paths([str(tmp_path / "nope")], recursive=True) == [
+        FileRef(None, str(tmp_path / "nope"))
+    ]
