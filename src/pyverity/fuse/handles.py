@@ -7,7 +7,8 @@ import os
 import threading
 from dataclasses import dataclass
 
-from pyverity.reader.file import VerifiedRawIO, pread_full
+from pyverity.fs.readexact import pread_exact_into
+from pyverity.reader.file import VerifiedRawIO
 
 __all__ = ["Handle", "HandleTable", "InodeKey"]
 
@@ -38,7 +39,7 @@ class Handle:
         """Like :meth:`read`, into ``buffer``; returns the number of bytes (verified ones)."""
         if self.verified is not None:
             return self.verified.pread_into(buffer, offset)
-        return pread_full(self.fd, buffer, offset)
+        return pread_exact_into(self.fd, buffer, offset)
 
     def close(self) -> None:
         if self.verified is not None:

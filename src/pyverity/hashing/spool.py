@@ -14,6 +14,7 @@ import tempfile
 
 from pyverity.errors import StorageError
 from pyverity.format.params import TreeParams
+from pyverity.fs.readexact import pread_exact
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.result import MerkleTree
 
@@ -46,19 +47,10 @@ class SpoolingFolder(TreeFolder):
         return MerkleTree(result.descriptor, tree)
 
     def _read_back(self) -> bytes:
-        fd = self._file.fileno()
-        tree = os.pread(fd, self._tree_size, 0)
-        if len(tree) == self._tree_size:
-            return tree
-        parts = [tree]  # reads are capped near 2 GiB: gather the rest
-        done = len(tree)
-        while done < self._tree_size:
-            part = os.pread(fd, self._tree_size - done, done)
-            if not part:
-                raise StorageError("the temporary tree file is shorter than the tree")
-            parts.append(part)
-            done += len(part)
-        return b"".join(parts)
+        tree = pread_exact(self._file.fileno(), self._tree_size, 0)  # reads cap near 2 GiB
+        if len(tree) != self._tree_size:
+            raise StorageError("the temporary tree file is shorter than the tree")
+        return tree
 
     def close(self) -> None:
         self._file.close()

@@ -14,6 +14,7 @@ from pyverity.errors import FileChangedError, FormatError
 from pyverity.format.ima import KernelHashAlgo
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import identity
+from pyverity.fs.readexact import pread_exact
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.result import MerkleTree
 from pyverity.hashing.runhash import run_hasher
@@ -21,18 +22,6 @@ from pyverity.hashing.runhash import run_hasher
 __all__ = ["hash_and_tree"]
 
 _CHUNK = 4 << 20
-
-
-def _fill(fd: int, want: int, offset: int) -> bytes:
-    parts: list[bytes] = []
-    got = 0
-    while got < want:
-        data = os.pread(fd, want - got, offset + got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)
 
 
 def hash_and_tree(
@@ -50,7 +39,7 @@ def hash_and_tree(
     chunk = max(bs, _CHUNK - _CHUNK % bs)
     offset = 0
     while True:
-        data = _fill(fd, chunk, offset)
+        data = pread_exact(fd, chunk, offset)
         if not data:
             break
         whole.update(data)

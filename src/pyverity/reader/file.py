@@ -14,10 +14,11 @@ import os
 from collections.abc import Callable
 
 from pyverity.format.descriptor import Descriptor
+from pyverity.fs.readexact import pread_exact, pread_exact_into
 from pyverity.hashing.result import FileDigest
 from pyverity.reader.verifier import BlockVerifier
 
-__all__ = ["DEFAULT_CHUNK", "VerifiedRawIO", "pread_full"]
+__all__ = ["DEFAULT_CHUNK", "VerifiedRawIO"]
 
 #: Largest span read and verified in one go (bounds the private buffer of one call).
 DEFAULT_CHUNK = 8 << 20
@@ -192,7 +193,7 @@ class VerifiedRawIO(io.RawIOBase):
             return len(data)
         view = buffer[:span]
         try:
-            got = pread_full(self._fd, view, offset)
+            got = pread_exact_into(self._fd, view, offset)
             if got < span:
                 view[got:] = bytes(span - got)  # the tail beyond EOF must hash as zeros
             self._verifier.verify_blocks(offset // bs, view)
@@ -210,28 +211,7 @@ class VerifiedRawIO(io.RawIOBase):
         bs = self._bs
         want = count * bs
         base = first * bs
-        data = os.pread(self._fd, want, base)
+        data = pread_exact(self._fd, want, base)
         if len(data) < want:
-            parts = [data]
-            got = len(data)
-            while got < want:
-                more = os.pread(self._fd, want - got, base + got)
-                if not more:
-                    break
-                parts.append(more)
-                got += len(more)
-            parts.append(bytes(want - got))
-            data = b"".join(parts)
+            data += bytes(want - len(data))
         return data
-
-
-def pread_full(fd: int, buffer: memoryview, offset: int) -> int:
-    """``preadv`` into ``buffer`` until it is full or the file ends; returns the bytes read."""
-    got = 0
-    size = len(buffer)
-    while got < size:
-        n = os.preadv(fd, [buffer[got:]], offset + got)
-        if n == 0:
-            break
-        got += n
-    return got

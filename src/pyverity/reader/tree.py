@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+from pyverity.fs.readexact import pread_exact
+
 __all__ = ["FileTree", "MemoryTree", "TreeSource"]
 
 
@@ -45,13 +47,7 @@ class FileTree:
         self._closefd = closefd
 
     def read(self, offset: int, length: int) -> bytes:
-        out = bytearray()
-        while len(out) < length:
-            chunk = os.pread(self._fd, length - len(out), self._base + offset + len(out))
-            if not chunk:
-                break
-            out += chunk
-        return bytes(out)
+        return pread_exact(self._fd, length, self._base + offset)
 
     def close(self) -> None:
         if self._closefd and self._fd >= 0:
