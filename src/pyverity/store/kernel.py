@@ -30,7 +30,7 @@ from pyverity.errors import Error, FileChangedError, FormatError, IntegrityError
 from pyverity.format import hashalg
 from pyverity.format.descriptor import Descriptor
 from pyverity.fs import ioctl
-from pyverity.fs.openfile import identity, open_regular
+from pyverity.fs.openfile import FileIdentity, identity, open_regular
 from pyverity.hashing import build_tree
 from pyverity.hashing.result import FileDigest, MerkleTree
 
@@ -122,7 +122,7 @@ def enable(
     path: str | os.PathLike[str],
     descriptor: Descriptor,
     *,
-    unchanged_since: tuple[int, int, int, int] | None = None,
+    unchanged_since: FileIdentity | None = None,
     signature: bytes = b"",
 ) -> KernelVerity:
     """Enable fs-verity on ``path`` with ``descriptor``'s parameters; return what the kernel says.
@@ -153,7 +153,7 @@ def enable_fd(
     descriptor: Descriptor,
     *,
     label: str,
-    unchanged_since: tuple[int, int, int, int] | None = None,
+    unchanged_since: FileIdentity | None = None,
     signature: bytes = b"",
 ) -> KernelVerity:
     """:func:`enable` on a file the caller opened read-only (e.g. beneath a root, no symlinks)."""
@@ -201,7 +201,7 @@ def enable_fd(
 
 
 def _check_still_described(
-    fd: int, label: str, descriptor: Descriptor, unchanged_since: tuple[int, int, int, int] | None
+    fd: int, label: str, descriptor: Descriptor, unchanged_since: FileIdentity | None
 ) -> None:
     st = os.fstat(fd)
     if st.st_size != descriptor.data_size:
