@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "build_tree": "pyverity.hashing.api",
     "compute_digest": "pyverity.hashing.api",
-    "FileDigest": "pyverity.hashing.result",
-    "MerkleTree": "pyverity.hashing.result",
+    "FileDigest": "pyverity.format.digest",
+    "MerkleTree": "pyverity.format.merkletree",
     "TreeParams": "pyverity.format.params",
     "Descriptor": "pyverity.format.descriptor",
     "Error": "pyverity.errors",
@@ -42,11 +42,11 @@ _LAZY = {
 if TYPE_CHECKING:
     from pyverity.errors import Error as Error
     from pyverity.format.descriptor import Descriptor as Descriptor
+    from pyverity.format.digest import FileDigest as FileDigest
+    from pyverity.format.merkletree import MerkleTree as MerkleTree
     from pyverity.format.params import TreeParams as TreeParams
     from pyverity.hashing.api import build_tree as build_tree
     from pyverity.hashing.api import compute_digest as compute_digest
-    from pyverity.hashing.result import FileDigest as FileDigest
-    from pyverity.hashing.result import MerkleTree as MerkleTree
     from pyverity.keys.generate import generate_key as generate_key
     from pyverity.keys.keyring import Keyring as Keyring
     from pyverity.keys.signer import load_signer as load_signer

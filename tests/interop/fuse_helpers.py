@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
-from pyverity.hashing.result import MerkleTree
 from tests.unit.reader import helpers as reader_helpers
 from tests.unit.reader.helpers import flip
 

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyverity.format.hashalg import SHA256, SHA512
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.hashing.fast import FastOptions, build_fast
 from pyverity.hashing.reference import build_from_stream
-from pyverity.hashing.result import MerkleTree
 from pyverity.hashing.runhash import uses_accelerator
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

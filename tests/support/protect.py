@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.xattr import attr_name, set_attr
 from pyverity.hashing import build_tree
-from pyverity.hashing.result import MerkleTree
 
 __all__ = ["TOOL_TIMEOUT", "fsverity_digest", "protect", "protect_with_pyverity", "setfattr"]
 

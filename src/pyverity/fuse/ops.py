@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pyverity.errors import Error, FileChangedError
+from pyverity.format.merkletree import MerkleTree
 from pyverity.fs.access import (
     Credentials,
     acting_as,
@@ -55,7 +56,6 @@ from pyverity.fuse.verity_ioctl import (
     write_measure,
 )
 from pyverity.hashing.api import build_tree
-from pyverity.hashing.result import MerkleTree
 from pyverity.protect.attrs import fingerprint
 from pyverity.reader.api import open_fd
 from pyverity.reader.opening import VerityOpenError

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pyverity.errors import IntegrityError
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.hashing.blockhash import block_hasher
-from pyverity.hashing.result import MerkleTree
 
 __all__ = ["TreeFolder"]
 

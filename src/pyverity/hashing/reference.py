@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from pyverity.errors import FileChangedError
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.hashing.blockhash import block_hasher
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.progress import CancelCheck, ProgressFn, check_cancel
-from pyverity.hashing.result import MerkleTree
 
 __all__ = ["build_from_stream"]
 

@@ -13,10 +13,10 @@ import os
 import tempfile
 
 from pyverity.errors import StorageError
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.readexact import pread_exact
 from pyverity.hashing.folder import TreeFolder
-from pyverity.hashing.result import MerkleTree
 
 __all__ = ["SpoolingFolder"]
 

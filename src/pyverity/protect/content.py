@@ -12,11 +12,11 @@ import os
 
 from pyverity.errors import FileChangedError, FormatError
 from pyverity.format.ima import KernelHashAlgo
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import identity
 from pyverity.fs.readexact import pread_exact
 from pyverity.hashing.folder import TreeFolder
-from pyverity.hashing.result import MerkleTree
 from pyverity.hashing.runhash import run_hasher
 
 __all__ = ["hash_and_tree"]

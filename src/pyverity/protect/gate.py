@@ -44,8 +44,8 @@ from pyverity.format.ima import ImaHash, ImaSignature, KernelHashAlgo
 from pyverity.protect.attrs import Protection, ProtectionKind
 
 if TYPE_CHECKING:  # keys (and cryptography) are imported only by whoever holds a keyring
+    from pyverity.format.merkletree import MerkleTree
     from pyverity.hashing.progress import CancelCheck, ProgressFn
-    from pyverity.hashing.result import MerkleTree
     from pyverity.keys.keyring import Keyring
 
 __all__ = [

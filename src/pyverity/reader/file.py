@@ -14,8 +14,8 @@ import os
 from collections.abc import Callable
 
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.digest import FileDigest
 from pyverity.fs.readexact import pread_exact, pread_exact_into
-from pyverity.hashing.result import FileDigest
 from pyverity.reader.verifier import BlockVerifier
 
 __all__ = ["DEFAULT_CHUNK", "VerifiedRawIO"]

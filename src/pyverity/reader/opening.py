@@ -55,8 +55,8 @@ from pyverity.reader.options import Access, ReaderOptions
 from pyverity.reader.tree import MemoryTree, TreeSource
 
 if TYPE_CHECKING:
+    from pyverity.format.merkletree import MerkleTree
     from pyverity.format.params import TreeParams
-    from pyverity.hashing.result import MerkleTree
     from pyverity.keys.keyring import Keyring
     from pyverity.policy.engine import Decision
 

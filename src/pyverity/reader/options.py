@@ -10,7 +10,7 @@ from pyverity.reader.hashpool import HashPool
 
 if TYPE_CHECKING:
     from pyverity.format.descriptor import Descriptor
-    from pyverity.hashing.result import MerkleTree
+    from pyverity.format.merkletree import MerkleTree
     from pyverity.keys.keyring import Keyring
     from pyverity.measure.log import MeasurementLog
     from pyverity.policy.engine import Decision, Policy

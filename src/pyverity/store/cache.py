@@ -28,8 +28,8 @@ from typing import Protocol
 
 from pyverity.errors import FormatError, IntegrityError, StorageError
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.merkletree import MerkleTree
 from pyverity.fs.atomic import fsync_dir
-from pyverity.hashing.result import MerkleTree
 from pyverity.hashing.runhash import run_hasher
 
 __all__ = [

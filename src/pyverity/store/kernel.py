@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pyverity.errors import Error, FileChangedError, FormatError, IntegrityError
 from pyverity.format import hashalg
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.digest import FileDigest
+from pyverity.format.merkletree import MerkleTree
 from pyverity.fs import ioctl
 from pyverity.fs.openfile import FileIdentity, identity, open_regular
 from pyverity.hashing import build_tree
-from pyverity.hashing.result import FileDigest, MerkleTree
 
 __all__ = [
     "KernelVerity",

@@ -89,8 +89,8 @@ def test_enable_kernel_signature_is_handed_to_the_ioctl(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pyverity.format.descriptor import Descriptor
+    from pyverity.format.digest import FileDigest
     from pyverity.fs import ioctl
-    from pyverity.hashing.result import FileDigest
     from pyverity.store import kernel
 
     k = make_key("rsa", "2048")

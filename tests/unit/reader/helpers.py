@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.xattr import attr_name, set_attr
 from pyverity.hashing.api import build_tree
-from pyverity.hashing.result import MerkleTree
 from pyverity.reader import ReaderOptions
 
 NS = "user"

@@ -13,8 +13,8 @@ import pytest
 
 import pyverity
 from pyverity.errors import IntegrityError
+from pyverity.format.digest import FileDigest
 from pyverity.format.params import TreeParams
-from pyverity.hashing.result import FileDigest
 from pyverity.reader import kernelread
 from pyverity.reader.verifier import BlockVerifier
 from pyverity.store.kernel import KernelVerity

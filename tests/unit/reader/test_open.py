@@ -13,9 +13,9 @@ import pytest
 import pyverity
 from pyverity.errors import FormatError, InputError, IntegrityError, SignatureError
 from pyverity.format.ima import ImaHash
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.xattr import attr_name, set_attr
-from pyverity.hashing.result import MerkleTree
 from pyverity.policy.engine import Policy
 from pyverity.reader import ReaderOptions, open_fd
 from pyverity.reader.options import Access

@@ -8,9 +8,9 @@ import pytest
 
 from pyverity.errors import IntegrityError
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.hashing import build_tree
-from pyverity.hashing.result import MerkleTree
 from pyverity.store.cache import MemoryStore, TreeCache, open_store, verify_tree
 
 
