@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyverity.cli._common import ArgumentParser
 from pyverity.errors import Error, UsageError
+from pyverity.format.digest import format_digest
 
 if TYPE_CHECKING:
     import argparse
@@ -253,9 +254,9 @@ def main(argv: list[str]) -> int:
             written.append(out.path)
             if not args.recursive:
                 assert done.descriptor is not None  # noqa: S101
-                digest = done.descriptor.digest().hex()
-                alg = done.descriptor.hash_alg.name
-                print(f"Protected file '{out.path}' ({alg}:{digest}) in {ns}.verity")
+                desc = done.descriptor
+                text = format_digest(desc.hash_alg.name, desc.digest())
+                print(f"Protected file '{out.path}' ({text}) in {ns}.verity")
             if args.kernel:
                 worst = max(
                     worst, _kernel_enable(out.value, quiet=args.recursive, signature=signature)

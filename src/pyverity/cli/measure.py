@@ -20,6 +20,7 @@ import sys
 from pyverity.cli._common import ArgumentParser
 from pyverity.cli.enable import add_namespace_options, namespace_of
 from pyverity.errors import FormatError, InputError
+from pyverity.format.digest import format_digest
 
 __all__ = ["main", "measure_file"]
 
@@ -66,7 +67,7 @@ def _from_attributes(fd: int, path: str, namespace: str) -> str:
         ) from e
     desc = prot.unverified_descriptor
     if desc is not None:
-        return f"{desc.hash_alg.name}:{desc.digest().hex()}"
+        return format_digest(desc.hash_alg.name, desc.digest())
     if prot.kind is ProtectionKind.VERITY_SIGNED:
         raise InputError(
             f"'{path}' has a v3 signature in {ima} but no {verity} descriptor: a v3 signature"

@@ -45,6 +45,7 @@ from pyverity.cli.enable import (
     wait_for_daemon,
 )
 from pyverity.errors import Error, UsageError
+from pyverity.format.digest import format_digest
 
 if TYPE_CHECKING:
     from pyverity.keys import Signer
@@ -209,7 +210,7 @@ def _builtin(args: argparse.Namespace, signer: Signer, hashed: HashedFile | None
     assert cert is not None  # noqa: S101 - checked in main
     der = builtin_signature(formatted, signer, cert.cert)
     publish_file(Path(args.builtin_sig), der, overwrite=True)
-    print(f"Signed file '{path}' ({desc.hash_alg.name}:{desc.digest().hex()})")
+    print(f"Signed file '{path}' ({format_digest(desc.hash_alg.name, desc.digest())})")
     return 0
 
 
@@ -284,7 +285,7 @@ def _verity(
             progress.failed += 1
             continue
         if not args.recursive:
-            print(f"Signed file '{out.path}' ({desc.hash_alg.name}:{desc.digest().hex()})")
+            print(f"Signed file '{out.path}' ({format_digest(desc.hash_alg.name, desc.digest())})")
     if args.recursive and not progress.enabled:
         progress.summary()
     if args.wait and written:

@@ -32,6 +32,7 @@ from pyverity.errors import (
     SignatureError,
     StorageError,
 )
+from pyverity.format.digest import format_digest
 
 __all__ = [
     "FS_IOC_ENABLE_VERITY",
@@ -132,7 +133,7 @@ class MeasuredDigest:
         return self.digest.hex()
 
     def __str__(self) -> str:
-        return f"{self.algorithm}:{self.digest.hex()}"
+        return format_digest(self.algorithm, self.digest)
 
 
 class ReadMetadataArg:

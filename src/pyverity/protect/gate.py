@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from pyverity.errors import Error, FormatError, IntegrityError, Reason, SignatureError
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.digest import format_digest
 from pyverity.format.ima import ImaHash, ImaSignature, KernelHashAlgo
 from pyverity.protect.attrs import Protection, ProtectionKind
 
@@ -344,9 +345,9 @@ def verify_protection(
 
 def _digest_text(protection: Protection, computed: Descriptor | bytes | None) -> str | None:
     if isinstance(computed, Descriptor):
-        return f"{computed.hash_alg.name}:{computed.digest().hex()}"
+        return format_digest(computed.hash_alg.name, computed.digest())
     if isinstance(computed, bytes) and protection.unverified_ima is not None:
-        return f"{protection.unverified_ima.algorithm.name}:{computed.hex()}"
+        return format_digest(protection.unverified_ima.algorithm.name, computed)
     return None
 
 
@@ -412,7 +413,7 @@ def builtin_signature_result(
     from pyverity.format.formatted_digest import FormattedDigest
 
     kind = ProtectionKind.VERITY_SIGNED
-    digest = f"{descriptor.hash_alg.name}:{descriptor.digest().hex()}"
+    digest = format_digest(descriptor.hash_alg.name, descriptor.digest())
     try:
         ring = _ring(keyring, name)
         from pyverity.keys.pkcs7 import verify_builtin_signature

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.digest import format_digest
 from pyverity.hashing.blockhash import block_hasher
 from pyverity.hashing.runhash import run_hasher
 from pyverity.reader.hashpool import HashPool
@@ -198,7 +199,7 @@ class BlockVerifier:
     def _fail(self, level: int, block: int, want: bytes, real: bytes | None) -> NoReturn:
         what = "data block" if level < 0 else f"Merkle tree block (level {level})"
         pos = block * self._bs if level < 0 else block
-        real_text = f"{self._alg}:{real.hex()}" if real is not None else "missing"
+        real_text = format_digest(self._alg, real) if real is not None else "missing"
         log.error(
             "FILE CORRUPTED! file=%s %s %d, want_hash=%s:%s, real_hash=%s",
             self.name,

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from pyverity.errors import FormatError, IntegrityError, StorageError
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.digest import format_digest
 from pyverity.format.merkletree import MerkleTree
 from pyverity.fs.atomic import fsync_dir
 from pyverity.hashing.runhash import run_hasher
@@ -109,7 +110,7 @@ class TreeStore(Protocol):
 
 def _check_digest(algorithm: str, digest: bytes) -> str:
     if not algorithm.isalnum() or len(digest) not in (32, 64):
-        raise StorageError(f"bad cache key {algorithm}:{digest.hex()}")
+        raise StorageError(f"bad cache key {format_digest(algorithm, digest)}")
     return digest.hex()
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pyverity.errors import Error, FileChangedError, FormatError, IntegrityError
 from pyverity.format import hashalg
 from pyverity.format.descriptor import Descriptor
-from pyverity.format.digest import FileDigest
+from pyverity.format.digest import FileDigest, format_digest
 from pyverity.format.merkletree import MerkleTree
 from pyverity.fs import ioctl
 from pyverity.fs.openfile import FileIdentity, identity, open_regular
@@ -172,7 +172,7 @@ def enable_fd(
             return current
         raise IntegrityError(
             f"'{label}' already has fs-verity with digest {current.digest}, not the"
-            f" descriptor's {descriptor.hash_alg.name}:{descriptor.digest().hex()}",
+            f" descriptor's {format_digest(descriptor.hash_alg.name, descriptor.digest())}",
             remedy="the file's content cannot change any more; write a descriptor for it"
             " as it is (pyverity enable) or replace the file",
         )
