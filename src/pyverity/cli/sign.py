@@ -197,7 +197,7 @@ def _hash_with_outputs(args: argparse.Namespace) -> HashedFile | None:
 def _builtin(args: argparse.Namespace, signer: Signer, hashed: HashedFile | None) -> int:
     from pyverity.format.formatted_digest import FormattedDigest
     from pyverity.fs.openfile import FileRef
-    from pyverity.keys.builtin import builtin_signature
+    from pyverity.keys.builtin_sig import builtin_signature
     from pyverity.keys.generate import publish_file
     from pyverity.protect.sign import hash_file
 

@@ -10,7 +10,7 @@
   or by their ``reason`` (``Reason.UNKNOWN_KEY`` / ``Reason.BAD_SIGNATURE``).
 * :func:`load_certificate` (PEM/DER); keyid = last 4 bytes of the SKID (:mod:`.keyid`).
 * :mod:`.generate` makes a key pair and a self-signed certificate for IMA.
-* :mod:`.builtin` makes fs-verity built-in (PKCS#7) signatures; :mod:`.pkcs7` parses them
+* :mod:`.builtin_sig` makes fs-verity built-in (PKCS#7) signatures; :mod:`.pkcs7` parses them
   strictly and verifies them against a :class:`Keyring` (signer by issuer and serial number).
 
 Importing this package imports ``cryptography``; the ``digest`` command never does.

@@ -2,7 +2,7 @@
 
 Used to build what a private key cannot be handed to ``cryptography`` for because it lives in
 a token: the PKCS#1 ``DigestInfo`` that ``CKM_RSA_PKCS`` signs, the DER ``ECDSA-Sig-Value`` made
-from ``CKM_ECDSA``'s raw ``r‖s``, and the fs-verity built-in PKCS#7 message (:mod:`.builtin`).
+from ``CKM_ECDSA``'s raw ``r‖s``, and the fs-verity built-in PKCS#7 message (:mod:`.builtin_sig`).
 Encoding only; strict parsing lives in :mod:`.pkcs7`.
 """
 

@@ -3,7 +3,7 @@
 The kernel hands the signature given to ``FS_IOC_ENABLE_VERITY`` to ``verify_pkcs7_signature``
 with the ``FSVerity`` formatted digest as the detached content, and trusts the certificates of
 the ``.fs-verity`` keyring. This module does the same against a :class:`~.keyring.Keyring`,
-accepting only what ``fsverity sign`` (and :mod:`.builtin`) produce, parsed strictly as DER:
+accepting only what ``fsverity sign`` (and :mod:`.builtin_sig`) produce, parsed strictly as DER:
 
 * a ``ContentInfo`` of type ``signedData``, nothing after it, at most 16128 bytes;
 * ``SignedData`` version 1, one digest algorithm, a ``data`` content info with **no content**

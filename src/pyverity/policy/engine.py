@@ -227,7 +227,7 @@ class Policy:
     def builtin(cls, names: str, *, mode: Mode | str = Mode.ENFORCE) -> Policy:
         """The kernel's built-in policy ``names`` (``tcb``, ``appraise_tcb``, ``secure_boot``,
         ``critical_data``; several joined by ``|``), as ``ima_policy=`` loads them."""
-        from pyverity.policy.builtin import builtin_text
+        from pyverity.policy.builtin_policies import builtin_text
 
         return cls.parse(builtin_text(names), source=f"ima_policy={names}", mode=mode)
 

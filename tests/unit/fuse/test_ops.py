@@ -23,7 +23,7 @@ from pyverity.fuse.ops import VerityFS
 from pyverity.fuse.verity_ioctl import FS_IOC_ENABLE_VERITY, FS_IOC_MEASURE_VERITY, parse_enable
 from pyverity.hashing.api import build_tree
 from pyverity.keys import Keyring
-from pyverity.keys.builtin import builtin_signature
+from pyverity.keys.builtin_sig import builtin_signature
 from pyverity.keys.generate import GeneratedKey
 from pyverity.keys.signer import load_private_key
 from pyverity.reader import ReaderOptions

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from pyverity.format.formatted_digest import FormattedDigest
 from pyverity.keys import Keyring, der, load_certificate, load_private_key, load_signer
-from pyverity.keys.builtin import builtin_signature
+from pyverity.keys.builtin_sig import builtin_signature
 from pyverity.keys.pkcs7 import verify_builtin_signature
 from tests.unit.keys.keyhelpers import make_key
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from pyverity.format.formatted_digest import FormattedDigest
 from pyverity.keys import BadSignatureError, Keyring, UnknownKeyError, load_certificate
-from pyverity.keys.builtin import builtin_signature
+from pyverity.keys.builtin_sig import builtin_signature
 from pyverity.keys.pkcs7 import (
     MAX_BUILTIN_SIG_SIZE,
     MalformedSignatureError,

@@ -282,7 +282,7 @@ def test_builtin_signature_reasons(keys: Keys) -> None:
     from cryptography import x509
 
     from pyverity.format.formatted_digest import FormattedDigest
-    from pyverity.keys.builtin import builtin_signature
+    from pyverity.keys.builtin_sig import builtin_signature
     from pyverity.keys.signer import load_private_key
 
     k = make_key("rsa", "2048")
