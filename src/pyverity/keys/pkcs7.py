@@ -32,6 +32,7 @@ from pyverity.errors import Reason, SignatureError
 from pyverity.format.formatted_digest import FormattedDigest
 from pyverity.format.hashalg import by_number
 from pyverity.keys.cert import Certificate
+from pyverity.keys.der import oid
 from pyverity.keys.key import BadSignatureError, UnknownKeyError
 from pyverity.keys.keyring import Keyring
 
@@ -57,34 +58,20 @@ _CTX0 = 0xA0  # [0], constructed
 _CTX1 = 0xA1  # [1], constructed
 
 
-def _oid(dotted: str) -> bytes:
-    """The DER contents of an OBJECT IDENTIFIER."""
-    arcs = [int(a) for a in dotted.split(".")]
-    out = bytearray([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        rest = arc >> 7
-        while rest:
-            chunk.append(0x80 | (rest & 0x7F))
-            rest >>= 7
-        out += bytes(reversed(chunk))
-    return bytes(out)
-
-
-_SIGNED_DATA = _oid("1.2.840.113549.1.7.2")
-_DATA = _oid("1.2.840.113549.1.7.1")
+_SIGNED_DATA = oid("1.2.840.113549.1.7.2")
+_DATA = oid("1.2.840.113549.1.7.1")
 _DIGESTS = {
-    _oid("2.16.840.1.101.3.4.2.1"): "sha256",
-    _oid("2.16.840.1.101.3.4.2.3"): "sha512",
+    oid("2.16.840.1.101.3.4.2.1"): "sha256",
+    oid("2.16.840.1.101.3.4.2.3"): "sha512",
 }
 #: Signature algorithm → (key type, digest it implies or None for "the digest algorithm's").
 _SIG_ALGS: dict[bytes, tuple[str, str | None]] = {
-    _oid("1.2.840.113549.1.1.1"): ("rsa", None),  # rsaEncryption (what OpenSSL writes)
-    _oid("1.2.840.113549.1.1.11"): ("rsa", "sha256"),
-    _oid("1.2.840.113549.1.1.13"): ("rsa", "sha512"),
-    _oid("1.2.840.10045.2.1"): ("ecdsa", None),  # id-ecPublicKey
-    _oid("1.2.840.10045.4.3.2"): ("ecdsa", "sha256"),
-    _oid("1.2.840.10045.4.3.4"): ("ecdsa", "sha512"),
+    oid("1.2.840.113549.1.1.1"): ("rsa", None),  # rsaEncryption (what OpenSSL writes)
+    oid("1.2.840.113549.1.1.11"): ("rsa", "sha256"),
+    oid("1.2.840.113549.1.1.13"): ("rsa", "sha512"),
+    oid("1.2.840.10045.2.1"): ("ecdsa", None),  # id-ecPublicKey
+    oid("1.2.840.10045.4.3.2"): ("ecdsa", "sha256"),
+    oid("1.2.840.10045.4.3.4"): ("ecdsa", "sha512"),
 }
 _HASHES: dict[str, type[hashes.SHA256 | hashes.SHA512]] = {
     "sha256": hashes.SHA256,
