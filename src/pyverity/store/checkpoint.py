@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from pyverity.errors import StorageError
+from pyverity.fs.readexact import pread_exact
 
 __all__ = ["PartialStore"]
 
@@ -66,7 +67,7 @@ class PartialStore:
         except OSError as e:
             raise StorageError(f"cannot read a build checkpoint: {e.strerror}") from e
         try:
-            data = os.pread(fd, nbytes, 0) if nbytes else b""
+            data = pread_exact(fd, nbytes, 0) if nbytes else b""
         finally:
             os.close(fd)
         if len(data) != nbytes or not hmac.compare_digest(hashlib.sha256(data).digest(), sha256):
