@@ -5,4 +5,8 @@ policy. Everything it returns from disk is untrusted until a caller verifies it.
 
 Watching files: :mod:`.watch` (the event shape and the ``Watch`` protocol), :mod:`.inotify` (a
 watch per directory) and :mod:`.fanotify` (one mark per filesystem, Linux >= 5.9).
+
+Reading and opening: :mod:`.readexact` (``pread_exact``: positional reads short only at end of
+file), :mod:`.openfile` (regular files only; ``FileRef``, a file of a batch command opened
+beneath the directory it was walked from), :mod:`.beneath` (resolution without symlinks).
 """
