@@ -147,9 +147,9 @@ def _two_passes(tree: Path, jobs: int) -> dict[str, float]:
     return {k: first[k] + second[k] if k != "rss" else max(first[k], second[k]) for k in first}
 
 
-def throughput(scratch: Path, scale: float, jobs: int, drop: bool) -> None:
-    n_small = int(100_000 * scale)
-    big_size = int((1 << 30) * scale)
+def throughput(scratch: Path, scale: float, jobs: int, drop: bool, only: str | None) -> None:
+    n_small = int(100_000 * scale) if only != "big" else 0
+    big_size = int((1 << 30) * scale) if only != "small" else 0
     _check_space(scratch, n_small * 8192 + 4 * big_size)
     key = _key(scratch)
     sets = []
@@ -167,6 +167,8 @@ def throughput(scratch: Path, scale: float, jobs: int, drop: bool) -> None:
                 left -= min(left, 1 << 24)
     sets.append(("big", big, 4, 4 * big_size))
     for name, tree, files, nbytes in sets:
+        if not files or not nbytes:
+            continue
         print(f"{name}: {files:,} files, {nbytes / 1e9:.2f} GB, jobs {jobs}, cold cache {drop}")
         runs = {
             "manifest": [
@@ -230,7 +232,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scale", type=float, default=0.1, help="1 = the issue's sizes (default 0.1)")
     p.add_argument("--scratch", help="directory on a real disk (default: a temp dir in /var/tmp)")
-    p.add_argument("--only", choices=("memory", "throughput"))
+    p.add_argument("--only", choices=("memory", "throughput", "small", "big"))
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--warm", action="store_true", help="do not drop the page cache")
     p.add_argument("--keep", action="store_true", help="keep the scratch tree")
@@ -242,8 +244,8 @@ def main() -> None:
     try:
         if args.only in (None, "memory"):
             memory(scratch, args.scale, args.jobs)
-        if args.only in (None, "throughput"):
-            throughput(scratch, args.scale, args.jobs, drop)
+        if args.only in (None, "throughput", "small", "big"):
+            throughput(scratch, args.scale, args.jobs, drop, args.only)
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
