@@ -13,7 +13,6 @@ Start-up time counts: only the format and hashing layers are imported, never ``c
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import sys
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
     from pyverity.format.params import TreeParams
 
 __all__ = ["USAGE", "DigestOptions", "GetoptError", "getopt_long", "main", "parse_args"]
-
-logger = logging.getLogger(__name__)
 
 PROG = "digest"
 
@@ -166,7 +163,9 @@ class _OutFile:
         try:
             fsync_dir(Path(self.path).parent)
         except OSError:
-            logger.debug("cannot fsync the directory of %s", self.path)
+            import logging  # only here: start-up counts
+
+            logging.getLogger(__name__).debug("cannot fsync the directory of %s", self.path)
 
     def discard(self) -> None:
         """Close and remove the temp file if it was not published."""

@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING
 
 from pyverity.errors import FileChangedError, InputError, UsageError
 from pyverity.format.params import TreeParams
-from pyverity.fs.atomic import write_all
 from pyverity.fs.openfile import identity
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.progress import CancelCheck, ProgressFn, check_cancel
@@ -317,6 +316,8 @@ class _Workers:
         self._pipes.append(rfd)
 
     def _child(self, rfd: int, wfd: int, first: int, step: int) -> None:  # pragma: no cover
+        from pyverity.fs.atomic import write_all  # here: pathlib is not on the start-up path
+
         status = 1
         try:
             os.close(rfd)

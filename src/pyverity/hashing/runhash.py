@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 from pyverity.format.hashalg import by_name
@@ -121,7 +120,7 @@ def accel_choice() -> _widths.Choice | None:
         if alg != "sha256":  # hashlib's SHA-256 never beats one SHA-NI stream
             runners[_widths.HASHLIB] = _pure_runner(alg, data)
         candidates[alg] = runners
-    build = Path(module.__file__).stat() if module.__file__ else None
+    build = os.stat(module.__file__) if module.__file__ else None  # noqa: PTH116 (no pathlib)
     key = _widths.cache_key(
         module.cpu_signature(), f"{build.st_size}:{build.st_mtime_ns}" if build else "?"
     )

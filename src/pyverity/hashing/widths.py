@@ -26,10 +26,8 @@ import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pyverity.errors import UsageError
-from pyverity.fs.atomic import publish_bytes
 
 __all__ = [
     "HASHLIB",
@@ -70,11 +68,15 @@ class Choice:
     seconds: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
 
 
-def cache_dir() -> Path:
+# os.path, not pathlib, here: this runs on every `pyverity digest`, whose start-up counts, and
+# pathlib costs milliseconds to import.
+
+
+def cache_dir() -> str:
     """``$XDG_CACHE_HOME/pyverity`` when that is an absolute path, else ``~/.cache/pyverity``."""
-    xdg = Path(os.environ.get("XDG_CACHE_HOME", ""))
-    base = xdg if xdg.is_absolute() else Path("~").expanduser() / ".cache"
-    return base / "pyverity"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")  # noqa: PTH111, PTH117, PTH118
+    return os.path.join(base, "pyverity")  # noqa: PTH118
 
 
 def cache_key(cpu_signature: str, build: str) -> str:
@@ -83,9 +85,9 @@ def cache_key(cpu_signature: str, build: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
-def cache_path(directory: str | os.PathLike[str], key: str) -> Path:
+def cache_path(directory: str | os.PathLike[str], key: str) -> str:
     """The cache file for ``key`` in ``directory``."""
-    return Path(directory) / f"hash-widths-{key[:16]}"
+    return os.path.join(os.fspath(directory), f"hash-widths-{key[:16]}")  # noqa: PTH118
 
 
 def parse_env(value: str, allowed: Mapping[str, Sequence[int]]) -> dict[str, int]:
@@ -159,9 +161,11 @@ def _parse_cache(
 
 def write_cache(path: str | os.PathLike[str], key: str, widths: Mapping[str, int]) -> bool:
     """Publish ``widths`` at ``path`` (atomically); False when it cannot be written."""
+    from pyverity.fs.atomic import publish_bytes  # only when measured: start-up counts
+
     body = "".join(f"{alg} {widths[alg]}\n" for alg in sorted(widths))
     try:
-        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)  # noqa: PTH103, PTH120
         data = f"{_MAGIC}\nkey {key}\n{body}".encode()
         # A cache: no fsync (a file lost or emptied by a crash is measured again).
         publish_bytes(path, data, mode=0o600, sync_dir=False, sync_file=False)
