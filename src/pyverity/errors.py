@@ -25,6 +25,7 @@ __all__ = [
     "Reason",
     "SignatureError",
     "StorageError",
+    "UnsupportedError",
     "UsageError",
 ]
 
@@ -43,6 +44,7 @@ class Reason(enum.StrEnum):
     BAD_SIGNATURE = "bad signature"
     CONTENT_MISMATCH = "content does not match"
     STALE = "written since it was protected"
+    UNSUPPORTED = "unsupported"
 
 
 class Error(Exception):
@@ -75,6 +77,13 @@ class FormatError(Error):
     """Bytes (an attribute, a descriptor, a list entry) do not parse as the spec requires."""
 
     reason = Reason.MALFORMED
+
+
+class UnsupportedError(FormatError):
+    """Well-formed, but made with an algorithm or key pyverity cannot use (a hash it cannot
+    compute, a key type or size the kernel refuses): reason ``unsupported``, not malformed."""
+
+    reason = Reason.UNSUPPORTED
 
 
 class IntegrityError(Error):

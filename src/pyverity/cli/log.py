@@ -48,6 +48,12 @@ def _parser() -> ArgumentParser:
             help=f"the binary or ascii list (default {DEFAULT_LIST})",
         )
         s.add_argument("--json", action="store_true", help="print JSON")
+        s.add_argument(
+            "--bank",
+            metavar="BANK",
+            help="the list's PCR bank when its name does not end in it (_sha256, _sm3, "
+            "_tpm_alg_HEX …); default: from the first record (32 bytes: sha256)",
+        )
         if name == "verify":
             s.add_argument(
                 "--keyring",
@@ -59,8 +65,8 @@ def _parser() -> ArgumentParser:
                 action="append",
                 default=[],
                 metavar="BANK:HEX",
-                help="expected PCR 10 value (repeatable; sha1 or sha256; "
-                "PCR N as BANK:N:HEX); replaces the stored values",
+                help="expected PCR 10 value (repeatable; any bank: sha1, sha256, sha384, "
+                "sha512, sm3 …; PCR N as BANK:N:HEX); replaces the stored values",
             )
         if name == "pcrs":
             s.add_argument(
@@ -101,7 +107,8 @@ def _records(reader: ListReader) -> Iterator[MeasurementRecord]:
 
 
 def _parse_pcr_args(values: list[str], count: int) -> PcrValues:
-    from pyverity.measure.pcr import BANKS, PcrValues
+    from pyverity.format.listbanks import normalize_bank
+    from pyverity.measure.pcr import PcrValues
 
     banks: dict[str, dict[int, bytes]] = {}
     for item in values:
@@ -112,8 +119,10 @@ def _parse_pcr_args(values: list[str], count: int) -> PcrValues:
             bank, index, hexval = parts
         else:
             raise UsageError(f"--pcr {item!r}: expected BANK:HEX or BANK:N:HEX")
-        if bank not in BANKS:
-            raise UsageError(f"--pcr {item!r}: bank must be one of {', '.join(BANKS)}")
+        try:
+            bank = normalize_bank(bank)
+        except FormatError as exc:
+            raise UsageError(f"--pcr {item!r}: {exc}") from None
         try:
             banks.setdefault(bank, {})[int(index)] = bytes.fromhex(hexval)
         except ValueError:
@@ -140,6 +149,7 @@ def _show(args: argparse.Namespace, reader: ListReader) -> int:
                 "pcr": r.pcr,
                 "template_hash": r.template_digest.hex(),
                 "template": r.template_name,
+                "bank": r.bank,
                 "digest": str(r.digest) if r.digest else None,
                 "name": r.file_name,
                 "signature": r.signature.hex() if "sig" in r.field_ids else None,
@@ -165,7 +175,9 @@ def _verify(args: argparse.Namespace, reader: ListReader) -> int:
     stored = reader.pcrs
     # --pcr values cover the whole list, whose length is known only at its end: replay all
     expected = _parse_pcr_args(args.pcr, sys.maxsize) if args.pcr else stored
-    verifier = ListVerifier(expected=expected, keyring=keyring, chain=reader.chain)
+    verifier = ListVerifier(
+        expected=expected, keyring=keyring, chain=reader.chain, banks=_banks(reader)
+    )
     violations = 0
     tail: str | None = None
     try:
@@ -230,11 +242,18 @@ def _verify(args: argparse.Namespace, reader: ListReader) -> int:
     return 0
 
 
+def _banks(reader: ListReader) -> tuple[str, ...]:
+    """The banks a list is replayed into without expected values: sha1, sha256 and its own
+    (an ascii list's is known only after its first line: then sha1 and sha256)."""
+    own = reader.bank
+    return ("sha1", "sha256") + ((own,) if own and own not in ("sha1", "sha256") else ())
+
+
 def _pcrs(args: argparse.Namespace, reader: ListReader) -> int:
     from pyverity.measure.pcr import PcrReplay
 
     stored = reader.pcrs
-    replay = PcrReplay()
+    replay = PcrReplay(_banks(reader))
     for record in _records(reader):  # read through in any case: a cut list is an error
         if args.replay or stored is None:
             replay.extend(record)
@@ -262,7 +281,7 @@ def main(argv: list[str]) -> int:
     from pyverity.measure.stream import open_list
 
     args = _parser().parse_args(argv)
-    with open_list(args.list) as reader:
+    with open_list(args.list, bank=args.bank) as reader:
         if args.action == "show":
             return _show(args, reader)
         if args.action == "verify":

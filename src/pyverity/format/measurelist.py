@@ -20,7 +20,6 @@ kernel writes them on x86-64/arm64 (and everywhere under ``ima_canonical_fmt``).
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import io
 import struct
@@ -28,8 +27,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pyverity.errors import FormatError
+from pyverity.format import listbanks
 
 __all__ = [
+    "GENERIC_FIELD",
     "MAX_FIELD_COUNT",
     "MAX_NAME_LEN",
     "MAX_TEMPLATE_DATA",
@@ -42,9 +43,11 @@ __all__ = [
     "ParsedList",
     "Reader",
     "TruncatedRecordError",
+    "detect_bank",
     "encode_name",
     "iter_binary",
     "iter_records",
+    "known_fields",
     "parse_ascii_line",
     "parse_binary",
     "read_record",
@@ -56,8 +59,9 @@ _U32 = struct.Struct("<I")
 SHA1_DIGEST_SIZE = 20
 #: PCR indexes a list entry may name (a TPM has 24 PCRs).
 NUM_PCRS = 24
-#: The template digest column of a violation entry (extended into PCRs as 0xFF…).
-_ZERO_DIGEST = bytes(SHA1_DIGEST_SIZE)
+#: The field id given to each field of a template pyverity does not know (binary lists only:
+#: its fields are length-prefixed, so it is read, shown as hex and replayed all the same).
+GENERIC_FIELD = "?"
 
 #: Template name -> field ids (spec/ima.md §4.1).
 TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -102,6 +106,7 @@ _RENDER = {
     "iuid": "uint",
     "igid": "uint",
     "imode": "uint",
+    GENERIC_FIELD: "hex",
 }
 
 #: ``IMA_EVENT_NAME_LEN_MAX``: the legacy ``ima`` template pads names to this + 1 bytes.
@@ -120,15 +125,35 @@ class TruncatedRecordError(FormatError):
         self.offset = offset
 
 
-def template_fields(name: str) -> tuple[str, ...]:
-    """The field ids of template ``name`` (a known name or a ``|``-separated format string)."""
+def known_fields(name: str) -> tuple[str, ...] | None:
+    """The field ids of template ``name`` (a known name or a ``|``-separated format string of
+    known field ids), ``None`` for a template pyverity does not know."""
     fields = TEMPLATE_FIELDS.get(name)
     if fields is not None:
         return fields
     parts = tuple(name.split("|"))
-    if all(p in _RENDER for p in parts) and len(parts) <= MAX_FIELD_COUNT and "d" not in parts:
+    if (
+        all(p in _RENDER and p != GENERIC_FIELD for p in parts)
+        and len(parts) <= MAX_FIELD_COUNT
+        and "d" not in parts
+    ):
         return parts
-    raise FormatError(f"unknown measurement template {name!r}")
+    return None
+
+
+def template_fields(name: str) -> tuple[str, ...]:
+    """Like :func:`known_fields`, but :class:`FormatError` for an unknown template."""
+    fields = known_fields(name)
+    if fields is None:
+        raise FormatError(f"unknown measurement template {name!r}")
+    return fields
+
+
+def _valid_template_name(name: str) -> bool:
+    """What a list can name a template: printable ascii without spaces (the ascii list's
+    columns are separated by spaces)."""
+    ok = 0 < len(name) <= MAX_NAME_LEN and name.isascii() and name.isprintable()
+    return ok and " " not in name
 
 
 @dataclass(frozen=True)
@@ -201,21 +226,33 @@ def encode_name(name: str | bytes) -> bytes:
 
 @dataclass(frozen=True)
 class MeasurementRecord:
-    """One measurement-list entry (spec/ima.md §4.4)."""
+    """One measurement-list entry (spec/ima.md §4.4).
+
+    ``bank`` is the PCR bank of the list it comes from (:mod:`pyverity.format.listbanks`):
+    the template digest is that bank's (20 bytes in the legacy sha1 list). A template pyverity
+    does not know has :data:`GENERIC_FIELD` ids, one per length-prefixed field.
+    """
 
     pcr: int
     template_digest: bytes
     template_name: str
     fields: tuple[bytes, ...]
+    bank: str = "sha1"
 
     def __post_init__(self) -> None:
         if not 0 <= self.pcr < NUM_PCRS:
             raise FormatError(f"PCR index {self.pcr} (a list has PCRs 0-{NUM_PCRS - 1})")
-        if len(self.template_digest) != SHA1_DIGEST_SIZE:
-            raise FormatError(f"template digest of {len(self.template_digest)} bytes (not 20)")
-        if not 0 < len(self.template_name.encode()) <= MAX_NAME_LEN:
-            raise FormatError("template name empty or too long")
-        ids = template_fields(self.template_name)
+        size = _bank_size(self.bank)
+        if len(self.template_digest) != size:
+            raise FormatError(
+                f"template digest of {len(self.template_digest)} bytes (the {self.bank} bank's "
+                f"are {size})"
+            )
+        if not _valid_template_name(self.template_name):
+            raise FormatError("template name empty, too long or not printable")
+        if len(self.fields) > MAX_FIELD_COUNT:
+            raise FormatError(f"template {self.template_name} has {len(self.fields)} fields")
+        ids = self.field_ids
         if len(ids) != len(self.fields):
             raise FormatError(
                 f"template {self.template_name} has {len(ids)} fields, record has "
@@ -233,10 +270,12 @@ class MeasurementRecord:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, pcr: int, template_name: str, fields: tuple[bytes, ...]) -> MeasurementRecord:
-        """A record whose stored digest is the SHA-1 template hash of ``fields``."""
-        probe = cls(pcr, _ZERO_DIGEST, template_name, fields)
-        return cls(pcr, probe.template_hash("sha1"), template_name, fields)
+    def build(
+        cls, pcr: int, template_name: str, fields: tuple[bytes, ...], *, bank: str = "sha1"
+    ) -> MeasurementRecord:
+        """A record whose stored digest is the ``bank`` template hash of ``fields``."""
+        probe = cls(pcr, bytes(_bank_size(bank)), template_name, fields, bank)
+        return cls(pcr, probe.template_hash(bank), template_name, fields, bank)
 
     @classmethod
     def for_file(
@@ -269,9 +308,15 @@ class MeasurementRecord:
 
     # -- fields -------------------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def field_ids(self) -> tuple[str, ...]:
-        return template_fields(self.template_name)
+        ids = known_fields(self.template_name)
+        return ids if ids is not None else (GENERIC_FIELD,) * len(self.fields)
+
+    @property
+    def known_template(self) -> bool:
+        """Whether pyverity knows the template's fields (else they are :data:`GENERIC_FIELD`)."""
+        return known_fields(self.template_name) is not None
 
     def field(self, field_id: str) -> bytes | None:
         """The data of the first field called ``field_id``, or ``None`` if the template lacks it."""
@@ -283,7 +328,7 @@ class MeasurementRecord:
     @property
     def is_violation(self) -> bool:
         """A ToMToU/open-writers entry: all-zero template digest, extended as 0xFF."""
-        return self.template_digest == _ZERO_DIGEST
+        return not any(self.template_digest)
 
     @property
     def digest(self) -> DigestField | None:
@@ -329,23 +374,30 @@ class MeasurementRecord:
         return self._template_data
 
     def template_hash(self, algo: str) -> bytes:
-        """The template digest for a PCR bank of hash ``algo`` (spec/ima.md §4.3)."""
+        """The template digest for PCR bank ``algo`` (spec/ima.md §4.3; a ``tpm_alg_`` bank:
+        the SHA-1 one zero-padded); :class:`~pyverity.errors.UnsupportedError` for a bank whose
+        hash pyverity cannot compute."""
         value = self._hashes.get(algo)
         if value is None:
-            value = self._hashes[algo] = hashlib.new(algo, self._template_data).digest()
+            value = self._hashes[algo] = listbanks.template_hash(algo, self._template_data)
         return value
 
     def pcr_extend_value(self, algo: str) -> bytes:
         """What the kernel extends into bank ``algo``: the template hash; 0xFF… for a violation."""
         if self.is_violation:
-            return b"\xff" * hashlib.new(algo).digest_size
+            return b"\xff" * _bank_size(algo)
         return self.template_hash(algo)
 
-    def verify_template_digest(self) -> None:
-        """Raise :class:`FormatError` unless the stored digest is the SHA-1 template hash."""
+    @property
+    def template_digest_ok(self) -> bool:
+        """The stored digest is the template hash of the record's bank (violations: True)."""
         if self.is_violation:
-            return
-        if not hmac.compare_digest(self.template_hash("sha1"), self.template_digest):
+            return True
+        return hmac.compare_digest(self.template_hash(self.bank), self.template_digest)
+
+    def verify_template_digest(self) -> None:
+        """Raise :class:`FormatError` unless the stored digest is the bank's template hash."""
+        if not self.template_digest_ok:
             raise FormatError("template digest does not match the template data")
 
     # -- serialization ------------------------------------------------------------------------
@@ -388,6 +440,11 @@ def _render(fid: str, data: bytes) -> str:
 Reader = Callable[[int], bytes]
 
 
+@functools.lru_cache(maxsize=32)
+def _bank_size(bank: str) -> int:
+    return listbanks.digest_size(bank)
+
+
 @functools.lru_cache(maxsize=8)
 def _header(digest_size: int) -> struct.Struct:
     """pcr, template digest (the list's bank: 20 bytes for the legacy sha1 list), name length."""
@@ -415,16 +472,18 @@ class _Record:
 
 
 def read_record(
-    read: Reader, start: int, *, digest_size: int = SHA1_DIGEST_SIZE
+    read: Reader, start: int, *, bank: str = "sha1"
 ) -> tuple[MeasurementRecord, int] | None:
     """Parse the record at byte ``start`` from ``read``: ``(record, end)``, or ``None`` at a
     clean end of the list. Memory is bounded by one record (at most
-    :data:`MAX_TEMPLATE_DATA` of template data, checked before it is read).
+    :data:`MAX_TEMPLATE_DATA` of template data, checked before it is read). ``bank`` is the
+    list's PCR bank (the size of its template digests). A template pyverity does not know is
+    read field by field through the fields' length prefixes.
 
     Raises :class:`TruncatedRecordError` if the bytes end inside the record and
     :class:`FormatError` (naming the offset) if it is malformed.
     """
-    header = _header(digest_size)
+    header = _header(_bank_size(bank))
     first = read(header.size)
     if not first:
         return None
@@ -438,11 +497,10 @@ def read_record(
     if not 0 < name_len <= MAX_NAME_LEN:
         raise FormatError(f"record at offset {start}: template name length {name_len}")
     raw_name = r.take(name_len)
-    try:
-        name = raw_name.decode("ascii")
-        ids = template_fields(name)
-    except (UnicodeDecodeError, FormatError):
-        raise FormatError(f"record at offset {start}: unknown template {raw_name!r}") from None
+    name = raw_name.decode("ascii", "replace")
+    if not _valid_template_name(name):
+        raise FormatError(f"record at offset {start}: bad template name {raw_name!r}")
+    ids = known_fields(name)
     fields: list[bytes] = []
     if name == "ima":
         fields.append(r.take(SHA1_DIGEST_SIZE))
@@ -456,7 +514,7 @@ def read_record(
             raise FormatError(f"record at offset {start}: template data length {total}")
         body = r.take(total)
         at = 0
-        for fid in ids:
+        for fid in ids if ids is not None else _generic_ids(body, start):
             if at + 4 > total:
                 raise FormatError(f"record at offset {start}: field {fid} overruns the entry")
             (flen,) = _U32.unpack_from(body, at)
@@ -467,20 +525,50 @@ def read_record(
         if at != total:
             raise FormatError(f"record at offset {start}: {total - at} bytes after the fields")
     try:
-        record = MeasurementRecord(pcr, digest, name, tuple(fields))
+        record = MeasurementRecord(pcr, digest, name, tuple(fields), bank)
     except FormatError as exc:
         raise FormatError(f"record at offset {start}: {exc}") from None
     return record, r.pos
 
 
+def _generic_ids(body: bytes, start: int) -> Iterator[str]:
+    """One :data:`GENERIC_FIELD` per length-prefixed field of ``body`` (an unknown template)."""
+    at = n = 0
+    while at < len(body):
+        n += 1
+        if n > MAX_FIELD_COUNT:
+            raise FormatError(f"record at offset {start}: more than {MAX_FIELD_COUNT} fields")
+        yield GENERIC_FIELD
+        if at + 4 > len(body):
+            return  # the caller names the overrun
+        at += 4 + _U32.unpack_from(body, at)[0]
+
+
+def detect_bank(head: bytes) -> str | None:
+    """The bank of a binary list, from its first record's header (``head``: its first bytes,
+    at least 80): the template-digest size after which a known template name follows.
+    ``None`` if no size fits (32 bytes is taken as sha256: an sm3 list needs ``--bank``)."""
+    for bank in ("sha1", "sha256", "sha384", "sha512"):
+        size = _bank_size(bank)
+        if len(head) < 8 + size:
+            continue
+        (name_len,) = _U32.unpack_from(head, 4 + size)
+        name = head[8 + size : 8 + size + name_len]
+        if 0 < name_len <= MAX_NAME_LEN and len(name) == name_len:
+            text = name.decode("ascii", "replace")
+            if known_fields(text) is not None:
+                return bank
+    return None
+
+
 def iter_records(
-    read: Reader, *, start: int = 0, digest_size: int = SHA1_DIGEST_SIZE
+    read: Reader, *, start: int = 0, bank: str = "sha1"
 ) -> Iterator[tuple[int, MeasurementRecord, int]]:
     """Yield ``(offset, record, end)`` for each record read from ``read``, one at a time;
     raise at the first malformed one (:class:`TruncatedRecordError` if the bytes end inside
     it)."""
     pos = start
-    while (got := read_record(read, pos, digest_size=digest_size)) is not None:
+    while (got := read_record(read, pos, bank=bank)) is not None:
         record, end = got
         yield pos, record, end
         pos = end
@@ -525,40 +613,6 @@ def parse_binary(data: bytes | memoryview, *, allow_torn_tail: bool = False) -> 
     return ParsedList(tuple(records), tuple(offsets), end)
 
 
-# -- ascii list -------------------------------------------------------------------------------
+# -- ascii list: pyverity.format.listascii (re-exported here) ---------------------------------
 
-
-def parse_ascii_line(line: str) -> MeasurementRecord:
-    """Rebuild a record from one ascii line (templates of ``d-ng``/``d-ngv2``, ``n-ng``, ``sig``).
-
-    Names are taken as shown: the kernel already stored spaces as ``_``; a name containing a
-    newline cannot be read back from the ascii list (use the binary list).
-    """
-    text = line[:-1] if line.endswith("\n") else line
-    head = text.lstrip(" ").split(" ", 3)  # "%2d": PCRs below 10 have a leading space
-    if len(head) < 4:
-        raise FormatError("ascii line has fewer than 4 columns")
-    pcr_text, digest_hex, name, rest = head
-    try:
-        pcr = int(pcr_text)
-        digest = bytes.fromhex(digest_hex)
-    except ValueError:
-        raise FormatError("ascii line: bad PCR or template digest column") from None
-    ids = template_fields(name)
-    if ids[0] not in ("d-ng", "d-ngv2") or ids[1] != "n-ng" or not set(ids[2:]) <= {"sig"}:
-        raise FormatError(f"ascii line: template {name} cannot be rebuilt from text")
-    dtext, _, rest = rest.partition(" ")
-    sig_hex = ""
-    if len(ids) == 3:
-        rest, sep, sig_hex = rest.rpartition(" ")
-        if not sep:
-            raise FormatError("ascii line: missing signature column")
-    dfield = DigestField.parse(dtext, v2=ids[0] == "d-ngv2")
-    try:
-        sig = bytes.fromhex(sig_hex)
-    except ValueError:
-        raise FormatError("ascii line: signature is not hex") from None
-    fields: tuple[bytes, ...] = (dfield.to_bytes(), rest.encode("utf-8", "surrogateescape") + b"\0")
-    if len(ids) == 3:
-        fields += (sig,)
-    return MeasurementRecord(pcr, digest, name, fields)
+from pyverity.format.listascii import parse_ascii_line  # noqa: E402

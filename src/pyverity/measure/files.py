@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyverity.errors import FormatError, StorageError
-from pyverity.format.measurelist import MeasurementRecord, TruncatedRecordError, iter_binary
+from pyverity.format.measurelist import (
+    WRITABLE_TEMPLATES,
+    MeasurementRecord,
+    TruncatedRecordError,
+    iter_binary,
+)
 from pyverity.fs.atomic import publish_bytes, write_all
 from pyverity.measure.pcr import PcrValues
 from pyverity.measure.stream import open_list, read_pcr_file
@@ -69,13 +74,20 @@ class ListSnapshot:
 
 
 def scan_list(data: bytes) -> tuple[list[MeasurementRecord], list[int], int, str | None]:
-    """Parse records until the first bad one: (records, offsets, good end, tail problem)."""
+    """Parse records of pyverity's own list until the first bad one: (records, offsets, good
+    end, tail problem). A record of a template pyverity does not write is a bad one."""
     records: list[MeasurementRecord] = []
     offsets: list[int] = []
     end = 0
     problem: str | None = None
     try:
         for offset, record in iter_binary(data):
+            if record.template_name not in WRITABLE_TEMPLATES:
+                problem = (
+                    f"record at offset {offset}: template {record.template_name!r} "
+                    "(not one pyverity writes)"
+                )
+                break
             records.append(record)
             offsets.append(offset)
             end = offset + len(record.to_bytes())

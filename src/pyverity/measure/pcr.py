@@ -1,4 +1,7 @@
-"""Software PCRs: the sha1 and sha256 banks a measurement list is extended into (spec/ima.md §4.7).
+"""Software PCRs: the banks a measurement list is extended into (spec/ima.md §4.7).
+
+pyverity's own lists keep the sha1 and sha256 banks (:data:`BANKS`); a kernel's list is
+replayed into any bank :mod:`pyverity.format.listbanks` knows (sha384, sha512, sm3, …).
 
 :class:`PcrValues` is an immutable snapshot: for each bank, for each PCR index, the value, plus
 how many list entries (``count``) and list bytes (``size``) it covers. ``extend`` returns a new
@@ -11,17 +14,17 @@ fsync + rename) so that a verifier can replay the list and compare; the evmctl f
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pyverity.errors import FormatError
+from pyverity.format import listbanks
 from pyverity.format.measurelist import NUM_PCRS, MeasurementRecord
 
 __all__ = ["BANKS", "CHAIN_BANK", "NUM_PCRS", "PcrReplay", "PcrValues", "chain_values"]
 
-#: The banks pyverity keeps (TPM 2.0's usual pair).
+#: The banks pyverity's own lists keep (TPM 2.0's usual pair).
 BANKS = ("sha1", "sha256")
 #: The bank of ``LIST.chain`` (the PCR value after each entry).
 CHAIN_BANK = "sha256"
@@ -31,7 +34,16 @@ _MAX_PCR_FILE = 1 << 16
 
 @functools.cache
 def _zero(bank: str) -> bytes:
-    return bytes(hashlib.new(bank).digest_size)
+    return bytes(listbanks.digest_size(bank))
+
+
+def _extend(bank: str, old: bytes, value: bytes) -> bytes:
+    return listbanks.extend(bank, old, value)
+
+
+def _check_bank(bank: str) -> None:
+    if listbanks.normalize_bank(bank) != bank:
+        raise FormatError(f"PCR bank {bank!r}: spelled {listbanks.normalize_bank(bank)!r}")
 
 
 @dataclass(frozen=True)
@@ -46,8 +58,7 @@ class PcrValues:
 
     def __post_init__(self) -> None:
         for bank, pcrs in self.values.items():
-            if bank not in BANKS:
-                raise FormatError(f"unsupported PCR bank {bank!r} (sha1 or sha256)")
+            _check_bank(bank)
             for index, value in pcrs.items():
                 if not 0 <= index < 1 << 32 or len(value) != len(_zero(bank)):
                     raise FormatError(f"bad {bank} value for PCR {index}")
@@ -65,7 +76,7 @@ class PcrValues:
         for bank, pcrs in self.values.items():
             updated = dict(pcrs)
             old = pcrs.get(record.pcr, _zero(bank))
-            updated[record.pcr] = hashlib.new(bank, old + record.pcr_extend_value(bank)).digest()
+            updated[record.pcr] = _extend(bank, old, record.pcr_extend_value(bank))
             new[bank] = updated
         size = len(record.to_bytes()) if record_size is None else record_size
         return PcrValues(new, self.count + 1, self.size + size)
@@ -133,8 +144,7 @@ class PcrReplay:
     def __init__(self, banks: Iterable[str] = BANKS) -> None:
         self._banks: dict[str, dict[int, bytes]] = {b: {} for b in banks}
         for bank in self._banks:
-            if bank not in BANKS:
-                raise FormatError(f"unsupported PCR bank {bank!r} (sha1 or sha256)")
+            _check_bank(bank)
         self.count = 0
         self.size = 0
 
@@ -144,9 +154,7 @@ class PcrReplay:
         chained = None
         for bank, pcrs in self._banks.items():
             old = pcrs.get(record.pcr) or _zero(bank)
-            pcrs[record.pcr] = value = hashlib.new(
-                bank, old + record.pcr_extend_value(bank)
-            ).digest()
+            pcrs[record.pcr] = value = _extend(bank, old, record.pcr_extend_value(bank))
             if bank == CHAIN_BANK:
                 chained = value
         self.count += 1
@@ -163,7 +171,7 @@ def chain_values(records: Iterable[MeasurementRecord], bank: str = CHAIN_BANK) -
     out: list[bytes] = []
     for record in records:
         old = current.get(record.pcr, _zero(bank))
-        value = hashlib.new(bank, old + record.pcr_extend_value(bank)).digest()
+        value = _extend(bank, old, record.pcr_extend_value(bank))
         current[record.pcr] = value
         out.append(value)
     return b"".join(out)

@@ -11,6 +11,13 @@ whatever the list's size; the writer is never held up for longer than the snapsh
 
 The list is append-only, so the bytes before the size taken under the lock never change.
 A size of 0 is read to the end (securityfs reports 0 for the kernel's lists).
+
+The list's PCR bank (:mod:`pyverity.format.listbanks`: the size of its template digests) is the
+one its file name ends in (``binary_runtime_measurements_sha256``; a symlink such as 6.10's
+unsuffixed ``binary_runtime_measurements`` is followed: the name of the file opened counts),
+else the one asked for (``--bank``), else found from the first record: the digest size after
+which a template name follows (binary), the digest column's size (ascii). 32 bytes is sha256
+unless sm3 is asked for.
 """
 
 from __future__ import annotations
@@ -22,12 +29,16 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from pyverity.errors import FormatError, InputError, StorageError
+from pyverity.errors import FormatError, InputError, StorageError, UsageError
+from pyverity.format.listascii import BANK_BY_SIZE
+from pyverity.format.listbanks import bank_from_name, normalize_bank
 from pyverity.format.measurelist import (
     MeasurementRecord,
     Reader,
+    detect_bank,
     iter_records,
     parse_ascii_line,
 )
@@ -102,6 +113,8 @@ class ListReader:
     chain_size: int = 0
     #: Bytes of well-formed records read so far.
     end: int = 0
+    #: The list's PCR bank (``None`` for an ascii list until its first line is read).
+    bank: str | None = "sha1"
 
     def _bounded_read(self) -> Reader:
         """``read(n)`` over the list's first :attr:`size` bytes (from offset 0, whatever the
@@ -116,7 +129,7 @@ class ListReader:
         if self.ascii:
             yield from self._ascii_records()
             return
-        for offset, record, end in iter_records(self._bounded_read()):
+        for offset, record, end in iter_records(self._bounded_read(), bank=self.bank or "sha1"):
             self.end = end
             yield offset, record
 
@@ -130,9 +143,10 @@ class ListReader:
             if len(line) > MAX_ASCII_LINE:
                 raise FormatError(f"line {n}: longer than {MAX_ASCII_LINE} bytes")
             try:
-                record = parse_ascii_line(line.decode("utf-8", "surrogateescape"))
+                record = parse_ascii_line(line.decode("utf-8", "surrogateescape"), bank=self.bank)
             except FormatError as exc:
                 raise FormatError(f"line {n}: {exc}") from None
+            self.bank = record.bank
             self.end += len(line)
             yield n, record
 
@@ -142,16 +156,54 @@ class ListReader:
                 f.close()
 
 
+def _name_bank(name: str, fd: int) -> str | None:
+    """The bank named by the list's file name, or by the name of the file opened (a symlink's
+    target: securityfs's unsuffixed names on 6.10+)."""
+    bank = bank_from_name(name)
+    if bank is None:
+        with contextlib.suppress(OSError):
+            bank = bank_from_name(str(Path(f"/proc/self/fd/{fd}").readlink()))
+    return bank
+
+
+def _choose_bank(name: str, fd: int, asked: str | None, head: bytes, text: bool) -> str | None:
+    named = _name_bank(name, fd)
+    if asked is not None:
+        try:
+            asked = normalize_bank(asked)
+        except FormatError as exc:
+            raise UsageError(f"--bank: {exc}") from None
+        if named is not None and named != asked:
+            raise UsageError(f"--bank {asked}: {name} is the {named} list (its name says so)")
+        return asked
+    if named is not None:
+        return named
+    if text:  # the first line's digest column (None: the line is refused when read)
+        columns = head.lstrip(b" ").split(b" ", 2)
+        return BANK_BY_SIZE.get(len(columns[1]) // 2) if len(columns) > 2 else None
+    return detect_bank(head) or "sha1"
+
+
 @contextlib.contextmanager
-def open_list(path: str | os.PathLike[str], *, pcrs: bool = True) -> Iterator[ListReader]:
+def open_list(
+    path: str | os.PathLike[str], *, pcrs: bool = True, bank: str | None = None
+) -> Iterator[ListReader]:
     """Open a list for :meth:`ListReader.records`; with ``pcrs``, also its ``LIST.pcrs`` and
-    ``LIST.chain`` (a binary list only). :class:`InputError` if the list cannot be opened or
-    is not a regular file."""
+    ``LIST.chain`` (a binary list only). ``bank``: the list's PCR bank when its name does not
+    say (see the module docstring). :class:`InputError` if the list cannot be opened or is not
+    a regular file; :class:`UsageError` if ``bank`` is none or contradicts the name."""
     from pyverity.measure.files import chain_path, pcr_path
 
     name = os.fsdecode(path)
     stream = open_stream(path, "measurement list")
-    reader = ListReader(name, stream, None, looks_ascii(stream.peek(3)[:3]))  # type: ignore[attr-defined]
+    try:
+        head = stream.peek(400)[:400]  # type: ignore[attr-defined]
+        text = looks_ascii(head[:3])
+        chosen = _choose_bank(name, stream.fileno(), bank, head, text)
+    except BaseException:
+        stream.close()
+        raise
+    reader = ListReader(name, stream, None, text, bank=chosen)
     try:
         fd = stream.fileno()
         try:

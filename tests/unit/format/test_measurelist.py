@@ -158,7 +158,8 @@ def test_truncation_anywhere_is_a_torn_tail() -> None:
     [
         (lambda b: b[:24] + struct.pack("<I", 0) + b[28:], "template name length 0"),
         (lambda b: b[:24] + struct.pack("<I", 999) + b[28:], "template name length 999"),
-        (lambda b: b[:28] + b"xxx-ng" + b[34:], "unknown template"),
+        (lambda b: b[:28] + b"xx\x01-ng" + b[34:], "bad template name"),
+        (lambda b: b[:28] + b"xx -ng" + b[34:], "bad template name"),
         (lambda b: b[:34] + struct.pack("<I", 1 << 30) + b[38:], "template data length"),
         (lambda b: b[:38] + struct.pack("<I", 200) + b[42:], "overruns"),
     ],
