@@ -85,7 +85,13 @@ def survived(state: Path) -> list[str]:
         out.append(f"integrity {raw.execute('PRAGMA integrity_check').fetchone()[0]}")
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         out.append(f"tables {' '.join(sorted(tables)) or '-'}")
-        rows = raw.execute("SELECT path, state FROM files").fetchall() if "files" in tables else []
+        rows = (
+            raw.execute(
+                "SELECT p.path, i.state FROM paths p JOIN inodes i ON i.id = p.inode"
+            ).fetchall()
+            if "inodes" in tables  # state DB schema 2: a row per inode, its paths beside it
+            else []
+        )
         out.append(f"rows {rows}")
         cps = raw.execute("SELECT offset FROM checkpoints").fetchall() if rows else []
         out.append(f"checkpoint {cps[0][0] if cps else 0}")
