@@ -72,11 +72,11 @@ def test_height_choice_and_refusals() -> None:
     assert subtree_height(params, 64 << 20) == 2
     assert subtree_height(params, 1) == 1
     assert subtree_bytes(params, 2) == 64 << 20
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="height"):
         subtree_bytes(params, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="subtrees"):
         fold_roots(params, 100, 1, [b"\0" * 32])
-    with tempfile.TemporaryFile() as f, pytest.raises(ValueError):
+    with tempfile.TemporaryFile() as f, pytest.raises(ValueError, match="aligned"):
         hash_subtrees(f.fileno(), params, 5, 10, 1)
 
 
