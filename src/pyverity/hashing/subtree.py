@@ -39,7 +39,7 @@ def subtree_bytes(params: TreeParams, height: int) -> int:
     """Data bytes covered by one subtree of ``height``."""
     if height < 1:
         raise ValueError("a subtree has a height of at least 1")
-    return params.block_size * params.arity**height
+    return int(params.block_size * params.arity**height)
 
 
 def _fold_level(params: TreeParams, digests: bytes) -> bytes:
