@@ -8,6 +8,7 @@ only, unless ``--pcr`` gives them). An ascii list (``ascii_runtime_measurements`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -19,8 +20,10 @@ from pyverity.errors import FormatError, IntegrityError, UsageError
 
 if TYPE_CHECKING:
     from pyverity.format.measurelist import MeasurementRecord
+    from pyverity.keys.keyring import Keyring
     from pyverity.measure.pcr import PcrValues
     from pyverity.measure.stream import ListReader
+    from pyverity.measure.verify import ListVerifier
 
 __all__ = ["main"]
 
@@ -68,6 +71,9 @@ def _parser() -> ArgumentParser:
                 help="expected PCR 10 value (repeatable; any bank: sha1, sha256, sha384, "
                 "sha512, sm3 …; PCR N as BANK:N:HEX); replaces the stored values",
             )
+            from pyverity.cli.attest import add_allowlist_options
+
+            add_allowlist_options(s)
         if name == "pcrs":
             s.add_argument(
                 "--replay",
@@ -163,6 +169,33 @@ def _show(args: argparse.Namespace, reader: ListReader) -> int:
     return 0
 
 
+def _read_through(
+    args: argparse.Namespace, reader: ListReader, verifier: ListVerifier, keyring: Keyring | None
+) -> tuple[int, str | None, dict[str, int] | None]:
+    """Feed every record to ``verifier`` (and with ``--allowlist`` to its checker): the
+    violations, the unreadable tail's message, and the allowlist's counts."""
+    violations = 0
+    tail: str | None = None
+    with contextlib.ExitStack() as stack:
+        checker = None
+        if args.allowlist:
+            from pyverity.attest.allowlist import AllowlistChecker
+            from pyverity.cli.attest import open_allowlist
+
+            checker = AllowlistChecker(stack.enter_context(open_allowlist(args, keyring)), keyring)
+        try:
+            for record in _records(reader):
+                verifier.add(record)
+                violations += record.is_violation
+                if checker is not None and (p := checker.check(verifier.entries, record)):
+                    verifier.problem(p)
+        except FormatError as exc:
+            if not verifier.entries:
+                raise  # not a list at all: one line
+            tail = str(exc).removeprefix(f"{reader.path}: ")
+    return violations, tail, checker.counts.as_dict() if checker is not None else None
+
+
 def _verify(args: argparse.Namespace, reader: ListReader) -> int:
     from pyverity.measure.verify import EntryProblem, ListVerifier
 
@@ -178,16 +211,7 @@ def _verify(args: argparse.Namespace, reader: ListReader) -> int:
     verifier = ListVerifier(
         expected=expected, keyring=keyring, chain=reader.chain, banks=_banks(reader)
     )
-    violations = 0
-    tail: str | None = None
-    try:
-        for record in _records(reader):
-            verifier.add(record)
-            violations += record.is_violation
-    except FormatError as exc:
-        if not verifier.entries:
-            raise  # not a list at all: one line
-        tail = str(exc).removeprefix(f"{path}: ")
+    violations, tail, allowed = _read_through(args, reader, verifier, keyring)
     if args.pcr:
         verifier.expected = expected = _parse_pcr_args(args.pcr, verifier.entries)
     report = verifier.finish()
@@ -205,6 +229,7 @@ def _verify(args: argparse.Namespace, reader: ListReader) -> int:
                 "pcrs_compared": expected is not None,
                 "signatures_checked": report.signatures_checked if keyring else None,
                 "violations": violations,
+                "allowlist": allowed,
                 "replayed": report.replayed.as_dict(),
                 "problems": [
                     {"index": p.index, "kind": p.kind, "name": p.name, "reason": p.reason}
@@ -226,6 +251,11 @@ def _verify(args: argparse.Namespace, reader: ListReader) -> int:
             what.append("PCR replay" if expected is not None else "no PCR values to compare")
             if keyring is not None:
                 what.append(f"{report.signatures_checked} signatures")
+            if allowed is not None:
+                what.append(
+                    f"allowlist: {allowed['allowed']} allowed, {allowed['signed']} by signature,"
+                    f" {allowed['excluded']} excluded"
+                )
             if violations:
                 what.append(
                     f"{violations} violation entries (open-writers/ToMToU), replayed as 0xFF"

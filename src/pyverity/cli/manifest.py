@@ -6,6 +6,8 @@
   DIR every file: added, missing, changed, a summary; exit 1 on any difference.
 * ``apply --keyring R M DIR``: write ``<ns>.verity`` (and the signature, when the manifest
   carries one that verifies with R) where the content matches; report and leave the rest.
+* ``export --format keylime --keyring R M``: verify, then write a Keylime runtime policy
+  (:mod:`pyverity.attest.keylime`; docs/attestation.md).
 """
 
 from __future__ import annotations
@@ -112,6 +114,28 @@ def build_parser() -> ArgumentParser:
     a.add_argument("--force", action="store_true", help="replace attributes that differ")
     add_namespace_options(a)
     _common(a)
+    e = sub.add_parser("export", help="verify a manifest and write it as a Keylime runtime policy")
+    e.description = "Verify a manifest, then write it as a Keylime runtime policy (JSON)."
+    e.add_argument("manifest", metavar="M")
+    _expect(e)
+    e.add_argument("--format", required=True, choices=("keylime",), help="output format")
+    e.add_argument("-o", "--output", metavar="FILE", help="write here (default: standard output)")
+    e.add_argument("--prefix", default="/", metavar="PATH", help="where DIR lives (default /)")
+    e.add_argument(
+        "--log-hash-alg",
+        default="sha1",
+        choices=("sha1", "sha256", "sha384", "sha512"),
+        help="the list's template-hash algorithm (default sha1)",
+    )
+    e.add_argument(
+        "--boot-aggregate",
+        metavar="LIST",
+        help="allow the boot_aggregate of this measurement list (its first entry)",
+    )
+    e.add_argument(
+        "--exclude", action="append", default=[], metavar="REGEX", help="add an excludes regex"
+    )
+    e.add_argument("--json", action="store_true", help="print a JSON summary on stderr")
     return parser
 
 
@@ -294,4 +318,8 @@ def main(argv: list[str]) -> int:
         return _create(args)
     if args.action == "verify":
         return _verify(args)
+    if args.action == "export":
+        from pyverity.cli.attest import export_keylime
+
+        return export_keylime(args)
     return _apply(args)
