@@ -1,0 +1,105 @@
+"""Submitting units of work to a Dask client with a bounded window, results as they complete.
+
+At most ``window`` tasks are in flight (by default four per worker thread), each bounded in
+bytes by the plan, so memory on the client does not grow with the tree. A task lost with its
+worker (``kill -9``, a node gone) is run again by the scheduler; one that kills workers
+repeatedly, or a scheduler that goes away, ends the run with one :class:`ClusterError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+from pyverity.cluster.connect import ClusterError
+
+__all__ = ["Engine"]
+
+U = TypeVar("U")
+R = TypeVar("R")
+
+#: Seconds without any result, while tasks are in flight, before the scheduler is asked
+#: whether it is still there.
+_POLL = 5.0
+
+
+class Engine(Generic[U, R]):
+    """Runs ``fn(unit)`` on the cluster for each unit; yields ``(unit, result)`` unordered."""
+
+    def __init__(self, client: Any, fn: Callable[[U], R], *, window: int | None = None) -> None:
+        self._client = client
+        self._fn = fn
+        self.address = str(getattr(client, "scheduler", None) and client.scheduler.address)
+        if window is None:
+            try:
+                threads = sum(client.nthreads().values())
+            except Exception as e:  # noqa: BLE001 - any failure here is the scheduler's
+                raise self._lost(e) from None
+            window = 4 * max(1, threads)
+        self.window = window
+
+    def _lost(self, e: BaseException) -> ClusterError:
+        text = (str(e).strip().splitlines() or [type(e).__name__])[
+            -1 if "cancelled" in str(e) else 0
+        ]
+        if type(e).__name__ == "KilledWorker":
+            return ClusterError(
+                f"a task killed the cluster's workers again and again: {text}",
+                remedy="check the workers' memory and logs",
+            )
+        return ClusterError(
+            f"lost the cluster's scheduler ({self.address}): {text}",
+            remedy="run again once the scheduler is back; work already done is kept",
+        )
+
+    def run(
+        self, units: Iterable[U], *, hold: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[U, R]]:
+        """Submit units, at most ``window`` in flight (none more while ``hold()`` is true)."""
+        import distributed
+
+        it = iter(units)
+        pending: dict[Any, U] = {}
+        exhausted = False
+
+        def fill() -> None:
+            nonlocal exhausted
+            while not exhausted and len(pending) < self.window and not (hold and hold()):
+                try:
+                    unit = next(it)
+                except StopIteration:
+                    exhausted = True
+                    return
+                pending[self._client.submit(self._fn, unit, pure=False)] = unit
+
+        try:
+            fill()
+            while pending:
+                for fut in self._completed(distributed, list(pending)):
+                    unit = pending.pop(fut)
+                    result = fut.result()
+                    fut.release()
+                    yield unit, result
+                fill()
+        except ClusterError:
+            raise
+        except Exception as e:  # noqa: BLE001 - dask's errors: comm, timeout, cancel, killed
+            raise self._lost(e) from None
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def _completed(self, distributed: Any, futures: list[Any]) -> list[Any]:
+        """The futures done so far (at least one); checks the scheduler while none is."""
+        while True:
+            try:
+                return list(
+                    distributed.wait(futures, timeout=_POLL, return_when="FIRST_COMPLETED").done
+                )
+            except TimeoutError:
+                if self._client.status not in ("running", "connecting"):
+                    raise ClusterError(
+                        f"lost the cluster's scheduler ({self.address}):"
+                        f" the client is {self._client.status}",
+                        remedy="run again once the scheduler is back; work already done is kept",
+                    ) from None

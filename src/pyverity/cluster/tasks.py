@@ -1,0 +1,117 @@
+"""What cluster workers run: read and hash, nothing else (no key, no write, no dask import).
+
+Every function here is a picklable top-level function of plain values. A unit of work is a
+list of :class:`Job` (several whole small files, or one byte range of a big file) and comes
+back as a list of :class:`Result`, one per job, each with the (size, mtime, ctime, inode) the
+worker saw while it read (:class:`Seen`); the client compares that with its own stat before it
+uses the digest. Errors come back as values, so a bad file never fails a task (a task fails
+only when its worker dies, and the scheduler then runs it again elsewhere).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+
+from pyverity.errors import Error, FileChangedError
+from pyverity.format.descriptor import Descriptor
+from pyverity.format.params import TreeParams
+from pyverity.fs.openfile import open_regular
+
+__all__ = ["Job", "Kind", "Result", "Seen", "run_jobs", "seen_of"]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a file looked like: compared between worker and client (st_dev differs across
+    machines mounting the same storage, so it is left out)."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+
+
+def seen_of(st: os.stat_result) -> Seen:
+    return Seen(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class Kind(enum.Enum):
+    #: The whole file's fs-verity descriptor.
+    TREE = "tree"
+    #: The roots of the subtrees of ``height`` covering ``[start, end)``.
+    RANGE = "range"
+    #: The whole-file hash ``alg`` (kernel name): sequential, one job per file.
+    HASH = "hash"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file's share of a unit of work: ``part`` of the file numbered ``index``."""
+
+    index: int
+    path: str
+    kind: Kind
+    size: int
+    params: TreeParams | None = None
+    alg: str = ""
+    start: int = 0
+    end: int = 0
+    height: int = 0
+    part: int = 0
+
+
+@dataclass(frozen=True)
+class Result:
+    job: Job
+    seen: Seen | None
+    #: A descriptor (TREE), subtree roots (RANGE) or a whole-file digest (HASH).
+    value: Descriptor | tuple[bytes, ...] | bytes | None
+    error: str | None = None
+    changed: bool = False
+
+
+def run_job(job: Job) -> Result:
+    """Open, stat, hash as ``job`` says, stat again."""
+    try:
+        fd = open_regular(job.path)
+    except Error as e:
+        return Result(job, None, None, e.message)
+    try:
+        seen = seen_of(os.fstat(fd))
+        if seen.size != job.size:
+            raise FileChangedError("file changed size since it was listed")
+        value = _hash(fd, job)
+        if seen_of(os.fstat(fd)) != seen:
+            raise FileChangedError("file changed while it was being hashed")
+    except FileChangedError as e:
+        return Result(job, None, None, e.message, changed=True)
+    except Error as e:
+        return Result(job, None, None, e.message)
+    except OSError as e:
+        return Result(job, None, None, f"read error: {e.strerror}")
+    finally:
+        os.close(fd)
+    return Result(job, seen, value)
+
+
+def _hash(fd: int, job: Job) -> Descriptor | tuple[bytes, ...] | bytes:
+    if job.kind is Kind.HASH:
+        from pyverity.format.ima import algo_by_name
+        from pyverity.protect.sign import whole_file_hash
+
+        return whole_file_hash(fd, algo_by_name(job.alg))
+    assert job.params is not None  # noqa: S101 - the plan sets it
+    if job.kind is Kind.RANGE:
+        from pyverity.hashing.subtree import hash_subtrees
+
+        return tuple(hash_subtrees(fd, job.params, job.start, job.end, job.height))
+    from pyverity.hashing import build_tree
+
+    return build_tree(fd, job.params, keep_tree=False, jobs=1).descriptor
+
+
+def run_jobs(jobs: list[Job]) -> list[Result]:
+    """The unit of work of a cluster task."""
+    return [run_job(job) for job in jobs]
