@@ -449,9 +449,9 @@ class Matcher:
         self._accepts.append(any(self._code[pc][0] == _MATCH for pc in key))
         return len(self._sets) - 1
 
-    def _at_end(self, state: int, *, eos: bool) -> int:
+    def _at_end(self, state: int, *, eos: bool, bol: bool) -> int:
         """The state with the ``$`` (and at the very end ``\\Z``) assertions passed."""
-        cache_key = state * 2 + eos
+        cache_key = state * 4 + eos * 2 + bol
         found = self._eol.get(cache_key)
         if found is None:
             holds = ("eol", "eos") if eos else ("eol",)
@@ -460,7 +460,7 @@ class Matcher:
                 for pc in self._sets[state]
                 if self._code[pc][0] == _ASSERT and self._code[pc][1] in holds
             ]
-            more = self._closure(pending, bol=False, eol=True, eos=eos) if pending else set()
+            more = self._closure(pending, bol=bol, eol=True, eos=eos) if pending else set()
             generation = self._generation
             found = self._intern(set(self._sets[state]) | more)
             if generation == self._generation:
@@ -491,13 +491,13 @@ class Matcher:
             if self._accepts[state]:
                 return True
             if i == n - 1 and ch == "\n":  # '$' holds before a final newline
-                state = self._at_end(state, eos=False)
+                state = self._at_end(state, eos=False, bol=i == 0)
                 if self._accepts[state]:
                     return True
             state = self._next(state, ch)
             if not self._sets[state]:
                 return False
-        return self._accepts[state] or self._accepts[self._at_end(state, eos=True)]
+        return self._accepts[state] or self._accepts[self._at_end(state, eos=True, bol=n == 0)]
 
 
 def compile_excludes(patterns: Sequence[str], what: str = "exclude") -> Matcher:
