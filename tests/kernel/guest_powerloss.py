@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,7 +81,13 @@ def phase1(d: Path, state: Path) -> None:
 def survived(state: Path) -> list[str]:
     """What the crash left, before any daemon touches it."""
     out = []
-    raw = sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True)
+    # A copy opened read-write, as the recovering daemon opens it: a read-only connection can't
+    # replay the write-ahead log that the reset left behind, and sees only what was checkpointed.
+    scratch = Path(tempfile.mkdtemp(dir=state.parent))
+    for name in ("state.db", "state.db-wal"):
+        if (state / name).exists():
+            shutil.copy2(state / name, scratch / name)
+    raw = sqlite3.connect(scratch / "state.db")
     try:
         out.append(f"integrity {raw.execute('PRAGMA integrity_check').fetchone()[0]}")
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}

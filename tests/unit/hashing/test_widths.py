@@ -173,10 +173,10 @@ def test_an_unwritable_cache_directory_still_gives_a_width(
 
 def test_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert widths.cache_dir() == tmp_path / "pyverity"
+    assert widths.cache_dir() == str(tmp_path / "pyverity")
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")  # not absolute: ignored (XDG spec)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert widths.cache_dir() == tmp_path / "home" / ".cache" / "pyverity"
+    assert widths.cache_dir() == str(tmp_path / "home" / ".cache" / "pyverity")
 
 
 @pytest.fixture
