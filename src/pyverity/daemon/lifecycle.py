@@ -132,6 +132,11 @@ def on_observe(rec: FileRecord | None, obs: Observation, cause: Cause) -> Decisi
         return None if rec is None else Decision(None, cancel=True)
     if rec is None or cause is Cause.REBUILD or rec.attr_fp != obs.declared.fingerprint:
         return _new_protection(rec, obs)
+    if rec.state is State.INVALID and rec.snapshot != obs.snapshot:
+        # INVALID can rest on the content (a descriptor's data_size against the file's size):
+        # a writer that sets the attributes first and the data after (tar --xattrs) is judged
+        # again once the content changes. A build still proves the content before READY.
+        return _new_protection(rec, obs)
     ctime = obs.ctime_ns
     if rec.snapshot == obs.snapshot:
         if cause is Cause.SCAN and obs.ctime_changed(rec) and rec.state in _RECHECKED:

@@ -238,6 +238,9 @@ class Tracker:
         self.scan_file(path, Cause.ATTR if ev.change is Change.ATTR else Cause.APPEARED, rec)
 
     def _written_to(self, path: str, rec: FileRecord, ev: FileEvent, seq: int) -> None:
+        if rec.state is State.INVALID:
+            self.scan_file(path, Cause.SCAN, rec)  # judged again if the content changed
+            return
         if rec.state is State.PENDING:
             # Not built yet: wait until the writer is done (closed, or quiet for a moment).
             closed = ev.change is Change.CLOSE_WRITE

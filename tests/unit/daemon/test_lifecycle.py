@@ -187,3 +187,16 @@ def test_unknown_ctime_is_adopted_and_stale_stays_stale() -> None:
     assert d.record is not None
     assert d.record.state is State.STALE
     assert not d.build
+
+
+def test_invalid_is_judged_again_when_the_content_changes() -> None:
+    """tar --xattrs sets the descriptor on an empty file and writes the data after: INVALID
+    (data_size is not the size) must not outlive the write that makes the sizes agree."""
+    empty = FileIdentity((1, 2, 0, 4))
+    invalid = _rec(State.INVALID, empty).evolve(error="descriptor data_size 100 is not 0")
+    d = on_observe(invalid, _obs(), Cause.SCAN)
+    assert d is not None
+    assert d.record is not None
+    assert d.record.state is State.PENDING
+    assert d.build
+    assert on_observe(_rec(State.INVALID), _obs(), Cause.SCAN) is None  # nothing changed
