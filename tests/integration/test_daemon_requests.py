@@ -88,7 +88,8 @@ def test_a_dead_daemon_is_not_running_and_builds_nothing(
 ) -> None:
     d = make_daemon("--workers", "1").start()
     f = d.root / "big.bin"
-    write_file(f, 256 * MiB, sparse=True)
+    # 8 GiB (sparse): with SHA-512 in vector lanes a 256 MiB build ended before it was seen.
+    write_file(f, 8192 * MiB, sparse=True)
     protect(f, tmp_path, *OPTS, ns=d.ns)
     _building(d, f)
     run = ["status", "--state-dir", str(d.state)]
