@@ -169,6 +169,14 @@ class Daemon:
                 f"{path} never reached {states}: {got}\n{self.log.read_text()}"
             ) from None
 
+    def ready(self, name: str, size: int, out: Path) -> tuple[Path, FileRecord]:
+        """Write ``size`` random bytes to ``root/name``, protect it (``fsverity``'s digest in
+        this daemon's namespace) and wait until the daemon has it READY."""
+        path = self.root / name
+        write_file(path, size)
+        protect(path, out, ns=self.ns)
+        return path, self.wait_state(path, "READY")
+
     def wait_gone(self, path: Path, timeout: float = 5) -> None:
         wait_until(lambda: self.record(path) is None, timeout=timeout, what=f"{path} forgotten")
 

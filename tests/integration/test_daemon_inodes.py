@@ -75,10 +75,7 @@ def test_a_write_through_a_link_outside_the_roots_is_caught_at_the_next_check(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     d = make_daemon().start()
-    f = d.root / "f.bin"
-    write_file(f, MiB)
-    protect(f, tmp_path, ns=d.ns)
-    d.wait_state(f, "READY")
+    f, _ = d.ready("f.bin", MiB, tmp_path)
     outside = tmp_path / "outside.bin"
     os.link(f, outside)
     st = f.stat()
@@ -96,10 +93,7 @@ def test_ctime_only_change_while_down_rehashes_and_stays_ready(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     d = make_daemon().start()
-    f = d.root / "f.bin"
-    write_file(f, MiB)
-    protect(f, tmp_path, ns=d.ns)
-    first = d.wait_state(f, "READY")
+    f, first = d.ready("f.bin", MiB, tmp_path)
     d.stop()
     f.chmod(0o600)  # ctime only
     d.start()
@@ -113,10 +107,7 @@ def test_write_with_mtime_put_back_while_down_is_stale_at_start_up(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     d = make_daemon().start()
-    f = d.root / "f.bin"
-    write_file(f, MiB)
-    protect(f, tmp_path, ns=d.ns)
-    d.wait_state(f, "READY")
+    f, _ = d.ready("f.bin", MiB, tmp_path)
     d.stop()
     st = f.stat()
     with f.open("r+b") as w:

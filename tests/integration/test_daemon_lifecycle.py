@@ -107,10 +107,7 @@ def test_write_while_daemon_down_is_stale_not_rebuilt(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     d = make_daemon().start()
-    f = d.root / "down.bin"
-    write_file(f, 3 * MiB)
-    protect(f, tmp_path, ns=d.ns)
-    d.wait_state(f, "READY")
+    f, _ = d.ready("down.bin", 3 * MiB, tmp_path)
     d.stop()
     with f.open("r+b") as w:
         w.write(b"more")
@@ -152,10 +149,7 @@ def test_none_backend_builds_on_first_use_after_restart(
     make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     d = make_daemon("--backend", "none").start()
-    f = d.root / "n.bin"
-    write_file(f, 2 * MiB)
-    protect(f, tmp_path, ns=d.ns)
-    d.wait_state(f, "READY")
+    f, _ = d.ready("n.bin", 2 * MiB, tmp_path)
     assert not (d.cache / "objects").exists()
     d.stop()
     d.start()
@@ -213,10 +207,7 @@ def test_status_cli_table_and_json(make_daemon: Callable[..., Daemon], tmp_path:
     import json
 
     d = make_daemon().start()
-    f = d.root / "s.bin"
-    write_file(f, MiB)
-    protect(f, tmp_path, ns=d.ns)
-    d.wait_state(f, "READY")
+    f, _ = d.ready("s.bin", MiB, tmp_path)
     run = ["status", "--state-dir", str(d.state)]
     table = pyverity(*run, check=True).stdout
     assert "READY" in table

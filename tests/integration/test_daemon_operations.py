@@ -92,10 +92,7 @@ def test_wiped_cache_is_rebuilt_at_start(
 
 def test_socket_requests(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     d = make_daemon().start()
-    f = d.root / "m.bin"
-    write_file(f, MiB)
-    protect(f, tmp_path)
-    d.wait_state(f, "READY")
+    f, _ = d.ready("m.bin", MiB, tmp_path)
     text = d.request({"op": "metrics"})["text"]
     assert 'pyverity_files{state="READY"} 1' in text
     assert "# TYPE pyverity_builds_ready_total counter" in text
@@ -115,10 +112,7 @@ def test_mmap_write_without_event_is_stale_on_first_use(
     import mmap
 
     d = make_daemon().start()
-    f = d.root / "mm.bin"
-    write_file(f, MiB)
-    protect(f, tmp_path)
-    d.wait_state(f, "READY")
+    f, _ = d.ready("mm.bin", MiB, tmp_path)
     mtime = f.stat().st_mtime_ns
     probe = tmp_path / "tick"
 
