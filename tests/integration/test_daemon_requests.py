@@ -50,35 +50,28 @@ def test_a_denied_caller_is_told_so_not_that_no_daemon_runs(
     src = Path(__file__).resolve().parents[2] / "src"
     cmd = [python, "-m", "pyverity.cli", "status", "--state-dir", str(d.state), str(f)]
     env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(
-        cmd,
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
-        env=env,
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def as_nobody() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cmd,
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
+            env=env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    r = as_nobody()
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stderr.startswith(f"ERROR: permission denied: uid {NOBODY} may not use"), r.stderr
     assert "not running" not in r.stderr
     # Whether one runs, a caller who may not reach the socket is told it is denied.
     d.stop()
-    r = subprocess.run(
-        cmd,
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
-        env=env,
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    r = as_nobody()
     assert r.returncode == 1
     assert r.stderr.startswith("ERROR: permission denied"), r.stderr
 
