@@ -43,24 +43,21 @@ def test_unit_verifies_where_the_docs_install_it(tmp_path: Path) -> None:
     exe.parent.mkdir(parents=True)
     exe.write_text("#!/bin/sh\n")  # stands for the link to /opt/pyverity/bin/pyverity
     exe.chmod(0o755)
-    r = subprocess.run(
-        [tool, "verify", f"--root={root}", "/etc/systemd/system/pyverity.service"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [tool, "verify", f"--root={root}", "/etc/systemd/system/pyverity.service"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    r = verify()
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stderr.strip() == "", r.stderr
     # Without the installed command, verify says so: the check can fail.
     exe.unlink()
-    r = subprocess.run(
-        [tool, "verify", f"--root={root}", "/etc/systemd/system/pyverity.service"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = verify()
     assert r.returncode != 0
     assert f"Command {EXEC} is not executable" in r.stderr
 
