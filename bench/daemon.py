@@ -151,9 +151,9 @@ def bench_many(base: Path, count: int) -> dict[str, float]:
         ready = 0
         while True:
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            ready = con.execute("SELECT count(*) FROM files WHERE state='READY'").fetchone()[0]
+            ready = con.execute("SELECT count(*) FROM inodes WHERE state='READY'").fetchone()[0]
             bad = con.execute(
-                "SELECT count(*) FROM files WHERE state IN ('INVALID','MISMATCH','STALE')"
+                "SELECT count(*) FROM inodes WHERE state IN ('INVALID','MISMATCH','STALE')"
             ).fetchone()[0]
             con.close()
             if ready + bad >= count or time.perf_counter() - t_last > 600:
