@@ -285,6 +285,30 @@ def test_manifest_create_with_a_token_key(token: SoftToken, tmp_path: Path) -> N
     assert main(["manifest", "verify", "--keyring", str(ring), str(out), str(src)]) == 0
 
 
+def test_manifest_create_takes_the_module_and_pin_options(
+    token: SoftToken, tmp_path: Path
+) -> None:
+    """``--pkcs11-module`` and ``--pass-env`` as for ``sign`` (the URI names neither)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _file(src, "f", 5000)
+    out = tmp_path / "m"
+    env = {**token.env(), "TOKEN_PIN": token.pin_file.read_text().strip()}
+    proc = _pyverity("manifest", "create", "-o", str(out), "--key", token.uri("ec", module=False),
+                     "--pkcs11-module", token.module, "--pass-env", "TOKEN_PIN", "--signatures",
+                     "--jobs", "1", str(src), env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ring = keyring_dir(token.ec)
+    assert main(["manifest", "verify", "--keyring", str(ring), str(out), str(src)]) == 0
+    env["TOKEN_PIN"] = "0000"
+    proc = _pyverity("manifest", "create", "-o", str(tmp_path / "m2"), "--key",
+                     token.uri("ec", module=False), "--pkcs11-module", token.module,
+                     "--pass-env", "TOKEN_PIN", str(src), env=env)  # fmt: skip
+    assert proc.returncode == 1
+    assert len(_errors(proc.stderr)) == 1, proc.stderr
+    assert not (tmp_path / "m2").exists()
+
+
 def test_no_pin_and_no_terminal_is_a_usage_error(token: SoftToken, tmp_path: Path) -> None:
     f = _file(tmp_path)
     proc = _pyverity("sign", "--key", token.uri("rsa"), "--xattr-user", str(f), env=token.env())

@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pyverity.cli.sign import passphrase_of
+    from pyverity.cli._keyoptions import passphrase_of
     from pyverity.keys.generate import generate_key
 
     ns = vars(args)

@@ -1,6 +1,6 @@
 """``pyverity manifest create|verify|apply``: signed manifests of whole trees (docs/manifest.md).
 
-* ``create -o M --key K [--cert C] DIR...``: walk the trees (symlinks recorded, never
+* ``create -o M --key K|pkcs11:URI [--cert C] DIR...``: walk the trees (symlinks recorded, never
   followed), compute each file's fs-verity digest and whole-file hashes in one read, sign.
 * ``verify --keyring R M [DIR]``: check the signature (before any entry is read), then with
   DIR every file: added, missing, changed, a summary; exit 1 on any difference.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyverity.cli._common import ArgumentParser
+from pyverity.cli._keyoptions import add_key_options, load_cli_signer
 from pyverity.cli.enable import (
     add_namespace_options,
     add_tree_options,
@@ -78,9 +79,7 @@ def build_parser() -> ArgumentParser:
     c.description = "Walk trees and write a signed manifest of their digests."
     c.add_argument("dirs", nargs="+", metavar="DIR")
     c.add_argument("-o", "--output", required=True, metavar="M", help="manifest to write")
-    c.add_argument("--key", required=True, help="private key (PEM/DER, or file:PATH)")
-    c.add_argument("--cert", help="the key's X.509 certificate (its SKID gives the keyid)")
-    c.add_argument("--keyid", help="keyid (8 hex digits), overriding the SKID")
+    add_key_options(c)
     c.add_argument("--name", help="the manifest's name (default: the first DIR's base name)")
     c.add_argument("--serial", type=_serial, default=1, metavar="N", help="serial (default 1)")
     c.add_argument("--created", metavar="TIME", help="RFC 3339 UTC time (default: now)")
@@ -96,9 +95,6 @@ def build_parser() -> ArgumentParser:
     sig.add_argument(
         "--imasig", action="store_true", help="record v2 signatures of the first file hash"
     )
-    pw = c.add_mutually_exclusive_group()
-    pw.add_argument("--pass-file", metavar="F", help="read the key's passphrase from F")
-    pw.add_argument("--pass-env", metavar="VAR", help="take the passphrase from $VAR")
     _common(c)
     v = sub.add_parser("verify", help="check a manifest's signature and, with DIR, every file")
     v.description = "Check a manifest's signature and, with DIR, every file against it."
@@ -173,8 +169,6 @@ def _print(obj: dict[str, Any]) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from pyverity.cli.sign import _prompt, passphrase_of
-    from pyverity.keys import load_signer, parse_keyid
     from pyverity.manifest import CreateOptions, DigestOptions, create_manifest
     from pyverity.manifest.model import display
 
@@ -186,14 +180,7 @@ def _create(args: argparse.Namespace) -> int:
         signatures="v3" if args.signatures else "v2" if args.imasig else None,
         jobs=args.jobs or len(os.sched_getaffinity(0)),
     )
-    given = passphrase_of(args)
-    signer = load_signer(
-        args.key,
-        cert=args.cert,
-        keyid=parse_keyid(args.keyid) if args.keyid is not None else None,
-        passphrase=given if given is not None else _prompt,
-        allow_computed_keyid=True,
-    )
+    signer = load_cli_signer(args)
     for d in args.dirs:
         if not Path(d).is_dir():
             raise UsageError(f"'{d}' is not a directory")

@@ -28,11 +28,11 @@ import argparse
 import functools
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyverity.cli._common import ArgumentParser
+from pyverity.cli._keyoptions import add_key_options, load_cli_signer
 from pyverity.cli.enable import (
     Progress,
     add_batch_options,
@@ -51,11 +51,9 @@ if TYPE_CHECKING:
     from pyverity.keys import Signer
     from pyverity.protect.sign import HashedFile
 
-__all__ = ["main", "passphrase_of"]
+__all__ = ["main"]
 
 logger = logging.getLogger(__name__)
-
-MAX_PASS_FILE = 4096
 
 
 def build_parser() -> ArgumentParser:
@@ -64,14 +62,7 @@ def build_parser() -> ArgumentParser:
         description="Sign files: v3 signature in <ns>.ima and descriptor in <ns>.verity.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH")
-    parser.add_argument(
-        "--key", required=True, help="private key: PEM/DER file, file:PATH or a pkcs11: URI"
-    )
-    parser.add_argument(
-        "--pkcs11-module", metavar="SO", help="PKCS#11 module when the URI has no module-path"
-    )
-    parser.add_argument("--cert", help="the key's X.509 certificate (its SKID gives the keyid)")
-    parser.add_argument("--keyid", help="keyid to write (8 hex digits), overriding the SKID")
+    add_key_options(parser)
     add_tree_options(parser)
     add_namespace_options(parser)
     add_batch_options(parser)
@@ -86,39 +77,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out-merkle-tree", metavar="F", help="one FILE: also write its tree")
     parser.add_argument("--out-descriptor", metavar="F", help="one FILE: also write its descriptor")
     add_wait_options(parser)
-    pw = parser.add_mutually_exclusive_group()
-    pw.add_argument("--pass-file", metavar="F", help="read the key's passphrase from F")
-    pw.add_argument("--pass-env", metavar="VAR", help="take the passphrase from $VAR")
     return parser
-
-
-def passphrase_of(args: argparse.Namespace) -> bytes | None:
-    """The passphrase from ``--pass-file``/``--pass-env``; None means "prompt if needed"."""
-    pass_file = args.pass_file
-    pass_env = args.pass_env
-    if pass_file is not None:
-        from pyverity.fs.inputs import read_input
-
-        # a pipe is fine here (--pass-file <(...), /dev/fd/N); a FIFO with no writer reads empty
-        data = read_input(pass_file, "passphrase file", MAX_PASS_FILE, allow_fifo=True)
-        return data.split(b"\n", 1)[0].rstrip(b"\r")
-    if pass_env is not None:
-        value = os.environb.get(os.fsencode(pass_env))
-        if value is None:
-            raise UsageError(f"environment variable {pass_env} is not set")
-        return value
-    return None
-
-
-def _prompt() -> bytes:
-    import getpass
-
-    if not sys.stdin.isatty():
-        raise UsageError(
-            "the key is encrypted and there is no terminal to ask for its passphrase",
-            remedy="use --pass-file FILE or --pass-env VAR",
-        )
-    return getpass.getpass("Passphrase: ").encode()
 
 
 def _check_mode_options(args: argparse.Namespace) -> None:
@@ -127,8 +86,6 @@ def _check_mode_options(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from pyverity.keys import load_signer, parse_keyid
-
     args = build_parser().parse_args(argv)
     _check_mode_options(args)
     ns = namespace_of(args)
@@ -137,22 +94,13 @@ def main(argv: list[str]) -> int:
             raise UsageError("--sigfile and --builtin-sig are exclusive")
         if len(args.paths) != 1 or args.recursive:
             raise UsageError("--builtin-sig signs exactly one FILE")
-    keyid = parse_keyid(args.keyid) if args.keyid is not None else None
-    given = passphrase_of(args)
-    signer = load_signer(
-        args.key,
-        cert=args.cert,
-        keyid=keyid,
-        passphrase=given if given is not None else _prompt,
-        allow_computed_keyid=True,
-        pkcs11_module=args.pkcs11_module,
-    )
+    signer = load_cli_signer(args)
     if args.builtin_sig is not None and signer.certificate is None:
         raise UsageError(
             "--builtin-sig needs the key's certificate, from --cert (PKCS#7 names it)",
             remedy="give --cert CERT, or use a PEM key file (or a token) that also holds it",
         )
-    if signer.certificate is None and keyid is None:
+    if signer.certificate is None and args.keyid is None:
         logger.warning(
             "no --cert: keyid %08x is SHA-1 of the public key (as evmctl); it matches the"
             " certificate's SKID only if that was made the standard way",

@@ -21,13 +21,13 @@ length for its algorithm, is one ``ERROR: line N: ...`` and exit 1, with nothing
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 from pyverity.cli._common import ArgumentParser
+from pyverity.cli._keyoptions import add_key_options, load_cli_signer
 from pyverity.errors import FormatError, UsageError
 
 if TYPE_CHECKING:
@@ -172,21 +172,13 @@ def build_parser() -> ArgumentParser:
         description="Sign 'DIGEST PATH' lines from stdin (as evmctl sign_hash); the files are"
         " never opened. Each line is written back with the hex of its security.ima value.",
     )
-    parser.add_argument("--key", required=True, help="private key: file or pkcs11: URI")
-    parser.add_argument("--cert", help="the key's X.509 certificate (its SKID gives the keyid)")
-    parser.add_argument("--keyid", help="keyid to write (8 hex digits), overriding the SKID")
+    add_key_options(parser)
     parser.add_argument(
         "--hash-alg", metavar="ALG", help="algorithm of bare-hex lines (sha256, sha512, ...)"
     )
     parser.add_argument(
         "--veritysig", action="store_true", help="bare-hex lines are fs-verity digests (v3)"
     )
-    parser.add_argument(
-        "--pkcs11-module", metavar="SO", help="PKCS#11 module when the URI has no module-path"
-    )
-    pw = parser.add_mutually_exclusive_group()
-    pw.add_argument("--pass-file", metavar="F", help="read the passphrase or PIN from F")
-    pw.add_argument("--pass-env", metavar="VAR", help="take the passphrase or PIN from $VAR")
     return parser
 
 
@@ -194,23 +186,6 @@ def _no_prompt() -> bytes:
     raise UsageError(
         "the key needs a passphrase or PIN, and standard input carries the digests",
         remedy="use --pass-file FILE or --pass-env VAR (or pin-source= in a pkcs11: URI)",
-    )
-
-
-def load_cli_signer(args: argparse.Namespace) -> Signer:
-    """The signer named by ``--key``/``--cert``/``--keyid`` and the passphrase options."""
-    from pyverity.cli.sign import passphrase_of
-    from pyverity.keys import load_signer, parse_keyid
-
-    keyid = parse_keyid(args.keyid) if args.keyid is not None else None
-    given = passphrase_of(args)
-    return load_signer(
-        args.key,
-        cert=args.cert,
-        keyid=keyid,
-        passphrase=given if given is not None else _no_prompt,
-        allow_computed_keyid=True,
-        pkcs11_module=args.pkcs11_module,
     )
 
 
@@ -224,7 +199,7 @@ def main(argv: list[str]) -> int:
     ]
     if not parsed:
         raise UsageError("no digest lines on standard input")
-    signer = load_cli_signer(args)
+    signer = load_cli_signer(args, _no_prompt)
     signed = [(line, line.sign(signer).to_bytes()) for line in parsed]
     out = sys.stdout.buffer
     for line, value in signed:
