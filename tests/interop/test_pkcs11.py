@@ -285,9 +285,7 @@ def test_manifest_create_with_a_token_key(token: SoftToken, tmp_path: Path) -> N
     assert main(["manifest", "verify", "--keyring", str(ring), str(out), str(src)]) == 0
 
 
-def test_manifest_create_takes_the_module_and_pin_options(
-    token: SoftToken, tmp_path: Path
-) -> None:
+def test_manifest_create_takes_the_module_and_pin_options(token: SoftToken, tmp_path: Path) -> None:
     """``--pkcs11-module`` and ``--pass-env`` as for ``sign`` (the URI names neither)."""
     src = tmp_path / "src"
     src.mkdir()
@@ -300,7 +298,7 @@ def test_manifest_create_takes_the_module_and_pin_options(
     assert proc.returncode == 0, proc.stderr
     ring = keyring_dir(token.ec)
     assert main(["manifest", "verify", "--keyring", str(ring), str(out), str(src)]) == 0
-    env["TOKEN_PIN"] = "0000"
+    env["TOKEN_PIN"] = "0000"  # noqa: S105 - a wrong PIN on purpose
     proc = _pyverity("manifest", "create", "-o", str(tmp_path / "m2"), "--key",
                      token.uri("ec", module=False), "--pkcs11-module", token.module,
                      "--pass-env", "TOKEN_PIN", str(src), env=env)  # fmt: skip
