@@ -205,6 +205,22 @@ def test_default_module_is_the_p11_kit_proxy(token: SoftToken, tmp_path: Path) -
     assert parse_ima_value(os.getxattr(f, "user.ima")).keyid == token.rsa.keyid
 
 
+def test_module_path_comes_before_the_option(token: SoftToken, tmp_path: Path) -> None:
+    """The URI's module-path, else --pkcs11-module (else the p11-kit proxy, tested above)."""
+    f = _file(tmp_path)
+    argv = ["--pass-file", str(token.pin_file), "--imasig", "--xattr-user", str(f)]
+    assert main(["sign", "--key", token.uri("rsa"), "--pkcs11-module", "/nonexistent.so",
+                 *argv]) == 0  # fmt: skip
+    os.removexattr(f, "user.ima")
+    assert main(["sign", "--key", token.uri("rsa", module=False), "--pkcs11-module",
+                 token.module, *argv]) == 0  # fmt: skip
+    assert parse_ima_value(os.getxattr(f, "user.ima")).keyid == token.rsa.keyid
+    os.removexattr(f, "user.ima")
+    assert main(["sign", "--key", token.uri("rsa", module=False), "--pkcs11-module",
+                 "/nonexistent.so", *argv]) == 1  # fmt: skip
+    assert "user.ima" not in os.listxattr(f)
+
+
 @pytest.mark.parametrize(
     ("uri", "message", "code"),
     [
@@ -213,6 +229,7 @@ def test_default_module_is_the_p11_kit_proxy(token: SoftToken, tmp_path: Path) -
         ("pkcs11:object=rsa?module-path={module}", "2 tokens match", 1),
         ("pkcs11:token=pyverity?module-path={module}", "3 private keys match", 1),
         ("pkcs11:token=pyverity;object=rsa?module-path=/nonexistent.so", "does not exist", 1),
+        ("pkcs11:token=pyverity;object=rsa?module-path={garbage}", "cannot load PKCS#11 module", 1),
         ("pkcs11:token=pyverity;object=rsa?pin-value=1234", "pin-value is refused", 2),
         ("pkcs11:token=pyverity;type=cert?module-path={module}", "cannot sign", 2),
     ],
@@ -226,7 +243,9 @@ def test_bad_input_is_one_line(  # noqa: PLR0917 - fixtures and parameters
     code: int,
 ) -> None:
     f = _file(tmp_path)
-    key = uri.format(module=token.module)
+    garbage = tmp_path / "not-a-module.so"  # an unreachable token: no PKCS#11 library there
+    garbage.write_bytes(b"\x7fELF not really")
+    key = uri.format(module=token.module, garbage=garbage)
     rc = main(["sign", "--key", key, "--pass-file", str(token.pin_file), "--xattr-user", str(f)])
     err = capsys.readouterr().err
     assert rc == code

@@ -137,7 +137,14 @@ def _chunks(args: argparse.Namespace, ns: str) -> Iterator[bytes]:
     fd = open_regular(args.file)
     try:
         if ioctl.is_verity(fd):
-            yield from _kernel_chunks(fd, kind, offset, args.length)
+            try:
+                yield from _kernel_chunks(fd, kind, offset, args.length)
+            except ioctl.NotVerityError as e:  # ENODATA: enabled without a built-in signature
+                if kind != ioctl.METADATA_SIGNATURE:
+                    raise
+                raise ioctl.NotVerityError(
+                    f"'{args.file}' has no built-in signature (fs-verity was enabled without one)"
+                ) from e
             return
         if kind == ioctl.METADATA_SIGNATURE:
             raise ioctl.NotVerityError(

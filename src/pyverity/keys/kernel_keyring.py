@@ -14,6 +14,8 @@ system calls (no ``keyctl`` binary, no libkeyutils):
 
 ``.ima`` (``CONFIG_INTEGRITY_TRUSTED_KEYRING``) accepts only certificates signed by a key the
 kernel already trusts: its refusal (EKEYREJECTED, EACCES or EPERM) is reported as such.
+``.fs-verity`` takes any certificate from root (self-signed too) until someone restricts it
+(``keyctl restrict_keyring``), which then refuses every addition.
 :func:`describe` and :func:`keyring_members` read keys back (``KEYCTL_DESCRIBE``/``KEYCTL_READ``).
 """
 
@@ -228,13 +230,16 @@ def resolve_keyring(spec: str) -> int:
 def _refused(err: OSError, cert: str, keyring: str) -> KeyringError:
     what = f"the kernel refused certificate '{cert}' for keyring '{keyring}'"
     if err.errno in (errno.EKEYREJECTED, errno.EACCES, errno.EPERM, errno.ENOKEY):
-        trusted = keyring.removeprefix("%keyring:") in SYSTEM_KEYRINGS
-        hint = (
-            "this keyring accepts only certificates signed by a CA the kernel trusts"
-            " (.builtin_trusted_keys, .secondary_trusted_keys)"
-            if trusted
-            else "is the keyring writable by this user?"
-        )
+        name = keyring.removeprefix("%keyring:")
+        if name == ".fs-verity":
+            hint = "only root may add to .fs-verity, and only until it is restricted"
+        elif name in SYSTEM_KEYRINGS:
+            hint = (
+                "this keyring accepts only certificates signed by a CA the kernel trusts"
+                " (.builtin_trusted_keys, .secondary_trusted_keys)"
+            )
+        else:
+            hint = "is the keyring writable by this user?"
         return KeyringError(f"{what}: {err.strerror}", remedy=hint)
     if err.errno == errno.ENODEV:
         return KeyringError(f"{what}: the kernel has no 'asymmetric' key type")

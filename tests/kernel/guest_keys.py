@@ -1,0 +1,100 @@
+"""Run inside the test VM (host's Python over 9p, chrooted): kernel keyrings and dump-metadata.
+
+``python guest_keys.py DIR RESULTS``: the ``pyverity`` commands of ``tests/kernel/test_keys.py``
+in this one process (an interpreter start costs seconds under TCG), in this order:
+
+1. ``key import`` of the file key's certificate into ``.ima`` (refused: none on Debian's
+   kernels, or only CA-signed certificates where it exists), into ``_ima`` (created), and of
+   the token's certificates into ``%keyring:_ima``;
+2. ``enable --kernel --signature`` of built-in signatures before and after ``key import
+   --keyring .fs-verity``, and with a key never imported;
+3. ``enable --kernel`` of two files, then ``pyverity dump-metadata`` and the host's ``fsverity
+   dump_metadata`` (run as a subprocess) of each item of them and of a file with a built-in
+   signature, whole and with ``--offset``/``--length``, written to ``RESULTS/dump/``.
+
+Each command's exit code, standard output and standard error go to ``RESULTS/keys.json``; the
+IMA appraisal opens come afterwards, from the shell (see ``test_keys.guest_script``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pyverity.cli import main as cli_main
+
+#: dump-metadata runs: (name, file, item, extra options).
+DUMPS = (
+    ("dm-a.merkle_tree", "dm-a", "merkle_tree", ()),
+    ("dm-a.descriptor", "dm-a", "descriptor", ()),
+    ("dm-a.signature", "dm-a", "signature", ()),
+    ("dm-a.tree-part", "dm-a", "merkle_tree", ("--offset", "4096", "--length", "5000")),
+    ("dm-a.tree-past", "dm-a", "merkle_tree", ("--offset", "1000000", "--length", "10")),
+    ("dm-b.merkle_tree", "dm-b", "merkle_tree", ()),
+    ("dm-b.descriptor", "dm-b", "descriptor", ()),
+    ("dm-b.desc-part", "dm-b", "descriptor", ("--offset", "8", "--length", "100")),
+    ("bsig-good.signature", "bsig-good", "signature", ()),
+    ("bsig-good.descriptor", "bsig-good", "descriptor", ()),
+)
+
+
+def cli(argv: list[str]) -> dict[str, object]:
+    """Run ``pyverity ARGV`` here; its exit code, stdout (hex: may be binary) and stderr."""
+    out = io.BytesIO()
+    text = io.TextIOWrapper(out, write_through=True)
+    err = io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.redirect_stderr(err):
+        rc = cli_main(argv)
+        text.flush()
+    return {"rc": rc, "out": out.getvalue().hex(), "err": err.getvalue()}
+
+
+def main(directory: str, results: str) -> None:
+    d, r = Path(directory), Path(results)
+    steps: dict[str, dict[str, object]] = {}
+
+    def step(name: str, *argv: str) -> None:
+        steps[name] = cli(list(argv))
+        print(name, steps[name]["rc"], flush=True)
+
+    step("import-.ima", "key", "import", str(d / "ima.der"), "--keyring", ".ima")
+    step("import-_ima", "key", "import", str(d / "ima.der"), "--keyring", "_ima")
+    step(
+        "import-token-rsa", "key", "import", str(d / "token-rsa.der"), "--keyring", "%keyring:_ima"
+    )
+    step("import-token-ec", "key", "import", str(d / "token-ec.der"), "--keyring", "%keyring:_ima")
+    sig = ("enable", "--kernel", "--signature")
+    step("bsig-before", *sig, str(d / "bsig-before.sig"), str(d / "bsig-before"))
+    step("import-.fs-verity", "key", "import", str(d / "ima.pem"), "--keyring", ".fs-verity")
+    step("bsig-good", *sig, str(d / "bsig-good.sig"), str(d / "bsig-good"))
+    step("bsig-other", *sig, str(d / "bsig-other.sig"), str(d / "bsig-other"))
+    step("bsig-after", *sig, str(d / "bsig-before.sig"), str(d / "bsig-before"))
+    step("enable-dm-a", "enable", "--kernel", str(d / "dm-a"))
+    salt = ("--salt", "00112233445566778899aa")
+    step("enable-dm-b", "enable", "--kernel", "--hash-alg", "sha512", *salt, str(d / "dm-b"))
+    dump = r / "dump"
+    dump.mkdir(exist_ok=True)
+    for name, file, item, extra in DUMPS:
+        path = str(d / file)
+        ours = cli(["dump-metadata", item, path, *extra])
+        (dump / f"{name}.pyverity").write_bytes(bytes.fromhex(str(ours["out"])))
+        theirs = subprocess.run(
+            ["fsverity", "dump_metadata", item, path, *extra], capture_output=True, check=False
+        )
+        (dump / f"{name}.fsverity").write_bytes(theirs.stdout)
+        steps[f"dump {name}"] = {
+            "rc": ours["rc"],
+            "err": ours["err"],
+            "fsverity_rc": theirs.returncode,
+            "fsverity_err": theirs.stderr.decode(errors="replace"),
+        }
+        print("dump", name, ours["rc"], theirs.returncode, flush=True)
+    (r / "keys.json").write_text(json.dumps(steps, indent=1))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
