@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import atexit
+import datetime
 import functools
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from pyverity.keys.generate import GeneratedKey, generate_key
 
@@ -36,3 +42,25 @@ def keyring_dir(*keys: GeneratedKey) -> Path:
     for k in keys:
         (d / k.der_path.name.replace("ima", f"{k.keyid:08x}")).write_bytes(k.der_path.read_bytes())
     return d
+
+
+def ec_certificate(
+    subject: str, *, skid: bytes | None = None
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A fresh P-256 key and a self-signed certificate for it, whose Subject Key Identifier is
+    ``skid`` (none without it): certificates ``generate_key`` would never make."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if skid is not None:
+        builder = builder.add_extension(x509.SubjectKeyIdentifier(skid), critical=False)
+    return key, builder.sign(key, hashes.SHA256())

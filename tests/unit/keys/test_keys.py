@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import logging
 import os
@@ -10,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from pyverity.errors import ConfigurationError, SignatureError, StorageError, UsageError
 from pyverity.format.ima import ImaSignature, file_id_hash, parse_ima_value
@@ -29,7 +27,7 @@ from pyverity.keys import (
     sign_v3,
 )
 from pyverity.keys.generate import generate_key
-from tests.unit.keys.keyhelpers import VECTORS, keyring_dir, make_key
+from tests.unit.keys.keyhelpers import VECTORS, ec_certificate, keyring_dir, make_key
 
 HELLO_VERITY = bytes.fromhex("37061ef2ac4c21bec68489b56138c5780306a4ad7fe6676236ecdf2c9027cd92")
 
@@ -152,19 +150,7 @@ def test_small_rsa_key_refused(tmp_path: Path) -> None:
 
 
 def _cert_without_skid(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no skid")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = ec_certificate("no skid")
     kp, cp = tmp_path / "noskid.key", tmp_path / "noskid.pem"
     kp.write_bytes(
         key.private_bytes(
