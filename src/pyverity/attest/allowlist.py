@@ -17,7 +17,8 @@ Memory does not grow with the allowlist or the list.
   *mismatch*): against a Keylime policy by hex, as keylime compares, an fs-verity digest never
   matching (a policy holds file hashes only); against a manifest by algorithm and digest of the
   same kind;
-- ``ima-buf`` entries by the policy's ``keyrings`` (unless ignored) or ``ima-buf`` digests;
+- ``ima-buf`` entries: a buffer that holds a key by the policy's ``keyrings`` (unless its
+  keyring is ignored), any other buffer by ``ima-buf`` (``excludes`` apply to both);
   a violation entry (ToMToU/open-writers, no digest) is a problem, as keylime counts it.
 """
 
@@ -305,7 +306,7 @@ class AllowlistChecker:
         if digest is None or not name:
             return "other", f"template {record.template_name}: no digest and name to check"
         if record.template_name == "ima-buf":
-            return self._buffer(name, digest.digest.hex())
+            return self._buffer(name, digest.digest.hex(), record.field("buf") or b"")
         if allow.excludes.match(name):
             c.excluded += 1
             return None, ""
@@ -331,18 +332,27 @@ class AllowlistChecker:
             return None, ""
         return "mismatch", f"{digest} is not an allowed digest of this path"
 
-    def _buffer(self, name: str, hexdigest: str) -> tuple[str | None, str]:
-        allow = self.allowlist
-        if "*" in allow.ignored_keyrings or name in allow.ignored_keyrings:
-            self.counts.excluded += 1
+    def _buffer(self, name: str, hexdigest: str, data: bytes) -> tuple[str | None, str]:
+        """As keylime's ``_validate_ima_buf``: a buffer holding a key (one loaded on a keyring)
+        passes if its keyring is ignored, excluded, or its digest is in ``keyrings``; any other
+        buffer if excluded or its digest is in ``ima-buf``."""
+        allow, c = self.allowlist, self.counts
+        kind = _buffer_kind(data)
+        if kind == "bad-key":
+            return "other", "buffer holds a key of a type keylime does not support"
+        if kind == "key" and ("*" in allow.ignored_keyrings or name in allow.ignored_keyrings):
+            c.excluded += 1
             return None, ""
-        for table in (allow.keyrings, allow.ima_buf):
-            if name in table:
-                if hexdigest in table[name]:
-                    self.counts.allowed += 1
-                    return None, ""
-                return "mismatch", f"buffer digest {hexdigest} is not allowed"
-        return "unknown", "buffer not in the policy's keyrings or ima-buf"
+        if allow.excludes.match(name):
+            c.excluded += 1
+            return None, ""
+        table, what = (allow.keyrings, "keyrings") if kind == "key" else (allow.ima_buf, "ima-buf")
+        if name not in table:
+            return "unknown", f"buffer not in the policy's {what}"
+        if hexdigest in table[name]:
+            c.allowed += 1
+            return None, ""
+        return "mismatch", f"buffer digest {hexdigest} is not allowed in {what}"
 
     def _signed(self, record: MeasurementRecord) -> bool:
         if self.keyring is None or "sig" not in record.field_ids or not record.signature:
@@ -354,3 +364,29 @@ class AllowlistChecker:
         except Error:
             return False
         return True
+
+
+def _buffer_kind(data: bytes) -> str:
+    """``key`` if ``data`` is an RSA or EC key (a certificate, public or private key, DER or
+    PEM: what keylime's ``get_pubkey`` tries), ``bad-key`` for another type of key, else
+    ``data``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    loaders = (
+        lambda d: x509.load_der_x509_certificate(d).public_key(),
+        lambda d: x509.load_pem_x509_certificate(d).public_key(),
+        serialization.load_der_public_key,
+        serialization.load_pem_public_key,
+        lambda d: serialization.load_der_private_key(d, None).public_key(),
+        lambda d: serialization.load_pem_private_key(d, None).public_key(),
+    )
+    for load in loaders:
+        try:
+            key = load(data)
+        except (ValueError, TypeError):
+            continue
+        supported = isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey))
+        return "key" if supported else "bad-key"
+    return "data"
