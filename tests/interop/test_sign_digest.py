@@ -110,3 +110,22 @@ def test_pkcs11_key_signs_digests_like_the_file_key(tmp_path: Path) -> None:
     ring.mkdir()
     (ring / "rsa.der").write_bytes(token.rsa.der_path.read_bytes())
     _pyverity("verify", "--xattr-user", "--keyring", str(ring), *map(str, files), stdin=b"")
+
+
+def test_pyverity_digest_output_signs_like_fsverity_digest_output(tmp_path: Path) -> None:
+    """``pyverity digest`` lines (its default output) sign as ``fsverity digest`` lines do: the
+    same v3 values (RSA is deterministic), each line given back as it was read."""
+    _tool("fsverity")
+    k = make_key("rsa", "2048")
+    files = _files(tmp_path)
+    key = ["--key", str(k.key_path), "--cert", str(k.cert_path)]
+    theirs = _run(["fsverity", "digest", *map(str, files)], b"")
+    ours = _pyverity("digest", *map(str, files), stdin=b"")
+    signed_theirs = _pyverity("sign-digest", *key, stdin=theirs)
+    signed_ours = _pyverity("sign-digest", *key, stdin=ours)
+    values = [line.rpartition(b" ")[2] for line in signed_theirs.splitlines()]
+    assert [line.rpartition(b" ")[2] for line in signed_ours.splitlines()] == values
+    for line, out in zip(ours.splitlines(), signed_ours.splitlines(), strict=True):
+        assert out.rpartition(b" ")[0] == line
+    out = _pyverity("apply-signatures", "--root", "/", "--xattr-user", stdin=signed_ours)
+    assert out.count(b"Applied v3") == 3
