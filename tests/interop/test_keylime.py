@@ -6,6 +6,7 @@ once a file's content no longer matches; ``log verify --allowlist`` says the sam
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import subprocess
@@ -14,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from pyverity.attest.keylime import verification_keys
 from pyverity.format.measurelist import DigestField
+from pyverity.keys import Keyring, load_signer, sign_v2
 from pyverity.keys.generate import generate_key
 from pyverity.measure import MeasurementLog
 from tests.interop.keylime_support import keylime_ima
+from tests.unit.keys.keyhelpers import ec_certificate
 
 pytestmark = pytest.mark.interop
 
@@ -143,3 +148,193 @@ def test_bad_policies_one_line(setup: dict[str, Path], text: str, message: str) 
     assert res.stderr.count("\n") == 1, res.stderr
     assert message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+# -- per-entry verdicts ---------------------------------------------------------------------------
+
+
+def _keylime_failing(policy: dict[str, Any], lines: list[str], keyrings: Any = None) -> set[str]:
+    """The names of the entries keylime's ``process_measurement_list`` fails, each judged on
+    its own (keylime's failure events name a path only for files not in the policy)."""
+    ima = keylime_ima()
+    from keylime.common.algorithms import Hash
+
+    failing = set()
+    for line in lines:
+        _hash, failure = ima.process_measurement_list(
+            None, [line], copy.deepcopy(policy), ima_keyrings=keyrings, hash_alg=Hash.SHA1
+        )
+        if failure:
+            failing.add(line.split(" ")[4].rstrip("\n"))
+    return failing
+
+
+def _pyverity_failing(*argv: str) -> set[str]:
+    """The names ``log verify --json`` reports problems for (it must exit 1 if there are)."""
+    res = _cli("log", "verify", "--json", *argv)
+    report = json.loads(res.stdout)
+    assert (res.returncode == 0) is report["ok"], res.stdout + res.stderr
+    return {p["name"] for p in report["problems"]}
+
+
+# -- a real kernel's list -------------------------------------------------------------------------
+
+KERNEL = Path(__file__).resolve().parents[1] / "vectors" / "kernel-6.1-ima"
+#: The measured files of the kernel vector (README: /mnt/NAME in the guest).
+KERNEL_FILES = ("hello", "big", "ngv2", "classic", "denied")
+
+
+def _kernel_policy(tmp: Path, tampered: str | None = None) -> tuple[Path, Path, dict[str, Any]]:
+    """A manifest of the guest's files (``tampered``'s content changed first), the keyring
+    verifying it, and the Keylime policy exported from it (--prefix /mnt, the list's
+    boot_aggregate)."""
+    tree = tmp / "guest"
+    tree.mkdir()
+    for name in KERNEL_FILES:
+        data = (KERNEL / name).read_bytes()
+        if name == tampered:
+            data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        (tree / name).write_bytes(data)
+    key = generate_key(tmp / "key", "rsa", bits=2048)
+    ring = tmp / "ring"
+    ring.mkdir()
+    (ring / "manifest.der").write_bytes(key.der_path.read_bytes())
+    manifest = tmp / "guest.manifest"
+    made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
+                "--cert", str(key.der_path), str(tree))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    out = tmp / "policy.json"
+    res = _cli("manifest", "export", "--format", "keylime", "--keyring", str(ring),
+               "--prefix", "/mnt", "--boot-aggregate", str(KERNEL / "binary_runtime_measurements"),
+               "-o", str(out), str(manifest))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    policy: dict[str, Any] = json.loads(out.read_text())
+    keylime_ima().validate_runtime_policy(policy)
+    return manifest, ring, policy
+
+
+def _kernel_lines() -> tuple[list[str], list[str]]:
+    """The kernel's ascii list: all lines, and those keylime 7.14 can read (not -ngv2/-sigv2)."""
+    lines = (KERNEL / "ascii_runtime_measurements").read_text().splitlines(keepends=True)
+    return lines, [ln for ln in lines if ln.split(" ")[2] in ("ima-ng", "ima-sig")]
+
+
+def test_real_kernel_list(tmp_path: Path) -> None:
+    manifest, ring, policy = _kernel_policy(tmp_path)
+    assert set(policy["digests"]) == {"boot_aggregate", *(f"/mnt/{n}" for n in KERNEL_FILES)}
+    assert policy["digests"]["boot_aggregate"] == ["00" * 32]  # TPM-bypass: zero (sha256)
+    lines, readable = _kernel_lines()
+    assert [ln.split(" ")[4].strip() for ln in readable] == ["boot_aggregate", "/mnt/classic"]
+    # keylime passes what it can read (the ima-sig entries: boot_aggregate, classic by its
+    # sha256) and fails exactly the ima-sigv2/ima-ngv2 entries, which it cannot parse
+    ima = keylime_ima()
+    from keylime.common.algorithms import Hash
+
+    _h, failure = ima.process_measurement_list(None, readable, policy, hash_alg=Hash.SHA1)
+    assert not failure, failure.get_event_ids()
+    verity = {"/mnt/hello", "/mnt/big", "/mnt/ngv2", "/mnt/denied"}
+    assert _keylime_failing(policy, lines) == verity
+    _h, failure = ima.process_measurement_list(None, lines, policy, hash_alg=Hash.SHA1)
+    assert set(failure.get_event_ids()) == {"ima.parser.entry"}
+    # pyverity with the same policy: the same verdicts (an fs-verity digest is never in a
+    # Keylime policy), on the kernel's binary list and on the readable part in ascii
+    policy_path = tmp_path / "policy.json"
+    binary = str(KERNEL / "binary_runtime_measurements")
+    assert _pyverity_failing("--allowlist", str(policy_path), binary) == verity
+    sub = tmp_path / "readable"
+    sub.write_text("".join(readable))
+    assert _pyverity_failing("--allowlist", str(policy_path), str(sub)) == set()
+    # pyverity with the manifest, which holds the verity digests too: every entry allowed
+    via_manifest = ("--allowlist", str(manifest), "--allowlist-keyring", str(ring),
+                    "--prefix", "/mnt", "--boot-aggregate", "00" * 32)  # fmt: skip
+    assert _pyverity_failing(*via_manifest, binary) == set()
+    # and with the kernel's certificate as --keyring: the one entry the kernel refused
+    # (denied: the signature of another file's content) is named, as the kernel judged it
+    kernel_ring = tmp_path / "kernel-ring"
+    kernel_ring.mkdir()
+    (kernel_ring / "cert.der").write_bytes((KERNEL / "cert.der").read_bytes())
+    assert _pyverity_failing(*via_manifest, "--keyring", str(kernel_ring), binary) == {
+        "/mnt/denied"
+    }
+
+
+@pytest.mark.parametrize("tampered", ["classic", "ngv2"])
+def test_real_kernel_list_tampered_content(tmp_path: Path, tampered: str) -> None:
+    # the guest ran content other than the manifest's (one byte of it)
+    manifest, ring, policy = _kernel_policy(tmp_path, tampered)
+    _all, readable = _kernel_lines()
+    name = f"/mnt/{tampered}"
+    binary = str(KERNEL / "binary_runtime_measurements")
+    via_manifest = ("--allowlist", str(manifest), "--allowlist-keyring", str(ring),
+                    "--prefix", "/mnt", "--boot-aggregate", "00" * 32)  # fmt: skip
+    assert _pyverity_failing(*via_manifest, binary) == {name}
+    res = _cli("log", "verify", *via_manifest, binary)
+    index = {"ngv2": 4, "classic": 6}[tampered]  # boot_aggregate, hello, big, ngv2, denied, classic
+    assert f"FAIL entry {index} ({name}):" in res.stdout
+    assert "is not an allowed digest of this path" in res.stdout
+    if tampered == "classic":  # an ima-sig entry: keylime reads it and says the same
+        assert _keylime_failing(policy, readable) == {name}
+        assert _pyverity_failing("--allowlist", str(tmp_path / "policy.json"), binary) == {
+            name, "/mnt/hello", "/mnt/big", "/mnt/ngv2", "/mnt/denied"
+        }  # fmt: skip
+
+
+# -- verification keys --------------------------------------------------------------------------
+
+
+def test_pyverity_signatures_verify_in_keylime(tmp_path: Path) -> None:
+    """An ``ima-sig`` entry signed by pyverity with a key whose certificate's SKID is not the
+    SHA-1 of the key: keylime, given the exported ``verification-keys``, passes it by signature
+    (its path is in no ``digests``); with the keyid keylime would derive itself, it does not."""
+    skid = bytes(range(40, 60))
+    key, cert = ec_certificate("keylime keyid", skid=skid)
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    (ring / "ima.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    key_path = tmp_path / "ima.key"
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
+    )
+    signer = load_signer(key_path, cert=ring / "ima.der")
+    assert signer.keyid == int.from_bytes(skid[-4:], "big")
+    data = b"signed, not listed"
+    sig = sign_v2(signer, 4, hashlib.sha256(data).digest()).to_bytes()
+    lst = tmp_path / "list"
+    log = MeasurementLog.open(lst, default_template="ima-sig")
+    log.append(DigestField("sha256", hashlib.sha256(data).digest()), "/usr/bin/signed",
+               signature=sig)  # fmt: skip
+    log.close()
+    lines = [ln for ln in _ascii(lst) if "/usr/bin/signed" in ln]
+    keys = verification_keys(Keyring.from_directory(ring))
+    policy = {**_empty_policy(), "verification-keys": keys}
+    keylime_ima().validate_runtime_policy(policy)
+    from keylime.ima.file_signatures import ImaKeyring, ImaKeyrings
+
+    keyrings = ImaKeyrings()
+    keyrings.set_tenant_keyring(ImaKeyring.from_string(keys))
+    assert _keylime_failing(policy, lines, keyrings) == set()
+    derived = ImaKeyrings()  # the same public key, keyid derived by keylime (SHA-1 of the key)
+    own = ImaKeyring()
+    own.add_pubkey(key.public_key(), None)
+    derived.set_tenant_keyring(own)
+    assert _keylime_failing(policy, lines, derived) == {"/usr/bin/signed"}
+    # pyverity: the same verdicts with the same key, and without it
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(json.dumps(policy))
+    argv = ("--allowlist", str(policy_path), "--exclude", "^boot_aggregate$")
+    assert _pyverity_failing(*argv, "--keyring", str(ring), str(lst)) == set()
+    assert _pyverity_failing(*argv, str(lst)) == {"/usr/bin/signed"}
+
+
+def _empty_policy() -> dict[str, Any]:
+    return {
+        "meta": {"version": 1, "generator": 3},
+        "release": 0,
+        "digests": {},
+        "excludes": [],
+        "keyrings": {},
+        "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": None},
+        "ima-buf": {},
+        "verification-keys": "",
+    }

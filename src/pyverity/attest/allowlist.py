@@ -230,7 +230,8 @@ def load_allowlist(
     if _is_manifest(path):
         if keyring is None:
             raise UsageError(
-                f"'{path}' is a pyverity manifest: give --keyring to verify its signature"
+                f"'{path}' is a pyverity manifest: give --allowlist-keyring (or --keyring) to"
+                " verify its signature"
             )
         allow = Allowlist("manifest", f"manifest '{path}'")
         try:

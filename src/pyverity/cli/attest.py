@@ -99,7 +99,13 @@ def add_allowlist_options(s: argparse.ArgumentParser) -> None:
         "--allowlist",
         metavar="P",
         help="every measured file must carry an allowed digest: P is a Keylime runtime policy"
-        " or a pyverity manifest (verified first, with --keyring)",
+        " or a pyverity manifest (verified first, with --allowlist-keyring or --keyring)",
+    )
+    s.add_argument(
+        "--allowlist-keyring",
+        metavar="DIR",
+        help="the certificates that verify a manifest allowlist (default: --keyring, which"
+        " also checks the list's signatures)",
     )
     s.add_argument(
         "--prefix",
@@ -120,8 +126,14 @@ def add_allowlist_options(s: argparse.ArgumentParser) -> None:
 
 
 def open_allowlist(args: argparse.Namespace, keyring: Keyring | None) -> Allowlist:
+    """The ``--allowlist``; a manifest is verified by ``--allowlist-keyring``, else by
+    ``keyring`` (``--keyring``)."""
     from pyverity.attest.allowlist import load_allowlist
 
+    if args.allowlist_keyring:
+        from pyverity.keys import Keyring
+
+        keyring = Keyring.from_directory(args.allowlist_keyring)
     return load_allowlist(
         args.allowlist,
         keyring=keyring,

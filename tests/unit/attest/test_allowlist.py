@@ -128,7 +128,7 @@ def test_manifest_by_kind_of_digest(tmp_path: Path) -> None:
 
 def test_manifest_needs_a_keyring_and_must_verify(tmp_path: Path) -> None:
     manifest, _ring = manifest_and_ring(tmp_path)
-    with pytest.raises(UsageError, match="give --keyring"):
+    with pytest.raises(UsageError, match="give --allowlist-keyring"):
         load_allowlist(str(manifest), keyring=None)
     other = Keyring.from_directory(keyring_dir(make_key("ecdsa", "P-256")))
     with pytest.raises(Error) as info:

@@ -3,6 +3,7 @@ runs them: bad input is one line and exit 1, never a traceback; ``--json`` shape
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 import pytest
 
 from pyverity.cli import main
+from pyverity.format.measurelist import DigestField
+from pyverity.keys import load_signer, sign_v2
+from pyverity.measure import MeasurementLog
 from tests.unit.attest.helpers import FILES, manifest_and_ring, write_list
 from tests.unit.attest.test_allowlist import policy
 from tests.unit.keys.keyhelpers import keyring_dir, make_key
@@ -105,7 +109,9 @@ def test_manifest_that_does_not_verify(
     _one_line_exit_1(capsys, [*_export(setup)[:-1], str(altered)], "altered")
     argv = ["log", "verify", "--allowlist", m, lst]
     assert main(argv) == 2  # a manifest without --keyring: a usage error
-    assert "give --keyring" in capsys.readouterr().err
+    assert "give --allowlist-keyring (or --keyring)" in capsys.readouterr().err
+    argv = ["log", "verify", "--allowlist", m, "--allowlist-keyring", other, lst]
+    _one_line_exit_1(capsys, argv, "key")
 
 
 def test_manifest_with_a_bad_entry_signed(
@@ -190,3 +196,28 @@ def test_verify_text_names_problems_by_path(
     assert "FAIL entry 2 (/opt/app/bin/tool): not in the allowlist" in out
     assert err.count("\n") == 1
     assert "4 problem(s)" in err
+
+
+def test_allowlist_keyring_verifies_the_manifest_only(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a list signed by a key the manifest's keyring does not hold: --keyring would check its
+    # signatures with the manifest's certificates; --allowlist-keyring does not
+    other = make_key("ecdsa", "P-256")
+    data = FILES["bin/tool"]
+    digest = hashlib.sha256(data).digest()
+    sig = sign_v2(load_signer(other.key_path, cert=other.der_path), 4, digest).to_bytes()
+    lst = setup["tmp"] / "signed"
+    log = MeasurementLog.open(lst, default_template="ima-sig")
+    log.append(DigestField("sha256", digest), "/opt/app/bin/tool", signature=sig)
+    log.close()
+    base = ["log", "verify", "--allowlist", str(setup["manifest"]), "--prefix", "/opt/app",
+            "--boot-aggregate", "00" * 32]  # fmt: skip
+    ring = str(setup["ring"])
+    assert main([*base, "--keyring", ring, str(lst)]) == 1
+    assert "signature does not verify" in capsys.readouterr().out
+    assert main([*base, "--allowlist-keyring", ring, str(lst)]) == 0
+    assert "allowlist: 2 allowed, 0 by signature" in capsys.readouterr().out
+    both = str(keyring_dir(other))
+    assert main([*base, "--allowlist-keyring", ring, "--keyring", both, str(lst)]) == 0
+    assert "allowlist: 1 allowed, 1 by signature" in capsys.readouterr().out
