@@ -25,6 +25,7 @@ from pyverity.measure import MeasurementLog
 from tests.interop.fuse_helpers import fuse_skip_reason, mounted, protect
 from tests.interop.keylime_support import keylime_ima
 from tests.unit.keys.keyhelpers import ec_certificate
+from tests.unit.manifest.helpers import make_tree
 
 pytestmark = pytest.mark.interop
 
@@ -99,6 +100,38 @@ def test_policy_passes_keylime_schema(setup: dict[str, Path]) -> None:
     from pyverity.keys import Keyring
 
     assert keys["keyids"] == [c.keyid for c in Keyring.from_directory(setup["ring"])]
+
+
+def test_awkward_names_pass_keylime_schema(tmp_path: Path) -> None:
+    """Names JSON must escape (quotes, backslashes, newlines, tabs), non-ASCII ones, spaces, a
+    symlink and names that are not UTF-8 (left out): keylime accepts the policy, and reads
+    back each name as the kernel would record it."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    paths = make_tree(tree)
+    key = generate_key(tmp_path / "key", "rsa", bits=2048)
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    (ring / "ima.der").write_bytes(key.der_path.read_bytes())
+    manifest = tmp_path / "m.jsonl"
+    made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
+                "--cert", str(key.der_path), str(tree))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    res = _cli("manifest", "export", "--format", "keylime", "--keyring", str(ring),
+               "--prefix", "/srv/x y", str(manifest))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "not UTF-8" in res.stderr
+    policy = json.loads(res.stdout)
+    keylime_ima().validate_runtime_policy(policy)
+    wanted = set()
+    for p in paths:
+        if p in (b"link", b"fifo"):
+            continue
+        try:
+            wanted.add(("/srv/x y/" + p.decode()).replace(" ", "_"))
+        except UnicodeDecodeError:
+            continue
+    assert set(policy["digests"]) == wanted
 
 
 def test_same_verdicts_as_keylime(setup: dict[str, Path]) -> None:
