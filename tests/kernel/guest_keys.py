@@ -4,8 +4,9 @@
 in this one process (an interpreter start costs seconds under TCG), in this order:
 
 1. ``key import`` of the file key's certificate into ``.ima`` (refused: none on Debian's
-   kernels, or only CA-signed certificates where it exists), into ``_ima`` (created), and of
-   the token's certificates into ``%keyring:_ima``;
+   kernels, or only CA-signed certificates where it exists), into a keyring restricted as
+   ``.ima`` is (refused), into ``_ima`` (created), and of the token's certificates into
+   ``%keyring:_ima``;
 2. ``enable --kernel --signature`` of built-in signatures before and after ``key import
    --keyring .fs-verity``, and with a key never imported;
 3. ``enable --kernel`` of two files, then ``pyverity dump-metadata`` and the host's ``fsverity
@@ -21,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 from pyverity.cli import main as cli_main
+from pyverity.keys import kernel_keyring as kk
 
 #: dump-metadata runs: (name, file, item, extra options).
 DUMPS = (
@@ -47,6 +50,9 @@ def cli(argv: list[str]) -> dict[str, object]:
     out = io.BytesIO()
     text = io.TextIOWrapper(out, write_through=True)
     err = io.StringIO()
+    # pyverity's run() calls logging.basicConfig, which binds the stderr of the time: unbind
+    # it, so that each command's warnings land in its own err.
+    logging.root.handlers.clear()
     with contextlib.redirect_stdout(text), contextlib.redirect_stderr(err):
         rc = cli_main(argv)
         text.flush()
@@ -62,6 +68,11 @@ def main(directory: str, results: str) -> None:
         print(name, steps[name]["rc"], flush=True)
 
     step("import-.ima", "key", "import", str(d / "ima.der"), "--keyring", ".ima")
+    # A keyring restricted as .ima is where it exists (signed by a built-in or secondary key).
+    ring = kk.new_keyring("ima-restricted", kk.KEY_SPEC_USER_KEYRING)
+    kk.restrict_keyring(ring, "asymmetric", "builtin_and_secondary_trusted")
+    cert = str(d / "ima.der")
+    step("import-restricted", "key", "import", cert, "--keyring", "%keyring:ima-restricted")
     step("import-_ima", "key", "import", str(d / "ima.der"), "--keyring", "_ima")
     step(
         "import-token-rsa", "key", "import", str(d / "token-rsa.der"), "--keyring", "%keyring:_ima"

@@ -281,10 +281,24 @@ def test_dot_ima_keyring_absent_or_refuses_self_signed(keys_run: KeysRun) -> Non
         pytest.skip(
             f"kernel {keys_run.kernel.version} has no .ima keyring "
             "(CONFIG_INTEGRITY_TRUSTED_KEYRING is not set): its refusal of a self-signed "
-            "certificate cannot be seen here (the one-line 'no .ima keyring' error was)"
+            "certificate cannot be seen here (the one-line 'no .ima keyring' error was, and a"
+            " keyring restricted as .ima is refuses it)"
         )
     assert errors[0].startswith("ERROR: the kernel refused certificate"), errors
-    assert "signed by a CA the kernel trusts" in str(s["err"])
+    assert "accepts only certificates signed by a key the kernel trusts" in errors[0]
+
+
+def test_keyring_restricted_as_ima_refuses_a_self_signed_certificate(keys_run: KeysRun) -> None:
+    """What ``.ima`` does where it exists, on every kernel: a keyring restricted to keys signed
+    by ``.builtin_trusted_keys``/``.secondary_trusted_keys`` refuses the self-signed certificate
+    (the same certificate ``_ima`` then accepts), in one line."""
+    s = keys_run.step("import-restricted")
+    assert s["rc"] == 1, s
+    errors = [x for x in str(s["err"]).splitlines() if x.startswith("ERROR:")]
+    assert len(errors) == 1, s
+    assert "accepts only certificates signed by a key the kernel trusts" in errors[0]
+    restricted = [d for t, d in _proc_keys(keys_run).values() if d.startswith("ima-restricted:")]
+    assert restricted == ["ima-restricted: empty"]
 
 
 def test_fs_verity_keyring_import_enables_builtin_signatures(keys_run: KeysRun) -> None:

@@ -16,7 +16,8 @@ system calls (no ``keyctl`` binary, no libkeyutils):
 kernel already trusts: its refusal (EKEYREJECTED, EACCES or EPERM) is reported as such.
 ``.fs-verity`` takes any certificate from root (self-signed too) until someone restricts it
 (``keyctl restrict_keyring``), which then refuses every addition.
-:func:`describe` and :func:`keyring_members` read keys back (``KEYCTL_DESCRIBE``/``KEYCTL_READ``).
+:func:`describe` and :func:`keyring_members` read keys back (``KEYCTL_DESCRIBE``/``KEYCTL_READ``);
+:func:`restrict_keyring` restricts a keyring as the kernel restricts ``.ima``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "keyring_members",
     "new_keyring",
     "resolve_keyring",
+    "restrict_keyring",
     "search_keyring",
 ]
 
@@ -66,6 +68,7 @@ KEYCTL_JOIN_SESSION_KEYRING = 1
 KEYCTL_DESCRIBE = 6
 KEYCTL_READ = 11
 KEYCTL_SEARCH = 10
+KEYCTL_RESTRICT_KEYRING = 29
 #: The kernel keyrings pyverity knows by name (not reachable from a process's keyrings).
 SYSTEM_KEYRINGS = (".ima", ".fs-verity", ".evm", ".platform", ".machine")
 
@@ -151,6 +154,21 @@ def search_keyring(name: str, start: int) -> int | None:
         raise
 
 
+def restrict_keyring(serial: int, key_type: str, restriction: str) -> None:
+    """``keyctl restrict_keyring SERIAL TYPE RESTRICTION`` (``KEYCTL_RESTRICT_KEYRING``).
+
+    ``restrict_keyring(ring, "asymmetric", "builtin_and_secondary_trusted")`` makes ``ring``
+    accept only what ``.ima`` accepts on kernels that have it (``builtin_trusted`` without a
+    secondary keyring).
+    """
+    _keyctl(
+        KEYCTL_RESTRICT_KEYRING,
+        ctypes.c_int32(serial),
+        ctypes.c_char_p(key_type.encode()),
+        ctypes.c_char_p(restriction.encode()),
+    )
+
+
 def _read(op: int, serial: int) -> bytes:
     size = 4096
     while True:
@@ -229,17 +247,22 @@ def resolve_keyring(spec: str) -> int:
 
 def _refused(err: OSError, cert: str, keyring: str) -> KeyringError:
     what = f"the kernel refused certificate '{cert}' for keyring '{keyring}'"
-    if err.errno in (errno.EKEYREJECTED, errno.EACCES, errno.EPERM, errno.ENOKEY):
-        name = keyring.removeprefix("%keyring:")
-        if name == ".fs-verity":
-            hint = "only root may add to .fs-verity, and only until it is restricted"
-        elif name in SYSTEM_KEYRINGS:
-            hint = (
-                "this keyring accepts only certificates signed by a CA the kernel trusts"
-                " (.builtin_trusted_keys, .secondary_trusted_keys)"
-            )
-        else:
-            hint = "is the keyring writable by this user?"
+    name = keyring.removeprefix("%keyring:")
+    if err.errno in (errno.ENOKEY, errno.EKEYREJECTED):
+        # A restricted keyring (.ima is one) found no trusted key that signed it, or the
+        # signature did not verify.
+        return KeyringError(
+            f"{what}: it accepts only certificates signed by a key the kernel trusts"
+            f" ({err.strerror})",
+            remedy="have the certificate signed by a CA in .builtin_trusted_keys or"
+            " .secondary_trusted_keys; a self-signed one is refused",
+        )
+    if err.errno in (errno.EACCES, errno.EPERM):
+        hint = (
+            "only root may add to .fs-verity, and only until it is restricted"
+            if name == ".fs-verity"
+            else "is the keyring writable by this user (and not restricted to refuse all)?"
+        )
         return KeyringError(f"{what}: {err.strerror}", remedy=hint)
     if err.errno == errno.ENODEV:
         return KeyringError(f"{what}: the kernel has no 'asymmetric' key type")

@@ -20,11 +20,13 @@ import pytest
 from tests.unit.keys.keyhelpers import make_key
 
 _CHILD = r"""
-import json, sys
+import json, os, sys
 from pyverity.keys import kernel_keyring as kk
 from pyverity.cli import main
 kk.join_new_session_keyring()
 ring = kk.new_keyring("pyverity-test", kk.KEY_SPEC_SESSION_KEYRING)
+if os.environ.get("RESTRICT"):
+    kk.restrict_keyring(ring, "asymmetric", os.environ["RESTRICT"])
 rc = main(sys.argv[1:])
 members = kk.keyring_members(ring)
 print(json.dumps({"ring": ring, "rc": rc, "members": members,
@@ -49,10 +51,11 @@ def _need_keyrings() -> None:
     pytest.skip("kernel keyrings (add_key/keyctl) are not usable here")
 
 
-def _run(*argv: str) -> tuple[dict[str, object], str]:
+def _run(*argv: str, restrict: str = "") -> tuple[dict[str, object], str]:
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, *argv], capture_output=True, text=True, check=False
-    )
+        [sys.executable, "-c", _CHILD, *argv],
+        capture_output=True, text=True, check=False, env={**os.environ, "RESTRICT": restrict},
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     return json.loads(lines[-1]), "\n".join(lines[:-1]) + "\n" + proc.stderr
@@ -113,3 +116,17 @@ def test_a_non_certificate_is_refused_before_the_kernel(tmp_path: Path) -> None:
     assert result["rc"] == 1
     assert result["members"] == []
     assert "not an X.509 certificate" in output
+
+
+def test_a_keyring_restricted_as_ima_refuses_a_self_signed_certificate() -> None:
+    """The kernel's own refusal, as ``.ima`` gives it where it exists: the keyring accepts only
+    certificates signed by a key in ``.builtin_trusted_keys`` (the restriction ``.ima`` has)."""
+    k = make_key("rsa", "2048")
+    result, output = _run("key", "import", str(k.der_path), "--keyring",
+                          "%keyring:pyverity-test", restrict="builtin_trusted")  # fmt: skip
+    assert result["rc"] == 1
+    assert result["members"] == []
+    errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1, output
+    assert "accepts only certificates signed by a key the kernel trusts" in errors[0]
+    assert "a self-signed one is refused" in output
