@@ -85,3 +85,32 @@ def test_linear_on_pathological_input() -> None:
     start = time.process_time()
     assert not m.match("a" * 50_000)
     assert time.process_time() - start < 5  # re.match would not finish
+
+
+#: Exclude lines from keylime itself (7.14 era): its test suite's exclude lists
+#: (test/test_create_runtime_policy.py, test/test_validators.py) and its user guide
+#: (docs/user_guide/runtime_ima.rst: "/tmp/.*"). Keylime accepts the empty line too, and then
+#: excludes every name (``re.match("()|…")``).
+KEYLIME_EXCLUDES = ["boot_aggregate", "/usr/sbin/bar", "/dev/foo bar", "boot.aggreg*$",
+                    "foobar.so(.*)?", "a.*", "b.*", "/tmp/.*", ""]  # fmt: skip
+KEYLIME_NAMES = ["boot_aggregate", "boot_aggregat", "boot-aggregatee", "/usr/sbin/bar",
+                 "/usr/sbin/barx", "/usr/sbin/ba", "/dev/foo bar", "/dev/foo_bar", "/tmp/x",
+                 "/tmp", "foobar.so", "foobar.so.1", "/lib/foobar.so", "abc", "b", "",
+                 "c"]  # fmt: skip
+
+
+@pytest.mark.parametrize("count", range(1, len(KEYLIME_EXCLUDES) + 1))
+def test_keylime_patterns_as_keylime_joins_them(count: int) -> None:
+    patterns = KEYLIME_EXCLUDES[:count]
+    joined = re.compile("(" + ")|(".join(patterns) + ")")  # keylime's valid_exclude_list
+    m = compile_excludes(patterns)
+    for name in KEYLIME_NAMES:
+        assert m.match(name) == (joined.match(name) is not None), (patterns, name)
+
+
+def test_keylime_refusals_refused_too() -> None:
+    for pattern in ("*", "a["):  # refused by keylime's validators (re.error) as by pyverity
+        with pytest.raises(re.error):
+            re.compile(pattern)
+        with pytest.raises(PolicyError, match="not a valid regex"):
+            compile_excludes([pattern])
