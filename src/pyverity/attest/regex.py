@@ -482,6 +482,12 @@ class Matcher:
                 self._step[key] = found
         return found
 
+    @property
+    def matches_everything(self) -> bool:
+        """Whether every name matches: one regex matches the empty prefix (``''``, ``.*``),
+        which excludes every file from a keylime policy."""
+        return bool(self.count) and self._accepts[self._start]
+
     def match(self, text: str) -> bool:
         if not self.count:
             return False

@@ -17,6 +17,7 @@ from pyverity.errors import FormatError
 
 if TYPE_CHECKING:
     from pyverity.attest.allowlist import Allowlist
+    from pyverity.attest.regex import Matcher
     from pyverity.keys import Keyring
 
 __all__ = ["add_allowlist_options", "boot_aggregate_of", "export_keylime", "open_allowlist"]
@@ -60,6 +61,7 @@ def _output(path: str | None) -> Iterator[TextIO]:
 
 def export_keylime(args: argparse.Namespace) -> int:
     from pyverity.attest.keylime import ExportOptions, export_policy
+    from pyverity.attest.regex import compile_excludes
     from pyverity.keys import Keyring
     from pyverity.manifest import Expectations, open_manifest
 
@@ -71,6 +73,7 @@ def export_keylime(args: argparse.Namespace) -> int:
         boot_aggregate=boot,
         excludes=tuple(args.exclude),
     )
+    _warn_if_everything(compile_excludes(options.excludes), "--exclude")
     expect = Expectations(args.name, args.min_serial)
     with open_manifest(args.manifest, keyring, expect) as m, _output(args.output) as out:
         report = export_policy(m, out, keyring, options)
@@ -134,10 +137,20 @@ def open_allowlist(args: argparse.Namespace, keyring: Keyring | None) -> Allowli
         from pyverity.keys import Keyring
 
         keyring = Keyring.from_directory(args.allowlist_keyring)
-    return load_allowlist(
+    allowlist = load_allowlist(
         args.allowlist,
         keyring=keyring,
         prefix=args.prefix,
         excludes=tuple(args.exclude),
         boot_aggregate=tuple(args.boot_aggregate),
     )
+    _warn_if_everything(allowlist.excludes, "the excludes")
+    return allowlist
+
+
+def _warn_if_everything(excludes: Matcher, what: str) -> None:
+    if excludes.matches_everything:
+        sys.stderr.write(
+            f"WARNING: {what} match every name (a regex that matches the empty string, as ''"
+            " or '.*'): no file is checked\n"
+        )

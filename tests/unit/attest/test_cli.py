@@ -221,3 +221,13 @@ def test_allowlist_keyring_verifies_the_manifest_only(
     both = str(keyring_dir(other))
     assert main([*base, "--allowlist-keyring", ring, "--keyring", both, str(lst)]) == 0
     assert "allowlist: 1 allowed, 1 by signature" in capsys.readouterr().out
+
+
+def test_excludes_that_match_everything_are_warned_of(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    everything = _policy_file(setup, json.dumps(policy(excludes=["^/tmp/", ""])))
+    assert main(["log", "verify", "--allowlist", everything, str(setup["list"])]) == 0
+    assert "WARNING: the excludes match every name" in capsys.readouterr().err
+    assert main(_export(setup, "--exclude", ".*")) == 0
+    assert "WARNING: --exclude match every name" in capsys.readouterr().err

@@ -114,3 +114,15 @@ def test_keylime_refusals_refused_too() -> None:
             re.compile(pattern)
         with pytest.raises(PolicyError, match="not a valid regex"):
             compile_excludes([pattern])
+
+
+@pytest.mark.parametrize(
+    ("patterns", "everything"),
+    [([""], True), ([".*"], True), (["^/tmp/", "x*"], True), (["(a|)"], True), ([], False),
+     (["^/tmp/"], False), ([".+"], False), (["$"], False)],
+)  # fmt: skip
+def test_matches_everything(patterns: list[str], everything: bool) -> None:
+    m = compile_excludes(patterns)
+    assert m.matches_everything is everything
+    if everything:
+        assert m.match("/any/name")
