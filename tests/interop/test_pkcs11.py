@@ -121,6 +121,28 @@ def test_rsa_v3_and_builtin_byte_equal_to_file_key(token: SoftToken, tmp_path: P
     assert ours.read_bytes() == theirs.read_bytes()
 
 
+def test_token_builtin_sig_and_outputs_equal_fsverity_sign(
+    token: SoftToken, tmp_path: Path
+) -> None:
+    """``sign --builtin-sig --out-merkle-tree --out-descriptor`` with the token's RSA key writes
+    what ``fsverity sign`` writes with the same key from a file (signature, tree, descriptor)."""
+    need("fsverity", shutil.which("fsverity") is not None)
+    f = _file(tmp_path, size=700_000)  # two tree levels
+    opts = ["--hash-alg=sha512", "--salt=0a0b0c"]
+    theirs = subprocess.run(
+        ["fsverity", "sign", str(f), str(tmp_path / "sig.ref"), f"--key={token.rsa.key_path}",
+         f"--cert={token.rsa.cert_path}", *opts, f"--out-merkle-tree={tmp_path}/tree.ref",
+         f"--out-descriptor={tmp_path}/desc.ref"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert theirs.returncode == 0, theirs.stderr
+    assert _sign(token, "rsa", "--builtin-sig", str(tmp_path / "sig"), *opts,
+                 "--out-merkle-tree", str(tmp_path / "tree"),
+                 "--out-descriptor", str(tmp_path / "desc"), str(f)) == 0  # fmt: skip
+    for name in ("sig", "tree", "desc"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / f"{name}.ref").read_bytes(), name
+
+
 def test_ecdsa_builtin_signature_verifies(token: SoftToken, tmp_path: Path) -> None:
     from pyverity.format.formatted_digest import FormattedDigest
     from pyverity.hashing import compute_digest
