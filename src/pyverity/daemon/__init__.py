@@ -12,5 +12,5 @@ The daemon is three collaborators and a loop (:mod:`.core`):
 * :mod:`.control` — the control socket (:mod:`.server`; :mod:`.client` is the other end).
 
 Worker messages are the frozen dataclasses of :mod:`.protocol`; :mod:`.config` holds the
-settings, :mod:`.build` the resumable builder the workers run.
+settings. The resumable builder the workers run is :mod:`pyverity.hashing.resumable`.
 """

@@ -24,9 +24,9 @@ from pyverity.daemon.protection import appraise, mismatch
 from pyverity.daemon.watcher import open_beneath
 from pyverity.errors import Error, FileChangedError, IntegrityError, StorageError
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileIdentity
-from pyverity.hashing.result import MerkleTree
 from pyverity.protect.gate import Verdict, VerdictState
 from pyverity.store.statedb import Checkpoint, FileRecord, State
 

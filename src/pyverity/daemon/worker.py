@@ -20,11 +20,11 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
 
 from pyverity.daemon import protocol as msg
-from pyverity.daemon.build import Stopped, build_from_offset
 from pyverity.errors import Error, FileChangedError, StorageError
 from pyverity.format.hashalg import by_number
 from pyverity.format.params import TreeParams
 from pyverity.fs.libc import libc
+from pyverity.hashing.resumable import Stopped, build_from_offset
 
 __all__ = ["main", "set_death_signal", "set_io_idle"]
 

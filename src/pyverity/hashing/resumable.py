@@ -1,6 +1,7 @@
 """A resumable tree build: level-0 digests from an offset on, folded after saved ones.
 
-The worker hashes the data blocks of an open descriptor with ``pread`` from ``offset``, feeding
+The daemon's workers run it (:mod:`pyverity.daemon.worker`); it knows nothing of the daemon.
+It hashes the data blocks of an open descriptor with ``pread`` from ``offset``, feeding
 a :class:`~pyverity.hashing.folder.TreeFolder` that was first given the level-0 digests saved by
 a checkpoint. Every ``checkpoint_seconds`` it hands the new digests to ``on_checkpoint`` (the
 daemon appends them to the partial file). ``poll`` is called between chunks (about 1 MiB): it
@@ -18,10 +19,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from pyverity.errors import CancelledError, FileChangedError
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileIdentity, identity
+from pyverity.fs.readexact import pread_exact
 from pyverity.hashing.folder import TreeFolder
-from pyverity.hashing.result import MerkleTree
 from pyverity.hashing.runhash import run_hasher
 
 __all__ = ["Stopped", "build_from_offset"]
@@ -45,7 +47,7 @@ def _chunk_hasher(fd: int, size: int, params: TreeParams, chunk: int) -> Callabl
 
     def hash_chunk(at: int) -> bytes:
         want = min(chunk, size - at)
-        data = os.pread(fd, want, at)
+        data = pread_exact(fd, want, at)
         if len(data) != want:
             raise FileChangedError("file shrank while it was being hashed")
         if want % bs:

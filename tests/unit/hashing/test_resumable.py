@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from pyverity.daemon.build import Stopped, build_from_offset
 from pyverity.errors import FileChangedError
 from pyverity.format.hashalg import SHA512
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import identity
 from pyverity.hashing import build_tree
+from pyverity.hashing.resumable import Stopped, build_from_offset
 
 
 @pytest.mark.parametrize(
