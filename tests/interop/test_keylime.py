@@ -2,7 +2,10 @@
 ``validate_runtime_policy`` accepts every policy ``manifest export`` writes, and
 ``process_measurement_list`` (with ``log_hash_alg`` the list's template-hash algorithm) passes
 a list pyverity wrote for the tree, fails it once a file outside the policy is measured and
-once a file's content no longer matches; ``log verify --allowlist`` says the same."""
+once a file's content no longer matches; ``log verify --allowlist`` says the same, entry by
+entry. The lists: written by ``MeasurementLog``, by a real pyverity FUSE mount, and a real 6.1
+kernel's (tests/vectors/kernel-6.1-ima). Signatures by pyverity verify in keylime through the
+exported ``verification-keys``."""
 
 from __future__ import annotations
 
