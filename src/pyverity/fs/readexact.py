@@ -3,14 +3,17 @@
 ``pread(2)`` may return fewer bytes than asked (a signal, a read capped near 2 GiB, a FUSE or
 network filesystem). These helpers read again until the request is met or the file ends, so
 a short result means end of file and nothing else. Callers decide what a short result means
-to them (zero-padding, :class:`~pyverity.errors.FileChangedError`, a storage error).
+to them (zero-padding, :class:`~pyverity.errors.FileChangedError`, a storage error), except
+:func:`pread_blocks`, the tree builders' read: whole blocks, zero-padded, or the file changed.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["pread_exact", "pread_exact_into"]
+from pyverity.errors import FileChangedError
+
+__all__ = ["pread_blocks", "pread_exact", "pread_exact_into"]
 
 
 def pread_exact(fd: int, size: int, offset: int) -> bytes:
@@ -43,3 +46,20 @@ def pread_exact_into(fd: int, buffer: memoryview, offset: int) -> int:
             break
         got += n
     return got
+
+
+def pread_blocks(
+    fd: int, buffer: memoryview, offset: int, want: int, block_size: int
+) -> memoryview:
+    """``want`` bytes of ``fd`` at ``offset`` read into ``buffer``, zero-padded to whole blocks.
+
+    Returns the filled part of ``buffer`` (``want`` rounded up to ``block_size``), which must be
+    that large. The file must still hold the bytes (its size was taken before):
+    :class:`FileChangedError` when it ends first.
+    """
+    end = -(-want // block_size) * block_size
+    if pread_exact_into(fd, buffer[:want], offset) != want:
+        raise FileChangedError("file shrank while it was being hashed")
+    if end != want:
+        buffer[want:end] = bytes(end - want)
+    return buffer[:end]

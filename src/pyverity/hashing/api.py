@@ -6,12 +6,13 @@ import os
 import stat
 from typing import BinaryIO
 
+from pyverity.format.digest import FileDigest
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import open_regular
 from pyverity.hashing.fast import build_fast
 from pyverity.hashing.progress import CancelCheck, ProgressFn
 from pyverity.hashing.reference import build_from_stream
-from pyverity.hashing.result import FileDigest, MerkleTree
 
 __all__ = ["Source", "build_tree", "compute_digest"]
 

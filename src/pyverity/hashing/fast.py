@@ -43,11 +43,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyverity.errors import FileChangedError, InputError, UsageError
+from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import identity
+from pyverity.fs.readexact import pread_blocks
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.progress import CancelCheck, ProgressFn, check_cancel
-from pyverity.hashing.result import MerkleTree
 from pyverity.hashing.runhash import RunHasher, run_hasher, uses_accelerator
 
 if TYPE_CHECKING:
@@ -222,16 +223,7 @@ def _hash_chunk(
     fd: int, view: memoryview, offset: int, want: int, *, run: RunHasher, block_size: int
 ) -> bytes:
     """Read ``want`` bytes at ``offset`` into ``view`` and return their blocks' digests."""
-    got = 0
-    while got < want:
-        n = os.preadv(fd, [view[got:want]], offset + got)
-        if n == 0:
-            raise FileChangedError("file shrank while it was being hashed")
-        got += n
-    end = -(-want // block_size) * block_size
-    if end != want:
-        view[want:end] = bytes(end - want)
-    return run(view[:end])
+    return run(pread_blocks(fd, view, offset, want, block_size))
 
 
 def _data_extents(fd: int, size: int) -> Extents:

@@ -25,6 +25,7 @@ from pyverity.errors import FileChangedError, UsageError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileIdentity, identity
+from pyverity.fs.readexact import pread_blocks
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.progress import ProgressFn
 from pyverity.hashing.runhash import RunHasher, run_hasher
@@ -37,6 +38,7 @@ def _run_hasher(params: TreeParams, accel: bool | None) -> RunHasher:
     """One run hasher per parameters and process (looking the accelerator up costs more than
     hashing a small file)."""
     return run_hasher(params, accel=accel)
+
 
 #: Bytes read per call (rounded down to whole blocks, at least one block).
 CHUNK_SIZE = 1 << 20
@@ -85,19 +87,11 @@ def hash_once(
     offset = 0
     while offset < size:
         want = min(chunk, size - offset)
-        got = 0
-        while got < want:
-            n = os.preadv(fd, [view[got:want]], offset + got)
-            if n == 0:
-                raise FileChangedError("file shrank while it was being hashed")
-            got += n
-        data = view[:want]
+        blocks = pread_blocks(fd, view, offset, want, bs)
+        data = view[:want]  # the whole-file hashes take the bytes, not the padding
         for h in hashers:
             h.update(data)
-        end = -(-want // bs) * bs
-        if end != want:
-            view[want:end] = bytes(end - want)
-        folder.add(run(view[:end]))
+        folder.add(run(blocks))
         offset += want
         if progress is not None:
             progress(offset)

@@ -1,8 +1,9 @@
 """A resumable tree build: level-0 digests from an offset on, folded after saved ones.
 
 The daemon's workers run it (:mod:`pyverity.daemon.worker`); it knows nothing of the daemon.
-It hashes the data blocks of an open descriptor with ``pread`` from ``offset``, feeding
-a :class:`~pyverity.hashing.folder.TreeFolder` that was first given the level-0 digests saved by
+It hashes the data blocks of an open descriptor from ``offset`` on
+(:func:`~pyverity.fs.readexact.pread_blocks`), feeding a
+:class:`~pyverity.hashing.folder.TreeFolder` that was first given the level-0 digests saved by
 a checkpoint. Every ``checkpoint_seconds`` it hands the new digests to ``on_checkpoint`` (the
 daemon appends them to the partial file). ``poll`` is called between chunks (about 1 MiB): it
 returns ``"cancel"`` or ``"yield"`` to stop, so a cancellation takes effect within milliseconds.
@@ -22,7 +23,7 @@ from pyverity.errors import CancelledError, FileChangedError
 from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileIdentity, identity
-from pyverity.fs.readexact import pread_exact
+from pyverity.fs.readexact import pread_blocks
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.runhash import run_hasher
 
@@ -47,12 +48,8 @@ def _chunk_hasher(fd: int, size: int, params: TreeParams, chunk: int) -> Callabl
 
     def hash_chunk(at: int) -> bytes:
         want = min(chunk, size - at)
-        data = pread_exact(fd, want, at)
-        if len(data) != want:
-            raise FileChangedError("file shrank while it was being hashed")
-        if want % bs:
-            data += bytes(bs - want % bs)
-        return hash_run(data)
+        buffer = memoryview(bytearray(-(-want // bs) * bs))  # one per chunk: chunks run at once
+        return hash_run(pread_blocks(fd, buffer, at, want, bs))
 
     return hash_chunk
 

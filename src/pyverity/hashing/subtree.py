@@ -13,11 +13,9 @@ For a file of at most one subtree there is nothing to fold: hash it whole
 
 from __future__ import annotations
 
-import os
-
-from pyverity.errors import FileChangedError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
+from pyverity.fs.readexact import pread_blocks
 from pyverity.hashing.blockhash import block_hasher
 from pyverity.hashing.runhash import run_hasher
 
@@ -72,16 +70,7 @@ def hash_subtrees(fd: int, params: TreeParams, start: int, end: int, height: int
         offset = first
         while offset < last:
             want = min(len(buf), last - offset)
-            got = 0
-            while got < want:
-                n = os.preadv(fd, [view[got:want]], offset + got)
-                if n == 0:
-                    raise FileChangedError("file shrank while it was being hashed")
-                got += n
-            padded = -(-want // bs) * bs
-            if padded != want:
-                view[want:padded] = bytes(padded - want)
-            level += run(view[:padded])
+            level += run(pread_blocks(fd, view, offset, want, bs))
             offset += want
         digests = bytes(level)
         for _ in range(height):
