@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pyverity.daemon.lifecycle import Cause
 from pyverity.daemon.pool import FIRST_USE
 from pyverity.daemon.server import Client, Peer, Server, denial
-from pyverity.errors import IntegrityError
+from pyverity.errors import FormatError, IntegrityError
+from pyverity.format.digest import parse_digest
 from pyverity.store.statedb import FileRecord, State
 
 if TYPE_CHECKING:
@@ -254,14 +255,17 @@ class ControlService:
     def _first_use(self, rec: FileRecord) -> FileRecord:
         """Make sure a tree exists for ``rec`` soon: verify the stored one, or build it first."""
         if rec.state is State.READY and rec.digest:
-            alg, _, hexd = rec.digest.partition(":")
-            cached = self.store.get(alg, bytes.fromhex(hexd))
+            try:
+                alg, digest = parse_digest(rec.digest)
+            except FormatError:  # a row no build wrote: build it again
+                alg, digest = "", b""
+            cached = self.store.get(alg, digest) if digest else None
             if cached is not None:
                 try:
                     cached.verified()
                 except IntegrityError:
                     self.metrics["cache_rejects"] += 1
-                    self.store.discard(alg, bytes.fromhex(hexd))
+                    self.store.discard(alg, digest)
                 else:
                     return rec
             rec = self.db.put(rec.evolve(state=State.PENDING, progress=0))

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING
 from pyverity.daemon.protection import appraise, mismatch
 from pyverity.errors import Error, FileChangedError, IntegrityError
 from pyverity.format.descriptor import Descriptor
+from pyverity.format.digest import format_digest
+from pyverity.format.merkletree import MerkleTree
 from pyverity.fs.ioctl import VerityUnsupportedError
 from pyverity.fs.openfile import FileIdentity
-from pyverity.hashing.result import MerkleTree
 from pyverity.store import kernel
 
 if TYPE_CHECKING:
@@ -56,12 +57,13 @@ def adopt(fd: int, protection: Protection, keyring: Keyring | None) -> Verdict |
     if enforced is None:
         return None
     declared = protection.unverified_descriptor
-    digest = f"{enforced.hash_alg.name}:{enforced.digest().hex()}"
+    digest = format_digest(enforced.hash_alg.name, enforced.digest())
     if declared is not None and declared.to_bytes() != enforced.to_bytes():
         return mismatch(
             protection,
             f"fs-verity is enabled in the kernel with digest {digest}, not the declared"
-            f" {declared.hash_alg.name}:{declared.digest().hex()} (the file is read-only now)",
+            f" {format_digest(declared.hash_alg.name, declared.digest())}"
+            " (the file is read-only now)",
             digest,
         )
     if declared is None and enforced.params != protection.tree_params():

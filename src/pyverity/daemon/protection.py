@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyverity.errors import Error, Reason
-from pyverity.hashing.result import MerkleTree
+from pyverity.format.digest import format_digest
+from pyverity.format.merkletree import MerkleTree
 
 if TYPE_CHECKING:
     from pyverity.keys import Keyring
@@ -49,7 +50,7 @@ class Declared:
     @property
     def declared_digest(self) -> str:
         desc = self.protection.unverified_descriptor if self.protection else None
-        return f"{desc.hash_alg.name}:{desc.digest().hex()}" if desc is not None else ""
+        return format_digest(desc.hash_alg.name, desc.digest()) if desc is not None else ""
 
 
 def load_keyring(path: Path | None) -> Keyring | None:

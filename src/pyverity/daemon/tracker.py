@@ -22,7 +22,8 @@ from pyverity.daemon.lifecycle import Cause, Decision, Observation
 from pyverity.daemon.pool import BACKGROUND
 from pyverity.daemon.protection import Declared, read_declared
 from pyverity.daemon.watcher import Change, FileEvent, Watcher, open_beneath
-from pyverity.errors import Error, StorageError
+from pyverity.errors import Error, FormatError, StorageError
+from pyverity.format.digest import parse_digest
 from pyverity.fs.openfile import identity
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr
 from pyverity.store.kernel import kernel_digest
@@ -313,11 +314,10 @@ class Tracker:
     def _missing_tree(self, rec: FileRecord) -> bool:
         if not self.check_cache or rec.state is not State.READY or not rec.digest:
             return False
-        alg, _, hexd = rec.digest.partition(":")
         try:
-            if self.store.contains(alg, bytes.fromhex(hexd)):
+            if self.store.contains(*parse_digest(rec.digest)):
                 return False
-        except (ValueError, StorageError):
+        except (FormatError, StorageError):
             return True
         return self.config.backend != "kernel" or not self._kernel_keeps(rec)
 
