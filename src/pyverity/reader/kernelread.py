@@ -14,8 +14,6 @@ differs, are verified block by block as always.
 
 from __future__ import annotations
 
-import hmac
-
 from pyverity.errors import Error
 from pyverity.format.descriptor import Descriptor
 from pyverity.reader.tree import MemoryTree
@@ -26,16 +24,16 @@ __all__ = ["KernelVerified", "kernel_descriptor_of", "kernel_enforces"]
 
 
 def kernel_enforces(fd: int, descriptor: Descriptor) -> bool:
-    """Whether the kernel verifies ``fd``'s pages against exactly ``descriptor``'s tree."""
+    """Whether the kernel verifies ``fd``'s pages against exactly ``descriptor``'s tree.
+
+    The comparison of the kernel's digest with the descriptor's is
+    :meth:`~pyverity.store.kernel.KernelVerity.matches`, the one the kernel backend uses.
+    """
     try:
         verity = kernel_digest(fd)
     except Error:  # no fs-verity on this filesystem, or the ioctl failed: verify ourselves
         return False
-    return (
-        verity is not None
-        and verity.digest.algorithm_number == descriptor.hash_algorithm
-        and hmac.compare_digest(verity.digest.digest, descriptor.digest())
-    )
+    return verity is not None and verity.matches(descriptor)
 
 
 def kernel_descriptor_of(fd: int) -> Descriptor | None:
