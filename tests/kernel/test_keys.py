@@ -343,6 +343,9 @@ def test_v3_ecdsa_token_signature(keys_run: KeysRun) -> None:
 
 
 def _dump(run: KeysRun, name: str) -> tuple[bytes, bytes]:
+    from tests.interop.softhsm import need
+
+    need("fsverity (Debian: fsverity)", shutil.which("fsverity") is not None)
     s = run.step(f"dump {name}")
     assert s["rc"] == s["fsverity_rc"] == 0, s
     d = run.results / "dump"
