@@ -27,7 +27,7 @@ pytestmark = [
 
 POLICY = """\
 # every file opened for reading must carry a v3 signature over its fs-verity digest
-measure func=FILE_CHECK template=ima-sigv2
+measure func=FILE_CHECK digest_type=verity template=ima-sigv2
 appraise func=FILE_CHECK digest_type=verity appraise_type=sigv3
 """
 CONTENT = {

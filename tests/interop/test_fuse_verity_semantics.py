@@ -6,6 +6,7 @@ keep this; only ``--unsafe-no-verify`` serves the changed bytes."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import subprocess
 import sys
@@ -86,6 +87,8 @@ def test_measure_only_policy_verifies_and_measures(setup: tuple[Path, Path, Path
         check=False,
     )
     assert f"{mnt}/cached" in shown.stdout, shown.stderr
+    # ima-ng under a rule without digest_type=verity: the whole-file hash, as the kernel's.
+    assert f"sha256:{hashlib.sha256(DATA).hexdigest()} {mnt}/cached" in shown.stdout
 
 
 @pytest.mark.parametrize("mode", ["log", "off"])

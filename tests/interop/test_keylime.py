@@ -397,11 +397,6 @@ def _mount_list(src: Path, mnt: Path, lst: Path, policy: Path, reads: list[str])
 
 @pytest.mark.root
 @pytest.mark.skipif(fuse_skip_reason() is not None, reason=str(fuse_skip_reason()))
-@pytest.mark.xfail(
-    reason="issue 10 item 2: the mount's ima-ng entries still carry the fs-verity digest of a"
-    " protected file (reader/measuring.py); strict: remove this mark when it lands",
-    strict=True,
-)
 def test_lists_written_by_the_mount(tmp_path: Path) -> None:
     """The mount, under a ``measure`` rule without ``digest_type=verity``, records whole-file
     hashes in its ``ima-ng`` entries as the kernel does (issue 10 item 2), so keylime's

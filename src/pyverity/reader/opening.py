@@ -41,6 +41,7 @@ from pyverity.protect.attrs import (
     ProtectionKind,
     read_protection,
 )
+from pyverity.protect.content import hash_and_tree
 from pyverity.protect.gate import (
     SignatureCheck,
     Verdict,
@@ -50,7 +51,7 @@ from pyverity.protect.gate import (
     failure_result,
 )
 from pyverity.reader.kernelread import kernel_descriptor_of, kernel_enforces
-from pyverity.reader.measuring import measure_open
+from pyverity.reader.measuring import file_hash_algo, measure_open
 from pyverity.reader.options import Access, ReaderOptions
 from pyverity.reader.tree import MemoryTree, TreeSource
 
@@ -140,6 +141,9 @@ class _Opening:
         self._keyring: Keyring | None = None
         #: What the attributes declare (for the measurement, also when the open fails).
         self.protection: Protection | None = None
+        #: The whole-file hash a measure rule without ``digest_type=verity`` records, when
+        #: an inline tree build took it in the same pass (see :mod:`.measuring`).
+        self.file_hash: DigestField | None = None
 
     @property
     def keyring(self) -> Keyring | None:
@@ -161,9 +165,10 @@ class _Opening:
                 self.name,
                 decision,
                 protection=self.protection,
-                verified=anchor.descriptor if anchor is not None else None,
-                content_digest=anchor.content_digest if anchor is not None else None,
+                anchor=anchor,
                 measurements=measurements,
+                precomputed=self.file_hash,
+                pool=self.options.hash_pool,
             )
         if failure is not None:
             raise failure
@@ -321,9 +326,27 @@ class _Opening:
         log.info("the daemon built the tree of '%s' in %.3f s", name, time.monotonic() - t0)
         return ReadAnchor(descriptor, MemoryTree(cached.unverified_tree), "cache")
 
+    def _measures_file_hash(self) -> bool:
+        decision = self.decision
+        return (
+            decision is not None
+            and decision.measure
+            and not decision.verity
+            and self.options.measurements is not None
+        )
+
     def _build(self, params: TreeParams) -> MerkleTree:
         t0 = time.monotonic()
-        tree = build_tree(self.fd, params)
+        alg = None
+        if self._measures_file_hash():
+            alg = file_hash_algo(self.protection.raw_ima if self.protection else None)
+        if alg is not None and alg.hashlib_name is not None:
+            # One read for both: the tree compared with the descriptor, and the whole-file
+            # hash the measurement records (of the same, then verified, bytes).
+            whole, tree = hash_and_tree(self.fd, alg, params)
+            self.file_hash = DigestField(alg.name, whole, kind="ima")
+        else:
+            tree = build_tree(self.fd, params)
         elapsed = time.monotonic() - t0
         log.info("built the Merkle tree of '%s' inline in %.3f s", self.name, elapsed)
         if self.options.on_inline_build is not None:
