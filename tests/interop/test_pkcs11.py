@@ -18,7 +18,7 @@ import pytest
 
 from pyverity.cli import main
 from pyverity.errors import SignatureError
-from pyverity.format.ima import parse_ima_value
+from pyverity.format.ima import ImaSignature, parse_ima_value
 from tests.interop.softhsm import SPY_CANDIDATES, SoftToken, first_existing, need, softhsm
 from tests.unit.keys.keyhelpers import keyring_dir
 
@@ -45,6 +45,12 @@ def _pyverity(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 def _sign(token: SoftToken, obj: str, *args: str) -> int:
     return main(["sign", "--key", token.uri(obj), "--pass-file", str(token.pin_file), *args])
+
+
+def _signature(f: Path) -> ImaSignature:
+    value = parse_ima_value(os.getxattr(f, "user.ima"))
+    assert isinstance(value, ImaSignature), value
+    return value
 
 
 def _errors(text: str) -> list[str]:
@@ -77,7 +83,7 @@ def test_ecdsa_v2_is_der_encoded_and_evmctl_verifies(
     need("evmctl (ima-evm-utils)", shutil.which("evmctl") is not None)
     f = _file(tmp_path)
     assert _sign(token, "ec", "--imasig", "--hash-alg", alg, "--xattr-user", str(f)) == 0
-    value = parse_ima_value(os.getxattr(f, "user.ima"))
+    value = _signature(f)
     assert value.signature[0] == 0x30  # DER SEQUENCE, not the token's raw r||s
     assert value.keyid == token.ec.keyid
     ok = subprocess.run(
@@ -224,7 +230,7 @@ def test_default_module_is_the_p11_kit_proxy(token: SoftToken, tmp_path: Path) -
     uri = token.uri("rsa", module=False, pin=True)
     proc = _pyverity("sign", "--key", uri, "--imasig", "--xattr-user", str(f), env=token.env())
     assert proc.returncode == 0, proc.stderr
-    assert parse_ima_value(os.getxattr(f, "user.ima")).keyid == token.rsa.keyid
+    assert _signature(f).keyid == token.rsa.keyid
 
 
 def test_module_path_comes_before_the_option(token: SoftToken, tmp_path: Path) -> None:
@@ -236,7 +242,7 @@ def test_module_path_comes_before_the_option(token: SoftToken, tmp_path: Path) -
     os.removexattr(f, "user.ima")
     assert main(["sign", "--key", token.uri("rsa", module=False), "--pkcs11-module",
                  token.module, *argv]) == 0  # fmt: skip
-    assert parse_ima_value(os.getxattr(f, "user.ima")).keyid == token.rsa.keyid
+    assert _signature(f).keyid == token.rsa.keyid
     os.removexattr(f, "user.ima")
     assert main(["sign", "--key", token.uri("rsa", module=False), "--pkcs11-module",
                  "/nonexistent.so", *argv]) == 1  # fmt: skip
