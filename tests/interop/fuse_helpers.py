@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
+from tests.support.polling import wait_until
 from tests.unit.reader import helpers as reader_helpers
 from tests.unit.reader.helpers import flip
 
@@ -72,11 +72,15 @@ def mounted(
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 15
-        while not is_mounted(mountpoint):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mount did not come up: {log.read_text()}")
-            time.sleep(0.05)
+        with contextlib.suppress(AssertionError):
+            wait_until(
+                lambda: is_mounted(mountpoint) or proc.poll() is not None,
+                timeout=15,
+                interval=0.05,
+                what="the mount",
+            )
+        if proc.poll() is not None or not is_mounted(mountpoint):
+            pytest.fail(f"mount did not come up: {log.read_text()}")
         yield proc
     finally:
         if proc.poll() is None:

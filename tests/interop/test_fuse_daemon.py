@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from pyverity.store.cache import TreeCache
 from tests.integration.harness import Daemon
 from tests.interop.fuse_helpers import fuse_skip_reason, mount_log, mounted
+from tests.support.polling import wait_until
 from tests.unit.reader.helpers import protect
 
 pytestmark = [
@@ -26,11 +26,12 @@ MIB = 1 << 20
 
 def _wait_cached(cache: Path, tree_digest: bytes, timeout: float = 30) -> None:
     store = TreeCache(cache)
-    deadline = time.monotonic() + timeout
-    while store.get("sha256", tree_digest) is None:
-        if time.monotonic() > deadline:
-            pytest.fail("the daemon did not cache the tree")
-        time.sleep(0.1)
+    wait_until(
+        lambda: store.get("sha256", tree_digest) is not None,
+        timeout=timeout,
+        interval=0.1,
+        what="the daemon caching the tree",
+    )
 
 
 def test_trees_from_the_daemon_cache_checked_on_read(tmp_path: Path) -> None:

@@ -75,11 +75,16 @@ def _process_tree(root: int) -> list[int]:
     return pids
 
 
-def peak_anon_memory(cmd: list[str]) -> int:
-    """Run ``cmd``; the peak, over samples, of RssAnon summed over it and its children."""
+def peak_anon_memory(cmd: list[str], timeout: float = 600) -> int:
+    """Run ``cmd``; the peak, over samples, of RssAnon summed over it and its children.
+
+    A sample every 5 ms until the process exits (waiting on its exit, not sleeping), or
+    ``timeout`` seconds (it is killed, and the test fails).
+    """
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
     peak = 0
-    while proc.poll() is None:
+    while True:
         total = 0
         for pid in _process_tree(proc.pid):
             try:
@@ -87,7 +92,15 @@ def peak_anon_memory(cmd: list[str]) -> int:
             except OSError:
                 continue
         peak = max(peak, total)
-        time.sleep(0.005)
+        try:
+            proc.wait(timeout=0.005)
+        except subprocess.TimeoutExpired:
+            if time.monotonic() < deadline:
+                continue
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"{cmd[:3]} did not finish within {timeout} s")
+        break
     assert proc.returncode == 0
     return peak
 

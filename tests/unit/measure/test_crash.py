@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import IO
 
 from pyverity.measure import MeasurementLog, read_list, verify_list
+from tests.support.polling import wait_until
 
 _CHILD = """
 import sys
@@ -24,21 +27,40 @@ while True:
 """
 
 
+def _await_acknowledged(out: IO[bytes], buffer: bytearray, count: int) -> None:
+    """Read the writer's acknowledgements into ``buffer`` until it holds ``count`` lines (the
+    writer has then done that many appends); AssertionError if not within 30 s."""
+    fd = out.fileno()
+    os.set_blocking(fd, False)
+
+    def enough() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            buffer.extend(os.read(fd, 1 << 16))
+        return buffer.count(b"\n") >= count
+
+    wait_until(enough, timeout=30, interval=0.001, what=f"{count} acknowledged appends")
+
+
 def test_killed_writer(tmp_path: Path) -> None:
     path = tmp_path / "list"
     acknowledged = 0
-    for delay in (0.05, 0.2, 0.01):
-        child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, text=True
-        )
+    # Killed after this many acknowledged appends of one run: the kill lands at a different
+    # point of the append under way each time (instead of after a chosen delay).
+    for appends in (5, 20, 1):
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE)
         assert child.stdout is not None
-        line = child.stdout.readline()  # at least one append done
-        assert line
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate(timeout=30)
-        lines = [line, *out.split()]
-        acknowledged = int(lines[-1].strip())
+        seen = bytearray()
+        try:
+            _await_acknowledged(child.stdout, seen, appends)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        os.set_blocking(child.stdout.fileno(), True)
+        seen += child.stdout.read()
+        child.stdout.close()
+        lines = seen.split()
+        assert len(lines) >= appends
+        acknowledged = int(lines[-1])
         with MeasurementLog.open(path) as log:  # repairs whatever the kill left
             assert len(log) >= acknowledged
             assert len(log) <= acknowledged + 1
