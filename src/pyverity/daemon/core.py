@@ -106,6 +106,10 @@ class Daemon:
         self._make_watch = watch or (lambda roots: open_watch(config.watcher, roots))
         self._make_pool = pool or (lambda lock: WorkerPool(config.workers, lock, config.nice))
         keyring = load_keyring(config.keyring)
+        if keyring is not None:
+            # A file's signature is checked when its attribute is seen, when its build starts
+            # and when it ends: the last two are lookups (ADR 0006).
+            keyring = keyring.remembering()
         self.db = StateDB(config.state_dir / "state.db")
         self.store = open_store(
             "cache" if config.backend == "kernel" else config.backend, config.cache_dir

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pyverity.errors import ConfigurationError, Error, InputError
@@ -41,6 +42,20 @@ class Keyring:
 
     certificates: dict[int, Certificate] = field(default_factory=dict)
     source: str = ""
+    #: Set by :meth:`remembering`: signatures that verified, as (keyid, hash algorithm,
+    #: signature, signed digest), least recently used first.
+    _verified: OrderedDict[tuple[int, int, bytes, bytes], None] | None = field(
+        default=None, compare=False, repr=False
+    )
+    _remember: int = field(default=0, compare=False, repr=False)
+
+    def remembering(self, entries: int = 65536) -> Keyring:
+        """The same keys, remembering the last ``entries`` signatures that verified, so that
+        checking one again (the daemon checks a file's signature when it sees the attribute,
+        when its build starts and when it ends) costs a lookup instead of a public-key
+        operation. Only successes are kept, keyed by everything the result depends on (the
+        keyring's keys cannot change); a failure is checked again each time."""
+        return replace(self, _verified=OrderedDict(), _remember=entries)
 
     @classmethod
     def from_certificates(cls, certs: Iterable[Certificate], source: str = "") -> Keyring:
@@ -105,6 +120,14 @@ class Keyring:
     def verify_ima_signature(self, signature: ImaSignature, digest: bytes) -> None:
         """Verify a v2 (whole-file hash) or v3 (fs-verity digest) signature; raise on failure."""
         key = self.get(signature.keyid)
-        key.verify_signature(
-            signature.signature, signature.signed_digest(digest), signature.hash_algo
-        )
+        signed = signature.signed_digest(digest)
+        memo = self._verified
+        seen = (signature.keyid, signature.hash_algo, bytes(signature.signature), signed)
+        if memo is not None and seen in memo:
+            memo.move_to_end(seen)
+            return
+        key.verify_signature(signature.signature, signed, signature.hash_algo)
+        if memo is not None:
+            memo[seen] = None
+            if len(memo) > self._remember:
+                memo.popitem(last=False)

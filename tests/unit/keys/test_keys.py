@@ -73,6 +73,26 @@ def test_sign_and_verify_v2_v3(kind: str, size: str) -> None:
     ring.verify_ima_signature(v3_512, hashlib.sha512(b"x").digest())
 
 
+def test_remembering_keyring_checks_again_what_did_not_verify() -> None:
+    k = make_key("ecdsa", "P-256")
+    signer = load_signer(str(k.key_path), cert=k.cert_path)
+    ring = Keyring.from_directory(keyring_dir(k)).remembering(2)
+    sig = sign_v3(signer, 1, HELLO_VERITY)
+    for _ in range(2):  # the second time from memory
+        ring.verify_ima_signature(sig, HELLO_VERITY)
+    other = hashlib.sha256(b"other").digest()
+    for _ in range(2):  # a failure is never remembered
+        with pytest.raises(BadSignatureError):
+            ring.verify_ima_signature(sig, other)
+    forged = ImaSignature.v3(4, k.keyid, bytes(len(sig.signature)))
+    with pytest.raises(BadSignatureError):  # same keyid and digest, other signature bytes
+        ring.verify_ima_signature(forged, HELLO_VERITY)
+    for n in range(3):  # bounded: the oldest entries go
+        ring.verify_ima_signature(sign_v3(signer, 1, bytes([n]) * 32), bytes([n]) * 32)
+    assert ring._verified is not None and len(ring._verified) == 2
+    assert ring.certificates.keys() == {k.keyid}
+
+
 def test_rsa_signature_is_deterministic_and_the_v3_patch_of_v2() -> None:
     k = make_key()
     signer = load_signer(str(k.key_path), cert=k.cert_path)
