@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pyverity.errors import FormatError, StorageError
 from pyverity.fs.libc import libc
-from pyverity.fs.watch import Change, WatchEvent
+from pyverity.fs.watch import CHANGES, Change, Fsnotify, WatchEvent
 
 __all__ = [
     "DAEMON_MASK",
@@ -52,20 +52,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Fan:
-    """The ``FAN_*`` constants of ``<linux/fanotify.h>`` that are used here."""
+class Fan(Fsnotify):
+    """The ``FAN_*`` constants of ``<linux/fanotify.h>`` that are used here (the event bits
+    shared with inotify are :class:`Fsnotify`'s)."""
 
     # events
-    MODIFY = 0x00000002
-    ATTRIB = 0x00000004
-    CLOSE_WRITE = 0x00000008
-    MOVED_FROM = 0x00000040
-    MOVED_TO = 0x00000080
-    CREATE = 0x00000100
-    DELETE = 0x00000200
-    DELETE_SELF = 0x00000400
-    MOVE_SELF = 0x00000800
-    Q_OVERFLOW = 0x00004000
     EVENT_ON_CHILD = 0x08000000
     RENAME = 0x10000000  # Linux >= 5.17: one event with the old and the new name
     ONDIR = 0x40000000
@@ -444,9 +435,7 @@ class FanotifyWatch:
             return
         if path is None:
             return  # its directory is gone, and so is everything that was in it
-        # Merged bits have no order: a removal is reported first, so that a name deleted and
-        # created again is looked at last; looking finds whatever is there now.
-        for bit, change in _ORDER:
+        for bit, change in CHANGES:  # merged bits: removals first
             if m.has(bit):
                 yield WatchEvent(change, path, is_dir)
 
@@ -461,14 +450,3 @@ class FanotifyWatch:
     def close(self) -> None:
         self._fan.close()
         self._res.close()
-
-
-_ORDER = (
-    (Fan.DELETE, Change.DELETED),
-    (Fan.MOVED_FROM, Change.MOVED_FROM),
-    (Fan.CREATE, Change.CREATED),
-    (Fan.MOVED_TO, Change.MOVED_TO),
-    (Fan.MODIFY, Change.WRITE),
-    (Fan.CLOSE_WRITE, Change.CLOSE_WRITE),
-    (Fan.ATTRIB, Change.ATTR),
-)

@@ -17,28 +17,18 @@ from dataclasses import dataclass
 
 from pyverity.errors import StorageError
 from pyverity.fs.libc import libc
-from pyverity.fs.watch import Change, WatchEvent
+from pyverity.fs.watch import CHANGES, Change, Fsnotify, WatchEvent
 
 __all__ = ["Event", "Inotify", "InotifyWatch", "Mask", "parse_events"]
 
 log = logging.getLogger(__name__)
 
 
-class Mask:
-    """The ``IN_*`` constants of ``<sys/inotify.h>``."""
+class Mask(Fsnotify):
+    """The ``IN_*`` constants of ``<sys/inotify.h>`` (the event bits are :class:`Fsnotify`'s)."""
 
     ACCESS = 0x00000001
-    MODIFY = 0x00000002
-    ATTRIB = 0x00000004
-    CLOSE_WRITE = 0x00000008
-    MOVED_FROM = 0x00000040
-    MOVED_TO = 0x00000080
-    CREATE = 0x00000100
-    DELETE = 0x00000200
-    DELETE_SELF = 0x00000400
-    MOVE_SELF = 0x00000800
     UNMOUNT = 0x00002000
-    Q_OVERFLOW = 0x00004000
     IGNORED = 0x00008000
     ONLYDIR = 0x01000000
     DONT_FOLLOW = 0x02000000
@@ -49,15 +39,15 @@ class Mask:
 
     #: What the daemon watches on every directory under its roots.
     DIRECTORY = (
-        ATTRIB
-        | MODIFY
-        | CLOSE_WRITE
-        | MOVED_FROM
-        | MOVED_TO
-        | CREATE
-        | DELETE
-        | DELETE_SELF
-        | MOVE_SELF
+        Fsnotify.ATTRIB
+        | Fsnotify.MODIFY
+        | Fsnotify.CLOSE_WRITE
+        | Fsnotify.MOVED_FROM
+        | Fsnotify.MOVED_TO
+        | Fsnotify.CREATE
+        | Fsnotify.DELETE
+        | Fsnotify.DELETE_SELF
+        | Fsnotify.MOVE_SELF
         | ONLYDIR
         | DONT_FOLLOW
         | EXCL_UNLINK
@@ -132,17 +122,6 @@ def parse_events(buf: bytes) -> Iterator[Event]:
         yield Event(wd, mask, cookie, name)
 
 
-_CHANGES = (
-    (Mask.MODIFY, Change.WRITE),
-    (Mask.CLOSE_WRITE, Change.CLOSE_WRITE),
-    (Mask.ATTRIB, Change.ATTR),
-    (Mask.CREATE, Change.CREATED),
-    (Mask.MOVED_TO, Change.MOVED_TO),
-    (Mask.DELETE, Change.DELETED),
-    (Mask.MOVED_FROM, Change.MOVED_FROM),
-)
-
-
 class InotifyWatch:
     """:class:`pyverity.fs.watch.Watch` with one inotify watch on each directory walked."""
 
@@ -199,7 +178,7 @@ class InotifyWatch:
             return
         path = f"{base.rstrip(os.sep)}{os.sep}{os.fsdecode(ev.name)}"
         is_dir = ev.has(Mask.ISDIR)
-        for bit, change in _CHANGES:
+        for bit, change in CHANGES:
             if ev.has(bit):
                 cookie = ev.cookie if bit & (Mask.MOVED_FROM | Mask.MOVED_TO) else 0
                 yield WatchEvent(change, path, is_dir, cookie)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Change", "Watch", "WatchEvent", "filter_to_roots", "under_roots"]
+__all__ = ["CHANGES", "Change", "Fsnotify", "Watch", "WatchEvent", "filter_to_roots", "under_roots"]
 
 
 class Change(enum.Enum):
@@ -30,6 +30,36 @@ class Change(enum.Enum):
     MOVED_FROM = "moved_from"  # renamed away from this path
     MOVED_TO = "moved_to"  # renamed to this path
     OVERFLOW = "overflow"  # the kernel's queue overflowed (or an event was unreadable): rescan
+
+
+class Fsnotify:
+    """The event bits inotify and fanotify share: the kernel's ``FS_*`` bits
+    (``<linux/fsnotify_backend.h>``), so that ``IN_X == FAN_X`` for each of them."""
+
+    MODIFY = 0x00000002
+    ATTRIB = 0x00000004
+    CLOSE_WRITE = 0x00000008
+    MOVED_FROM = 0x00000040
+    MOVED_TO = 0x00000080
+    CREATE = 0x00000100
+    DELETE = 0x00000200
+    DELETE_SELF = 0x00000400
+    MOVE_SELF = 0x00000800
+    Q_OVERFLOW = 0x00004000
+
+
+#: The :class:`Change` of each event bit, removals first: when one event carries several bits
+#: (fanotify merges them, and they have no order), a name deleted and created again is looked
+#: at last, and looking finds whatever is there now.
+CHANGES = (
+    (Fsnotify.DELETE, Change.DELETED),
+    (Fsnotify.MOVED_FROM, Change.MOVED_FROM),
+    (Fsnotify.CREATE, Change.CREATED),
+    (Fsnotify.MOVED_TO, Change.MOVED_TO),
+    (Fsnotify.MODIFY, Change.WRITE),
+    (Fsnotify.CLOSE_WRITE, Change.CLOSE_WRITE),
+    (Fsnotify.ATTRIB, Change.ATTR),
+)
 
 
 @dataclass(frozen=True)
