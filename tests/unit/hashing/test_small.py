@@ -17,8 +17,11 @@ from pyverity.hashing.small import SMALL_FILE_MAX, build_small
 PARAMS = [TreeParams(), TreeParams(by_name("sha512"), 1024, b"salt"), TreeParams(block_size=65536)]
 
 
+SIZES = [0, 1, 1023, 4096, 4097, 40 * 1024, 128 * 4096 + 1, SMALL_FILE_MAX]
+
+
 @pytest.mark.parametrize("params", PARAMS, ids=["sha256-4k", "sha512-1k-salt", "sha256-64k"])
-@pytest.mark.parametrize("size", [0, 1, 1023, 4096, 4097, 40 * 1024, 128 * 4096 + 1, SMALL_FILE_MAX])
+@pytest.mark.parametrize("size", SIZES)
 def test_equals_the_reference(tmp_path: Path, params: TreeParams, size: int) -> None:
     f = tmp_path / "f"
     f.write_bytes(os.urandom(size))
