@@ -51,8 +51,9 @@ def _result(out: Outcome[Measured], keyring: Keyring | None) -> dict[str, Any]:
                 "message": message, "kind": None, "keyid": None, "digest": None}  # fmt: skip
     m = out.value
     if m.protection is None:
-        return {"path": out.path, "ok": False, "state": "invalid", "reason": "malformed",
-                "message": m.invalid, "kind": None, "keyid": None, "digest": None}  # fmt: skip
+        return {"path": out.path, "ok": False, "state": "invalid",
+                "reason": m.invalid_reason.value, "message": m.invalid, "kind": None,
+                "keyid": None, "digest": None}  # fmt: skip
     r = appraisal_result(m.protection, m.computed, keyring)
     return {
         "path": out.path,

@@ -174,6 +174,8 @@ class Measured:
     protection: Protection | None
     invalid: str | None
     computed: Descriptor | bytes | None
+    #: Why ``invalid``: ``malformed``, or ``unsupported`` (a hash pyverity cannot compute).
+    invalid_reason: Reason = Reason.MALFORMED
 
 
 def measure_file(
@@ -193,7 +195,8 @@ def measure_file(
         if protection.kind is ProtectionKind.CLASSIC:
             alg = classic_hash_algo(protection)
             if alg.hashlib_name is None:
-                return Measured(None, f"hash algorithm {alg.name} is not supported", None)
+                message = f"hash algorithm {alg.name} is not supported"
+                return Measured(None, message, None, Reason.UNSUPPORTED)
         return Measured(protection, None, compute(fd, protection, jobs=jobs).value)
     except FileChangedError:
         raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from pyverity.errors import FileChangedError, FormatError
+from pyverity.errors import FileChangedError
 from pyverity.format.ima import KernelHashAlgo
 from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
@@ -28,11 +28,10 @@ def hash_and_tree(
     fd: int, alg: KernelHashAlgo, params: TreeParams | None = None
 ) -> tuple[bytes, MerkleTree]:
     """``(whole-file hash with alg, tree of the same bytes)``; a file that changes is refused."""
-    if alg.hashlib_name is None:
-        raise FormatError(f"cannot hash with {alg.name}")
+    alg.hash(b"")  # UnsupportedError for an algorithm hashlib lacks here
     params = params or TreeParams()
     bs = params.block_size
-    whole = hashlib.new(alg.hashlib_name)
+    whole = hashlib.new(alg.hashlib_name or "")
     hash_run = run_hasher(params)
     folder = TreeFolder(params, keep_tree=True)
     before = identity(os.fstat(fd))

@@ -68,7 +68,7 @@ def test_measure_file_unsupported_classic_algorithm(tmp_path: Path) -> None:
 
     f = tmp_path / "f"
     f.write_bytes(b"abc")
-    os.setxattr(f, "user.ima", b"\x04\x03" + bytes(20))  # rmd160: parses, cannot be computed
+    os.setxattr(f, "user.ima", b"\x04\x12" + bytes(32))  # streebog256: parses, not computed
     m = measure_file(str(f), "user")
     assert m.protection is None
-    assert m.invalid == "hash algorithm rmd160 is not supported"
+    assert m.invalid == "hash algorithm streebog256 is not supported"
