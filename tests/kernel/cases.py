@@ -28,8 +28,10 @@ __all__ = [
 ]
 
 MiB = 1 << 20
+#: The checkout, seen at the same path inside the VM (the host's /, shared over 9p).
+CHECKOUT = Path(__file__).resolve().parents[2]
 #: The host's venv interpreter (the guest runs it chrooted into the host's /, shared over 9p).
-VENV_PYTHON = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python")
+VENV_PYTHON = str(CHECKOUT / ".venv" / "bin" / "python")
 
 
 @dataclass(frozen=True)
@@ -146,10 +148,11 @@ BACKEND_CLI: dict[str, tuple[str, tuple[str, ...]]] = {
 
 #: Guest command prefix running the host's venv Python chrooted into the host's / (9p,
 #: read-only). HOME and TMPDIR are a scratch directory on the test disk: a tmpfs over
-#: /host/tmp would hide a checkout that lives under /tmp (CI may clone anywhere).
+#: /host/tmp would hide a checkout that lives under /tmp (CI may clone anywhere). The
+#: checkout is on PYTHONPATH, so guest scripts import ``tests.support`` as host tests do.
 GUEST_PY = (
     "chroot /host /usr/bin/env PYTHONDONTWRITEBYTECODE=1 HOME=/mnt/.scratch"
-    " TMPDIR=/mnt/.scratch " + VENV_PYTHON
+    f" TMPDIR=/mnt/.scratch PYTHONPATH={CHECKOUT} " + VENV_PYTHON
 )
 #: Guest lines before and after running ``GUEST_PY`` (the test disk appears at /mnt inside).
 HOST_ENTER = (

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyverity
@@ -26,7 +25,8 @@ from pyverity.fs import ioctl
 from pyverity.protect import read_protection
 from pyverity.reader.options import ReaderOptions
 from pyverity.store import kernel
-from pyverity.store.statedb import StateDB
+from pyverity.store.statedb import FileRecord, StateDB
+from tests.support.polling import wait_until  # the checkout is on the guest's PYTHONPATH
 
 FINAL = ("READY", "MISMATCH", "INVALID")
 
@@ -58,16 +58,20 @@ def prepare(d: Path, keys: Path) -> None:
 
 
 def settle(state: Path, names: list[str], d: Path, timeout: float = 90) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    recs: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        if (state / "control.sock").exists():  # listening: the database is set up
-            with StateDB(state / "state.db", readonly=True) as db:
-                recs = {n: db.get(str(d / n)) for n in names}
-            if all(r is not None and str(r.state) in FINAL for r in recs.values()):  # type: ignore[attr-defined]
-                return recs
-        time.sleep(0.1)
-    return recs
+    """The rows of ``names`` once all are final; the last rows seen if not within ``timeout``
+    (the host reports which file did not settle)."""
+    recs: dict[str, FileRecord | None] = {}
+
+    def all_final() -> bool:
+        if not (state / "control.sock").exists():  # not listening yet: no database to read
+            return False
+        with StateDB(state / "state.db", readonly=True) as db:
+            recs.update({n: db.get(str(d / n)) for n in names})
+        return all(r is not None and str(r.state) in FINAL for r in recs.values())
+
+    with contextlib.suppress(AssertionError):
+        wait_until(all_final, timeout=timeout, interval=0.1, what="every file settled")
+    return dict(recs)
 
 
 def metrics(state: Path) -> dict[str, str]:
