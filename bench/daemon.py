@@ -12,9 +12,19 @@ uses ``user.*`` attributes on a temporary directory.
    a state database of a million rows (targets < 1 s and < 5 s), plus the full ``--json``
    listing.
 4. **Peak daemon memory**: ``VmHWM`` of the daemon and of its largest worker after 1 and 2.
+5. **Watchers on a big tree** (``--watchers``, issue 11; as root, on a real disk): a tree of
+   ``--tree-dirs`` directories and ``--tree-files`` empty files (made as ``bench/watch.py``
+   makes it, walked once so that every start is on a warm cache), then for each watcher
+   (``--watcher fanotify``, ``--watcher inotify``) a daemon over it: its start-up time (exec to
+   the first answer on its socket: the start-up walk of every file, the watches, the socket),
+   its RSS and peak RSS (``VmHWM``) once started, and the latency from a ``setxattr`` of a
+   descriptor on an unprotected file to the daemon showing the file PENDING (median, p99 and
+   max of ``--samples``; a ``status`` request is sent back to back until the file is no longer
+   NONE, so each figure includes up to one request's round trip).
 
-    .venv/bin/python bench/daemon.py                 # everything
+    .venv/bin/python bench/daemon.py                 # 1-4
     .venv/bin/python bench/daemon.py --files 2000    # smaller
+    sudo .venv/bin/python bench/daemon.py --watchers --tree-dirs 100000 --tree-files 1000000
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE / "src"))
 
 from pyverity.daemon import client  # noqa: E402
+from pyverity.errors import Error  # noqa: E402
 from pyverity.hashing import build_tree  # noqa: E402
 from pyverity.store.statedb import StateDB  # noqa: E402
 
@@ -60,26 +71,42 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 class Daemon:
-    def __init__(self, base: Path, *args: str) -> None:
-        self.root = base / "root"
+    def __init__(
+        self, base: Path, *args: str, root: Path | None = None, start_timeout: float = 30
+    ) -> None:
+        self.root = root or base / "root"
         self.state = base / "state"
         self.root.mkdir(parents=True, exist_ok=True)
         self.args = [
             "daemon", "--root", str(self.root), "--state-dir", str(self.state),
             "--cache-dir", str(base / "cache"), "--xattr-ns", "user", *args,
         ]  # fmt: skip
-        self.log = (base / "daemon.log").open("ab")
+        base.mkdir(parents=True, exist_ok=True)
+        self.log_path = base / "daemon.log"
+        self.log = self.log_path.open("ab")
+        t0 = time.perf_counter()
         self.proc = subprocess.Popen([*cli(), *self.args], stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"daemon exited: {self.log_path.read_text()[-2000:]}")
             try:
-                client.request({"op": "metrics"}, state_dir=self.state, timeout=2)
-            except Exception:  # noqa: BLE001
-                time.sleep(0.05)
+                client.request({"op": "sync"}, state_dir=self.state, timeout=2)
+            except Error:
+                time.sleep(0.01)
             else:
+                self.startup_s = time.perf_counter() - t0
                 return
-        raise SystemExit("daemon did not start")
+        self.proc.kill()
+        raise SystemExit(f"daemon did not start within {start_timeout} s")
 
     def memory(self) -> tuple[int, int]:
         workers = [vm_hwm(p) for p in children(self.proc.pid)]
@@ -219,6 +246,98 @@ def bench_status(base: Path, rows: int) -> dict[str, float]:
     return out
 
 
+def _pending_latency(d: Daemon, files: list[str], desc: bytes) -> tuple[list[float], str]:
+    """Seconds from each ``setxattr`` to the daemon showing the file; the states first seen."""
+    lat: list[float] = []
+    first: dict[str, int] = {}
+    for f in files:
+        t1 = time.perf_counter()
+        os.setxattr(f, "user.verity", desc)
+        while True:
+            reply = client.request({"op": "status", "path": f}, state_dir=d.state)
+            state = reply["files"][0]["state"]
+            if state != "NONE":
+                lat.append(time.perf_counter() - t1)
+                first[state] = first.get(state, 0) + 1
+                break
+            if time.perf_counter() - t1 > 10:
+                raise SystemExit(f"{f} not PENDING within 10 s")
+        reply = client.wait(f, state_dir=d.state, timeout=60)  # idle again for the next one
+        assert reply.get("state") == "READY", reply
+    lat.sort()
+    return lat, " ".join(f"{k} {v}" for k, v in sorted(first.items()))
+
+
+def _one_watcher(base: Path, kind: str, tree: Path, files: list[str], desc: bytes) -> dict:
+    d = Daemon(base / kind, "--watcher", kind, "--workers", "1", root=tree, start_timeout=3600)
+    try:
+        rss, hwm = status_kib(d.proc.pid, "VmRSS"), status_kib(d.proc.pid, "VmHWM")
+        workers = sum(status_kib(p, "VmRSS") for p in children(d.proc.pid))
+        text = client.request({"op": "metrics"}, state_dir=d.state)["text"]
+        watches = next(
+            int(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("pyverity_watched_directories ")
+        )
+        lat, first = _pending_latency(d, files, desc)
+    finally:
+        d.stop()
+    return {
+        "startup_s": d.startup_s,
+        "rss_kib": rss,
+        "hwm_kib": hwm,
+        "workers_rss_kib": workers,
+        "watches": watches,
+        "median_ms": statistics.median(lat) * 1e3,
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
+        "max_ms": lat[-1] * 1e3,
+        "first_seen": first,
+    }
+
+
+def bench_watchers(
+    scratch: Path, dirs: int, files: int, samples: int, kinds: list[str]
+) -> dict[str, dict]:
+    sys.path.insert(0, str(HERE / "bench"))
+    from watch import make_tree
+
+    fstype = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(scratch)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    if fstype == "tmpfs":
+        raise SystemExit(f"{scratch} is a tmpfs: pass --scratch on a real disk")
+    limit = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    if "inotify" in kinds and dirs + 1 > limit:
+        raise SystemExit(f"{dirs + 1} watches needed, fs.inotify.max_user_watches={limit}")
+    base = Path(tempfile.mkdtemp(prefix="pyverity-daemon-watchers-", dir=scratch))
+    try:
+        t0 = time.perf_counter()
+        tree = base / "tree"
+        tree.mkdir()
+        paths = make_tree(tree, dirs, files)
+        empty = base / "empty"
+        empty.touch()
+        desc = build_tree(empty, keep_tree=False).descriptor.to_bytes()  # every file's: empty
+        for _ in os.walk(tree):  # warm the dentry and inode caches: each start finds them warm
+            pass
+        print(f"tree: {dirs:,} dirs, {files:,} empty files on {fstype} ({scratch}), made and"
+              f" walked in {time.perf_counter() - t0:.1f} s; kernel {os.uname().release}",
+              flush=True)  # fmt: skip
+        picks = random.Random(1).sample(range(files), min(files, samples * len(kinds)))
+        return {
+            kind: _one_watcher(
+                base,
+                kind,
+                tree,
+                [f"{paths[j % dirs]}/f{j}" for j in picks[n * samples : (n + 1) * samples]],
+                desc,
+            )
+            for n, kind in enumerate(kinds)
+        }
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", type=Path, help="work directory (default: a temp dir under /tmp)")
@@ -227,7 +346,26 @@ def main() -> None:
     p.add_argument("--files", type=int, default=10_000)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--skip", action="append", default=[], choices=["big", "many", "status"])
+    p.add_argument("--watchers", action="store_true", help="only 5: the watchers on a big tree")
+    p.add_argument("--watcher", action="append", choices=["fanotify", "inotify"],
+                   help="with --watchers: only this one (repeatable; default both)")  # fmt: skip
+    p.add_argument("--tree-dirs", type=int, default=10_000)
+    p.add_argument("--tree-files", type=int, default=100_000)
+    p.add_argument("--samples", type=int, default=200, help="setxattr -> PENDING samples")
+    p.add_argument("--scratch", type=Path, default=Path("/var/tmp"), help="for --watchers")
     a = p.parse_args()
+    if a.watchers:
+        results = bench_watchers(
+            a.scratch, a.tree_dirs, a.tree_files, a.samples, a.watcher or ["fanotify", "inotify"]
+        )
+        for kind, r in results.items():
+            print(f"{kind:8s} daemon start-up {r['startup_s']:.2f} s ({r['watches']:,.0f}"
+                  f" {'marks' if kind == 'fanotify' else 'watches'}); RSS"
+                  f" {r['rss_kib'] / 1024:.0f} MiB (peak {r['hwm_kib'] / 1024:.0f} MiB;"
+                  f" worker {r['workers_rss_kib'] / 1024:.0f} MiB); setxattr -> PENDING median"
+                  f" {r['median_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.2f} ms"
+                  f" (first seen: {r['first_seen']})")  # fmt: skip
+        return
     base = Path(tempfile.mkdtemp(prefix="pyverity-bench-", dir=a.dir))
     base.chmod(0o700)
     try:
