@@ -206,17 +206,17 @@ def bench_status(base: Path, rows: int) -> dict[str, float]:
     with StateDB(state / "state.db") as db:
         db._write("SELECT 1")  # open the transaction
         states = ["READY"] * 8 + ["PENDING", "STALE"]
-        db._db.executemany(
-            "INSERT INTO files (path, state, kind, dev, ino, size, mtime_ns, attr_fp, digest,"
+        db._db.executemany(  # schema 2: a row per inode, its paths beside it
+            "INSERT INTO inodes (id, dev, ino, state, kind, size, mtime_ns, attr_fp, digest,"
             " progress, error, created_ns, updated_ns, ready_ns)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 (
-                    f"/data/{i // 1000:04d}/{i:07d}".encode(),
-                    states[i % 10],
-                    "verity",
+                    i + 1,
                     1,
                     i,
+                    states[i % 10],
+                    "verity",
                     40960,
                     0,
                     os.urandom(8),
@@ -229,6 +229,10 @@ def bench_status(base: Path, rows: int) -> dict[str, float]:
                 )
                 for i in range(rows)
             ),
+        )
+        db._db.executemany(
+            "INSERT INTO paths (path, inode) VALUES (?, ?)",
+            ((f"/data/{i // 1000:04d}/{i:07d}".encode(), i + 1) for i in range(rows)),
         )
         db.commit()
     out = {}
