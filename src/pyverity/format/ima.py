@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from pyverity.errors import FormatError, UsageError
+from pyverity.errors import FormatError, UnsupportedError, UsageError
 
 __all__ = [
     "HASH_ALGOS",
@@ -40,6 +40,7 @@ __all__ = [
     "XattrType",
     "algo_by_id",
     "algo_by_name",
+    "algo_named",
     "file_id_hash",
     "ima_file_id",
     "kernel_algo_for_verity",
@@ -85,15 +86,31 @@ class KernelHashAlgo:
 
     def hash(self, data: bytes) -> bytes:
         if self.hashlib_name is None:
-            raise FormatError(f"hash algorithm {self.name} is not supported by pyverity")
+            raise UnsupportedError(
+                f"hash algorithm {self.name} is not supported by pyverity"
+                " (neither hashlib nor OpenSSL here computes it)"
+            )
         return hashlib.new(self.hashlib_name, data).digest()
 
 
+def _hashlib(name: str) -> str | None:
+    """``name`` if this Python's hashlib (its OpenSSL) computes it, else None."""
+    try:
+        hashlib.new(name)
+    except ValueError:
+        return None
+    return name
+
+
+#: The kernel's whole ``hash_algo`` table, by id (``include/uapi/linux/hash_info.h``). The
+#: ones hashlib computes here have a ``hashlib_name``: md5, sha1, the sha2 and sha3 families
+#: always; rmd160, sm3 and md4 when OpenSSL provides them (md4 only from its legacy provider).
+#: The others (truncated whirlpool, tiger, streebog) are recognised and sized, not computed.
 HASH_ALGOS: tuple[KernelHashAlgo, ...] = (
-    KernelHashAlgo(0, "md4", 16, None),
+    KernelHashAlgo(0, "md4", 16, _hashlib("md4")),
     KernelHashAlgo(1, "md5", 16, "md5"),
     KernelHashAlgo(2, "sha1", 20, "sha1"),
-    KernelHashAlgo(3, "rmd160", 20, None),
+    KernelHashAlgo(3, "rmd160", 20, _hashlib("ripemd160")),
     KernelHashAlgo(4, "sha256", 32, "sha256"),
     KernelHashAlgo(5, "sha384", 48, "sha384"),
     KernelHashAlgo(6, "sha512", 64, "sha512"),
@@ -103,11 +120,11 @@ HASH_ALGOS: tuple[KernelHashAlgo, ...] = (
     KernelHashAlgo(10, "rmd320", 40, None),
     KernelHashAlgo(11, "wp256", 32, None),
     KernelHashAlgo(12, "wp384", 48, None),
-    KernelHashAlgo(13, "wp512", 64, None),
+    KernelHashAlgo(13, "wp512", 64, _hashlib("whirlpool")),
     KernelHashAlgo(14, "tgr128", 16, None),
     KernelHashAlgo(15, "tgr160", 20, None),
     KernelHashAlgo(16, "tgr192", 24, None),
-    KernelHashAlgo(17, "sm3", 32, None),
+    KernelHashAlgo(17, "sm3", 32, _hashlib("sm3")),
     KernelHashAlgo(18, "streebog256", 32, None),
     KernelHashAlgo(19, "streebog512", 64, None),
     KernelHashAlgo(20, "sha3-256", 32, "sha3_256"),
@@ -129,12 +146,25 @@ def algo_by_id(algo_id: int) -> KernelHashAlgo:
     return HASH_ALGOS[algo_id]
 
 
+def algo_named(name: str) -> KernelHashAlgo | None:
+    """The kernel hash algorithm called ``name`` (kernel spelling, any case), computable here
+    or not; None for a name the kernel does not know."""
+    lower = name.lower()
+    return next((alg for alg in HASH_ALGOS if alg.name == lower), None)
+
+
 def algo_by_name(name: str) -> KernelHashAlgo:
-    """The kernel hash algorithm called ``name`` (kernel spelling); :class:`UsageError` if none."""
-    for alg in HASH_ALGOS:
-        if alg.name == name.lower() and alg.hashlib_name is not None:
-            return alg
+    """The kernel hash algorithm called ``name``, to hash with; :class:`UsageError` if the
+    kernel knows no such name or pyverity cannot compute it here."""
+    alg = algo_named(name)
+    if alg is not None and alg.hashlib_name is not None:
+        return alg
     usable = ", ".join(a.name for a in HASH_ALGOS if a.hashlib_name is not None)
+    if alg is not None:
+        raise UsageError(
+            f"hash algorithm {alg.name} is not supported by pyverity on this system",
+            remedy=f"available: {usable}",
+        )
     raise UsageError(f"unknown hash algorithm: '{name}'", remedy=f"available: {usable}")
 
 

@@ -66,7 +66,7 @@ def parse_certificate(data: bytes, source: str = "certificate") -> Certificate:
         raise SignatureError(f"{source}: not an X.509 certificate (PEM or DER)") from e
     if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
         raise SignatureError(f"{source}: key is neither RSA nor ECDSA")
-    check_key_type(key, f"{source}: key")
+    check_key_type(key, f"{source}: key", verifying=True)
     keyid = skid_keyid(cert)
     from_skid = keyid is not None
     if keyid is None:

@@ -16,21 +16,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from pyverity.errors import FormatError, Reason, SignatureError
+from pyverity.errors import Reason, SignatureError, UnsupportedError
 from pyverity.format.ima import KernelHashAlgo, algo_by_id
 
 __all__ = [
     "MAX_RSA_BITS",
     "MIN_RSA_BITS",
+    "VERIFY_CURVES",
+    "VERIFY_RSA_BITS",
     "BadSignatureError",
     "PublicKey",
     "PublicKeyTypes",
     "UnknownKeyError",
+    "UnsupportedKeyError",
     "check_key_type",
     "crypto_hash",
     "describe_key",
@@ -40,8 +43,18 @@ logger = logging.getLogger(__name__)
 
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 4096
+#: RSA sizes the kernel's ``rsa_check_key_length`` takes (512 too, outside FIPS mode: not
+#: here). Verifying accepts them all, warning below 2048 bits; signing needs 2048 or more.
+VERIFY_RSA_BITS = (1024, 1536, 2048, 3072, 4096)
 #: Curves the kernel's IMA verifies that pyverity signs with (DESIGN.md §7).
 CURVES: dict[str, type[ec.EllipticCurve]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
+#: Curves the kernel's ecdsa verifies (``crypto/ecdsa.c``): P-192, P-256, P-384, and P-521
+#: from 6.10. Verifying accepts them all; signing keeps to :data:`CURVES`.
+VERIFY_CURVES: dict[str, type[ec.EllipticCurve]] = {
+    "P-192": ec.SECP192R1,
+    **CURVES,
+    "P-521": ec.SECP521R1,
+}
 
 PublicKeyTypes = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
@@ -50,6 +63,12 @@ class UnknownKeyError(SignatureError):
     """No key in the keyring has the signature's keyid."""
 
     reason = Reason.UNKNOWN_KEY
+
+
+class UnsupportedKeyError(SignatureError):
+    """A key of a type, size or curve the kernel's IMA does not take (reason ``unsupported``)."""
+
+    reason = Reason.UNSUPPORTED
 
 
 class BadSignatureError(SignatureError):
@@ -68,37 +87,79 @@ _CRYPTO_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha3-256": hashes.SHA3_256,
     "sha3-384": hashes.SHA3_384,
     "sha3-512": hashes.SHA3_512,
+    "sm3": hashes.SM3,
 }
 
 
+class _NamedHash(hashes.HashAlgorithm):
+    """A kernel hash ``cryptography`` has no class for (rmd160, md4, …), by its OpenSSL name:
+    enough for a pre-hashed digest (ECDSA takes any digest; RSA needs OpenSSL to know the
+    name for the DigestInfo, else ``cryptography`` raises ``UnsupportedAlgorithm``)."""
+
+    def __init__(self, name: str, digest_size: int) -> None:
+        self._name = name
+        self._digest_size = digest_size
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def digest_size(self) -> int:
+        return self._digest_size
+
+    @property
+    def block_size(self) -> int | None:
+        return None
+
+
 def crypto_hash(alg: KernelHashAlgo) -> hashes.HashAlgorithm:
-    """The ``cryptography`` hash object for a kernel hash algorithm."""
-    try:
-        return _CRYPTO_HASHES[alg.name]()
-    except KeyError:
-        raise FormatError(f"hash algorithm {alg.name} is not supported for signatures") from None
+    """The ``cryptography`` hash object for a kernel hash algorithm (pre-hashed use only)."""
+    known = _CRYPTO_HASHES.get(alg.name)
+    if known is not None:
+        return known()
+    return _NamedHash(alg.hashlib_name or alg.name, alg.digest_size)
 
 
-def check_key_type(key: object, what: str) -> None:
-    """Refuse keys the kernel's IMA (and pyverity) do not use: RSA 2048–4096, ECDSA P-256/384."""
+def _rsa_sizes(sizes: tuple[int, ...]) -> str:
+    return ", ".join(str(b) for b in sizes[:-1]) + f" or {sizes[-1]}"
+
+
+def check_key_type(key: object, what: str, *, verifying: bool = False) -> None:
+    """Refuse keys the kernel's IMA does not take. Signing: RSA 2048–4096, ECDSA P-256/P-384;
+    ``verifying``: also RSA-1024 and RSA-1536 (with a warning: weak) and P-192 and P-521, as
+    the kernel verifies them. A key of another size or curve is :class:`UnsupportedKeyError`."""
     if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
-        if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
-            raise SignatureError(
-                f"{what} is RSA-{key.key_size}; pyverity needs {MIN_RSA_BITS}–{MAX_RSA_BITS} bits"
+        bits = key.key_size
+        if verifying and bits in VERIFY_RSA_BITS:
+            if bits < MIN_RSA_BITS:
+                logger.warning("%s is RSA-%d: weak (under %d bits)", what, bits, MIN_RSA_BITS)
+            return
+        if not verifying and MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
+            return
+        need = (
+            f"the kernel verifies RSA of {_rsa_sizes(VERIFY_RSA_BITS)} bits"
+            if verifying
+            else f"signing needs {MIN_RSA_BITS}–{MAX_RSA_BITS} bits"
+        )
+        raise UnsupportedKeyError(f"{what} is RSA-{bits}; {need}")
+    if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
+        curves = VERIFY_CURVES if verifying else CURVES
+        if not any(isinstance(key.curve, c) for c in curves.values()):
+            raise UnsupportedKeyError(
+                f"{what} uses curve {key.curve.name}; use " + ", ".join(curves)
             )
         return
-    if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
-        if not any(isinstance(key.curve, c) for c in CURVES.values()):
-            raise SignatureError(f"{what} uses curve {key.curve.name}; use P-256 or P-384")
-        return
-    raise SignatureError(f"{what} is neither RSA nor ECDSA")
+    raise UnsupportedKeyError(f"{what} is neither RSA nor ECDSA")
 
 
 def describe_key(key: PublicKeyTypes) -> str:
     """``rsa-2048``, ``ecdsa-p256`` …"""
     if isinstance(key, rsa.RSAPublicKey):
         return f"rsa-{key.key_size}"
-    return "ecdsa-" + {"secp256r1": "p256", "secp384r1": "p384"}.get(key.curve.name, key.curve.name)
+    name = key.curve.name
+    return "ecdsa-" + {"secp192r1": "p192", "secp256r1": "p256", "secp384r1": "p384",
+                       "secp521r1": "p521"}.get(name, name)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -133,6 +194,11 @@ class PublicKey:
                 self.key.verify(signature, digest, padding.PKCS1v15(), chosen)
             else:
                 self.key.verify(signature, digest, ec.ECDSA(chosen))
+        except UnsupportedAlgorithm:
+            raise UnsupportedError(
+                f"{describe_key(self.key)} signatures over {alg.name} digests are not supported"
+                " by pyverity's cryptography library"
+            ) from None
         except InvalidSignature:
             raise BadSignatureError(
                 f"signature does not verify with key {self.keyid:08x}"

@@ -23,11 +23,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from pyverity.errors import ConfigurationError, SignatureError, UsageError
+from pyverity.errors import ConfigurationError, SignatureError, UnsupportedError, UsageError
 from pyverity.format.ima import (
     ImaSignature,
     algo_by_id,
@@ -103,9 +104,15 @@ class FileSigner(Signer):
         if len(digest) != alg.digest_size:
             raise SignatureError(f"{alg.name} digest must be {alg.digest_size} bytes")
         chosen = Prehashed(crypto_hash(alg))
-        if isinstance(self.private_key, rsa.RSAPrivateKey):
-            return self.private_key.sign(digest, padding.PKCS1v15(), chosen)
-        return self.private_key.sign(digest, ec.ECDSA(chosen))
+        try:
+            if isinstance(self.private_key, rsa.RSAPrivateKey):
+                return self.private_key.sign(digest, padding.PKCS1v15(), chosen)
+            return self.private_key.sign(digest, ec.ECDSA(chosen))
+        except UnsupportedAlgorithm:
+            raise UnsupportedError(
+                f"signing {alg.name} digests with this key is not supported by pyverity's"
+                " cryptography library"
+            ) from None
 
 
 def sign_v2(signer: Signer, hash_algo: int, file_hash: bytes) -> ImaSignature:

@@ -80,7 +80,7 @@ class VerifyReport:
 
 def check_signature(record: MeasurementRecord, keyring: Keyring) -> None:
     """Verify the entry's ``sig`` over its listed digest; raise a pyverity error on failure."""
-    from pyverity.format.ima import ImaSignature, algo_by_name, parse_ima_value
+    from pyverity.format.ima import ImaSignature, algo_named, parse_ima_value
 
     digest = record.digest
     if digest is None:
@@ -92,7 +92,8 @@ def check_signature(record: MeasurementRecord, keyring: Keyring) -> None:
         raise IntegrityError("v3 (fs-verity) signature on an entry whose digest is a file hash")
     if not value.is_verity and digest.kind == "verity":
         raise IntegrityError("v2 signature on an entry whose digest is an fs-verity digest")
-    if digest.algo and algo_by_name(digest.algo).id != value.hash_algo:
+    listed = algo_named(digest.algo) if digest.algo else None
+    if digest.algo and (listed is None or listed.id != value.hash_algo):
         raise IntegrityError(
             f"signature is over {value.algorithm.name}, the listed digest is {digest.algo}"
         )
