@@ -101,12 +101,13 @@ def check_signature(record: MeasurementRecord, keyring: Keyring) -> None:
 
 
 def _v3_beside_file_hash(record: MeasurementRecord) -> bool:
-    """A v3 signature (type 0x06) in an entry whose ``d-ngv2`` digest is a file hash: what
-    the kernel records under a rule without ``digest_type=verity``. The signature is over the
-    fs-verity digest, which the entry does not hold: it cannot be checked, and is not."""
+    """A v3 signature (type 0x06) in an entry whose digest is a file hash (``ima-sig``'s
+    ``d-ng``, or ``ima:`` in ``ima-sigv2``'s ``d-ngv2``): what the kernel records under a rule
+    without ``digest_type=verity``. The signature is over the fs-verity digest, which the entry
+    does not hold: it cannot be checked, and is not."""
     digest = record.digest
     sig = record.signature
-    return digest is not None and digest.kind == "ima" and sig[:1] == b"\x06"
+    return digest is not None and digest.kind != "verity" and sig[:1] == b"\x06"
 
 
 #: Problems kept in a report (a list of millions of bad entries is counted, not kept).
