@@ -21,10 +21,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from pyverity.attest.keylime import verification_keys
+from pyverity.format.ima import algo_by_name
 from pyverity.format.measurelist import DigestField
 from pyverity.keys import Keyring, load_signer, sign_v2
 from pyverity.keys.generate import generate_key
 from pyverity.measure import MeasurementLog
+from pyverity.protect.sign import imasign_file, sign_file
 from tests.interop.fuse_helpers import fuse_skip_reason, mounted, protect
 from tests.interop.keylime_support import keylime_ima
 from tests.unit.keys.keyhelpers import ec_certificate
@@ -455,3 +457,58 @@ def test_lists_written_by_the_mount(tmp_path: Path) -> None:
         lst = str(tmp_path / what)
         assert _pyverity_failing("--allowlist", str(policy_path), lst) == expected[what], what
         assert _pyverity_failing(*via_manifest, lst) == expected[what], what
+
+
+@pytest.mark.root
+@pytest.mark.skipif(fuse_skip_reason() is not None, reason=str(fuse_skip_reason()))
+def test_signed_files_on_the_mount(tmp_path: Path) -> None:
+    """``ima-sig`` entries of the mount (whole-file hash and the file's signature): a file
+    signed by pyverity (v2) passes by signature where its path is in no policy, in keylime
+    (through the exported ``verification-keys``) as in ``log verify --keyring``; one changed
+    after signing fails both; a v3-signed file (its signature is over the fs-verity digest, not
+    the file hash) passes by the policy's file hash in both."""
+    key = generate_key(tmp_path / "key", "rsa", bits=2048)
+    signer = load_signer(key.key_path, cert=key.der_path)
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    (ring / "ima.der").write_bytes(key.der_path.read_bytes())
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin/listed-v3").write_bytes(b"signed over its fs-verity digest\n" * 300)
+    sign_file(src / "bin/listed-v3", signer)
+    (src / "bin/listed-v2").write_bytes(b"signed over its sha256\n" * 200)
+    imasign_file(src / "bin/listed-v2", signer, algo_by_name("sha256"))
+    manifest = tmp_path / "m.jsonl"
+    made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
+                "--cert", str(key.der_path), str(src))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    # after the manifest: a signed file no policy lists, and one changed after signing
+    (src / "bin/unlisted").write_bytes(b"signed later\n" * 50)
+    imasign_file(src / "bin/unlisted", signer, algo_by_name("sha256"))
+    (src / "bin/tampered").write_bytes(b"signed, then changed\n" * 50)
+    imasign_file(src / "bin/tampered", signer, algo_by_name("sha256"))
+    with (src / "bin/tampered").open("r+b") as f:
+        f.write(b"S")
+    rule = tmp_path / "ima-policy"
+    rule.write_text("measure func=FILE_CHECK template=ima-sig\n")
+    lst = tmp_path / "list"
+    lines = _mount_list(src, mnt, lst, rule, ["bin/listed-v3", "bin/listed-v2", "bin/unlisted",
+                                               "bin/tampered"])  # fmt: skip
+    assert {ln.split(" ")[2] for ln in lines[1:]} == {"ima-sig"}  # after the boot_aggregate
+    policy_path = tmp_path / "policy.json"
+    res = _cli("manifest", "export", "--format", "keylime", "--keyring", str(ring),
+               "--prefix", str(mnt), "--boot-aggregate", str(lst), "-o", str(policy_path),
+               str(manifest))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    policy = json.loads(policy_path.read_text())
+    from keylime.ima.file_signatures import ImaKeyring, ImaKeyrings
+
+    keyrings = ImaKeyrings()
+    keyrings.set_tenant_keyring(ImaKeyring.from_string(policy["verification-keys"]))
+    by_signature = {f"{mnt}/bin/tampered"}
+    by_digest = {f"{mnt}/bin/unlisted", f"{mnt}/bin/tampered"}
+    assert _keylime_failing(policy, lines, keyrings) == by_signature
+    assert _keylime_failing(policy, lines) == by_digest
+    argv = ("--allowlist", str(policy_path), str(lst))
+    assert _pyverity_failing("--keyring", str(ring), *argv) == by_signature
+    assert _pyverity_failing(*argv) == by_digest
