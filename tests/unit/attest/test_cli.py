@@ -157,6 +157,19 @@ def test_export_boot_aggregate_of_a_list(
     empty = setup["tmp"] / "empty"
     empty.write_bytes(b"")
     _one_line_exit_1(capsys, _export(setup, "--boot-aggregate", str(empty)), "empty")
+    kernel = Path(__file__).resolve().parents[2] / "vectors" / "kernel-6.1-ima-pyverity"
+    for name in ("ascii_runtime_measurements", "binary_runtime_measurements"):
+        assert main(_export(setup, "--boot-aggregate", str(kernel / name))) == 0
+        digests = json.loads(capsys.readouterr().out)["digests"]
+        assert digests["boot_aggregate"] == [  # a real TPM's (swtpm), from either form
+            "6f8ff0bb6a5a8f76a8b01a60571b954695cf7ac31f2666b7756d357bf21cb3d4"
+        ]
+    headless = setup["tmp"] / "headless"
+    log = MeasurementLog.open(headless, boot_aggregate=False)
+    log.append(DigestField("sha256", bytes(32)), "/opt/app/bin/tool")
+    log.close()
+    argv = _export(setup, "--boot-aggregate", str(headless))
+    _one_line_exit_1(capsys, argv, "does not start with a boot_aggregate entry")
 
 
 def test_verify_json_shape(setup: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
