@@ -2,8 +2,9 @@
 
 ``--key`` (a PEM/DER file, ``file:PATH`` or an RFC 7512 ``pkcs11:`` URI), ``--pkcs11-module``
 (the module when the URI has no ``module-path``; else the p11-kit proxy), ``--cert``, ``--keyid``
-and the passphrase or PIN from ``--pass-file``/``--pass-env`` (for a token also the URI's
-``pin-source``; ``pin-value`` is refused). :func:`load_cli_signer` turns them into a
+or ``--keyid-from-key`` (evmctl's default keyid, SHA-1 of the public key), and the passphrase
+or PIN from ``--pass-file``/``--pass-env`` (for a token also the URI's ``pin-source``;
+``pin-value`` is refused). :func:`load_cli_signer` turns them into a
 :class:`~pyverity.keys.Signer`; ``prompt`` says what happens when a secret is needed and none
 was given (ask on the terminal, or refuse).
 """
@@ -49,7 +50,14 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
         "--pkcs11-module", metavar="SO", help="PKCS#11 module when the URI has no module-path"
     )
     parser.add_argument("--cert", help="the key's X.509 certificate (its SKID gives the keyid)")
-    parser.add_argument("--keyid", help="keyid to write (8 hex digits), overriding the SKID")
+    keyid = parser.add_mutually_exclusive_group()
+    keyid.add_argument("--keyid", help="keyid to write (8 hex digits), overriding the SKID")
+    keyid.add_argument(
+        "--keyid-from-key",
+        action="store_true",
+        help="keyid = SHA-1 of the public key, as evmctl without --keyid-from-cert"
+        " (the kernel finds keys by SKID)",
+    )
     add_pass_options(parser, "the key's passphrase or the token's PIN")
 
 
@@ -91,7 +99,7 @@ def load_cli_signer(
 
     keyid = parse_keyid(args.keyid) if args.keyid is not None else None
     given = passphrase_of(args)
-    return load_signer(
+    signer = load_signer(
         args.key,
         cert=args.cert,
         keyid=keyid,
@@ -99,3 +107,9 @@ def load_cli_signer(
         allow_computed_keyid=True,
         pkcs11_module=args.pkcs11_module,
     )
+    if getattr(args, "keyid_from_key", False):
+        from pyverity.keys.keyid import keyid_from_public_key
+        from pyverity.keys.signer import with_keyid
+
+        signer = with_keyid(signer, keyid_from_public_key(signer.public_key.key))
+    return signer

@@ -19,6 +19,8 @@ type 0x06 v3 signature to ``<ns>.ima`` (one ``setxattr`` each, in that order).
 The keyid is the certificate's SKID tail (``--cert``, or a certificate in the key file), or
 ``--keyid HEX``; without either, SHA-1 of the public key, as evmctl, with a warning. A
 certificate without SKID is refused without ``--keyid``: the kernel could never find it.
+``--keyid-from-key`` writes the SHA-1 of the public key even beside a certificate: what
+``evmctl ima_sign`` writes by default (the SKID is what ``evmctl --keyid-from-cert`` writes).
 Passphrases: ``--pass-file F``, ``--pass-env VAR``, else a prompt when stdin is a terminal.
 """
 
@@ -100,7 +102,7 @@ def main(argv: list[str]) -> int:
             "--builtin-sig needs the key's certificate, from --cert (PKCS#7 names it)",
             remedy="give --cert CERT, or use a PEM key file (or a token) that also holds it",
         )
-    if signer.certificate is None and args.keyid is None:
+    if signer.certificate is None and args.keyid is None and not args.keyid_from_key:
         logger.warning(
             "no --cert: keyid %08x is SHA-1 of the public key (as evmctl); it matches the"
             " certificate's SKID only if that was made the standard way",

@@ -49,6 +49,7 @@ __all__ = [
     "load_signer",
     "sign_v2",
     "sign_v3",
+    "with_keyid",
 ]
 
 PrivateKeyTypes = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -113,6 +114,41 @@ class FileSigner(Signer):
                 f"signing {alg.name} digests with this key is not supported by pyverity's"
                 " cryptography library"
             ) from None
+
+
+@dataclass(frozen=True)
+class _RekeyedSigner(Signer):
+    """Another signer's key under another keyid (see :func:`with_keyid`)."""
+
+    inner: Signer
+    _keyid: int
+
+    @property
+    def keyid(self) -> int:
+        return self._keyid
+
+    @property
+    def public_key(self) -> PublicKey:
+        return PublicKey(self._keyid, self.inner.public_key.key, self.inner.public_key.source)
+
+    @property
+    def certificate(self) -> Certificate | None:
+        return self.inner.certificate
+
+    def sign_digest(self, digest: bytes, hash_algo: int) -> bytes:
+        return self.inner.sign_digest(digest, hash_algo)
+
+
+def with_keyid(signer: Signer, keyid: int) -> Signer:
+    """``signer`` writing ``keyid`` into its signatures (e.g. evmctl's default, the SHA-1 of
+    the public key, :func:`~pyverity.keys.keyid.keyid_from_public_key`, where the
+    certificate's SKID differs)."""
+    inner = signer.inner if isinstance(signer, _RekeyedSigner) else signer
+    if keyid == signer.keyid:
+        return signer
+    if keyid == inner.keyid:
+        return inner
+    return _RekeyedSigner(inner, keyid)
 
 
 def sign_v2(signer: Signer, hash_algo: int, file_hash: bytes) -> ImaSignature:

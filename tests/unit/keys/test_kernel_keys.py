@@ -206,3 +206,30 @@ def test_cli_verify_reasons(tmp_path: Path) -> None:
     expected = f"{odd}: FAILED: unsupported: hash algorithm streebog256 is not supported\n"
     assert res.stdout == expected
     assert "Traceback" not in res.stderr
+
+
+def test_keyid_from_key_and_keyid_exclude_each_other(tmp_path: Path) -> None:
+    pem, der = write_key_files(tmp_path, "rsa-2048", skid=bytes(20))
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    res = subprocess.run(
+        [sys.executable, "-m", "pyverity.cli", "sign", "--imasig", "--xattr-user", "--key",
+         str(pem), "--cert", str(der), "--keyid", "1234", "--keyid-from-key", str(f)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "not allowed with argument" in res.stderr
+
+
+def test_with_keyid_keeps_the_key_and_certificate(tmp_path: Path) -> None:
+    from pyverity.keys.signer import with_keyid
+
+    pem, der = write_key_files(tmp_path, "rsa-2048", skid=bytes(range(20)))
+    signer = load_signer(str(pem), cert=der)
+    assert signer.keyid == 0x10111213
+    rekeyed = with_keyid(signer, 0xDEADBEEF)
+    assert rekeyed.keyid == rekeyed.public_key.keyid == 0xDEADBEEF
+    assert rekeyed.certificate is signer.certificate
+    assert with_keyid(with_keyid(rekeyed, 1), signer.keyid) is signer
+    digest = hashlib.sha256(b"x").digest()
+    assert rekeyed.sign_digest(digest, 4) == signer.sign_digest(digest, 4)  # RSA: deterministic
