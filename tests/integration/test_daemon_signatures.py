@@ -149,7 +149,7 @@ def test_first_use_jumps_two_busy_workers(
     for b in bigs:
         write_file(b, size, sparse=True)
     small = d.root / "small.bin"
-    write_file(small, 256 * 1024)
+    write_file(small, 2 * MiB)  # over hashing.small.SMALL_FILE_MAX: a worker must build it
     small_desc = fsverity_digest(small, tmp_path)[1]
     for b in bigs:
         setfattr(b, "user.verity", big_desc)

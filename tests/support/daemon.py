@@ -260,7 +260,7 @@ class DaemonSim:
 
     def _idle(self) -> bool:
         s = self.d.scheduler
-        due = bool(s.queue) and self.pool.idle() is not None
+        due = bool(s.queue) and (self.pool.idle() is not None or s.more_now)
         return not (self.pool.busy() or due or s.retry_at)
 
     def settle(self, timeout: float = 30) -> None:

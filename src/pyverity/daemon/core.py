@@ -192,6 +192,8 @@ class Daemon:
     def step(self, timeout: float = 0.1) -> None:
         """One turn: start what is due, handle what is readable, expire waiters, commit."""
         self.scheduler.dispatch()
+        if self.scheduler.more_now:
+            timeout = 0  # small files still queued: look around, then build on
         for key, _ in self._sel.select(timeout):
             key.data()
         self.control.expire_waiters()

@@ -55,6 +55,8 @@ class Job:
     priority: int
     attr_fp: bytes
     seq: int = 0
+    #: The file's size when queued (-1: unknown); small files are built by the daemon itself.
+    size: int = -1
     #: Set while running: the worker, and the offset/leaf bytes of the last checkpoint.
     worker: BuildWorker | None = None
     job_id: int = 0

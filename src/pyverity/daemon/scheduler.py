@@ -27,6 +27,7 @@ from pyverity.format.descriptor import Descriptor
 from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileIdentity
+from pyverity.hashing.small import SMALL_FILE_MAX, build_small
 from pyverity.protect.gate import Verdict, VerdictState
 from pyverity.store.statedb import Checkpoint, FileRecord, State
 
@@ -44,6 +45,11 @@ __all__ = ["Scheduler"]
 log = logging.getLogger(__name__)
 
 _MAX_RETRIES = 5
+#: How long one dispatch may spend building small files itself before the loop turns again
+#: (events, the socket, workers' messages, commits).
+_INLINE_SECONDS = 0.02
+#: How many queued jobs that wait for a worker one dispatch steps over to reach small files.
+_MAX_STEPPED_OVER = 32
 
 
 class Scheduler:
@@ -76,6 +82,8 @@ class Scheduler:
         #: workers' sockets).
         self.on_replaced: Callable[[BuildWorker, BuildWorker], None] = lambda _d, _n: None
         self.stopping = False
+        #: The last dispatch stopped at its time budget with small files still queued.
+        self.more_now = False
         self._job_ids = 0
 
     def _pool(self) -> Pool:
@@ -94,9 +102,9 @@ class Scheduler:
             queued = self.queue.get(p)
             if queued is not None:
                 if priority < queued.priority:
-                    self.queue.push(Job(p, priority, queued.attr_fp))
+                    self.queue.push(Job(p, priority, queued.attr_fp, size=queued.size))
                 return
-        self.queue.push(Job(rec.path, priority, rec.attr_fp))
+        self.queue.push(Job(rec.path, priority, rec.attr_fp, size=rec.size))
 
     def cancel(self, path: str, rec: FileRecord | None) -> None:
         for p in self.tracker.links(rec) if rec is not None else [path]:
@@ -175,7 +183,17 @@ class Scheduler:
                 rec = self.db.get(path)
                 if rec is not None and rec.state in (State.PENDING, State.BUILDING):
                     self.enqueue(rec, BACKGROUND)
-        while (worker := pool.idle()) is not None:
+        # Small files are built here, without a worker (ADR 0006), for up to _INLINE_SECONDS;
+        # the others go to idle workers. A job that waits for a worker is stepped over (a few)
+        # to reach the small files queued behind it.
+        stepped_over = 0
+        self.more_now = False
+        while True:
+            small_left = time.monotonic() - now < _INLINE_SECONDS
+            worker = pool.idle()
+            if worker is None and not small_left:
+                self.more_now = len(self.queue) > 0
+                break
             job = self.queue.pop()
             if job is None:
                 break
@@ -183,9 +201,16 @@ class Scheduler:
             if job.path in self.running or waiting:
                 deferred.append(job)
                 continue
+            small = 0 <= job.size <= SMALL_FILE_MAX and small_left
+            if not small and worker is None:
+                deferred.append(job)
+                stepped_over += 1
+                if stepped_over > _MAX_STEPPED_OVER:
+                    break
+                continue
             self.settle_until.pop(job.path, None)
             try:
-                self._start(worker, job)
+                self._start(None if small else worker, job)
             except Error as e:  # one file's trouble must not stop the daemon
                 log.warning("%s: cannot start its build: %s", job.path, e)
         for job in deferred:
@@ -202,7 +227,9 @@ class Scheduler:
             worker.tell(msg.Yield(victims[0].job_id))
             self.metrics["builds_preempted"] += 1
 
-    def _start(self, worker: BuildWorker, job: Job) -> None:
+    def _start(self, worker: BuildWorker | None, job: Job) -> None:
+        """Start ``job`` on ``worker``, or build it here and now (``worker`` None: a small
+        file, whose state goes from PENDING to its result in one transaction)."""
         rec = self.db.get(job.path)
         if rec is None or rec.attr_fp != job.attr_fp:
             return
@@ -212,35 +239,60 @@ class Scheduler:
             self.tracker.apply(job.path, rec, Decision(None, cancel=True))
             return
         try:
-            if not self._start_fd(worker, job, rec, fd):
+            spec = self._spec(job, rec, fd, resume=worker is not None)
+            if spec is None:
                 return
+            if worker is None:
+                self._build_here(job, fd)
+                return
+            worker.start(job, spec, fd)
         finally:
             os.close(fd)
         self.running[job.path] = job
         self.metrics["builds_started"] += 1
         self.db.put(rec.evolve(state=State.BUILDING, progress=job.offset, error=""))
 
-    def _start_fd(self, worker: BuildWorker, job: Job, rec: FileRecord, fd: int) -> bool:
-        """Check the file open as ``fd`` is the row's, then start its build; False if not."""
+    def _build_here(self, job: Job, fd: int) -> None:
+        """Build a small file in this process: no worker, no messages (ADR 0006)."""
+        self.metrics["builds_started"] += 1
+        if job.protection is None:
+            return
+        try:
+            built = build_small(fd, job.protection.tree_params(), job.snapshot)
+        except FileChangedError as e:
+            self._failed(job, msg.FailureKind.FILE_CHANGED, str(e))
+        except Error as e:
+            self._failed(job, msg.FailureKind.ERROR, str(e))
+        except OSError as e:
+            self._failed(job, msg.FailureKind.OS, e.strerror or str(e))
+        else:
+            self.metrics["bytes_hashed"] += job.snapshot.size
+            self._done(job, built)
+
+    def _spec(self, job: Job, rec: FileRecord, fd: int, *, resume: bool) -> msg.BuildSpec | None:
+        """Check the file open as ``fd`` is the row's and fill in ``job``; its build's spec, or
+        None if it is not to be built (then the row says why). ``resume``: from a checkpoint."""
         obs = self.tracker.observe_fd(job.path, fd)
         if obs is None or obs.declared.fingerprint != rec.attr_fp:
             if obs is not None:
                 self.tracker.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.ATTR))
-            return False
+            return None
         if obs.snapshot != rec.snapshot:
             self._unexplained_change(job, rec, obs.snapshot)
-            return False
+            return None
         prot = obs.declared.protection
         if prot is None or not prot.has_tree:
             self.tracker.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.REBUILD))
-            return False
+            return None
         if self.config.backend == "kernel" and self._kernel_verity(job.path, rec, fd, prot):
-            return False
+            return None
         file_id = rec.id
         if file_id is None:
-            return False
+            return None
         params = prot.tree_params()
-        offset, leaves = self._saved_leaves(file_id, rec.attr_fp, obs.snapshot, params)
+        offset, leaves = 0, b""
+        if resume:  # a small file is built again from 0; its checkpoint goes when it settles
+            offset, leaves = self._saved_leaves(file_id, rec.attr_fp, obs.snapshot, params)
         self._job_ids += 1
         job.job_id = self._job_ids
         job.snapshot = obs.snapshot
@@ -263,10 +315,9 @@ class Scheduler:
         )
         if offset:
             log.info("%s: resuming build at offset %d", job.path, offset)
-        else:
+        elif resume:  # a worker's build (the daemon's own, of small files, are not logged)
             log.info("%s: building from offset 0", job.path)
-        worker.start(job, spec, fd)
-        return True
+        return spec
 
     def _kernel_verity(self, path: str, rec: FileRecord, fd: int, prot: Protection) -> bool:
         """Kernel backend: a file that already has fs-verity is READY (the kernel's descriptor
@@ -359,7 +410,7 @@ class Scheduler:
         elif isinstance(m, msg.Failed):
             self._failed(job, m.kind, m.message)
         else:
-            self._done(job, Descriptor.from_bytes(m.descriptor), m.tree)
+            self._done(job, MerkleTree(Descriptor.from_bytes(m.descriptor), m.tree))
 
     def _checkpoint(self, job: Job, offset: int, leaves: bytes) -> None:
         job.progress = max(job.progress, offset)
@@ -413,7 +464,7 @@ class Scheduler:
         self.db.put(rec.evolve(state=State.PENDING, error=message))
         self.retry_at[job.path] = time.monotonic() + delay
 
-    def _done(self, job: Job, descriptor: Descriptor, tree: bytes) -> None:
+    def _done(self, job: Job, built: MerkleTree) -> None:
         rec = self._current(job)
         if rec is None or job.protection is None:
             return
@@ -422,7 +473,7 @@ class Scheduler:
             self.db.put(rec.evolve(state=State.PENDING))
             self.enqueue(rec, job.priority)
             return
-        built = MerkleTree(descriptor, tree)
+        descriptor = built.descriptor
         verdict = appraise(job.protection, built, self.keyring)
         if not verdict.ok and job.start > 0 and rec.id is not None:
             # Resumed from a checkpoint: rule out the saved leaves before blaming the content.

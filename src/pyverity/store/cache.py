@@ -114,17 +114,21 @@ def _check_digest(algorithm: str, digest: bytes) -> str:
     return digest.hex()
 
 
+def _syncfs(directory: Path) -> bool:
+    """``syncfs`` of the filesystem holding ``directory``; whether it succeeded."""
+    from pyverity.fs.libc import libc
+
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return bool(libc().syncfs(fd) == 0)
+    finally:
+        os.close(fd)
+
+
 def _sync_data(files: list[Path], directory: Path) -> None:
     """Make ``files`` durable: one ``syncfs`` of their filesystem for a batch, else ``fsync``."""
-    if len(files) > 4:
-        from pyverity.fs.libc import libc
-
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            if libc().syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
+    if len(files) > 4 and _syncfs(directory):
+        return
     for f in files:
         with contextlib.suppress(FileNotFoundError):
             fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -143,6 +147,8 @@ class TreeCache:
         self._tmp = self.directory / "tmp"
         self._batch = batch_dir_sync
         self._dirty_dirs: set[Path] = set()
+        #: Fan-out directories known to exist (no ``mkdir`` per entry).
+        self._made: set[Path] = set()
         #: Batched mode: written, not yet synced temp files and where they go.
         self._unpublished: list[tuple[Path, Path]] = []
         try:
@@ -223,8 +229,9 @@ class TreeCache:
         """Publish ``tree`` (which must carry its tree bytes) atomically under its digest.
 
         In batched mode the entry is written to its temp file now and published by the next
-        :meth:`flush` (one ``syncfs`` for the whole batch, then the renames), which the daemon
-        calls before it commits the states that refer to the entries.
+        :meth:`flush` (one ``syncfs`` for the whole batch, the renames, one more ``syncfs``
+        for the directories), which the daemon calls before it commits the states that refer
+        to the entries.
         """
         if tree.tree is None:
             raise StorageError("cannot cache a tree that was not kept")
@@ -232,7 +239,9 @@ class TreeCache:
         final = self.path_for(desc.hash_alg.name, desc.digest())
         tmp = self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}"
         try:
-            final.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            if final.parent not in self._made:
+                final.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+                self._made.add(final.parent)
             fd = os.open(
                 tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
             )
@@ -259,7 +268,12 @@ class TreeCache:
             _sync_data([tmp for tmp, _ in batch], self._tmp)
         for tmp, final in batch:
             try:
-                tmp.rename(final)
+                try:
+                    tmp.rename(final)
+                except FileNotFoundError:  # its directory was removed since it was made
+                    self._made.discard(final.parent)
+                    final.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+                    tmp.rename(final)
             except OSError as e:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -267,6 +281,8 @@ class TreeCache:
                 continue
             self._dirty_dirs.add(final.parent)
         dirs, self._dirty_dirs = self._dirty_dirs, set()
+        if self._batch and len(dirs) > 4 and _syncfs(self._objects):
+            return  # the renames are durable: one syncfs instead of a fsync per directory
         for d in dirs:
             with contextlib.suppress(FileNotFoundError):
                 fsync_dir(d)

@@ -11,6 +11,7 @@ import pytest
 from pyverity.daemon import protocol as msg
 from pyverity.fs.watch import Change
 from pyverity.hashing import build_tree
+from pyverity.hashing.small import SMALL_FILE_MAX
 from tests.support.daemon import DaemonSim
 from tests.support.protect import protect_with_pyverity
 from tests.support.xattrs import require_user_xattrs
@@ -20,6 +21,10 @@ from tests.support.xattrs import require_user_xattrs
 def sim(tmp_path: Path) -> DaemonSim:
     require_user_xattrs(tmp_path)
     return DaemonSim(tmp_path)
+
+
+#: Larger than what the daemon builds itself: such a build goes to a worker.
+BIG = SMALL_FILE_MAX + 4096
 
 
 def _file(sim: DaemonSim, name: str, data: bytes | None = None) -> Path:
@@ -87,10 +92,44 @@ def test_write_makes_stale_chmod_and_touch_do_not_a_new_value_rebuilds(sim: Daem
     assert sim.state(f) == "READY"
 
 
+def test_small_files_are_built_by_the_daemon_itself(tmp_path: Path) -> None:
+    require_user_xattrs(tmp_path)
+    sim = DaemonSim(tmp_path, auto=False).start()  # workers would wait to be told
+    small = [_file(sim, f"s{i}.bin", os.urandom(n)) for i, n in enumerate((0, 1, 50_000))]
+    big = _file(sim, "big.bin", os.urandom(BIG))
+    entries = [_protect(sim, f) for f in [*small, big]]
+    sim.settle()
+    assert [sim.state(f) for f in small] == ["READY"] * 3
+    assert sim.state(big) == "BUILDING"  # the one worker has it
+    for f, entry in zip(small, entries, strict=False):
+        rec = sim.record(f)
+        assert rec is not None
+        assert _cache_entry(sim, rec.digest) == entry
+    (worker,) = sim.pool.workers
+    sim.pool.auto = True
+    worker.run()
+    sim.settle()
+    assert sim.state(big) == "READY"
+    assert len(worker.builds) == 1
+    assert _metric(sim, "builds_started") == 4
+
+
+def test_a_small_file_changed_as_it_is_built_is_not_ready(tmp_path: Path) -> None:
+    require_user_xattrs(tmp_path)
+    sim = DaemonSim(tmp_path).start()
+    f = _file(sim, "s.bin")
+    _protect(sim, f)
+    with f.open("r+b") as w:  # written after the attribute, the event not yet seen
+        w.write(b"changed")
+    sim.settle()
+    assert sim.state(f) == "MISMATCH"  # the daemon's own build compares roots too
+    assert _metric(sim, "builds_mismatch") == 1
+
+
 def test_write_during_a_build_cancels_it_and_stays_stale(tmp_path: Path) -> None:
     require_user_xattrs(tmp_path)
     sim = DaemonSim(tmp_path, auto=False).start()
-    f = _file(sim, "b.bin", os.urandom(300_000))
+    f = _file(sim, "b.bin", os.urandom(BIG))
     _protect(sim, f)
     sim.settle()
     assert sim.state(f) == "BUILDING"  # handed to the worker, which has not run it yet
@@ -248,7 +287,7 @@ def test_attributes_before_data_end_ready(sim: DaemonSim) -> None:
 def test_first_use_preempts_a_background_build(tmp_path: Path) -> None:
     require_user_xattrs(tmp_path)
     sim = DaemonSim(tmp_path, auto=False).start()
-    slow, wanted = _file(sim, "slow.bin"), _file(sim, "wanted.bin")
+    slow, wanted = _file(sim, "slow.bin", os.urandom(BIG)), _file(sim, "w.bin", os.urandom(BIG))
     _protect(sim, slow)
     sim.settle()
     (worker,) = sim.pool.workers

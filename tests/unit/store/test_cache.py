@@ -124,3 +124,17 @@ def test_batched_entries_are_published_by_flush_or_lookup(tmp_path: Path) -> Non
     for t in trees:
         assert cache.path_for("sha256", t.descriptor.digest()).exists()
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_an_entry_is_published_after_its_directory_was_removed(tmp_path: Path) -> None:
+    import shutil
+
+    cache = TreeCache(tmp_path, batch_dir_sync=True)
+    first, second = _tree(b"a" * 5000), _tree(b"b" * 5000)
+    cache.put(first)
+    cache.flush()
+    shutil.rmtree(tmp_path / "objects" / "sha256")  # fan-out directories made before
+    path = cache.path_for("sha256", second.descriptor.digest())
+    cache.put(second)
+    cache.flush()
+    assert path.read_bytes() == second.descriptor.to_bytes() + (second.tree or b"")
