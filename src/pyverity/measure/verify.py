@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
-from pyverity.errors import Error, FormatError, IntegrityError
+from pyverity.errors import Error, FormatError, IntegrityError, Reason
 from pyverity.format.measurelist import MeasurementRecord
 from pyverity.measure.pcr import CHAIN_BANK, PcrReplay, PcrValues
 
@@ -190,11 +190,14 @@ class ListVerifier:
             try:
                 check_signature(record, keyring)
             except Error as exc:
-                self.problem(
-                    EntryProblem(
-                        i, "signature", f"signature does not verify: {exc}", record.file_name
+                if exc.reason is Reason.UNSUPPORTED:  # a key or hash pyverity cannot use
+                    self.problem(EntryProblem(i, "unsupported", str(exc), record.file_name))
+                else:
+                    self.problem(
+                        EntryProblem(
+                            i, "signature", f"signature does not verify: {exc}", record.file_name
+                        )
                     )
-                )
         expected = self.expected
         if expected is None or i <= expected.count:
             self._replay.extend(record, size=size)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from pyverity.errors import IntegrityError
 from pyverity.format.measurelist import DigestField, MeasurementRecord, parse_binary
@@ -198,3 +199,41 @@ def test_a_damaged_chain_file_is_rebuilt_on_open(tmp_path: Path) -> None:
     chain_path(path).write_bytes(good[:40])  # a crash left it short and torn
     MeasurementLog.open(path).close()
     assert chain_path(path).read_bytes() == good
+
+
+def test_signatures_by_kernel_keys_and_hashes() -> None:
+    """sm3 by P-192 and rmd160 by RSA-1024 verify; an RSA signature over streebog256 is
+    ``unsupported`` (OpenSSL has no DigestInfo for it), not a bad signature; a v3 signature
+    beside an ``ima:`` file hash (a rule without digest_type=verity) is left unchecked."""
+    from pyverity.format.ima import ImaSignature, algo_named
+    from pyverity.keys import Keyring
+    from pyverity.keys.cert import parse_certificate
+    from pyverity.keys.keyid import keyid_from_public_key
+    from tests.unit.keys.keyhelpers import certified_key
+    from tests.unit.keys.test_kernel_keys import _sign
+
+    if not {"sm3", "ripemd160"} <= hashlib.algorithms_available:
+        pytest.skip("this Python's OpenSSL lacks sm3 or rmd160")
+    certs, records = [], []
+    cases = [("ecdsa-p192", "sm3"), ("rsa-1024", "rmd160"), ("rsa-2048", "streebog256")]
+    for kind, name in cases:
+        alg = algo_named(name)
+        assert alg is not None
+        key, cert = certified_key(kind)
+        certs.append(parse_certificate(cert.public_bytes(Encoding.DER), kind))
+        keyid = keyid_from_public_key(key.public_key())
+        if alg.hashlib_name is None:
+            digest, raw = bytes(alg.digest_size), bytes(128)
+        else:
+            digest = alg.hash(b"content")
+            raw = _sign(key, alg, digest)
+        sig = ImaSignature.v2(alg.id, keyid, raw).to_bytes()
+        field = DigestField(name, digest, "ima")
+        records.append(MeasurementRecord.for_file("ima-sigv2", field, f"/{name}", sig))
+    v3 = b"\x06\x03\x04" + bytes(4) + b"\x00\x01" + b"\x01"
+    file_hash = DigestField("sha256", hashlib.sha256(b"x").digest(), "ima")
+    records.append(MeasurementRecord.for_file("ima-sigv2", file_hash, "/v3", v3))
+    report = verify_result(records, keyring=Keyring.from_certificates(certs))
+    assert report.signatures_checked == 3
+    assert [(p.kind, p.name) for p in report.problems] == [("unsupported", "/streebog256")]
+    assert "not supported" in report.problems[0].reason
