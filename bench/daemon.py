@@ -20,7 +20,8 @@ uses ``user.*`` attributes on a temporary directory.
    its RSS and peak RSS (``VmHWM``) once started, and the latency from a ``setxattr`` of a
    descriptor on an unprotected file to the daemon showing the file PENDING (median, p99 and
    max of ``--samples``; a ``status`` request is sent back to back until the file is no longer
-   NONE, so each figure includes up to one request's round trip).
+   NONE, so each figure includes up to one request's round trip, and is an upper bound when
+   the first state seen is already BUILDING or READY, as it is for most empty files).
 
     .venv/bin/python bench/daemon.py                 # 1-4
     .venv/bin/python bench/daemon.py --files 2000    # smaller
@@ -322,8 +323,9 @@ def bench_watchers(
         empty = base / "empty"
         empty.touch()
         desc = build_tree(empty, keep_tree=False).descriptor.to_bytes()  # every file's: empty
-        for _ in os.walk(tree):  # warm the dentry and inode caches: each start finds them warm
-            pass
+        for top, _, names in os.walk(tree):  # each start finds dentries, inodes, xattrs cached
+            for name in names:
+                os.listxattr(f"{top}/{name}", follow_symlinks=False)
         print(f"tree: {dirs:,} dirs, {files:,} empty files on {fstype} ({scratch}), made and"
               f" walked in {time.perf_counter() - t0:.1f} s; kernel {os.uname().release}",
               flush=True)  # fmt: skip
