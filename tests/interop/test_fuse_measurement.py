@@ -138,3 +138,30 @@ def test_verity_rule_entries_hold_fs_verity_digests(src: Path, tmp_path: Path) -
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stdout + listed.stderr
+
+
+def test_ima_hash_option(src: Path, tmp_path: Path) -> None:
+    """``--ima-hash sha512`` (the kernel's ``ima_hash=``): files whose security.ima names no
+    algorithm are measured with sha512, signed ones with their signature's algorithm."""
+    mnt = tmp_path / "mnt"
+    policy = tmp_path / "policy"
+    policy.write_text("measure func=FILE_CHECK template=ima-ng\n")
+    measurements = tmp_path / "measurements"
+    with mounted(src, mnt, "--policy", str(policy), "--log", str(measurements),
+                 "--ima-hash", "sha512"):  # fmt: skip
+        for name in CONTENT:
+            (mnt / name).read_bytes()
+    records = read_list(measurements).records
+    assert records[0].digest is not None
+    assert records[0].digest.algo == "sha512"  # the TPM-less boot_aggregate, as the kernel's
+    algos = {Path(r.file_name).name: r.digest.algo for r in records[1:] if r.digest}
+    assert algos == {"classic": "sha256", "classic512": "sha512", "verity": "sha512",
+                     "sigv3": "sha256", "plain": "sha512"}  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "pyverity.cli", "mount", "--ima-hash", "sha999", str(src),
+         str(mnt)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("ERROR: --ima-hash: unknown hash algorithm: 'sha999'\n")
+    assert "Traceback" not in bad.stderr

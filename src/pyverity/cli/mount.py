@@ -42,6 +42,13 @@ def _parser() -> ArgumentParser:
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     p.add_argument("--log", metavar="LIST", help="measurement list to append first opens to")
     p.add_argument(
+        "--ima-hash",
+        metavar="ALG",
+        default="sha256",
+        help="the kernel's ima_hash=: the whole-file hash measured for files whose security.ima"
+        " names no algorithm (default sha256; sha1, sha384, sha512, ...)",
+    )
+    p.add_argument(
         "--mode",
         choices=("enforce", "log", "fix", "off"),
         default="enforce",
@@ -104,13 +111,19 @@ def main(argv: list[str]) -> int:
         from pyverity.keys.keyring import Keyring
 
         keyring = Keyring.from_directory(args.keyring)
+    from pyverity.format.ima import algo_by_name
+
+    try:
+        ima_hash = algo_by_name(args.ima_hash).name
+    except UsageError as e:
+        raise UsageError(f"--ima-hash: {e}", remedy=e.remedy) from None
     if args.log is not None:
         from pyverity.measure.log import MeasurementLog
 
         if policy is None:
             log.warning("--log without --policy: nothing is measured (no measure rule)")
 
-        measurements = MeasurementLog.open(args.log)
+        measurements = MeasurementLog.open(args.log, ima_hash=ima_hash)
     from pyverity.fuse.ops import LockedStore
     from pyverity.store.cache import open_store
 
@@ -135,6 +148,7 @@ def main(argv: list[str]) -> int:
                 keyring=keyring,
                 enforce=args.mode == "enforce",
                 measurements=measurements,
+                ima_hash=ima_hash,
                 store=store,
                 # The mount's reads already run on several FUSE threads at once: splitting each
                 # run across a pool only adds hand-offs (measured: +14 % server CPU, no gain).

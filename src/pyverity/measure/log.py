@@ -114,8 +114,12 @@ class MeasurementLog:
         default_template: str = "ima-ng",
         boot_aggregate: bool = True,
         verify: bool = True,
+        ima_hash: str = "sha256",
     ) -> MeasurementLog:
         """Open (creating if needed) the list at ``path`` for appending, repairing a torn tail.
+
+        ``ima_hash`` (the kernel's ``ima_hash=``) is the algorithm of a new list's all-zero
+        ``boot_aggregate`` digest, as the kernel writes it without a TPM.
 
         ``verify`` replays the whole list against the stored PCR values first and refuses a
         list that does not match (:class:`StorageError`).
@@ -156,7 +160,7 @@ class MeasurementLog:
             raise
         if boot_aggregate and not log._pcrs.count:
             first = MeasurementRecord.for_file(
-                default_template, _zero_aggregate(default_template), _BOOT_AGGREGATE
+                default_template, _zero_aggregate(default_template, ima_hash), _BOOT_AGGREGATE
             )
             try:
                 log._append_record(first)
@@ -366,6 +370,11 @@ class MeasurementLog:
         self.close()
 
 
-def _zero_aggregate(template: str) -> DigestField:
+def _zero_aggregate(template: str, ima_hash: str) -> DigestField:
+    from pyverity.format.ima import algo_named
+
+    alg = algo_named(ima_hash)
+    if alg is None:
+        raise StorageError(f"unknown hash algorithm {ima_hash!r} for the boot_aggregate entry")
     kind = "ima" if template.endswith("v2") else None
-    return DigestField("sha256", bytes(32), kind)
+    return DigestField(alg.name, bytes(alg.digest_size), kind)

@@ -9,7 +9,7 @@ What an entry holds is what the kernel's ``ima_collect_measurement`` collects (s
   measured ("no-verity-digest");
 - under any other rule: the **whole-file hash** of the content, in the algorithm the file's
   ``security.ima`` value names (a v2 or v3 signature's ``hash_algo``, a 0x04 hash's algorithm,
-  a 0x01 hash's sha1 or md5), else the kernel's default ``ima_hash`` (sha256); ``ima-ngv2``
+  a 0x01 hash's sha1 or md5), else ``ima_hash=``'s (sha256 by default); ``ima-ngv2``
   shows it as ``ima:<alg>:<hex>``, ``ima-ng``/``ima-sig`` as ``<alg>:<hex>``, whatever else
   the file carries;
 - the ``sig`` field (``ima-sig``, ``ima-sigv2``): the whole ``security.ima`` value when it is
@@ -39,6 +39,7 @@ from pyverity.format.ima import (
     KernelHashAlgo,
     XattrType,
     algo_by_id,
+    algo_named,
     kernel_algo_for_verity,
 )
 from pyverity.format.measurelist import DigestField
@@ -67,10 +68,11 @@ DEFAULT_FILE_HASH = HashAlgoId.SHA256
 _CHUNK = 4 << 20
 
 
-def file_hash_algo(raw_ima: bytes | None) -> KernelHashAlgo:
+def file_hash_algo(raw_ima: bytes | None, default: str = "sha256") -> KernelHashAlgo:
     """The algorithm the kernel hashes a file's content with, from its raw ``security.ima``
-    value (``ima_get_hash_algo``, spec/ima.md §1.4)."""
-    algo_id: int = DEFAULT_FILE_HASH
+    value (``ima_get_hash_algo``, spec/ima.md §1.4); ``default`` is ``ima_hash=``'s."""
+    named = algo_named(default)
+    algo_id: int = named.id if named is not None else DEFAULT_FILE_HASH
     value = raw_ima or b""
     if len(value) >= 2:
         kind = value[0]
@@ -210,6 +212,7 @@ def measure_open(
     measurements: MeasurementLog,
     precomputed: DigestField | None = None,
     pool: HashPool | None = None,
+    ima_hash: str = "sha256",
 ) -> None:
     """Record the first open of (name, digest), as the kernel would (see the module's doc).
 
@@ -217,7 +220,8 @@ def measure_open(
     the file is served unverified); under a ``digest_type=verity`` rule its digest is
     recorded, else the declared one (IMA measures what it collected even when appraisal then
     fails). ``precomputed`` is a whole-file hash the open already took while building the
-    tree it compared with the descriptor. A failure to measure is logged, never raised.
+    tree it compared with the descriptor; ``ima_hash`` the algorithm for a file whose
+    ``security.ima`` names none. A failure to measure is logged, never raised.
     """
     raw_ima = protection.raw_ima if protection is not None else None
     signature = signature_field(raw_ima)
@@ -234,7 +238,7 @@ def measure_open(
             algo = kernel_algo_for_verity(descriptor.hash_algorithm).name
             digest = DigestField(algo, descriptor.digest(), kind="verity")
         else:
-            alg = file_hash_algo(raw_ima)
+            alg = file_hash_algo(raw_ima, ima_hash)
             digest = _file_digest(fd, name, alg, anchor=anchor, precomputed=precomputed, pool=pool)
         measurements.append(
             digest, name, template=decision.template, signature=signature, pcr=decision.pcr

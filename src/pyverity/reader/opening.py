@@ -169,6 +169,7 @@ class _Opening:
                 measurements=measurements,
                 precomputed=self.file_hash,
                 pool=self.options.hash_pool,
+                ima_hash=self.options.ima_hash,
             )
         if failure is not None:
             raise failure
@@ -339,7 +340,8 @@ class _Opening:
         t0 = time.monotonic()
         alg = None
         if self._measures_file_hash():
-            alg = file_hash_algo(self.protection.raw_ima if self.protection else None)
+            raw = self.protection.raw_ima if self.protection else None
+            alg = file_hash_algo(raw, self.options.ima_hash)
         if alg is not None and alg.hashlib_name is not None:
             # One read for both: the tree compared with the descriptor, and the whole-file
             # hash the measurement records (of the same, then verified, bytes).

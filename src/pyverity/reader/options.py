@@ -56,6 +56,9 @@ class ReaderOptions:
     enforce: bool = True
     #: Where first opens are recorded, when the policy measures them.
     measurements: MeasurementLog | None = None
+    #: The file hash measured for files whose ``security.ima`` names no algorithm (the
+    #: kernel's ``ima_hash=``; kernel hash name).
+    ima_hash: str = "sha256"
     #: Largest span read and verified at once.
     chunk: int = 8 << 20
     #: Asks the daemon for a first-use build of a file's own path on a cache miss

@@ -16,6 +16,7 @@ import pytest
 
 import pyverity
 from pyverity.format.ima import ImaHash, algo_by_name
+from pyverity.format.measurelist import DigestField
 from pyverity.fs.xattr import attr_name, get_attr, set_attr
 from pyverity.keys import Keyring, load_signer
 from pyverity.measure.log import MeasurementLog
@@ -214,3 +215,22 @@ def test_signature_field_only_for_signatures() -> None:
     assert signature_field(b"\x06\x03\x04rest") == b"\x06\x03\x04rest"
     assert signature_field(b"\x04\x04" + bytes(32)) == b""
     assert signature_field(None) == b""
+
+
+def test_ima_hash_is_the_default_algorithm_only(tmp_path: Path) -> None:
+    """``ima_hash=``: files whose security.ima names no algorithm are hashed with it (and a
+    new list's boot_aggregate has its zeros); a v2 signature's algorithm still wins."""
+    FILE_HASHES.clear()
+    key = make_key()
+    protect(tmp_path / "v", DATA)  # a descriptor only: no algorithm named
+    (tmp_path / "p").write_bytes(DATA)
+    (tmp_path / "c").write_bytes(DATA)
+    signer = load_signer(str(key.key_path), cert=key.cert_path)
+    imasign_file(tmp_path / "c", signer, algo_by_name("sha256"), namespace=NS)
+    with MeasurementLog.open(tmp_path / "list", ima_hash="sha512") as log:
+        for name in ("v", "p", "c"):
+            _open(tmp_path / name, _rule("ima-ng"), log, ima_hash="sha512")
+        got = [(r.file_name.rsplit("/", 1)[-1], r.digest) for r in log.records]
+    assert got[0] == ("boot_aggregate", DigestField("sha512", bytes(64)))
+    sha512 = DigestField("sha512", hashlib.sha512(DATA).digest())
+    assert got[1:] == [("v", sha512), ("p", sha512), ("c", DigestField("sha256", SHA256))]
