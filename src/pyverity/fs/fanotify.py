@@ -317,9 +317,16 @@ class HandleResolver:
     def mounts(self) -> int:
         return len(self._mounts)
 
-    def invalidate(self) -> None:
-        """A directory moved or went away: cached paths may be wrong."""
-        self._cache.clear()
+    def invalidate(self, under: str | None = None) -> None:
+        """A directory moved or went away: cached paths at or beneath ``under`` may be wrong
+        (None: any cached path). Only those are dropped: on a busy filesystem directories of
+        others come and go all the time, and each miss costs an ``open_by_handle_at``."""
+        if under is None:
+            self._cache.clear()
+            return
+        prefix = under.rstrip(os.sep) + os.sep
+        for key in [k for k, p in self._cache.items() if p == under or p.startswith(prefix)]:
+            del self._cache[key]
 
     def path(self, rec: FanotifyEventInfoFid) -> str | None:
         """The directory's path now; None if it was deleted or is on an unknown filesystem.
@@ -416,13 +423,15 @@ class FanotifyWatch:
             yield WatchEvent(Change.OVERFLOW, "")
             return
         is_dir = m.has(Fan.ONDIR)
-        if is_dir and m.has(Fan.RENAME | Fan.MOVED_FROM | Fan.DELETE):
-            self._res.invalidate()
+        dir_gone = is_dir and m.has(Fan.RENAME | Fan.MOVED_FROM | Fan.DELETE)
         try:
             if m.has(Fan.RENAME):
                 self._renames += 1
                 old = self._path(ev.record(Fan.INFO_TYPE_OLD_DFID_NAME))
                 new = self._path(ev.record(Fan.INFO_TYPE_NEW_DFID_NAME))
+                if dir_gone:
+                    self._res.invalidate(old)  # None (unknown): everything
+                    self._res.invalidate(new)  # an empty directory renamed over
                 if old is not None:
                     yield WatchEvent(Change.MOVED_FROM, old, is_dir, self._renames)
                 if new is not None:
@@ -433,6 +442,8 @@ class FanotifyWatch:
             log.warning("fanotify: cannot resolve a directory handle (%s): rescanning", e)
             yield WatchEvent(Change.OVERFLOW, "")
             return
+        if dir_gone:
+            self._res.invalidate(path)
         if path is None:
             return  # its directory is gone, and so is everything that was in it
         for bit, change in CHANGES:  # merged bits: removals first

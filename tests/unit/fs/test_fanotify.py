@@ -192,6 +192,25 @@ def test_renamed_directory_is_not_served_from_the_cache(watch: FanotifyWatch, ro
     assert not [e for e in events if e.path.startswith(d + os.sep)]
 
 
+def test_a_directory_moved_drops_only_the_paths_beneath_it(watch: FanotifyWatch, root: str) -> None:
+    keep, gone, moved = (os.path.join(root, n) for n in ("keep", "gone", "moved"))  # noqa: PTH118
+    sub = os.path.join(gone, "sub")  # noqa: PTH118
+    os.mkdir(keep)  # noqa: PTH102
+    os.makedirs(sub)  # noqa: PTH103
+    Path(keep, "f").write_bytes(b"x")
+    Path(sub, "f").write_bytes(b"x")
+    collect(watch, (root,), has(Change.CLOSE_WRITE, os.path.join(sub, "f")))  # noqa: PTH118
+    assert {keep, sub} <= set(watch._res._cache.values())
+    os.rename(gone, moved)  # noqa: PTH104
+    collect(watch, (root,), has(Change.MOVED_TO, moved, is_dir=True))
+    cached = set(watch._res._cache.values())
+    assert keep in cached  # another directory's path is still known
+    assert not [p for p in cached if p == gone or p.startswith(gone + os.sep)]
+    f = os.path.join(moved, "sub", "f")  # noqa: PTH118
+    Path(f).write_bytes(b"y")
+    collect(watch, (root,), has(Change.CLOSE_WRITE, f))
+
+
 def test_events_of_a_deleted_directory_are_dropped(watch: FanotifyWatch, root: str) -> None:
     d = os.path.join(root, "gone")  # noqa: PTH118
     os.mkdir(d)  # noqa: PTH102
