@@ -12,6 +12,8 @@ from typing import Any
 
 from pyverity.daemon import client
 from pyverity.errors import StorageError
+from pyverity.format.digest import parse_digest
+from pyverity.store.cache import TreeCache
 from pyverity.store.statedb import FileRecord, StateDB
 from tests.support.polling import wait_until
 from tests.support.protect import TOOL_TIMEOUT, fsverity_digest, protect, setfattr
@@ -188,8 +190,7 @@ class Daemon:
             raise AssertionError(f"{e}\n{self.log.read_text()}") from None
 
     def cache_entry(self, digest: str) -> Path:
-        alg, _, hexd = digest.partition(":")
-        return self.cache / "objects" / alg / hexd[:2] / hexd
+        return TreeCache(self.cache).path_for(*parse_digest(digest))
 
 
 def write_file(path: Path, size: int, *, sparse: bool = False) -> None:

@@ -21,10 +21,12 @@ from pathlib import Path
 import pyverity
 from pyverity.cli import main as cli_main
 from pyverity.daemon import client
+from pyverity.format.digest import parse_digest
 from pyverity.fs import ioctl
 from pyverity.protect import read_protection
 from pyverity.reader.options import ReaderOptions
 from pyverity.store import kernel
+from pyverity.store.cache import TreeCache
 from pyverity.store.statedb import FileRecord, StateDB
 from tests.support.polling import wait_until  # the checkout is on the guest's PYTHONPATH
 
@@ -116,9 +118,9 @@ def main(directory: str, keys_dir: str, state_dir: str, log_path: str) -> None:
         print("digest", n, getattr(r, "digest", None))
         verity = kernel.kernel_digest(d / n)
         print("kernel", n, verity.digest if verity else None)
-        digest = str(getattr(r, "digest", ""))
-        alg, _, hexd = digest.partition(":")
-        print("cache", n, (state / "cache" / "objects" / alg / hexd[:2] / hexd).exists())
+        digest = str(getattr(r, "digest", "") or "")
+        cached = digest and TreeCache(state / "cache").path_for(*parse_digest(digest)).exists()
+        print("cache", n, bool(cached))
     for n in ("signed", "small", "pre", "plain"):
         print("open", n, read_back(d, keyring, n))
     os.sync()

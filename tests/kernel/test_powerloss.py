@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pyverity.format.digest import parse_digest
 from pyverity.store.cache import TreeCache
 from tests.kernel import harness
 from tests.kernel.cases import GUEST_PY, HOST_ENTER, HOST_LEAVE
@@ -41,8 +42,7 @@ class PowerLoss:
     results: Path
 
     def tree_in_cache(self, state: str) -> bytes:
-        alg, _, hexd = self.expected_digest.partition(":")
-        entry = TreeCache(self.results / state / "cache").get(alg, bytes.fromhex(hexd))
+        entry = TreeCache(self.results / state / "cache").get(*parse_digest(self.expected_digest))
         assert entry is not None, f"no cache object for {self.expected_digest} in {state}"
         return bytes(entry.unverified_tree)
 
