@@ -8,7 +8,9 @@ compares the result with the expected PCR values, and, given a keyring, verifies
 ``sig`` field of every ``ima-sig``/``ima-sigv2`` entry over the digest in the list (a v2
 signature over a whole-file hash, a v3 signature over ``ima_file_id`` of an fs-verity digest;
 a v3 signature beside an ``ima:`` file hash, as the kernel records under a rule without
-``digest_type=verity``, is over a digest the entry does not hold, and is left unchecked).
+``digest_type=verity``, is over a digest the entry does not hold, and is left unchecked; so is
+one in an ``ima-sig`` entry, whose digest may be either, when it does not verify over it as an
+fs-verity digest — an unknown key is still a problem there).
 It returns a :class:`VerifyReport`; :func:`verify_list` raises
 :class:`~pyverity.errors.IntegrityError` with the first problem instead.
 
@@ -101,13 +103,20 @@ def check_signature(record: MeasurementRecord, keyring: Keyring) -> None:
 
 
 def _v3_beside_file_hash(record: MeasurementRecord) -> bool:
-    """A v3 signature (type 0x06) in an entry whose digest is a file hash (``ima-sig``'s
-    ``d-ng``, or ``ima:`` in ``ima-sigv2``'s ``d-ngv2``): what the kernel records under a rule
-    without ``digest_type=verity``. The signature is over the fs-verity digest, which the entry
-    does not hold: it cannot be checked, and is not."""
+    """A v3 signature (type 0x06) in an entry whose digest is an ``ima:`` file hash
+    (``ima-sigv2``'s ``d-ngv2``): what the kernel records under a rule without
+    ``digest_type=verity``. The signature is over the fs-verity digest, which the entry does
+    not hold: it cannot be checked, and is not. (``ima-sig``'s ``d-ng`` may hold either
+    digest: see :func:`_v3_beside_d_ng`.)"""
     digest = record.digest
     sig = record.signature
-    return digest is not None and digest.kind != "verity" and sig[:1] == b"\x06"
+    return digest is not None and digest.kind == "ima" and sig[:1] == b"\x06"
+
+
+def _v3_beside_d_ng(record: MeasurementRecord) -> bool:
+    """A v3 signature in an entry whose digest (``d-ng``: ``ima-sig``) has no type."""
+    digest = record.digest
+    return digest is not None and digest.kind is None and record.signature[:1] == b"\x06"
 
 
 #: Problems kept in a report (a list of millions of bad entries is counted, not kept).
@@ -190,7 +199,12 @@ class ListVerifier:
             try:
                 check_signature(record, keyring)
             except Error as exc:
-                if exc.reason is Reason.UNSUPPORTED:  # a key or hash pyverity cannot use
+                if exc.reason is Reason.BAD_SIGNATURE and _v3_beside_d_ng(record):
+                    # A d-ng digest under a v3 signature: the fs-verity digest (a verity
+                    # rule) or a file hash (any other rule, as the kernel records it); one
+                    # that does not verify as the former is taken for the latter, unchecked.
+                    self.signatures -= 1
+                elif exc.reason is Reason.UNSUPPORTED:  # a key or hash pyverity cannot use
                     self.problem(EntryProblem(i, "unsupported", str(exc), record.file_name))
                 else:
                     self.problem(

@@ -237,3 +237,31 @@ def test_signatures_by_kernel_keys_and_hashes() -> None:
     assert report.signatures_checked == 3
     assert [(p.kind, p.name) for p in report.problems] == [("unsupported", "/streebog256")]
     assert "not supported" in report.problems[0].reason
+
+
+def test_v3_signatures_in_ima_sig_entries() -> None:
+    """``ima-sig`` (d-ng) cannot say which digest it holds: a v3 signature over it as an
+    fs-verity digest is checked; one beside a file hash (what a rule without digest_type=verity
+    records) does not verify that way and is left unchecked; an unknown key is a problem."""
+    from pyverity.keys import Keyring, load_signer
+    from pyverity.keys.signer import sign_v3
+    from tests.unit.keys.keyhelpers import keyring_dir, make_key
+
+    key = make_key()
+    signer = load_signer(str(key.key_path), cert=key.cert_path)
+    ring = Keyring.from_directory(keyring_dir(key))
+    verity = bytes(range(32))
+    sig = sign_v3(signer, 1, verity).to_bytes()
+    file_hash = hashlib.sha256(b"content").digest()
+    other = make_key("ecdsa", "P-256")
+    stranger = sign_v3(load_signer(str(other.key_path), cert=other.cert_path), 1, verity)
+    records = [
+        MeasurementRecord.for_file("ima-sig", DigestField("sha256", verity), "/verity", sig),
+        MeasurementRecord.for_file("ima-sig", DigestField("sha256", file_hash), "/hash", sig),
+        MeasurementRecord.for_file(
+            "ima-sig", DigestField("sha256", verity), "/stranger", stranger.to_bytes()
+        ),
+    ]
+    report = verify_result(records, keyring=ring)
+    assert report.signatures_checked == 2  # /verity, and /stranger's unknown key
+    assert [(p.kind, p.name) for p in report.problems] == [("signature", "/stranger")]
