@@ -201,7 +201,11 @@ class Scheduler:
             if job.path in self.running or waiting:
                 deferred.append(job)
                 continue
-            small = 0 <= job.size <= SMALL_FILE_MAX and small_left
+            small = 0 <= job.size <= SMALL_FILE_MAX
+            if small and not small_left:  # its turn comes at the next dispatch
+                deferred.append(job)
+                self.more_now = True
+                break
             if not small and worker is None:
                 deferred.append(job)
                 stepped_over += 1

@@ -92,6 +92,9 @@ class Tracker:
         self._moved: dict[int, FileRecord] = {}
         #: When each path was last created or written (for the settle wait), pruned as it ages.
         self._written: dict[str, float] = {}
+        #: The watcher's mark of each path's last observation for an attribute event: a
+        #: later attribute event numbered up to it was already seen by that observation.
+        self._attr_mark: dict[str, int] = {}
 
     def _builds(self) -> Builds:
         if self.builds is None:
@@ -236,7 +239,15 @@ class Tracker:
         moved = self._moved.pop(ev.cookie, None) if ev.cookie else None
         if moved is not None and self._renamed(path, moved):
             return
-        self.scan_file(path, Cause.ATTR if ev.change is Change.ATTR else Cause.APPEARED, rec)
+        if ev.change is not Change.ATTR:
+            self.scan_file(path, Cause.APPEARED, rec)
+            return
+        if seq and seq <= self._attr_mark.get(path, 0):
+            return  # setxattr twice (descriptor, signature): one look saw both (ADR 0006)
+        self.scan_file(path, Cause.ATTR, rec)
+        if len(self._attr_mark) > 4096:
+            self._attr_mark.clear()
+        self._attr_mark[path] = self.watcher.mark(path)
 
     def _written_to(self, path: str, rec: FileRecord, ev: FileEvent, seq: int) -> None:
         if rec.state is State.INVALID:

@@ -192,6 +192,10 @@ class Watcher:
     def before_observation(self, seq: int, path: str) -> bool:
         return seq <= self._marks.get(path, 0)
 
+    def mark(self, path: str) -> int:
+        """The number of the last event pulled before ``path`` was last observed (0: never)."""
+        return self._marks.get(path, 0)
+
     def events(self) -> Iterator[FileEvent]:
         """Pull and hand out every pending event (for callers that need no ordering)."""
         self.pull()

@@ -126,6 +126,25 @@ def test_a_small_file_changed_as_it_is_built_is_not_ready(tmp_path: Path) -> Non
     assert _metric(sim, "builds_mismatch") == 1
 
 
+def test_attribute_events_seen_by_one_look_are_looked_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_user_xattrs(tmp_path)
+    sim = DaemonSim(tmp_path).start()
+    f = _file(sim, "a.bin")
+    looks: list[str] = []
+    look = sim.d.tracker.observe
+    monkeypatch.setattr(sim.d.tracker, "observe", lambda p: looks.append(p) or look(p))
+    _protect(sim, f)
+    sim.emit(Change.ATTR, f)  # the signature's setxattr, queued before the daemon looked
+    sim.settle()
+    assert sim.state(f) == "READY"
+    assert looks == [str(f)]
+    sim.emit(Change.ATTR, f)  # after the look: looked at again
+    sim.settle()
+    assert looks == [str(f)] * 2
+
+
 def test_write_during_a_build_cancels_it_and_stays_stale(tmp_path: Path) -> None:
     require_user_xattrs(tmp_path)
     sim = DaemonSim(tmp_path, auto=False).start()
