@@ -246,9 +246,9 @@ class TreeCache:
                 tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
             )
             try:
-                with os.fdopen(fd, "wb", closefd=False) as f:
-                    f.write(desc.to_bytes())
-                    f.write(tree.tree)
+                data = memoryview(desc.to_bytes() + tree.tree)
+                while data:
+                    data = data[os.write(fd, data) :]
                 if not self._batch:
                     os.fsync(fd)
             finally:
