@@ -7,7 +7,9 @@ uses ``user.*`` attributes on a temporary directory.
    on the same file (median of ``--runs`` each; target ≤ 1.2×).
 2. **10,000 signed files**: distinct 16–64 KiB files, each with its own v3 signature (ECDSA
    P-256, made beforehand) and descriptor, written while the daemon runs; time from the last
-   ``setxattr`` to all READY (target < 30 s).
+   ``setxattr`` to all READY (target <= 5 s, issue 16), and the daemon's CPU time over it. With
+   fanotify the daemon sees every event of the filesystem: give ``--dir`` on a filesystem of
+   its own (a loop-mounted ext4 image) when others use the machine's.
 3. **status on 1,000,000 rows**: ``pyverity status PATH`` and ``pyverity status --totals`` on
    a state database of a million rows (targets < 1 s and < 5 s), plus the full ``--json``
    listing.
@@ -63,6 +65,12 @@ def vm_hwm(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -170,6 +178,7 @@ def bench_many(base: Path, count: int) -> dict[str, float]:
         values.append((f, desc.to_bytes(), sig.to_bytes()))
     prepare = time.perf_counter() - t0
     try:
+        cpu0 = cpu_seconds(d.proc.pid)
         t_first = time.perf_counter()
         for f, desc, sig in values:
             os.setxattr(f, "user.verity", desc)
@@ -188,11 +197,13 @@ def bench_many(base: Path, count: int) -> dict[str, float]:
                 break
             time.sleep(0.05)
         t_done = time.perf_counter()
+        cpu = cpu_seconds(d.proc.pid) - cpu0
         mem = d.memory()
     finally:
         d.stop()
     return {
         "prepare_s": prepare,
+        "daemon_cpu_s": cpu,
         "write_s": t_last - t_first,
         "ready_after_last_s": t_done - t_last,
         "ready": ready,
@@ -385,7 +396,8 @@ def main() -> None:
             r = bench_many(base, a.files)
             print(f"{a.files} signed 16-64 KiB files: {r['ready']:.0f} READY"
                   f" {r['ready_after_last_s']:.1f} s after the last setxattr"
-                  f" (writing the attributes took {r['write_s']:.1f} s);"
+                  f" (writing the attributes took {r['write_s']:.1f} s; daemon CPU from the"
+                  f" first setxattr {r['daemon_cpu_s']:.1f} s);"
                   f" daemon VmHWM {r['daemon_hwm'] / MiB:.0f} MiB,"
                   f" worker VmHWM {r['worker_hwm'] / MiB:.0f} MiB")  # fmt: skip
         if "status" not in a.skip:
