@@ -84,6 +84,9 @@ class Scheduler:
         self.stopping = False
         #: The last dispatch stopped at its time budget with small files still queued.
         self.more_now = False
+        #: Files that may have a checkpoint (row or saved leaves): only theirs are deleted
+        #: when a build settles or is cancelled (two statements and an unlink per file saved).
+        self._checkpointed: set[int] = set()
         self._job_ids = 0
 
     def _pool(self) -> Pool:
@@ -110,8 +113,14 @@ class Scheduler:
         for p in self.tracker.links(rec) if rec is not None else [path]:
             self.cancel_path(p)
         if rec is not None and rec.id is not None:
-            self.db.delete_checkpoint(rec.id)
-            self.partial.discard(rec.id)
+            self._drop_checkpoint(rec.id)
+
+    def _drop_checkpoint(self, file_id: int) -> None:
+        """Delete the checkpoint of ``file_id`` (row and saved leaves), if it may have one."""
+        if file_id in self._checkpointed:
+            self._checkpointed.discard(file_id)
+            self.db.delete_checkpoint(file_id)
+            self.partial.discard(file_id)
 
     def cancel_path(self, path: str) -> bool:
         """Stop the build queued or running under ``path``; whether there was one."""
@@ -153,6 +162,7 @@ class Scheduler:
                 self.partial.discard(rec.id)
             offset = cp.offset if cp is not None and resume else 0
             self.db.put(rec.evolve(progress=offset))  # the rescan decides: resume, or STALE
+        self._checkpointed = self.db.checkpoint_ids() | self.partial.ids()
 
     def drop_orphans(self) -> None:
         live = {r.id for r in self.db.records((State.PENDING, State.BUILDING))}
@@ -374,8 +384,8 @@ class Scheduler:
                 return cp.offset, saved
             why = "leaf hashes missing, or not matching the checkpoint's checksum"
         log.info("discarding the checkpoint of file %d at %d: %s", file_id, cp.offset, why)
-        self.db.delete_checkpoint(file_id)
-        self.partial.discard(file_id)
+        self._checkpointed.add(file_id)
+        self._drop_checkpoint(file_id)
         return 0, b""
 
     # -- what workers send back --------------------------------------------------------------------
@@ -420,6 +430,7 @@ class Scheduler:
         job.progress = max(job.progress, offset)
         if job.stopping is msg.StopReason.CANCEL:
             return
+        self._checkpointed.add(job.file_id)
         try:
             self.partial.append(job.file_id, leaves, job.leaf_bytes)
         except StorageError as e:
@@ -482,8 +493,8 @@ class Scheduler:
         if not verdict.ok and job.start > 0 and rec.id is not None:
             # Resumed from a checkpoint: rule out the saved leaves before blaming the content.
             log.warning("%s: resumed build does not match; building again from 0", job.path)
-            self.db.delete_checkpoint(rec.id)
-            self.partial.discard(rec.id)
+            self._checkpointed.add(rec.id)
+            self._drop_checkpoint(rec.id)
             self.db.put(rec.evolve(state=State.PENDING, progress=0))
             self.enqueue(rec, job.priority)
             return
@@ -529,8 +540,7 @@ class Scheduler:
                 state=State(verdict.state), error=verdict.message, progress=rec.size, recheck=False
             )
         if rec.id is not None:
-            self.db.delete_checkpoint(rec.id)
-            self.partial.discard(rec.id)
+            self._drop_checkpoint(rec.id)
         self.tracker.apply(rec.path, rec, Decision(new))
 
     def _worker_died(self, worker: BuildWorker) -> None:

@@ -416,6 +416,10 @@ class StateDB:
         )
         return {State(s): Totals(n, size or 0, prog or 0) for s, n, size, prog in rows}
 
+    def checkpoint_ids(self) -> set[int]:
+        """The files that have a checkpoint row."""
+        return {int(i) for (i,) in self._query("SELECT file_id FROM checkpoints")}
+
     def get_checkpoint(self, file_id: int) -> Checkpoint | None:
         r = self._query(
             "SELECT attr_fp, offset, dev, ino, size, mtime_ns, leaves_sha256 FROM checkpoints"

@@ -326,6 +326,8 @@ def test_first_use_preempts_a_background_build(tmp_path: Path) -> None:
     assert caller_reply["state"] == "READY"
     assert sim.state(slow) == "READY"
     assert [s.offset == 0 for s in worker.builds] == [True, True, True]
+    assert sim.d.db.checkpoint_ids() == set()  # the yielded build's checkpoint went at READY
+    assert sim.d.scheduler.partial.ids() == set()
 
 
 class _Root:
