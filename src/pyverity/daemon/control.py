@@ -236,6 +236,9 @@ class ControlService:
         if rec.state in _BUSY and (op != "rebuild" or req.get("wait")):
             self.waiters.setdefault(path, []).append((client, req, time.monotonic() + timeout))
             return
+        # Settled already (the daemon builds small files itself, maybe in this very turn):
+        # what the caller is told is what the database says, as for a waiter.
+        self.commit()
         client.reply({"ok": True, "id": rid, **self._live(rec)})
 
     def _rebuild(self, path: str) -> FileRecord | None:
