@@ -50,7 +50,19 @@ from pyverity.manifest.walk import Found, WalkStats, open_root, walk
 if TYPE_CHECKING:
     from pyverity.keys import Signer
 
-__all__ = ["CreateOptions", "CreateReport", "create_manifest", "kernel_algo_id", "sign_bytes"]
+__all__ = [
+    "CreateOptions",
+    "CreateReport",
+    "Source",
+    "create_manifest",
+    "kernel_algo_id",
+    "sign_bytes",
+]
+
+#: Where entries come from: given the walk, ``(root, found)`` in byte order of path, yield one
+#: result per item in the same order (symlinks passed through). The default computes them in
+#: ``jobs`` local processes; ``--cluster`` passes one that runs on Dask (:mod:`pyverity.cluster`).
+Source = Callable[[Iterator[tuple[str, Found]]], Iterator["Computed | Failed | SymlinkEntry"]]
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,7 @@ def _spool(
     options: CreateOptions,
     spool: IO[bytes],
     on_failure: Callable[[Failed], None] | None,
+    source: Source | None = None,
 ) -> CreateReport:
     fds: list[int] = []
     stats = WalkStats()
@@ -148,8 +161,13 @@ def _spool(
         for root in roots:
             fds.append(open_root(root))
         work = _merged(roots, fds, stats)
-        fn = functools.partial(_compute, options=options.digest)
-        results = ordered_map(fn, work, jobs=options.jobs, weight=lambda item: item[1].size or 4096)
+        if source is None:
+            fn = functools.partial(_compute, options=options.digest)
+            results = ordered_map(
+                fn, work, jobs=options.jobs, weight=lambda item: item[1].size or 4096
+            )
+        else:
+            results = source(work)
         for item in results:
             entry = _entry(item, signer, options)
             if isinstance(entry, Failed):
@@ -215,16 +233,18 @@ def create_manifest(
     options: CreateOptions,
     *,
     on_failure: Callable[[Failed], None] | None = None,
+    source: Source | None = None,
 ) -> CreateReport:
     """Walk ``roots``, compute and sign every entry, publish the manifest at ``output``.
 
     Raises (and publishes nothing) if any file changed while read or could not be read;
-    ``on_failure`` sees each such file first.
+    ``on_failure`` sees each such file first. ``source`` computes the entries instead of the
+    local processes (:data:`Source`); signing stays here either way.
     """
     out = Path(output)
     try:
         with tempfile.TemporaryFile(dir=out.parent) as spool:
-            report = _spool(roots, signer, options, spool, on_failure)
+            report = _spool(roots, signer, options, spool, on_failure, source)
             if report.failures:
                 err = FileChangedError if report.changed else InputError
                 raise err(
