@@ -23,59 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from pyverity.errors import Reason
 
-#: name -> submodule; loaded on first use so that ``enable`` never imports ``cryptography``.
-_LAZY = {
-    **dict.fromkeys(
-        [
-            "AppraisalResult",
-            "AppraisalState",
-            "Computed",
-            "ContentMismatchError",
-            "MissingKeyringError",
-            "NotProtectedError",
-            "NotVerityError",
-            "SignatureCheck",
-            "SignatureRequiredError",
-            "Verdict",
-            "VerdictState",
-            "appraisal_result",
-            "builtin_signature_result",
-            "classic_hash_algo",
-            "compute",
-            "failure_result",
-            "verify_declared_signature",
-            "verify_protection",
-        ],
-        "gate",
-    ),
-    **dict.fromkeys(
-        [
-            "InvalidProtectionError",
-            "Protection",
-            "ProtectionKind",
-            "fingerprint",
-            "parse_protection",
-            "read_protection",
-        ],
-        "attrs",
-    ),
-    **dict.fromkeys(["appraise_file", "verify_file"], "check"),
-    **dict.fromkeys(
-        [
-            "HashedFile",
-            "SignedFile",
-            "enable_file",
-            "hash_file",
-            "imasign_file",
-            "sign_file",
-            "verity_values",
-            "whole_file_hash",
-            "write_hashed",
-            "write_protection",
-        ],
-        "sign",
-    ),
-}
+#: The submodules whose names (each one's ``__all__``) this package re-exports, lightest
+#: first: a name is looked up in them in this order, each imported on first use, so that a
+#: name from ``attrs`` or ``gate`` loads neither ``sign`` nor ``check``, and ``enable`` never
+#: imports ``cryptography``.
+_SUBMODULES = ("attrs", "gate", "check", "sign")
 
 if TYPE_CHECKING:
     from pyverity.protect.attrs import (
@@ -163,7 +115,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pyverity.protect' has no attribute '{name}'")
-    return getattr(importlib.import_module(f"pyverity.protect.{module}"), name)
+    if name in __all__:
+        for submodule in _SUBMODULES:
+            module = importlib.import_module(f"pyverity.protect.{submodule}")
+            if name in module.__all__:
+                return getattr(module, name)
+    raise AttributeError(f"module 'pyverity.protect' has no attribute '{name}'")
