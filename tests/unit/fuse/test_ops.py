@@ -8,7 +8,6 @@ import io
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,18 +26,9 @@ from pyverity.keys.builtin_sig import builtin_signature
 from pyverity.keys.generate import GeneratedKey
 from pyverity.keys.signer import load_private_key
 from pyverity.reader import ReaderOptions
+from tests.unit.fuse.helpers import FileInfo
 from tests.unit.keys.keyhelpers import keyring_dir, make_key
 from tests.unit.reader.helpers import NS, flip, protect
-
-
-@dataclass
-class FileInfo:
-    """Stands in for libfuse's ``fuse_file_info``."""
-
-    flags: int = os.O_RDONLY
-    fh: int = 0
-    keep_cache: int = 0
-    direct_io: int = 0
 
 
 def _fs(tmp_path: Path, **kw: object) -> VerityFS:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,10 @@ import pytest
 from pyverity.fuse.config import MountConfig
 from pyverity.fuse.ops import VerityFS
 from pyverity.reader import ReaderOptions
+from tests.unit.fuse.helpers import FileInfo
 from tests.unit.reader.helpers import NS
 
 USER = 54321  # no such user: not the owner of anything here, in no group
-
-
-@dataclass
-class FileInfo:
-    flags: int = os.O_RDONLY
-    fh: int = 0
-    keep_cache: int = 0
-    direct_io: int = 0
 
 
 def _fs(src: Path, uid: int = USER, *, rw: bool = False) -> VerityFS:
