@@ -196,6 +196,24 @@ def _python() -> str:
     return found
 
 
+def _run_as(
+    user: pwd.struct_passwd, script: str, arg: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``script`` run by an interpreter as ``user`` alone (no supplementary groups), from ``/``."""
+    return subprocess.run(
+        [_python(), "-c", script, arg],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd="/",
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+        timeout=timeout,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
 def test_no_escape_through_symlink_swaps_or_renames_onto_cached_names(
     attacker: pwd.struct_passwd, world: Path
 ) -> None:
@@ -215,18 +233,7 @@ def test_no_escape_through_symlink_swaps_or_renames_onto_cached_names(
             "names": names,
             "seconds": ATTACK_SECONDS,
         }
-        done = subprocess.run(
-            [_python(), "-c", ATTACKER, json.dumps(cfg)],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd="/",
-            user=attacker.pw_uid,
-            group=attacker.pw_gid,
-            extra_groups=[],
-            timeout=ATTACK_SECONDS + 15,
-            env={"PATH": "/usr/bin:/bin"},
-        )
+        done = _run_as(attacker, ATTACKER, json.dumps(cfg), ATTACK_SECONDS + 15)
     assert done.returncode == 0, done.stderr
     stats = json.loads(done.stdout)
     assert not stats["leaks"], "\n".join(stats["leaks"])
@@ -275,18 +282,7 @@ def test_rw_changes_are_made_as_the_caller(attacker: pwd.struct_passwd, world: P
     (src / "rootonly" / "f").write_text("root's")
     mnt.mkdir(mode=0o755)
     with mounted(src, mnt, "--rw"):
-        done = subprocess.run(
-            [_python(), "-c", RW_CALLER, str(mnt)],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd="/",
-            user=attacker.pw_uid,
-            group=attacker.pw_gid,
-            extra_groups=[],
-            timeout=30,
-            env={"PATH": "/usr/bin:/bin"},
-        )
+        done = _run_as(attacker, RW_CALLER, str(mnt), 30)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out == {
