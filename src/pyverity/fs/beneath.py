@@ -22,7 +22,8 @@ import errno
 import functools
 import os
 import stat
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from typing import TypeVar
 
 from pyverity.errors import InputError
 from pyverity.fs.libc import libc
@@ -33,6 +34,7 @@ __all__ = [
     "RESOLVE_NO_SYMLINKS",
     "DirCheck",
     "components",
+    "descend",
     "has_openat2",
     "input_error",
     "open_at",
@@ -50,6 +52,9 @@ _RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 
 #: ``openat2`` has the same number on every architecture that has it (the unified table).
 SYS_OPENAT2 = 437
+
+#: A path component: ``str`` here, ``bytes`` for the manifest walk.
+_Name = TypeVar("_Name", str, bytes)
 
 #: Called with the ``fstat`` of the root and of every directory a walk passes through.
 DirCheck = Callable[[os.stat_result], None]
@@ -177,10 +182,22 @@ def open_parent(root_fd: int, parts: list[str], check: DirCheck | None = None) -
         check(st)
     if len(parts) < 2:
         return os.dup(root_fd)
-    fd = _step(root_fd, parts[0], check)
+    return descend(root_fd, parts[:-1], functools.partial(_step, check=check))
+
+
+def descend(dfd: int, names: Sequence[_Name], step: Callable[[int, _Name], int]) -> int:
+    """The descriptor ``step(fd, name)`` opens for the last of ``names``, each name opened by
+    ``step`` in the directory the one before it gave, starting in ``dfd`` (left open).
+
+    The descriptors on the way are closed, also when a ``step`` raises; no names: a ``dup``
+    of ``dfd``. The caller closes the result.
+    """
+    if not names:
+        return os.dup(dfd)
+    fd = step(dfd, names[0])
     try:
-        for name in parts[1:-1]:
-            nxt = _step(fd, name, check)
+        for name in names[1:]:
+            nxt = step(fd, name)
             os.close(fd)
             fd = nxt
     except BaseException:

@@ -174,19 +174,14 @@ def _fail(path: bytes, e: OSError, dfd: int, name: bytes, *, last: bool) -> Inpu
 
 def open_dir_beneath(root_fd: int, parts: list[bytes], path: bytes) -> int:
     """Open the directory ``parts`` (components) beneath ``root_fd``, following no symlink."""
-    fd = os.dup(root_fd)
-    try:
-        for part in parts:
-            try:
-                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                raise _fail(path, e, fd, part, last=False) from e
-            os.close(fd)
-            fd = nxt
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+
+    def step(dfd: int, part: bytes) -> int:
+        try:
+            return os.open(part, _DIR_FLAGS, dir_fd=dfd)
+        except OSError as e:
+            raise _fail(path, e, dfd, part, last=False) from e
+
+    return beneath.descend(root_fd, parts, step)
 
 
 def _diagnose(root_fd: int, parts: list[bytes], path: bytes, err: OSError) -> InputError:
