@@ -7,7 +7,9 @@ import os
 import platform
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -22,22 +24,26 @@ HAS_SHANI = platform.machine() in ("x86_64", "AMD64") and " sha_ni" in (
 BLOCK_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
 
+def _require_accel(
+    monkeypatch: pytest.MonkeyPatch, has_path: Callable[[ModuleType], object], feature: str
+) -> None:
+    """Skip unless the accelerator is enabled and ``has_path`` says its path can run here."""
+    monkeypatch.delenv(runhash.NO_ACCEL_ENV, raising=False)
+    module = runhash.accelerator()
+    if module is None or not has_path(module):
+        pytest.skip(f"the compiled accelerator is not built or this CPU lacks {feature}")
+
+
 @pytest.fixture
 def with_accel(monkeypatch: pytest.MonkeyPatch) -> None:
     """The accelerator's SHA-256 path (SHA-NI) can run here."""
-    monkeypatch.delenv(runhash.NO_ACCEL_ENV, raising=False)
-    module = runhash.accelerator()
-    if module is None or not module.available():
-        pytest.skip("the compiled accelerator is not built or this CPU lacks SHA-NI")
+    _require_accel(monkeypatch, lambda module: module.available(), "SHA-NI")
 
 
 @pytest.fixture
 def with_accel512(monkeypatch: pytest.MonkeyPatch) -> None:
     """The accelerator's SHA-512 path (AVX-512) can run here."""
-    monkeypatch.delenv(runhash.NO_ACCEL_ENV, raising=False)
-    module = runhash.accelerator()
-    if module is None or not module.sha512_widths():
-        pytest.skip("the compiled accelerator is not built or this CPU lacks AVX-512")
+    _require_accel(monkeypatch, lambda module: module.sha512_widths(), "AVX-512")
 
 
 def accelerated_algs() -> list[object]:
