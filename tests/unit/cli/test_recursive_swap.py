@@ -19,18 +19,8 @@ import pytest
 from pyverity.cli import main
 from pyverity.fs.openfile import FileRef
 from pyverity.protect import batch
+from tests.support.trees import tree_and_outside
 from tests.unit.keys.keyhelpers import keyring_dir, make_key
-
-
-def _trees(tmp_path: Path) -> tuple[Path, Path]:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "f").write_bytes(b"outside\n")
-    tree = tmp_path / "tree"
-    (tree / "sub").mkdir(parents=True)
-    (tree / "sub" / "f").write_bytes(b"inside\n")
-    (tree / "a").write_bytes(b"a\n")
-    return tree, outside
 
 
 def _swap_after_listing(
@@ -68,7 +58,7 @@ def test_sign_r_never_signs_through_a_swapped_directory(
     monkeypatch: pytest.MonkeyPatch,
     jobs: str,
 ) -> None:
-    tree, outside = _trees(tmp_path)
+    tree, outside = tree_and_outside(tmp_path)
     listed = _swap_after_listing(monkeypatch, tree, outside)
     rc = main(["sign", "-r", "--xattr-user", "--jobs", jobs, *_key_args(), str(tree)])
     assert rc == 1
@@ -86,7 +76,7 @@ def test_verify_r_never_verifies_through_a_swapped_directory(
     monkeypatch: pytest.MonkeyPatch,
     jobs: str,
 ) -> None:
-    tree, outside = _trees(tmp_path)
+    tree, outside = tree_and_outside(tmp_path)
     # Both the outside file and the tree are signed: followed, the swap would verify "ok".
     assert main(["sign", "-r", "--xattr-user", *_key_args(), str(outside), str(tree)]) == 0
     capsys.readouterr()
@@ -105,7 +95,7 @@ def test_verify_r_never_verifies_through_a_swapped_directory(
 def test_enable_r_never_enables_through_a_swapped_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tree, outside = _trees(tmp_path)
+    tree, outside = tree_and_outside(tmp_path)
     _swap_after_listing(monkeypatch, tree, outside)
     assert main(["enable", "-r", "--xattr-user", str(tree)]) == 1
     assert "user.verity" not in os.listxattr(outside / "f")

@@ -9,21 +9,16 @@ import pytest
 from pyverity.errors import InputError
 from pyverity.fs.openfile import FileRef
 from pyverity.protect.batch import expand_paths
+from tests.support.trees import tree_and_outside
 
 
 def test_symlinked_directory_inside_is_not_descended(tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "secret").write_bytes(b"")
-    tree = tmp_path / "tree"
-    (tree / "sub").mkdir(parents=True)
-    (tree / "sub" / "f").write_bytes(b"")
-    (tree / "z").write_bytes(b"")
+    tree, outside = tree_and_outside(tmp_path)
     (tree / "out").symlink_to(outside)  # a directory swapped for a symlink, say
-    (tree / "flink").symlink_to(tree / "z")
+    (tree / "flink").symlink_to(tree / "a")
     refs = expand_paths([str(tree)], recursive=True)
-    assert [r.path for r in refs] == [str(tree / "z"), str(tree / "sub" / "f")]
-    assert {(r.root, r.rel) for r in refs} == {(str(tree), "z"), (str(tree), "sub/f")}
+    assert [r.path for r in refs] == [str(tree / "a"), str(tree / "sub" / "f")]
+    assert {(r.root, r.rel) for r in refs} == {(str(tree), "a"), (str(tree), "sub/f")}
 
 
 def test_symlink_named_with_recursive_is_refused(tmp_path: Path) -> None:
