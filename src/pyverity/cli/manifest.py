@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyverity.cli._cluster import add_cluster_options, cluster_options_of
 from pyverity.cli._common import ArgumentParser
 from pyverity.cli._keyoptions import add_key_options, load_cli_signer
 from pyverity.cli.enable import (
@@ -96,6 +97,7 @@ def build_parser() -> ArgumentParser:
         "--imasig", action="store_true", help="record v2 signatures of the first file hash"
     )
     _common(c)
+    add_cluster_options(c)
     v = sub.add_parser("verify", help="check a manifest's signature and, with DIR, every file")
     v.description = "Check a manifest's signature and, with DIR, every file against it."
     v.add_argument("manifest", metavar="M")
@@ -188,9 +190,29 @@ def _create(args: argparse.Namespace) -> int:
     def failed(f: Any) -> None:
         sys.stderr.write(f"{display(f.path)}: FAILED: {f.message}\n")
 
-    report = create_manifest(args.output, args.dirs, signer, options, on_failure=failed)
+    from pyverity.cli.progress import cluster_bar
+
+    bar = cluster_bar("manifest", enabled=not args.json)
+    cluster = cluster_options_of(args)
+    source = None
+    if cluster is not None:
+        from pyverity.cluster.bulk import manifest_source
+
+        source = manifest_source(cluster, options.digest, on_done=bar.got)
+    try:
+        report = create_manifest(
+            args.output, args.dirs, signer, options, on_failure=failed, source=source
+        )
+    finally:
+        bar.close()
     if args.json:
-        _print({"manifest": args.output, **report.__dict__})
+        _print(
+            {
+                "manifest": args.output,
+                **report.__dict__,
+                **({"run": bar.summary()} if cluster else {}),
+            }
+        )
     else:
         print(
             f"Wrote manifest '{args.output}': {report.entries} entries ({report.files} files,"

@@ -33,6 +33,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyverity.cli._cluster import add_cluster_options, cluster_options_of
 from pyverity.cli._common import ArgumentParser
 from pyverity.cli._keyoptions import add_key_options, load_cli_signer
 from pyverity.cli.enable import (
@@ -50,6 +51,7 @@ from pyverity.errors import Error, UsageError
 from pyverity.format.digest import format_digest
 
 if TYPE_CHECKING:
+    from pyverity.cluster.bulk import Options
     from pyverity.keys import Signer
     from pyverity.protect.sign import HashedFile
 
@@ -79,6 +81,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out-merkle-tree", metavar="F", help="one FILE: also write its tree")
     parser.add_argument("--out-descriptor", metavar="F", help="one FILE: also write its descriptor")
     add_wait_options(parser)
+    add_cluster_options(parser)
     return parser
 
 
@@ -96,6 +99,9 @@ def main(argv: list[str]) -> int:
             raise UsageError("--sigfile and --builtin-sig are exclusive")
         if len(args.paths) != 1 or args.recursive:
             raise UsageError("--builtin-sig signs exactly one FILE")
+    cluster = cluster_options_of(args)
+    if cluster is not None and (not args.recursive or args.imasig or args.builtin_sig):
+        raise UsageError("--cluster runs sign -r (v3 signatures, attributes or --sigfile)")
     signer = load_cli_signer(args)
     if args.builtin_sig is not None and signer.certificate is None:
         raise UsageError(
@@ -113,7 +119,7 @@ def main(argv: list[str]) -> int:
         return _builtin(args, signer, hashed)
     if args.imasig:
         return _imasig(args, signer, ns)
-    return _verity(args, signer, ns, hashed)
+    return _verity(args, signer, ns, hashed, cluster)
 
 
 def _hash_with_outputs(args: argparse.Namespace) -> HashedFile | None:
@@ -196,7 +202,11 @@ def _write_sigfile(path: str, value: bytes) -> None:
 
 
 def _verity(
-    args: argparse.Namespace, signer: Signer, ns: str, hashed: HashedFile | None = None
+    args: argparse.Namespace,
+    signer: Signer,
+    ns: str,
+    hashed: HashedFile | None = None,
+    cluster: Options | None = None,
 ) -> int:
     from pyverity.keys import sign_v3
     from pyverity.protect.batch import Outcome, expand_paths, map_files
@@ -214,6 +224,12 @@ def _verity(
         if hashed is None
         else iter([Outcome(hashed.path, hashed, None)])
     )
+    if cluster is not None:
+        from pyverity.cli.progress import cluster_bar
+        from pyverity.cluster.bulk import hashed_outcomes
+
+        bar = cluster_bar("sign", len(files))
+        outcomes = hashed_outcomes(cluster, files, params, on_done=bar.got)
     for out in outcomes:
         if out.failure is not None or out.value is None:
             failure = out.failure
@@ -236,6 +252,9 @@ def _verity(
             continue
         if not args.recursive:
             print(f"Signed file '{out.path}' ({format_digest(desc.hash_alg.name, desc.digest())})")
+    if cluster is not None:
+        bar.close()
+        progress.done, progress.failed = bar.files, progress.failed + bar.failed
     if args.recursive and not progress.enabled:
         progress.summary()
     if args.wait and written:

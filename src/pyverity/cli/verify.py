@@ -19,6 +19,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from pyverity.cli._cluster import add_cluster_options, cluster_options_of
 from pyverity.cli._common import ArgumentParser
 from pyverity.cli.enable import Progress, add_batch_options, add_namespace_options, namespace_of
 
@@ -39,6 +40,7 @@ def build_parser() -> ArgumentParser:
     add_namespace_options(parser)
     add_batch_options(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON array of results")
+    add_cluster_options(parser)
     return parser
 
 
@@ -98,11 +100,21 @@ def main(argv: list[str]) -> int:
     progress = Progress(len(files), "verify", enabled=args.recursive and not args.json)
     fn = functools.partial(measure_file, namespace=ns, jobs=1 if len(files) > 1 else args.jobs)
     results = []
-    for out in map_files(fn, files, jobs=args.jobs, on_done=progress):
+    outcomes = map_files(fn, files, jobs=args.jobs, on_done=progress)
+    cluster = cluster_options_of(args)
+    if cluster is not None:
+        from pyverity.cli.progress import cluster_bar
+        from pyverity.cluster.bulk import measured_outcomes
+
+        bar = cluster_bar("verify", len(files), enabled=not args.json)
+        outcomes = measured_outcomes(cluster, files, ns, on_done=bar.got)
+    for out in outcomes:
         res = _result(out, keyring)
         results.append(res)
         if not args.json:
             print(_line(res), flush=True)
+    if cluster is not None:
+        bar.close()
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -64,7 +64,11 @@ class Engine(Generic[U, R]):
 
         def fill() -> None:
             nonlocal exhausted
-            while not exhausted and len(pending) < self.window and not (hold and hold()):
+            while (
+                not exhausted
+                and len(pending) < self.window
+                and not (hold and pending and hold())  # never hold with nothing in flight
+            ):
                 try:
                     unit = next(it)
                 except StopIteration:

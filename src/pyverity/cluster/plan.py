@@ -32,17 +32,30 @@ class Cut:
 
 
 def jobs_for(
-    index: int, path: str, size: int, cut: Cut, *, params: TreeParams | None, alg: str = ""
+    index: int,
+    path: str,
+    size: int,
+    cut: Cut,
+    *,
+    params: TreeParams | None,
+    hashes: tuple[str, ...] = (),
+    root: str = "",
 ) -> list[Job]:
-    """The jobs of one file: a tree (``params``) or a whole-file hash (``alg``)."""
+    """The jobs of one file: its tree (``params``) and/or its whole-file hashes (``hashes``).
+
+    A small file is one job (both in one read: ONEPASS); a big one is range jobs for the tree
+    plus one HASH job for the whole-file hashes. Nothing asked: no job.
+    """
     if params is None:
-        return [Job(index, path, Kind.HASH, size, alg=alg)]
+        return [Job(index, path, Kind.HASH, size, hashes=hashes, root=root)] if hashes else []
     height = subtree_height(params, cut.task_bytes)
     sub = subtree_bytes(params, height)
     if size <= max(sub, cut.task_bytes):
-        return [Job(index, path, Kind.TREE, size, params)]
+        kind = Kind.ONEPASS if hashes else Kind.TREE
+        return [Job(index, path, kind, size, params, hashes=hashes, root=root)]
     step = sub * max(1, cut.task_bytes // sub)
-    return [
+    tail = [Job(index, path, Kind.HASH, size, hashes=hashes, root=root, part=-1)] if hashes else []
+    return tail + [
         Job(
             index,
             path,
@@ -53,6 +66,7 @@ def jobs_for(
             end=min(s + step, size),
             height=height,
             part=p,
+            root=root,
         )
         for p, s in enumerate(range(0, size, step))
     ]
@@ -63,7 +77,7 @@ def batches(jobs: Iterable[Job], cut: Cut) -> Iterator[list[Job]]:
     batch: list[Job] = []
     total = 0
     for job in jobs:
-        if job.kind is Kind.RANGE or job.size >= cut.task_bytes:
+        if job.kind is Kind.RANGE or job.size >= cut.task_bytes or job.part < 0:
             if batch:
                 yield batch
                 batch, total = [], 0

@@ -14,7 +14,7 @@ import enum
 import os
 from dataclasses import dataclass
 
-from pyverity.errors import Error, FileChangedError
+from pyverity.errors import Error, FileChangedError, InputError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import open_regular
@@ -42,32 +42,59 @@ class Kind(enum.Enum):
     TREE = "tree"
     #: The roots of the subtrees of ``height`` covering ``[start, end)``.
     RANGE = "range"
-    #: The whole-file hash ``alg`` (kernel name): sequential, one job per file.
+    #: The whole-file hashes ``hashes`` (hashlib names) in one read: sequential, one job per file.
     HASH = "hash"
+    #: The descriptor and the whole-file hashes of a small file in one read (manifests).
+    ONEPASS = "onepass"
 
 
 @dataclass(frozen=True)
 class Job:
-    """One file's share of a unit of work: ``part`` of the file numbered ``index``."""
+    """One file's share of a unit of work: ``part`` of the file numbered ``index``.
+
+    ``path`` is absolute, or (with ``root``) relative to the directory ``root`` and opened
+    beneath it without following any symlink; workers must see the same paths as the client.
+    """
 
     index: int
     path: str
     kind: Kind
     size: int
     params: TreeParams | None = None
-    alg: str = ""
+    hashes: tuple[str, ...] = ()
     start: int = 0
     end: int = 0
     height: int = 0
     part: int = 0
+    root: str = ""
+
+
+Hashes = tuple[tuple[str, bytes], ...]
+Value = Descriptor | tuple[bytes, ...] | Hashes | tuple[Descriptor, Hashes]
+
+
+def _open(job: Job) -> int:
+    from pyverity.fs.openfile import open_regular_beneath
+
+    if not job.root:
+        return open_regular(job.path, follow_symlinks=False)
+    try:
+        root_fd = os.open(job.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise InputError(f"can't open directory '{job.root}': {e.strerror}") from e
+    try:
+        return open_regular_beneath(root_fd, job.path, os.path.join(job.root, job.path))
+    finally:
+        os.close(root_fd)
 
 
 @dataclass(frozen=True)
 class Result:
     job: Job
     seen: Seen | None
-    #: A descriptor (TREE), subtree roots (RANGE) or a whole-file digest (HASH).
-    value: Descriptor | tuple[bytes, ...] | bytes | None
+    #: A descriptor (TREE), subtree roots (RANGE), ``(name, digest)`` pairs (HASH) or both
+    #: (ONEPASS: ``(descriptor, pairs)``).
+    value: Value | None
     error: str | None = None
     changed: bool = False
 
@@ -75,7 +102,7 @@ class Result:
 def run_job(job: Job) -> Result:
     """Open, stat, hash as ``job`` says, stat again."""
     try:
-        fd = open_regular(job.path)
+        fd = _open(job)
     except Error as e:
         return Result(job, None, None, e.message)
     try:
@@ -96,13 +123,31 @@ def run_job(job: Job) -> Result:
     return Result(job, seen, value)
 
 
-def _hash(fd: int, job: Job) -> Descriptor | tuple[bytes, ...] | bytes:
-    if job.kind is Kind.HASH:
-        from pyverity.format.ima import algo_by_name
-        from pyverity.protect.sign import whole_file_hash
+def file_hashes(fd: int, names: tuple[str, ...], size: int) -> Hashes:
+    """The whole-file hashes ``names`` of the first ``size`` bytes of ``fd``, in one read."""
+    import hashlib
 
-        return whole_file_hash(fd, algo_by_name(job.alg))
+    hashers = [hashlib.new(n) for n in names]
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+        if not chunk:
+            raise FileChangedError("file shrank while it was being hashed")
+        for h in hashers:
+            h.update(chunk)
+        offset += len(chunk)
+    return tuple((n, h.digest()) for n, h in zip(names, hashers, strict=True))
+
+
+def _hash(fd: int, job: Job) -> Value:
+    if job.kind is Kind.HASH:
+        return file_hashes(fd, job.hashes, job.size)
     assert job.params is not None  # noqa: S101 - the plan sets it
+    if job.kind is Kind.ONEPASS:
+        from pyverity.hashing.onepass import hash_once
+
+        once = hash_once(fd, job.params, job.hashes)
+        return once.descriptor, once.hashes
     if job.kind is Kind.RANGE:
         from pyverity.hashing.subtree import hash_subtrees
 

@@ -41,7 +41,7 @@ def test_small_files_batched_whole_and_hash_jobs_sequential(tmp_path: Path) -> N
     cut = Cut(task_bytes=10_000, files=3)
     jobs = [jobs_for(i, f"p{i}", 4000, cut, params=TreeParams())[0] for i in range(5)]
     assert [len(b) for b in batches(jobs, cut)] == [3, 2]
-    big = jobs_for(0, "x", 10 << 30, cut, params=None, alg="sha256")
+    big = jobs_for(0, "x", 10 << 30, cut, params=None, hashes=("sha256",))
     assert [j.kind for j in big] == [Kind.HASH]
 
 

@@ -1,0 +1,57 @@
+"""``--cluster ADDRESS|local[:N]``, ``--insecure``, ``--recheck FRACTION`` for the bulk verbs.
+
+Parsing imports nothing of Dask; :mod:`pyverity.cluster` is imported only when the flag is
+given (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from pyverity.errors import UsageError
+
+if TYPE_CHECKING:
+    from pyverity.cluster.bulk import Options
+
+__all__ = ["add_cluster_options", "cluster_options_of"]
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"invalid --recheck '{text}': expected a fraction from 0 to 1")
+    return value
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("cluster (pip install 'pyverity[cluster]'; docs/cluster.md)")
+    g.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="hash on Dask: tcp://HOST:PORT, tls://HOST:PORT or local[:N]",
+    )
+    g.add_argument(
+        "--insecure", action="store_true", help="allow plain tcp:// to a scheduler off loopback"
+    )
+    g.add_argument(
+        "--recheck",
+        type=_fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="re-hash this random fraction of the files here and compare",
+    )
+
+
+def cluster_options_of(args: argparse.Namespace) -> Options | None:
+    if args.cluster is None:
+        if args.insecure or args.recheck:
+            raise UsageError("--insecure and --recheck apply only with --cluster")
+        return None
+    from pyverity.cluster.bulk import Options
+    from pyverity.cluster.connect import parse_target
+
+    return Options(parse_target(args.cluster, insecure=args.insecure), args.recheck)

@@ -1,0 +1,235 @@
+"""The client side: turning workers' results into checked digests, in the order asked.
+
+For each file the client lists (:class:`Want`: how to open it here, the stat it had when
+listed, what to compute) it cuts jobs (:mod:`.plan`), runs them on an engine (anything with
+:meth:`~pyverity.cluster.engine.Engine.run`; tests use an inline one) and gathers the parts.
+A file's digests are accepted only when every part saw the same (size, mtime, ctime, inode),
+equal to the client's stat at listing **and** to its own ``fstat`` now, on a descriptor it
+opened itself (beneath the walk root, no symlink followed); anything else is ``changed``. With
+``recheck`` a random fraction of the files is hashed again here and compared (a worker that
+lies is caught with that probability per file; see docs/cluster.md).
+
+Results are yielded in input order (a bounded buffer: no new task is submitted while more than
+:data:`BUFFER` finished files wait for an earlier one), so output never depends on the cluster.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyverity.cluster.plan import Cut, batches, jobs_for
+from pyverity.cluster.tasks import Hashes, Job, Kind, Result, Seen, file_hashes, seen_of
+from pyverity.errors import Error
+from pyverity.format.descriptor import Descriptor
+from pyverity.format.params import TreeParams
+from pyverity.fs.openfile import FileIdentity, FileRef, identity
+
+__all__ = ["BUFFER", "Digester", "Got", "Want", "listed_seen"]
+
+#: Finished files held back waiting for an earlier one before submission pauses.
+BUFFER = 50_000
+
+
+@dataclass(frozen=True)
+class Want:
+    """One file to compute: opened here as ``ref``; ``listed`` its stat when listed (None:
+    nothing to compute, or ``error`` already known)."""
+
+    ref: FileRef
+    listed: Seen | None
+    params: TreeParams | None = None
+    hashes: tuple[str, ...] = ()
+    error: str | None = None
+    #: Carried through untouched (e.g. the parsed attributes ``verify`` read).
+    extra: Any = None
+
+
+@dataclass(frozen=True)
+class Got:
+    want: Want
+    descriptor: Descriptor | None = None
+    hashes: Hashes = ()
+    #: The client's own identity and permission bits of the file, when accepted.
+    identity: FileIdentity | None = None
+    mode: int = 0
+    error: str | None = None
+    changed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def listed_seen(ref: FileRef) -> Seen:
+    """The stat of ``ref`` when it is listed (``lstat``: a symlink never matches a file)."""
+    path = ref.path if ref.root is None else os.path.join(ref.root, ref.rel)
+    return seen_of(os.stat(path, follow_symlinks=False))
+
+
+def _worker_path(ref: FileRef) -> tuple[str, str]:
+    """(root, path) for a worker: absolute, so that every machine opens the same file."""
+    if ref.root is None:
+        return "", os.path.abspath(ref.rel)
+    return os.path.abspath(ref.root), ref.rel
+
+
+@dataclass
+class _Partial:
+    want: Want
+    count: int
+    results: list[Result] = field(default_factory=list)
+
+
+CHANGED = "file changed during the run"
+
+
+class Digester:
+    """Runs :class:`Want` s on ``engine``; :meth:`run` yields one :class:`Got` per want, in order."""
+
+    def __init__(
+        self,
+        engine: Any,
+        cut: Cut | None = None,
+        *,
+        recheck: float = 0.0,
+        on_done: Callable[[Got], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.cut = cut or Cut()
+        self.recheck = recheck
+        self.on_done = on_done
+        self.rechecked = 0
+        self.mismatches = 0
+        self._rng = secrets.SystemRandom()
+
+    def run(self, wants: Iterable[Want]) -> Iterator[Got]:
+        open_: dict[int, _Partial] = {}
+        done: dict[int, Got] = {}
+        next_index = 0
+
+        def jobs() -> Iterator[Job]:
+            for i, w in enumerate(wants):
+                js: list[Job] = []
+                if w.error is None and w.listed is not None:
+                    root, path = _worker_path(w.ref)
+                    js = jobs_for(
+                        i, path, w.listed.size, self.cut, params=w.params, hashes=w.hashes,
+                        root=root,
+                    )  # fmt: skip
+                if not js:
+                    done[i] = self._finish(_Partial(w, 0))
+                    continue
+                open_[i] = _Partial(w, len(js))
+                yield from js
+
+        def ready() -> Iterator[Got]:
+            nonlocal next_index
+            while next_index in done:
+                yield done.pop(next_index)
+                next_index += 1
+
+        units = batches(jobs(), self.cut)
+        for _unit, results in self.engine.run(units, hold=lambda: len(done) > BUFFER):
+            for r in results:
+                p = open_[r.job.index]
+                p.results.append(r)
+                if len(p.results) == p.count:
+                    del open_[r.job.index]
+                    done[r.job.index] = self._finish(p)
+            yield from ready()
+        yield from ready()
+
+    def _finish(self, p: _Partial) -> Got:
+        got = self._assemble(p)
+        if self.on_done is not None:
+            self.on_done(got)
+        return got
+
+    def _assemble(self, p: _Partial) -> Got:
+        w = p.want
+        if w.error is not None or w.listed is None:
+            return Got(w, error=w.error)
+        for r in p.results:
+            if r.error is not None:
+                return Got(w, error=r.error, changed=r.changed)
+        seen = {r.seen for r in p.results}
+        if p.results and seen != {w.listed}:
+            return Got(w, error=CHANGED, changed=True)
+        descriptor, hashes = _combine(w, p.results)
+        try:
+            fd = w.ref.open()
+        except Error as e:
+            return Got(w, error=e.message, changed=True)
+        try:
+            st = os.fstat(fd)
+            if seen_of(st) != w.listed:
+                return Got(w, error=CHANGED, changed=True)
+            if p.results and self.recheck > 0 and self._rng.random() < self.recheck:
+                self.rechecked += 1
+                if not _same(_local(fd, w), (descriptor, hashes)):
+                    if seen_of(os.fstat(fd)) != w.listed:
+                        return Got(w, error=CHANGED, changed=True)
+                    self.mismatches += 1
+                    return Got(w, error="--recheck: a worker's digest differs from this client's")
+        except Error as e:
+            return Got(w, error=e.message, changed=e.__class__.__name__ == "FileChangedError")
+        except OSError as e:
+            return Got(w, error=f"read error: {e.strerror}")
+        finally:
+            os.close(fd)
+        return Got(w, descriptor, hashes, identity(st), stat.S_IMODE(st.st_mode))
+
+
+def _combine(w: Want, results: list[Result]) -> tuple[Descriptor | None, Hashes]:
+    from pyverity.hashing.subtree import fold_roots
+
+    descriptor: Descriptor | None = None
+    hashes: Hashes = ()
+    roots: list[tuple[int, tuple[bytes, ...]]] = []
+    height = 0
+    for r in results:
+        kind = r.job.kind
+        if kind is Kind.TREE:
+            assert isinstance(r.value, Descriptor)  # noqa: S101
+            descriptor = r.value
+        elif kind is Kind.ONEPASS:
+            descriptor, hashes = r.value  # type: ignore[misc]
+        elif kind is Kind.HASH:
+            hashes = r.value  # type: ignore[assignment]
+        else:
+            roots.append((r.job.part, r.value))  # type: ignore[arg-type]
+            height = r.job.height
+    if roots:
+        assert w.params is not None and w.listed is not None  # noqa: S101
+        flat = [root for _, rs in sorted(roots) for root in rs]
+        descriptor = fold_roots(w.params, w.listed.size, height, flat)
+    return descriptor, hashes
+
+
+def _local(fd: int, w: Want) -> tuple[Descriptor | None, Hashes]:
+    """The same digests computed here (``--recheck``)."""
+    assert w.listed is not None  # noqa: S101
+    if w.params is None:
+        return None, file_hashes(fd, w.hashes, w.listed.size)
+    if w.hashes:
+        from pyverity.hashing.onepass import hash_once
+
+        once = hash_once(fd, w.params, w.hashes)
+        return once.descriptor, once.hashes
+    from pyverity.hashing import build_tree
+
+    return build_tree(fd, w.params, keep_tree=False, jobs=1).descriptor, ()
+
+
+def _same(a: tuple[Descriptor | None, Hashes], b: tuple[Descriptor | None, Hashes]) -> bool:
+    da = a[0].to_bytes() if a[0] is not None else b""
+    db = b[0].to_bytes() if b[0] is not None else b""
+    ha = b"".join(d for _, d in a[1])
+    hb = b"".join(d for _, d in b[1])
+    return hmac.compare_digest(da + ha, db + hb)
