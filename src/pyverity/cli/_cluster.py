@@ -51,7 +51,13 @@ def cluster_options_of(args: argparse.Namespace) -> Options | None:
         if args.insecure or args.recheck:
             raise UsageError("--insecure and --recheck apply only with --cluster")
         return None
+    import os
+
     from pyverity.cluster.bulk import Options
     from pyverity.cluster.connect import parse_target
+    from pyverity.cluster.plan import Cut
 
-    return Options(parse_target(args.cluster, insecure=args.insecure), args.recheck)
+    # Bytes per task (default 64 MiB): tests make big files spread over several tasks.
+    task_bytes = os.environ.get("PYVERITY_CLUSTER_TASK_BYTES", "")
+    cut = Cut(task_bytes=int(task_bytes)) if task_bytes.isdigit() else Cut()
+    return Options(parse_target(args.cluster, insecure=args.insecure), args.recheck, cut)

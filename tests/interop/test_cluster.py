@@ -1,0 +1,275 @@
+"""The bulk verbs on a real Dask cluster on this machine (issue 14; docs/cluster.md).
+
+A ``dask scheduler`` and two ``dask worker`` processes (no nanny, so ``kill -9`` really loses
+a worker) started by the test on 127.0.0.1 only; each fault test gets its own scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.polling import wait_until
+
+distributed = pytest.importorskip("distributed", reason="the cluster extra is not installed")
+
+DASK = shutil.which("dask", path=os.path.dirname(sys.executable)) or shutil.which("dask")
+pytestmark = pytest.mark.skipif(DASK is None, reason="no dask command")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    def __init__(self, tmp: Path, workers: int) -> None:
+        self.address = f"tcp://127.0.0.1:{_port()}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.log = tmp / "dask.log"
+        self.scheduler = self._start(
+            "scheduler", "--host", "127.0.0.1", "--port", self.address.rsplit(":", 1)[1],
+            "--dashboard-address", ":0", "--no-show",
+        )  # fmt: skip
+        self.workers = [self.add_worker() for _ in range(workers)]
+        if workers:
+            self.wait_workers(workers)
+
+    def _start(self, *args: str) -> subprocess.Popen[bytes]:
+        assert DASK is not None
+        with self.log.open("ab") as log:
+            p = subprocess.Popen([DASK, *args], stdout=log, stderr=log)  # noqa: S603
+        self.procs.append(p)
+        return p
+
+    def add_worker(self) -> subprocess.Popen[bytes]:
+        return self._start(
+            "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
+            "--no-dashboard",
+        )  # fmt: skip
+
+    def client(self) -> distributed.Client:
+        return wait_until(lambda: _try_client(self.address), timeout=60, what="scheduler up")
+
+    def wait_workers(self, n: int) -> None:
+        with self.client() as c:
+            wait_until(lambda: len(c.scheduler_info()["workers"]) >= n, timeout=60, what="workers")
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def _try_client(address: str) -> distributed.Client | None:
+    try:
+        return distributed.Client(address, timeout=2)
+    except (OSError, TimeoutError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("dask"), 2)
+    yield c
+    c.close()
+
+
+def _keys(tmp: Path, kind: str) -> tuple[Path, Path]:
+    key, cert = tmp / f"{kind}.pem", tmp / f"{kind}.crt"
+    gen = ["-newkey", "rsa:2048"] if kind == "rsa" else ["-newkey", "ec", "-pkeyopt",
+                                                          "ec_paramgen_curve:P-256"]  # fmt: skip
+    subprocess.run(
+        ["openssl", "req", "-x509", *gen, "-nodes", "-keyout", key, "-out", cert, "-subj",
+         "/CN=cluster test", "-days", "2"], check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+def _tree(root: Path, files: int = 40, big: int = 3 << 20) -> Path:
+    root.mkdir()
+    (root / "sub").mkdir()
+    for i in range(files):
+        (root / ("sub" if i % 3 else "") / f"f{i}").write_bytes(os.urandom(i * 1500))
+    (root / "big").write_bytes(os.urandom(big))
+    (root / "link").symlink_to("f0")
+    return root
+
+
+def _run(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyverity.cli", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def _attrs(root: Path) -> dict[str, tuple[bytes, bytes]]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[str(p.relative_to(root))] = (
+                os.getxattr(p, "user.verity"),
+                os.getxattr(p, "user.ima"),
+            )
+    return out
+
+
+CREATED = "2026-01-02T03:04:05Z"
+SMALL_TASKS = {"PYVERITY_CLUSTER_TASK_BYTES": str(1 << 20)}
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
+def test_same_bytes_as_a_local_run(cluster: Cluster, tmp_path: Path, kind: str) -> None:
+    key, cert = _keys(tmp_path, kind)
+    tree = _tree(tmp_path / "t")
+    common = ["--key", key, "--cert", cert, "--created", CREATED, "--name", "t", tree]
+    local = _run("manifest", "create", "-o", tmp_path / "local.m", *common)
+    assert local.returncode == 0, local.stderr
+    remote = _run(
+        "manifest", "create", "-o", tmp_path / "cluster.m", *common, "--cluster", cluster.address,
+        "--recheck", "0.5",
+    )  # fmt: skip
+    assert remote.returncode == 0, remote.stderr
+    a, b = (tmp_path / "local.m").read_bytes(), (tmp_path / "cluster.m").read_bytes()
+    if kind == "rsa":
+        assert a == b
+    else:  # ECDSA signatures are randomised: everything before the signature line is equal
+        assert a.rsplit(b"\n", 2)[0] == b.rsplit(b"\n", 2)[0]
+        assert a != b
+    copy = tmp_path / "copy"
+    shutil.copytree(tree, copy, symlinks=True)
+    sign = ["sign", "-r", "--xattr-user", "--key", key, "--cert", cert]
+    assert _run(*sign, tree).returncode == 0
+    r = _run(*sign, copy, "--cluster", cluster.address)
+    assert r.returncode == 0, r.stderr
+    mine, theirs = _attrs(tree), _attrs(copy)
+    assert mine.keys() == theirs.keys() and len(mine) == 41
+    for name, (desc, sig) in mine.items():
+        assert theirs[name][0] == desc
+        assert (theirs[name][1] == sig) == (kind == "rsa"), name
+    keyring = tmp_path / "kr"
+    keyring.mkdir()
+    shutil.copy(cert, keyring)
+    v = _run("verify", "-r", "--xattr-user", "--keyring", keyring, copy, "--json",
+             "--cluster", cluster.address)  # fmt: skip
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert v.stdout.count('"ok": true') == 41
+
+
+def test_a_worker_killed_mid_run(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, 2)
+    try:
+        key, cert = _keys(tmp_path, "rsa")
+        tree = _tree(tmp_path / "t", files=10, big=96 << 20)
+        common = ["--key", key, "--cert", cert, "--created", CREATED, "--name", "t", tree]
+        assert _run("manifest", "create", "-o", tmp_path / "local.m", *common).returncode == 0
+        env = {**os.environ, **SMALL_TASKS}
+        p = subprocess.Popen(
+            [sys.executable, "-m", "pyverity.cli", "manifest", "create", "-o",
+             str(tmp_path / "cluster.m"), *map(str, common), "--cluster", c.address],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        with c.client() as client:
+            wait_until(lambda: any(client.processing().values()), timeout=60, what="tasks run")
+        os.kill(c.workers[0].pid, signal.SIGKILL)
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+        assert (tmp_path / "cluster.m").read_bytes() == (tmp_path / "local.m").read_bytes()
+    finally:
+        c.close()
+
+
+def test_scheduler_gone(tmp_path: Path, cluster: Cluster) -> None:
+    c = Cluster(tmp_path, 1)
+    try:
+        key, cert = _keys(tmp_path, "rsa")
+        tree = _tree(tmp_path / "t", files=300, big=64 << 20)
+        env = {**os.environ, **SMALL_TASKS}
+        sign = ["sign", "-r", "--xattr-user", "--key", str(key), "--cert", str(cert), str(tree)]
+        p = subprocess.Popen(
+            [sys.executable, "-m", "pyverity.cli", *sign, "--cluster", c.address],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        with c.client() as client:
+            wait_until(lambda: any(client.processing().values()), timeout=60, what="tasks run")
+        c.scheduler.kill()
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 1
+        assert "lost the cluster's scheduler" in err
+        for f in (x for x in tree.rglob("*") if x.is_file() and not x.is_symlink()):
+            names = set(os.listxattr(f))
+            assert names in (set(), {"user.verity", "user.ima"}), (f, names)
+        m = _run("manifest", "create", "-o", tmp_path / "m", "--key", key, "--cert", cert, tree,
+                 "--cluster", c.address)  # fmt: skip
+        assert m.returncode == 1
+        assert not (tmp_path / "m").exists()
+        again = _run(*sign, "--cluster", cluster.address)
+        assert again.returncode == 0, again.stderr
+        assert len(_attrs(tree)) == 301
+    finally:
+        c.close()
+
+
+def test_a_changed_file_is_reported_and_never_signed(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, 0)  # no worker yet: the run lists, submits and waits
+    try:
+        key, cert = _keys(tmp_path, "rsa")
+        tree = _tree(tmp_path / "t", files=5)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "pyverity.cli", "sign", "-r", "--xattr-user", "--key",
+             str(key), "--cert", str(cert), str(tree), "--cluster", c.address],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        with c.client() as client:
+            wait_until(
+                lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)),
+                timeout=60,
+                what="tasks submitted",
+            )
+        with (tree / "big").open("r+b") as f:
+            f.write(b"changed")
+        c.add_worker()
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 1
+        assert "big: file changed during the run; not signed" in err
+        assert "user.ima" not in os.listxattr(tree / "big")
+        assert "user.ima" in os.listxattr(tree / "f3")
+    finally:
+        c.close()
+
+
+def test_plain_tcp_off_loopback_needs_insecure(tmp_path: Path) -> None:
+    r = _run("verify", "-r", tmp_path, "--cluster", "tcp://192.0.2.1:8786")
+    assert r.returncode == 2
+    assert "off loopback" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+    r = _run("verify", "-r", tmp_path, "--cluster", "tcp://192.0.2.1:8786", "--insecure")
+    assert r.returncode == 1
+    assert "can't reach the scheduler" in r.stderr
+
+
+def test_local_cluster_and_no_dask_without_the_flag(tmp_path: Path) -> None:
+    key, cert = _keys(tmp_path, "rsa")
+    tree = _tree(tmp_path / "t", files=6)
+    common = ["--key", key, "--cert", cert, "--created", CREATED, "--name", "t", tree]
+    assert _run("manifest", "create", "-o", tmp_path / "a", *common).returncode == 0
+    r = _run("manifest", "create", "-o", tmp_path / "b", *common, "--cluster", "local:2")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    probe = (
+        "import sys; from pyverity.cli import main; "
+        f"main(['manifest', 'create', '-o', {str(tmp_path / 'c')!r}, '--key', {str(key)!r},"
+        f" {str(tree)!r}]); print('dask' in sys.modules or 'distributed' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    assert out.stdout.strip().endswith("False")
