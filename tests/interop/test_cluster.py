@@ -47,7 +47,7 @@ class Cluster:
     def _start(self, *args: str) -> subprocess.Popen[bytes]:
         assert DASK is not None
         with self.log.open("ab") as log:
-            p = subprocess.Popen([DASK, *args], stdout=log, stderr=log)  # noqa: S603
+            p = subprocess.Popen([DASK, *args], stdout=log, stderr=log)
         self.procs.append(p)
         return p
 

@@ -199,7 +199,9 @@ def _combine(w: Want, results: list[Result]) -> tuple[Descriptor | None, Hashes]
             assert isinstance(r.value, Descriptor)  # noqa: S101
             descriptor = r.value
         elif kind is Kind.ONEPASS:
-            descriptor, hashes = r.value  # type: ignore[misc]
+            pair = r.value
+            assert isinstance(pair, tuple) and isinstance(pair[0], Descriptor)  # noqa: S101
+            descriptor, hashes = pair[0], pair[1]
         elif kind is Kind.HASH:
             hashes = r.value  # type: ignore[assignment]
         else:
