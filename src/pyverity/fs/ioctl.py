@@ -194,6 +194,12 @@ def error_for(op: str, label: str, err: OSError) -> Error:
         if op == "FS_IOC_READ_VERITY_METADATA(signature)":
             return NotVerityError(f"{what}: the file has no built-in signature")
         return NotVerityError(f"{what}: fs-verity is not enabled on this file")
+    if code == errno.ENOTTY and op.startswith("FS_IOC_READ_VERITY_METADATA"):
+        return VerityUnsupportedError(
+            f"{what}: this filesystem does not let fs-verity metadata be read back"
+            f" ({err.strerror}; btrfs implements only enable and measure)",
+            remedy="read the tree and descriptor on ext4 or f2fs, or rebuild them from the file",
+        )
     if code in (errno.ENOTTY, errno.EOPNOTSUPP):
         return VerityUnsupportedError(
             f"{what}: this filesystem does not support fs-verity ({err.strerror})",

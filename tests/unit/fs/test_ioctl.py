@@ -110,6 +110,16 @@ def test_against_kernel_headers(tmp_path: Path) -> None:
     assert [int(x) for x in out[1].split()] == [128, 16, 24, 32, 40]
 
 
+def test_metadata_read_refused_by_the_filesystem_is_not_called_unsupported_verity() -> None:
+    """btrfs (6.12) enables and measures but answers FS_IOC_READ_VERITY_METADATA with ENOTTY."""
+    err = ioctl.error_for(
+        "FS_IOC_READ_VERITY_METADATA(descriptor)", "f", OSError(errno.ENOTTY, "Inappropriate")
+    )
+    assert type(err) is ioctl.VerityUnsupportedError
+    assert "does not let fs-verity metadata be read back" in str(err)
+    assert "btrfs" in str(err)
+
+
 @pytest.mark.parametrize(
     ("code", "cls", "words"),
     [
