@@ -66,10 +66,13 @@ class Got:
         return self.error is None
 
 
+def _client_path(ref: FileRef) -> str:
+    return ref.path if ref.root is None else os.path.join(ref.root, ref.rel)
+
+
 def listed_seen(ref: FileRef) -> Seen:
     """The stat of ``ref`` when it is listed (``lstat``: a symlink never matches a file)."""
-    path = ref.path if ref.root is None else os.path.join(ref.root, ref.rel)
-    return seen_of(os.stat(path, follow_symlinks=False))
+    return seen_of(os.stat(_client_path(ref), follow_symlinks=False))
 
 
 def _worker_path(ref: FileRef) -> tuple[str, str]:
@@ -162,6 +165,17 @@ class Digester:
         if p.results and seen != {w.listed}:
             return Got(w, error=CHANGED, changed=True)
         descriptor, hashes = _combine(w, p.results)
+        recheck = bool(p.results) and self.recheck > 0 and self._rng.random() < self.recheck
+        if not recheck:
+            # lstat (no open): a symlink swapped in on the way shows another inode -> changed;
+            # whoever writes opens the file again beneath its root and checks it once more.
+            try:
+                st = os.stat(_client_path(w.ref), follow_symlinks=False)
+            except OSError as e:
+                return Got(w, error=f"can't stat '{w.ref.path}': {e.strerror}", changed=True)
+            if seen_of(st) != w.listed:
+                return Got(w, error=CHANGED, changed=True)
+            return Got(w, descriptor, hashes, identity(st), stat.S_IMODE(st.st_mode))
         try:
             fd = w.ref.open()
         except Error as e:
@@ -170,13 +184,12 @@ class Digester:
             st = os.fstat(fd)
             if seen_of(st) != w.listed:
                 return Got(w, error=CHANGED, changed=True)
-            if p.results and self.recheck > 0 and self._rng.random() < self.recheck:
-                self.rechecked += 1
-                if not _same(_local(fd, w), (descriptor, hashes)):
-                    if seen_of(os.fstat(fd)) != w.listed:
-                        return Got(w, error=CHANGED, changed=True)
-                    self.mismatches += 1
-                    return Got(w, error="--recheck: a worker's digest differs from this client's")
+            self.rechecked += 1
+            if not _same(_local(fd, w), (descriptor, hashes)):
+                if seen_of(os.fstat(fd)) != w.listed:
+                    return Got(w, error=CHANGED, changed=True)
+                self.mismatches += 1
+                return Got(w, error="--recheck: a worker's digest differs from this client's")
         except Error as e:
             return Got(w, error=e.message, changed=e.__class__.__name__ == "FileChangedError")
         except OSError as e:

@@ -24,7 +24,7 @@ class Cut:
     #: Bytes of data per task (a range of a big file, or a batch of small ones).
     task_bytes: int = 64 << 20
     #: Whole files per task at most.
-    files: int = 64
+    files: int = 512
 
     def __post_init__(self) -> None:
         if self.task_bytes < 1 or self.files < 1:

@@ -73,19 +73,19 @@ Hashes = tuple[tuple[str, bytes], ...]
 Value = Descriptor | tuple[bytes, ...] | Hashes | tuple[Descriptor, Hashes]
 
 
-def _open(job: Job) -> int:
+def _open(job: Job, roots: dict[str, int]) -> int:
     from pyverity.fs.openfile import open_regular_beneath
 
     if not job.root:
         return open_regular(job.path, follow_symlinks=False)
-    try:
-        root_fd = os.open(job.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise InputError(f"can't open directory '{job.root}': {e.strerror}") from e
-    try:
-        return open_regular_beneath(root_fd, job.path, os.path.join(job.root, job.path))
-    finally:
-        os.close(root_fd)
+    root_fd = roots.get(job.root)
+    if root_fd is None:
+        try:
+            root_fd = os.open(job.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise InputError(f"can't open directory '{job.root}': {e.strerror}") from e
+        roots[job.root] = root_fd
+    return open_regular_beneath(root_fd, job.path, os.path.join(job.root, job.path))
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,10 @@ class Result:
     changed: bool = False
 
 
-def run_job(job: Job) -> Result:
-    """Open, stat, hash as ``job`` says, stat again."""
+def run_job(job: Job, roots: dict[str, int] | None = None) -> Result:
+    """Open, stat, hash as ``job`` says, stat again (``roots``: root descriptors to reuse)."""
     try:
-        fd = _open(job)
+        fd = _open(job, {} if roots is None else roots)
     except Error as e:
         return Result(job, None, None, e.message)
     try:
@@ -158,5 +158,10 @@ def _hash(fd: int, job: Job) -> Value:
 
 
 def run_jobs(jobs: list[Job]) -> list[Result]:
-    """The unit of work of a cluster task."""
-    return [run_job(job) for job in jobs]
+    """The unit of work of a cluster task (each root directory opened once)."""
+    roots: dict[str, int] = {}
+    try:
+        return [run_job(job, roots) for job in jobs]
+    finally:
+        for fd in roots.values():
+            os.close(fd)
