@@ -50,8 +50,10 @@ class KernelRun:
         return (self.results / name).read_text()
 
 
-def _need_vm() -> None:
-    reason = harness.unavailable_reason()
+def _need_vm(pattern: str | None = None, filesystems: tuple[str, ...] = ()) -> None:
+    """Skip (fail under CI=true) unless kernel ``pattern`` (default: the suite's first) can be
+    booted here with disks of ``filesystems``."""
+    reason = harness.unavailable_reason(pattern, filesystems)
     if reason is None:
         return
     if os.environ.get("CI") == "true":
@@ -73,11 +75,8 @@ def _make_key(keys: Path, subject: str) -> Path:
     return keys
 
 
-def _stage(stage: Path, signing: Path, keys: Path, other: Path) -> None:
-    """Write the data files, their signatures (by ``pyverity sign``), certificate, policy."""
-    (stage / "digest").mkdir()
-    for c in DIGEST_CASES:
-        (stage / "digest" / c.name).write_bytes(payload(c.name, c.size))
+def stage_backend(stage: Path, keys: Path) -> None:
+    """The inputs of ``guest_backend.py`` and ``guest_daemon.py`` (the ``kernel`` backend)."""
     (stage / "backend").mkdir()
     for name, size in BACKEND_FILES.items():
         (stage / "backend" / name).write_bytes(payload(name, size))
@@ -91,6 +90,14 @@ def _stage(stage: Path, signing: Path, keys: Path, other: Path) -> None:
     for name in ("ima.key", "ima.der"):
         shutil.copyfile(keys / name, stage / "kd-keys" / name)
     shutil.copyfile(keys / "ima.der", stage / "kd-keys" / "keyring" / "ima.der")
+
+
+def _stage(stage: Path, signing: Path, keys: Path, other: Path) -> None:
+    """Write the data files, their signatures (by ``pyverity sign``), certificate, policy."""
+    (stage / "digest").mkdir()
+    for c in DIGEST_CASES:
+        (stage / "digest" / c.name).write_bytes(payload(c.name, c.size))
+    stage_backend(stage, keys)
     sig_dir = stage / "sig"
     sig_dir.mkdir()
     signing.mkdir()

@@ -68,7 +68,7 @@ def run_library(d: Path) -> None:
     ours = build_tree(lib, TreeParams(), keep_tree=True)
     print("lib-enable", outcome(lambda: kernel.enable(lib, ours.descriptor).digest))
     print("lib-again", outcome(lambda: kernel.enable(lib, ours.descriptor).digest))
-    print("lib-tree", kernel.read_tree(lib, ours.descriptor) == ours)
+    print("lib-tree", outcome(lambda: kernel.read_tree(lib, ours.descriptor) == ours))
     other = build_tree(same, TreeParams()).descriptor
     print("lib-other", outcome(lambda: kernel.enable(lib, other)))
     fd = os.open(lib, os.O_RDONLY)

@@ -1,35 +1,46 @@
-"""Boot the distribution's kernel under qemu on an ext4 image with fs-verity, run a script.
+"""Boot the distribution's kernels under qemu on an ext4 image with fs-verity, run a script.
 
-Only distribution packages are used: the installed ``linux-image`` (``/boot/vmlinuz-*`` and its
-``/lib/modules``), ``qemu-system-x86_64``, ``busybox`` (static), ``mkfs.ext4``/``debugfs``
-(e2fsprogs) and ``gcc`` (for the static ``vhelper`` that issues the fs-verity ioctls and
-``add_key`` inside the VM). The initramfs (busybox, the modules the kernel does not have built
-in, ``vhelper``, ``init.sh``) is cached under ``~/.cache/pyverity-kernel/<version>-<key>/``.
+Only distribution packages are used: the installed ``linux-image`` packages (``/boot/vmlinuz-*``
+and their ``/lib/modules``: Debian 12's 6.1 and bookworm-backports' 6.12, see :data:`KERNELS`),
+``qemu-system-x86_64``, ``busybox`` (static), ``mkfs.ext4``/``debugfs`` (e2fsprogs),
+``mkfs.btrfs``/``mkfs.f2fs`` for the extra disks of :func:`make_fs_disk`, and ``gcc`` (for the
+static ``vhelper`` that issues the fs-verity ioctls and ``add_key`` inside the VM). The
+initramfs (busybox, the modules the kernel does not have built in, decompressed where the
+kernel ships them as ``.ko.xz`` or ``.ko.gz``, ``vhelper``, ``init.sh``) is cached under
+``~/.cache/pyverity-kernel/<version>-<key>/``.
 
 The guest's work happens on the ext4 test disk: the host populates it with ``mkfs.ext4 -d``
 (``run.sh`` plus data), the guest writes its results to ``/results`` on it, and the host reads
-them back with ``debugfs -R rdump`` after qemu has exited.
+them back with ``debugfs -R rdump`` after qemu has exited. Extra disks (``run_vm(...,
+extra_disks=[...])``) appear as ``/dev/vdb``, ``/dev/vdc``, ... in that order; a script mounts
+them itself (btrfs and f2fs cannot be read by debugfs, so results always go to ``/results``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import hashlib
+import lzma
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "KERNELS",
     "KernelImage",
     "VMRun",
     "find_kernel",
+    "find_kernels",
     "initramfs_for",
     "make_disk",
+    "make_fs_disk",
     "read_back",
     "run_vm",
     "unavailable_reason",
@@ -54,8 +65,17 @@ WANTED_MODULES = (
     "sha512_generic",
     "9p",
     "9pnet_virtio",
+    "ecdsa_generic",  # built in on 6.12; a module where a kernel has one
 )
+#: Further modules for the extra disks of a filesystem (``initramfs_for(k, filesystems=...)``).
+FS_MODULES = {"ext4": (), "btrfs": ("crc32c_generic", "btrfs"), "f2fs": ("crc32_generic", "f2fs")}
 TOOLS = ("qemu-system-x86_64", "busybox", "mkfs.ext4", "debugfs", "gcc")
+#: The extra filesystems' tools (:func:`make_fs_disk`): Debian's btrfs-progs and f2fs-tools.
+FS_TOOLS = {"ext4": "mkfs.ext4", "btrfs": "mkfs.btrfs", "f2fs": "mkfs.f2fs"}
+#: The kernels the suite boots, by version glob over ``/boot/vmlinuz-<version>``: Debian 12's
+#: own and the one of bookworm-backports (``scripts/install`` installs both). The newest match
+#: of each is booted; ``PYVERITY_KERNEL=<version>`` replaces the first (the suite's default).
+KERNELS = ("6.1.*", "6.12.*")
 MEMORY_MB = 512
 BEGIN, END = "@@PYVERITY-BEGIN", "@@PYVERITY-END"
 
@@ -91,14 +111,16 @@ def _module_name(path: str) -> str:
     return Path(path).name.split(".ko")[0]
 
 
-def find_kernel() -> KernelImage | None:
-    """The newest ``/boot/vmlinuz-<v>`` with modules, or the one named by PYVERITY_KERNEL."""
-    wanted = os.environ.get("PYVERITY_KERNEL")
+def find_kernel(pattern: str | None = None) -> KernelImage | None:
+    """The newest ``/boot/vmlinuz-<v>`` with modules whose version matches the glob
+    ``pattern`` (default: the first of :data:`KERNELS`, or exactly ``PYVERITY_KERNEL``)."""
+    if pattern is None:
+        pattern = os.environ.get("PYVERITY_KERNEL") or KERNELS[0]
     candidates = []
     for vmlinuz in Path("/boot").glob("vmlinuz-*"):
         version = vmlinuz.name.removeprefix("vmlinuz-")
         modules = Path("/lib/modules") / version
-        if (modules / "modules.dep").is_file() and (wanted is None or wanted == version):
+        if (modules / "modules.dep").is_file() and fnmatch.fnmatchcase(version, pattern):
             candidates.append(KernelImage(version, vmlinuz, modules))
     if not candidates:
         return None
@@ -108,23 +130,36 @@ def find_kernel() -> KernelImage | None:
     )
 
 
-def unavailable_reason() -> str | None:
-    """Why the VM cannot be run here at all, or None."""
+def find_kernels() -> list[tuple[str, KernelImage | None]]:
+    """Each pattern of :data:`KERNELS` with its newest installed kernel (None: not installed)."""
+    return [(pattern, find_kernel(pattern)) for pattern in KERNELS]
+
+
+def unavailable_reason(pattern: str | None = None, filesystems: Sequence[str] = ()) -> str | None:
+    """Why the VM (kernel ``pattern``, see :func:`find_kernel`, with extra disks of
+    ``filesystems``) cannot be run here at all, or None."""
     missing = [t for t in TOOLS if shutil.which(t) is None]
+    missing += [FS_TOOLS[f] for f in filesystems if shutil.which(FS_TOOLS[f]) is None]
     if missing:
-        packages = "qemu-system-x86 busybox-static e2fsprogs gcc"
+        packages = "qemu-system-x86 busybox-static e2fsprogs btrfs-progs f2fs-tools gcc"
         return f"missing tools: {', '.join(missing)} (Debian packages: {packages})"
-    kernel = find_kernel()
+    kernel = find_kernel(pattern)
     if kernel is None:
+        where = (
+            "bookworm-backports' linux-image-amd64"
+            if pattern == KERNELS[1]
+            else ("linux-image-amd64")
+        )
         return (
-            "no /boot/vmlinuz-* with /lib/modules/<version>/modules.dep (Debian: linux-image-amd64)"
+            f"no /boot/vmlinuz-{pattern or KERNELS[0]} with /lib/modules/<version>/modules.dep"
+            f" (Debian: {where}; scripts/install installs it)"
         )
     if not os.access(kernel.vmlinuz, os.R_OK):
         return f"{kernel.vmlinuz} is not readable"
     return None
 
 
-def _resolve_modules(kernel: KernelImage) -> list[Path]:
+def _resolve_modules(kernel: KernelImage, wanted: Sequence[str]) -> list[Path]:
     """Module files to load, dependencies first, each once."""
     deps: dict[str, tuple[str, list[str]]] = {}
     for line in (kernel.modules / "modules.dep").read_text().splitlines():
@@ -147,9 +182,20 @@ def _resolve_modules(kernel: KernelImage) -> list[Path]:
         if target not in order:
             order.append(target)
 
-    for name in WANTED_MODULES:
+    for name in wanted:
         visit(name)
     return [kernel.modules / t for t in order]
+
+
+def _module_bytes(path: Path) -> tuple[str, bytes]:
+    """A module's file name and contents, decompressed (busybox's insmod loads plain ELF)."""
+    if path.name.endswith(".ko.xz"):
+        return path.name.removesuffix(".xz"), lzma.decompress(path.read_bytes())
+    if path.name.endswith(".ko.gz"):
+        return path.name.removesuffix(".gz"), gzip.decompress(path.read_bytes())
+    if not path.name.endswith(".ko"):
+        raise ValueError(f"{path}: a module compression the harness cannot undo")
+    return path.name, path.read_bytes()
 
 
 def _cache_root() -> Path:
@@ -174,9 +220,11 @@ def _cpio(entries: list[tuple[str, int, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def initramfs_for(kernel: KernelImage) -> Path:
-    """Build (or reuse) the initramfs for ``kernel``; returns its path."""
-    modules = _resolve_modules(kernel)
+def initramfs_for(kernel: KernelImage, filesystems: Sequence[str] = ()) -> Path:
+    """Build (or reuse) the initramfs for ``kernel`` (with the modules of ``filesystems``, see
+    :data:`FS_MODULES`); returns its path."""
+    wanted = [*WANTED_MODULES, *(m for fs in filesystems for m in FS_MODULES[fs])]
+    modules = _resolve_modules(kernel, wanted)
     busybox = Path(shutil.which("busybox") or "busybox").resolve()
     key = hashlib.sha256()
     for part in (INIT_SCRIPT, HELPER_SOURCE, busybox, *modules):
@@ -198,13 +246,14 @@ def initramfs_for(kernel: KernelImage) -> Path:
         entries: list[tuple[str, int, bytes]] = [
             (p, d, b"") for p in ("bin", "dev", "proc", "sys", "mnt", "tmp", "modules")
         ]
+        loaded = [_module_bytes(m) for m in modules]
         entries += [
             ("init", x, INIT_SCRIPT.read_bytes()),
             ("bin/busybox", x, busybox.read_bytes()),
             ("bin/vhelper", x, helper.read_bytes()),
-            ("modules/order", f, "".join(m.name + "\n" for m in modules).encode()),
+            ("modules/order", f, "".join(name + "\n" for name, _ in loaded).encode()),
         ]
-        entries += [(f"modules/{m.name}", f, m.read_bytes()) for m in modules]
+        entries += [(f"modules/{name}", f, data) for name, data in loaded]
         partial = Path(tmp) / "initramfs.cpio.gz"
         partial.write_bytes(gzip.compress(_cpio(entries), compresslevel=1))
         partial.replace(image)
@@ -246,6 +295,18 @@ def make_disk(source: Path, image: Path, size_mb: int) -> None:
     )
 
 
+def make_fs_disk(fs: str, image: Path, size_mb: int) -> None:
+    """An empty image of ``fs`` (ext4, btrfs or f2fs) with fs-verity available, 4 KiB blocks."""
+    with image.open("wb") as f:
+        f.truncate(size_mb << 20)
+    options = {
+        "ext4": ["-q", "-F", "-O", "verity", "-b", "4096"],
+        "btrfs": ["-q", "-f"],  # fs-verity needs no feature flag on btrfs
+        "f2fs": ["-q", "-f", "-O", "verity,extra_attr"],
+    }[fs]
+    subprocess.run([FS_TOOLS[fs], *options, str(image)], check=True, capture_output=True)
+
+
 def run_vm(
     kernel: KernelImage,
     initramfs: Path,
@@ -254,8 +315,11 @@ def run_vm(
     timeout: float = 300,
     tpm_socket: Path | None = None,
     share_host_root: bool = False,
+    extra_disks: Sequence[Path] = (),
 ) -> VMRun:
-    """Boot, let ``init.sh`` run ``/run.sh`` of ``disk``, and wait for the power-off."""
+    """Boot, let ``init.sh`` run ``/run.sh`` of ``disk``, and wait for the power-off.
+
+    ``extra_disks`` are raw images attached after ``disk``: ``/dev/vdb``, ``/dev/vdc``, ..."""
     accel = os.environ.get("PYVERITY_KERNEL_ACCEL", "tcg")
     cmd = [
         "qemu-system-x86_64",
@@ -282,6 +346,8 @@ def run_vm(
         "-drive",
         f"file={disk},format=raw,if=virtio,cache=unsafe",
     ]
+    for extra in extra_disks:
+        cmd += ["-drive", f"file={extra},format=raw,if=virtio,cache=unsafe"]
     if share_host_root:
         # The host's / read-only as 9p tag "hostroot": init.sh mounts it at /host, so a
         # guest script can chroot there and run the host's Python and pyverity.
