@@ -14,7 +14,8 @@ type 0x06 v3 signature to ``<ns>.ima`` (one ``setxattr`` each, in that order).
 * ``--key pkcs11:…``: a key in a PKCS#11 token (RFC 7512 URI; :mod:`pyverity.keys.pkcs11`), the
   PIN from ``--pass-file``/``--pass-env``/the URI's ``pin-source``, the module from the URI's
   ``module-path``, else ``--pkcs11-module``, else the p11-kit proxy.
-* ``-r``: sign trees of files, hashed in parallel, progress bar on a terminal.
+* ``-r``: sign trees of files, hashed in parallel, progress bar on a terminal; with
+  ``--cluster ADDRESS|local[:N]`` hashed on Dask, signed and written here (docs/cluster.md).
 
 The keyid is the certificate's SKID tail (``--cert``, or a certificate in the key file), or
 ``--keyid HEX``; without either, SHA-1 of the public key, as evmctl, with a warning. A
