@@ -33,7 +33,7 @@ def _port() -> int:
 
 
 def _dask() -> str:
-    return shutil.which("dask", path=os.path.dirname(sys.executable)) or "dask"
+    return shutil.which("dask", path=str(Path(sys.executable).parent)) or "dask"
 
 
 def _cluster(n: int, log: Path) -> tuple[str, list[subprocess.Popen[bytes]]]:
@@ -41,28 +41,22 @@ def _cluster(n: int, log: Path) -> tuple[str, list[subprocess.Popen[bytes]]]:
 
     address = f"tcp://127.0.0.1:{_port()}"
     out = log.open("ab")
-    procs = [
-        subprocess.Popen(
-            [_dask(), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-             "--dashboard-address", ":0", "--no-show"], stdout=out, stderr=out,
-        )  # fmt: skip
-    ]
-    procs += [
-        subprocess.Popen(
-            [_dask(), "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
-             "--no-dashboard"], stdout=out, stderr=out,
-        )  # fmt: skip
-        for _ in range(n)
-    ]
+    scheduler = [_dask(), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1]]
+    scheduler += ["--dashboard-address", ":0", "--no-show"]
+    worker = [_dask(), "worker", address, "--host", "127.0.0.1", "--nthreads", "1"]
+    worker += ["--no-dashboard"]
+    procs = [subprocess.Popen(scheduler, stdout=out, stderr=out)]
+    procs += [subprocess.Popen(worker, stdout=out, stderr=out) for _ in range(n)]
     deadline = time.monotonic() + 60
     while True:
         try:
             with distributed.Client(address, timeout=2) as c:
                 c.wait_for_workers(n, timeout=60)
-            return address, procs
         except (OSError, TimeoutError):
             if time.monotonic() > deadline:
                 raise
+        else:
+            return address, procs
             time.sleep(0.2)
 
 
@@ -97,8 +91,9 @@ def main() -> int:
     if not small.exists():
         small.mkdir(parents=True)
         for i in range(a.files):
-            (small / f"{i // 1000:02d}").mkdir(exist_ok=True)
-            (small / f"{i // 1000:02d}" / f"f{i}").write_bytes(os.urandom(1024 + (i * 7919) % 15360))
+            sub = small / f"{i // 1000:02d}"
+            sub.mkdir(exist_ok=True)
+            (sub / f"f{i}").write_bytes(os.urandom(1024 + (i * 7919) % 15360))
         big_dir.mkdir()
         block = os.urandom(1 << 20)
         with (big_dir / "big").open("wb") as f:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyverity.cluster.connect import Target, connect
@@ -41,7 +41,7 @@ __all__ = ["Options", "hashed_outcomes", "manifest_source", "measured_outcomes"]
 class Options:
     target: Target
     recheck: float = 0.0
-    cut: Cut = Cut()
+    cut: Cut = field(default_factory=Cut)
 
 
 @contextlib.contextmanager
@@ -157,7 +157,7 @@ def manifest_source(
 
         def ref_of(root: str, found: Found) -> FileRef:
             if root not in roots:
-                st = os.stat(root)
+                st = os.stat(root)  # noqa: PTH116
                 roots[root] = (st.st_dev, st.st_ino)
             return FileRef(root, os.fsdecode(found.path), roots[root])
 

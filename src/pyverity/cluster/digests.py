@@ -67,19 +67,19 @@ class Got:
 
 
 def _client_path(ref: FileRef) -> str:
-    return ref.path if ref.root is None else os.path.join(ref.root, ref.rel)
+    return ref.path if ref.root is None else os.path.join(ref.root, ref.rel)  # noqa: PTH118
 
 
 def listed_seen(ref: FileRef) -> Seen:
     """The stat of ``ref`` when it is listed (``lstat``: a symlink never matches a file)."""
-    return seen_of(os.stat(_client_path(ref), follow_symlinks=False))
+    return seen_of(os.stat(_client_path(ref), follow_symlinks=False))  # noqa: PTH116
 
 
 def _worker_path(ref: FileRef) -> tuple[str, str]:
     """(root, path) for a worker: absolute, so that every machine opens the same file."""
     if ref.root is None:
-        return "", os.path.abspath(ref.rel)
-    return os.path.abspath(ref.root), ref.rel
+        return "", os.path.abspath(ref.rel)  # noqa: PTH100
+    return os.path.abspath(ref.root), ref.rel  # noqa: PTH100
 
 
 @dataclass
@@ -93,7 +93,9 @@ CHANGED = "file changed during the run"
 
 
 class Digester:
-    """Runs :class:`Want` s on ``engine``; :meth:`run` yields one :class:`Got` per want, in order."""
+    """Runs :class:`Want` s on ``engine``.
+
+    :meth:`run` yields one :class:`Got` per want, in order."""
 
     def __init__(
         self,
@@ -170,7 +172,7 @@ class Digester:
             # lstat (no open): a symlink swapped in on the way shows another inode -> changed;
             # whoever writes opens the file again beneath its root and checks it once more.
             try:
-                st = os.stat(_client_path(w.ref), follow_symlinks=False)
+                st = os.stat(_client_path(w.ref), follow_symlinks=False)  # noqa: PTH116
             except OSError as e:
                 return Got(w, error=f"can't stat '{w.ref.path}': {e.strerror}", changed=True)
             if seen_of(st) != w.listed:
@@ -213,7 +215,8 @@ def _combine(w: Want, results: list[Result]) -> tuple[Descriptor | None, Hashes]
             descriptor = r.value
         elif kind is Kind.ONEPASS:
             pair = r.value
-            assert isinstance(pair, tuple) and isinstance(pair[0], Descriptor)  # noqa: S101
+            assert isinstance(pair, tuple)  # noqa: S101
+            assert isinstance(pair[0], Descriptor)  # noqa: S101
             descriptor, hashes = pair[0], pair[1]
         elif kind is Kind.HASH:
             hashes = r.value  # type: ignore[assignment]
@@ -221,7 +224,8 @@ def _combine(w: Want, results: list[Result]) -> tuple[Descriptor | None, Hashes]
             roots.append((r.job.part, r.value))  # type: ignore[arg-type]
             height = r.job.height
     if roots:
-        assert w.params is not None and w.listed is not None  # noqa: S101
+        assert w.params is not None  # noqa: S101
+        assert w.listed is not None  # noqa: S101
         flat = [root for _, rs in sorted(roots) for root in rs]
         descriptor = fold_roots(w.params, w.listed.size, height, flat)
     return descriptor, hashes

@@ -85,7 +85,7 @@ def _open(job: Job, roots: dict[str, int]) -> int:
         except OSError as e:
             raise InputError(f"can't open directory '{job.root}': {e.strerror}") from e
         roots[job.root] = root_fd
-    return open_regular_beneath(root_fd, job.path, os.path.join(job.root, job.path))
+    return open_regular_beneath(root_fd, job.path, os.path.join(job.root, job.path))  # noqa: PTH118
 
 
 @dataclass(frozen=True)

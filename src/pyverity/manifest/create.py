@@ -152,6 +152,7 @@ def _spool(
     options: CreateOptions,
     spool: IO[bytes],
     on_failure: Callable[[Failed], None] | None,
+    *,
     source: Source | None = None,
 ) -> CreateReport:
     fds: list[int] = []
@@ -244,7 +245,7 @@ def create_manifest(
     out = Path(output)
     try:
         with tempfile.TemporaryFile(dir=out.parent) as spool:
-            report = _spool(roots, signer, options, spool, on_failure, source)
+            report = _spool(roots, signer, options, spool, on_failure, source=source)
             if report.failures:
                 err = FileChangedError if report.changed else InputError
                 raise err(

@@ -89,7 +89,8 @@ def test_remembering_keyring_checks_again_what_did_not_verify() -> None:
         ring.verify_ima_signature(forged, HELLO_VERITY)
     for n in range(3):  # bounded: the oldest entries go
         ring.verify_ima_signature(sign_v3(signer, 1, bytes([n]) * 32), bytes([n]) * 32)
-    assert ring._verified is not None and len(ring._verified) == 2
+    assert ring._verified is not None
+    assert len(ring._verified) == 2
     assert ring.certificates.keys() == {k.keyid}
 
 
