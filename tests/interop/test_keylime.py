@@ -24,7 +24,7 @@ from pyverity.attest.keylime import verification_keys
 from pyverity.format.ima import algo_by_name
 from pyverity.format.measurelist import DigestField
 from pyverity.keys import Keyring, load_signer, sign_v2
-from pyverity.keys.generate import generate_key
+from pyverity.keys.generate import GeneratedKey, generate_key
 from pyverity.measure import MeasurementLog
 from pyverity.protect.sign import imasign_file, sign_file
 from tests.interop.fuse_helpers import fuse_skip_reason, mounted, protect
@@ -43,12 +43,19 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> dict[str, Path]:
-    key = generate_key(tmp_path / "key", "rsa", bits=2048)
-    ring = tmp_path / "ring"
+def _key_and_ring(tmp: Path) -> tuple[GeneratedKey, Path]:
+    """A fresh RSA-2048 key (``generate_key``'s files under ``tmp/key``) and a keyring
+    directory ``tmp/ring`` holding its certificate."""
+    key = generate_key(tmp / "key", "rsa", bits=2048)
+    ring = tmp / "ring"
     ring.mkdir()
     (ring / "ima.der").write_bytes(key.der_path.read_bytes())
+    return key, ring
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict[str, Path]:
+    key, ring = _key_and_ring(tmp_path)
     tree = tmp_path / "tree"
     for rel, data in FILES.items():
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -114,10 +121,7 @@ def test_awkward_names_pass_keylime_schema(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
     paths = make_tree(tree)
-    key = generate_key(tmp_path / "key", "rsa", bits=2048)
-    ring = tmp_path / "ring"
-    ring.mkdir()
-    (ring / "ima.der").write_bytes(key.der_path.read_bytes())
+    key, ring = _key_and_ring(tmp_path)
     manifest = tmp_path / "m.jsonl"
     made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
                 "--cert", str(key.der_path), str(tree))  # fmt: skip
@@ -234,10 +238,7 @@ def _kernel_policy(tmp: Path, tampered: str | None = None) -> tuple[Path, Path, 
         if name == tampered:
             data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
         (tree / name).write_bytes(data)
-    key = generate_key(tmp / "key", "rsa", bits=2048)
-    ring = tmp / "ring"
-    ring.mkdir()
-    (ring / "manifest.der").write_bytes(key.der_path.read_bytes())
+    key, ring = _key_and_ring(tmp)
     manifest = tmp / "guest.manifest"
     made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
                 "--cert", str(key.der_path), str(tree))  # fmt: skip
@@ -412,10 +413,7 @@ def test_lists_written_by_the_mount(tmp_path: Path) -> None:
             (src / rel).write_bytes(data)
         else:
             protect(src / rel, data)
-    key = generate_key(tmp_path / "key", "rsa", bits=2048)
-    ring = tmp_path / "ring"
-    ring.mkdir()
-    (ring / "ima.der").write_bytes(key.der_path.read_bytes())
+    key, ring = _key_and_ring(tmp_path)
     manifest = tmp_path / "m.jsonl"
     made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
                 "--cert", str(key.der_path), str(src))  # fmt: skip
@@ -467,11 +465,8 @@ def test_signed_files_on_the_mount(tmp_path: Path) -> None:
     (through the exported ``verification-keys``) as in ``log verify --keyring``; one changed
     after signing fails both; a v3-signed file (its signature is over the fs-verity digest, not
     the file hash) passes by the policy's file hash in both."""
-    key = generate_key(tmp_path / "key", "rsa", bits=2048)
+    key, ring = _key_and_ring(tmp_path)
     signer = load_signer(key.key_path, cert=key.der_path)
-    ring = tmp_path / "ring"
-    ring.mkdir()
-    (ring / "ima.der").write_bytes(key.der_path.read_bytes())
     src, mnt = tmp_path / "src", tmp_path / "mnt"
     (src / "bin").mkdir(parents=True)
     (src / "bin/listed-v3").write_bytes(b"signed over its fs-verity digest\n" * 300)
