@@ -44,15 +44,13 @@ def keyring_dir(*keys: GeneratedKey) -> Path:
     return d
 
 
-def ec_certificate(
-    subject: str, *, skid: bytes | None = None
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A fresh P-256 key and a self-signed certificate for it, whose Subject Key Identifier is
-    ``skid`` (none without it): certificates ``generate_key`` would never make."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def _self_signed(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, subject: str
+) -> x509.CertificateBuilder:
+    """A builder of a one-day self-signed certificate for ``key`` named ``subject``."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = datetime.datetime.now(datetime.UTC)
-    builder = (
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -61,6 +59,15 @@ def ec_certificate(
         .not_valid_before(now)
         .not_valid_after(now + datetime.timedelta(days=1))
     )
+
+
+def ec_certificate(
+    subject: str, *, skid: bytes | None = None
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A fresh P-256 key and a self-signed certificate for it, whose Subject Key Identifier is
+    ``skid`` (none without it): certificates ``generate_key`` would never make."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = _self_signed(key, subject)
     if skid is not None:
         builder = builder.add_extension(x509.SubjectKeyIdentifier(skid), critical=False)
     return key, builder.sign(key, hashes.SHA256())
@@ -97,25 +104,13 @@ def certified_key(
     self-signed certificate for it, whose SKID is ``skid`` or, by default, OpenSSL's
     ``subjectKeyIdentifier=hash`` (SHA-1 of the public key bits)."""
     key = _private_key(kind)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.datetime.now(datetime.UTC)
     ident = (
         x509.SubjectKeyIdentifier(skid)
         if skid is not None
         else x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(ident, critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+    cert = _self_signed(key, subject).add_extension(ident, critical=False)
+    return key, cert.sign(key, hashes.SHA256())
 
 
 def write_key_files(directory: Path, kind: str, *, skid: bytes | None = None) -> tuple[Path, Path]:
