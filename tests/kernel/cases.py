@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
+
+from pyverity.format.params import TreeParams
+from pyverity.hashing import compute_digest
 
 __all__ = [
     "DAEMON_FILES",
@@ -252,3 +256,33 @@ def parse_lines(text: str) -> dict[tuple[str, str], str]:
         case, _, result = rest.partition(" ")
         out[(what, case)] = result
     return out
+
+
+def parse_backend_output(text: str) -> dict[str, str]:
+    """``guest_backend.py``'s lines ``<key> <value>`` by key; ``cli <case> <value>`` lines
+    are keyed ``cli <case>``."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "cli":
+            case, _, value = value.partition(" ")
+            key = f"cli {case}"
+        out[key] = value
+    return out
+
+
+def payload_digest(name: str, size: int, params: TreeParams | None = None) -> tuple[int, str]:
+    """pyverity's fs-verity digest of :func:`payload`: (algorithm number, hex)."""
+    d = compute_digest(BytesIO(payload(name, size)), params or TreeParams())
+    return d.algorithm_number, d.hex()
+
+
+def daemon_digest(name: str, params: TreeParams | None = None) -> tuple[int, str]:
+    """:func:`payload_digest` of the daemon case ``name`` (:data:`DAEMON_FILES`)."""
+    return payload_digest(name, DAEMON_FILES[name], params)
+
+
+def expected_digest(name: str, size: int, params: TreeParams | None = None) -> str:
+    """:func:`payload_digest` as the guest prints the kernel's: ``<algorithm number> <hex>``."""
+    number, hexd = payload_digest(name, size, params)
+    return f"{number} {hexd}"

@@ -6,14 +6,11 @@ on files of the ext4 test disk; ``vhelper measure`` checks independently what th
 
 from __future__ import annotations
 
-from io import BytesIO
-
 import pytest
 
 from pyverity.format import hashalg
 from pyverity.format.params import TreeParams
-from pyverity.hashing import compute_digest
-from tests.kernel.cases import SALT11, payload
+from tests.kernel.cases import SALT11, expected_digest, parse_backend_output
 from tests.kernel.conftest import KernelRun
 
 pytestmark = pytest.mark.kernel
@@ -21,26 +18,14 @@ pytestmark = pytest.mark.kernel
 
 def _guest(run: KernelRun) -> dict[str, str]:
     assert run.lines[("backend-guest", "x")] == "0", run.text("backend/guest.out")
-    out: dict[str, str] = {}
-    for line in run.text("backend/guest.out").splitlines():
-        key, _, value = line.partition(" ")
-        if key == "cli":
-            case, _, value = value.partition(" ")
-            key = f"cli {case}"
-        out[key] = value
-    return out
-
-
-def _digest(name: str, size: int, params: TreeParams | None = None) -> str:
-    d = compute_digest(BytesIO(payload(name, size)), params or TreeParams())
-    return f"{d.algorithm_number} {d.hex()}"
+    return parse_backend_output(run.text("backend/guest.out"))
 
 
 def test_enable_kernel_hands_the_file_to_fs_verity(kernel_run: KernelRun) -> None:
     guest = _guest(kernel_run)
     assert guest["cli cli"] == "0"
     out = kernel_run.text("backend/cli.out")
-    expected = _digest("cli", 100_000)
+    expected = expected_digest("cli", 100_000)
     assert kernel_run.lines[("backend-measure", "cli")] == expected
     hexdigest = expected.split()[1]
     assert f"Protected file '/mnt/backend/cli' (sha256:{hexdigest}) in security.verity" in out
@@ -57,7 +42,8 @@ def test_enable_kernel_again_is_idempotent(kernel_run: KernelRun) -> None:
 def test_enable_kernel_uses_the_descriptor_parameters(kernel_run: KernelRun) -> None:
     assert _guest(kernel_run)["cli cli512"] == "0"
     params = TreeParams(hashalg.by_name("sha512"), 4096, SALT11)
-    assert kernel_run.lines[("backend-measure", "cli512")] == _digest("cli512", 70_001, params)
+    expected = expected_digest("cli512", 70_001, params)
+    assert kernel_run.lines[("backend-measure", "cli512")] == expected
 
 
 def test_block_size_other_than_page_size_is_refused_clearly(kernel_run: KernelRun) -> None:
@@ -91,7 +77,7 @@ def test_library_refuses_a_file_that_is_no_longer_described(kernel_run: KernelRu
 
 def test_library_enable_read_tree_and_measure(kernel_run: KernelRun) -> None:
     guest = _guest(kernel_run)
-    expected = _digest("lib", 300_000)
+    expected = expected_digest("lib", 300_000)
     alg_hex = "sha256:" + expected.split()[1]
     assert guest["lib-enable"] == f"ok {alg_hex}"
     assert guest["lib-again"] == f"ok {alg_hex}"

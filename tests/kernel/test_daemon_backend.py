@@ -7,15 +7,13 @@ over them; ``vhelper measure`` witnesses what the kernel enforces afterwards.
 from __future__ import annotations
 
 import hashlib
-from io import BytesIO
 
 import pytest
 
 from pyverity.daemon.kernelstore import FALLBACK
 from pyverity.format import hashalg
 from pyverity.format.params import TreeParams
-from pyverity.hashing import compute_digest
-from tests.kernel.cases import DAEMON_FILES, payload
+from tests.kernel.cases import DAEMON_FILES, daemon_digest, parse_lines, payload
 from tests.kernel.conftest import KernelRun
 
 pytestmark = pytest.mark.kernel
@@ -23,37 +21,27 @@ pytestmark = pytest.mark.kernel
 
 def _guest(run: KernelRun) -> dict[tuple[str, str], str]:
     assert run.lines[("daemon-guest", "x")] == "0", run.text("kd.out") + run.text("kd-daemon.log")
-    out: dict[tuple[str, str], str] = {}
-    for line in run.text("kd.out").splitlines():
-        check, _, rest = line.partition(" ")
-        name, _, value = rest.partition(" ")
-        out[(check, name)] = value
-    return out
-
-
-def _digest(name: str, params: TreeParams | None = None) -> tuple[int, str]:
-    d = compute_digest(BytesIO(payload(name, DAEMON_FILES[name])), params or TreeParams())
-    return d.algorithm_number, d.hex()
+    return parse_lines(run.text("kd.out"))
 
 
 def test_daemon_enables_fs_verity_after_proving_the_build(kernel_run: KernelRun) -> None:
     guest = _guest(kernel_run)
     assert guest[("daemon", "exit")] == "0"
     for name in ("signed", "plain"):  # a v3 signature alone; a descriptor and a signature
-        number, hexd = _digest(name)
+        number, hexd = daemon_digest(name)
         assert guest[("state", name)] == "READY ", kernel_run.text("kd-daemon.log")
         assert guest[("digest", name)] == f"sha256:{hexd}"
         assert guest[("kernel", name)] == f"sha256:{hexd}"  # the kernel's own measurement
         assert kernel_run.lines[("daemon-measure", name)] == f"{number} {hexd}"
         assert guest[("cache", name)] == "False"  # the kernel keeps the tree, not the cache
-    assert f"fs-verity enabled on /mnt/kd/signed (sha256:{_digest('signed')[1]})" in (
+    assert f"fs-verity enabled on /mnt/kd/signed (sha256:{daemon_digest('signed')[1]})" in (
         kernel_run.text("kd-daemon.log")
     )
 
 
 def test_file_already_kernel_verity_is_ready_without_a_build(kernel_run: KernelRun) -> None:
     guest = _guest(kernel_run)
-    hexd = _digest("pre")[1]
+    hexd = daemon_digest("pre")[1]
     assert guest[("state", "pre")] == "READY "
     assert guest[("kernel", "pre")] == f"sha256:{hexd}"
     assert "/mnt/kd/pre: fs-verity already enabled in the kernel: READY" in kernel_run.text(
@@ -66,17 +54,17 @@ def test_file_already_kernel_verity_is_ready_without_a_build(kernel_run: KernelR
 
 def test_other_kernel_digest_is_mismatch(kernel_run: KernelRun) -> None:
     guest = _guest(kernel_run)
-    number, hexd = _digest("other", TreeParams(hashalg.by_name("sha512")))
+    number, hexd = daemon_digest("other", TreeParams(hashalg.by_name("sha512")))
     assert kernel_run.lines[("daemon-measure", "other")] == f"{number} {hexd}"
     assert guest[("state", "other")] == (
         f"MISMATCH fs-verity is enabled in the kernel with digest sha512:{hexd}, not the declared"
-        f" sha256:{_digest('other')[1]} (the file is read-only now)"
+        f" sha256:{daemon_digest('other')[1]} (the file is read-only now)"
     )
 
 
 def test_kernel_refusal_falls_back_to_the_cache(kernel_run: KernelRun) -> None:
     guest = _guest(kernel_run)
-    _, hexd = _digest("small", TreeParams(block_size=1024))
+    _, hexd = daemon_digest("small", TreeParams(block_size=1024))
     state = guest[("state", "small")]
     assert state.startswith(f"READY {FALLBACK}can't enable fs-verity on '/mnt/kd/small': kernel")
     assert state.endswith("accepts only block sizes 4096 on this filesystem (block size 4096),"

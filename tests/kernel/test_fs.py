@@ -10,16 +10,24 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
 import pytest
 
 from pyverity.format import hashalg
 from pyverity.format.params import TreeParams
-from pyverity.hashing import build_tree, compute_digest
+from pyverity.hashing import build_tree
 from tests.kernel import harness
-from tests.kernel.cases import DAEMON_FILES, SALT11, DigestCase, parse_lines, payload
+from tests.kernel.cases import (
+    DAEMON_FILES,
+    SALT11,
+    DigestCase,
+    daemon_digest,
+    expected_digest,
+    parse_backend_output,
+    parse_lines,
+    payload,
+)
 from tests.kernel.cases_fs import BLOCK_CASES, FILESYSTEMS, FS_DISK_MB, fs_guest_script
 from tests.kernel.conftest import _TIMING, _make_key, _need_vm, stage_backend
 
@@ -138,19 +146,7 @@ def test_the_cases_cover_every_block_size_algorithm_and_salt() -> None:
 def _backend(run: FsRun, fs: str) -> dict[str, str]:
     _mounted(run, fs)
     assert run.line("backend-guest", fs) == "0", run.text(f"{fs}/backend.out")
-    out: dict[str, str] = {}
-    for line in run.text(f"{fs}/backend.out").splitlines():
-        key, _, value = line.partition(" ")
-        if key == "cli":
-            case, _, value = value.partition(" ")
-            key = f"cli {case}"
-        out[key] = value
-    return out
-
-
-def _digest(name: str, size: int, params: TreeParams | None = None) -> str:
-    d = compute_digest(BytesIO(payload(name, size)), params or TreeParams())
-    return f"{d.algorithm_number} {d.hex()}"
+    return parse_backend_output(run.text(f"{fs}/backend.out"))
 
 
 @pytest.mark.parametrize("fs", FILESYSTEMS)
@@ -159,7 +155,7 @@ def test_enable_kernel_hands_the_file_to_fs_verity(fs_run: FsRun, fs: str) -> No
     assert guest["cli cli"] == "0"
     assert guest["cli cli-again"] == "0"
     path = f"/mnt/fs/{fs}/backend/cli"
-    expected = _digest("cli", 100_000)
+    expected = expected_digest("cli", 100_000)
     assert fs_run.line("backend-measure", fs, "cli") == expected
     out = fs_run.text(f"{fs}/backend/cli.out")
     assert f"Enabled fs-verity on '{path}' (sha256:{expected.split()[1]}) in the kernel" in out
@@ -172,7 +168,7 @@ def test_enable_kernel_uses_the_descriptor_parameters(fs_run: FsRun, fs: str) ->
     guest = _backend(fs_run, fs)
     assert guest["cli cli512"] == "0"
     params = TreeParams(hashalg.by_name("sha512"), 4096, SALT11)
-    assert fs_run.line("backend-measure", fs, "cli512") == _digest("cli512", 70_001, params)
+    assert fs_run.line("backend-measure", fs, "cli512") == expected_digest("cli512", 70_001, params)
 
 
 @pytest.mark.parametrize("fs", FILESYSTEMS)
@@ -180,7 +176,7 @@ def test_enable_kernel_with_1k_blocks_is_accepted_by_6_12(fs_run: FsRun, fs: str
     """6.1 refuses a block size other than PAGE_SIZE; 6.3 and later take 1 KiB blocks."""
     guest = _backend(fs_run, fs)
     assert guest["cli small"] == "0", fs_run.text(f"{fs}/backend/small.out")
-    expected = _digest("small", 4096, TreeParams(block_size=1024))
+    expected = expected_digest("small", 4096, TreeParams(block_size=1024))
     assert fs_run.line("backend-measure", fs, "small") == expected
     assert "in the kernel" in fs_run.text(f"{fs}/backend/small.out")
 
@@ -201,7 +197,7 @@ def test_library_enable_read_tree_and_refusals(fs_run: FsRun, fs: str) -> None:
     assert guest["changed-verity"] == "None"
     assert guest["samesize"].startswith(f"IntegrityError: '{d}/samesize' does not match")
     assert guest["samesize-verity"] == "None"
-    alg_hex = "sha256:" + _digest("lib", 300_000).split()[1]
+    alg_hex = "sha256:" + expected_digest("lib", 300_000).split()[1]
     assert guest["lib-enable"] == f"ok {alg_hex}"
     assert guest["lib-again"] == f"ok {alg_hex}"
     if fs in METADATA_UNREADABLE:  # said as such, not "does not support fs-verity"
@@ -213,7 +209,7 @@ def test_library_enable_read_tree_and_refusals(fs_run: FsRun, fs: str) -> None:
         assert guest["lib-tree"] == "ok True"  # read_tree == pyverity's build_tree, byte for byte
     assert guest["lib-other"].startswith(f"IntegrityError: '{d}/lib' already has fs-verity")
     assert guest["lib-measure"] == alg_hex
-    assert fs_run.line("backend-measure", fs, "lib") == _digest("lib", 300_000)
+    assert fs_run.line("backend-measure", fs, "lib") == expected_digest("lib", 300_000)
 
 
 # --- the daemon with --backend kernel -------------------------------------------------------
@@ -223,17 +219,7 @@ def _daemon(run: FsRun, fs: str) -> dict[tuple[str, str], str]:
     _mounted(run, fs)
     log = run.text(f"{fs}/kd-daemon.log")
     assert run.line("daemon-guest", fs) == "0", run.text(f"{fs}/kd.out") + log
-    out: dict[tuple[str, str], str] = {}
-    for line in run.text(f"{fs}/kd.out").splitlines():
-        check, _, rest = line.partition(" ")
-        name, _, value = rest.partition(" ")
-        out[(check, name)] = value
-    return out
-
-
-def _kd_digest(name: str, params: TreeParams | None = None) -> tuple[int, str]:
-    d = compute_digest(BytesIO(payload(name, DAEMON_FILES[name])), params or TreeParams())
-    return d.algorithm_number, d.hex()
+    return parse_lines(run.text(f"{fs}/kd.out"))
 
 
 #: Found on 6.12's btrfs (no FS_IOC_READ_VERITY_METADATA): a file with a v3 signature alone is
@@ -260,7 +246,7 @@ def test_daemon_enables_fs_verity_on_every_file_it_proves(fs_run: FsRun, fs: str
     # signed: a v3 signature alone; plain: descriptor and signature; small: 1 KiB blocks, which
     # 6.12 enables (6.1 falls back to the cache).
     for name, params in (("signed", None), ("plain", None), ("small", TreeParams(block_size=1024))):
-        number, hexd = _kd_digest(name, params)
+        number, hexd = daemon_digest(name, params)
         assert guest[("state", name)] == "READY ", log
         assert guest[("digest", name)] == f"sha256:{hexd}"
         assert guest[("kernel", name)] == f"sha256:{hexd}"  # the kernel's own measurement
@@ -274,16 +260,16 @@ def test_daemon_enables_fs_verity_on_every_file_it_proves(fs_run: FsRun, fs: str
 @pytest.mark.parametrize("fs", _BTRFS_DAEMON)
 def test_daemon_kernel_verity_before_is_ready_and_other_is_mismatch(fs_run: FsRun, fs: str) -> None:
     guest = _daemon(fs_run, fs)
-    hexd = _kd_digest("pre")[1]
+    hexd = daemon_digest("pre")[1]
     assert guest[("state", "pre")] == "READY "
     assert guest[("kernel", "pre")] == f"sha256:{hexd}"
     log = fs_run.text(f"{fs}/kd-daemon.log")
     assert f"/mnt/fs/{fs}/kd/pre: fs-verity already enabled in the kernel: READY" in log
     want = hashlib.sha256(payload("pre", DAEMON_FILES["pre"])).hexdigest()
     assert guest[("open", "pre")] == f"KernelVerified {want}"
-    number, other = _kd_digest("other", TreeParams(hashalg.by_name("sha512")))
+    number, other = daemon_digest("other", TreeParams(hashalg.by_name("sha512")))
     assert fs_run.line("daemon-measure", fs, "other") == f"{number} {other}"
     assert guest[("state", "other")] == (
         f"MISMATCH fs-verity is enabled in the kernel with digest sha512:{other}, not the declared"
-        f" sha256:{_kd_digest('other')[1]} (the file is read-only now)"
+        f" sha256:{daemon_digest('other')[1]} (the file is read-only now)"
     )
