@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,28 @@ def _need_vm(pattern: str | None = None, filesystems: tuple[str, ...] = ()) -> N
     if os.environ.get("CI") == "true":
         pytest.fail(f"kernel suite cannot run under CI: {reason}", pytrace=False)
     pytest.skip(f"kernel suite: {reason}")
+
+
+def boot_script(
+    kernel: harness.KernelImage,
+    initramfs: Path,
+    stage: Path,
+    base: Path,
+    *,
+    disk_mb: int,
+    **vm: Any,
+) -> tuple[harness.VMRun, Path]:
+    """Put ``stage`` (with its ``run.sh``) on a disk of ``disk_mb`` MiB, boot it once
+    (``vm``: :func:`harness.run_vm`'s options) and copy back ``/results`` to ``base/out``;
+    fails the test when the script did not finish. The boot and the results directory."""
+    disk = base / "disk.img"
+    harness.make_disk(stage, disk, disk_mb)
+    boot = harness.run_vm(kernel, initramfs, disk, **vm)
+    if not boot.finished:
+        pytest.fail(f"the VM did not finish its script; console tail:\n{boot.console[-4000:]}")
+    results = harness.read_back(disk, "/results", base / "out")
+    disk.unlink()
+    return boot, results
 
 
 def _pyverity(*args: str) -> str:
@@ -197,13 +220,13 @@ def kernel_run(
     tpm_state.mkdir()
     swtpm = _start_swtpm(tpm_state)
     (stage / "run.sh").write_text(guest_script(tpm=swtpm is not None))
-    disk = base / "disk.img"
-    harness.make_disk(stage, disk, 128)
     try:
-        boot = harness.run_vm(
+        boot, results = boot_script(
             kernel,
             initramfs,
-            disk,
+            stage,
+            base,
+            disk_mb=128,
             tpm_socket=tpm_state / "swtpm.sock" if swtpm else None,
             share_host_root=True,
         )
@@ -211,10 +234,6 @@ def kernel_run(
         if swtpm is not None:
             swtpm.terminate()
             swtpm.wait(timeout=10)
-    if not boot.finished:
-        pytest.fail(f"the VM did not finish its script; console tail:\n{boot.console[-4000:]}")
-    results = harness.read_back(disk, "/results", base / "out")
-    disk.unlink()
     run = KernelRun(
         kernel=kernel,
         stage=stage,

@@ -29,7 +29,7 @@ from tests.kernel.cases import (
     payload,
 )
 from tests.kernel.cases_fs import BLOCK_CASES, FILESYSTEMS, FS_DISK_MB, fs_guest_script
-from tests.kernel.conftest import _TIMING, _make_key, _need_vm, stage_backend
+from tests.kernel.conftest import _TIMING, _make_key, _need_vm, boot_script, stage_backend
 
 pytestmark = pytest.mark.kernel
 
@@ -67,22 +67,23 @@ def fs_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
         (stage / "digest" / c.name).write_bytes(payload(c.name, c.size))
     stage_backend(stage, _make_key(base / "keys", "pyverity fs test"))
     (stage / "run.sh").write_text(fs_guest_script())
-    disk = base / "disk.img"
-    harness.make_disk(stage, disk, 128)
     extra = [base / f"{fs}.img" for fs in FILESYSTEMS]
     for fs, image in zip(FILESYSTEMS, extra, strict=True):
         harness.make_fs_disk(fs, image, FS_DISK_MB)
     try:
-        boot = harness.run_vm(
-            kernel, initramfs, disk, timeout=600, share_host_root=True, extra_disks=extra
+        boot, results = boot_script(
+            kernel,
+            initramfs,
+            stage,
+            base,
+            disk_mb=128,
+            timeout=600,
+            share_host_root=True,
+            extra_disks=extra,
         )
     finally:
         for image in extra:
             image.unlink()
-    if not boot.finished:
-        pytest.fail(f"the VM did not finish its script; console tail:\n{boot.console[-4000:]}")
-    results = harness.read_back(disk, "/results", base / "out")
-    disk.unlink()
     request.config.stash.setdefault(_TIMING, []).append(
         f"filesystems case: {kernel.version} (ext4, btrfs, f2fs) booted and ran its script in"
         f" {boot.seconds:.1f} s; set-up incl. boot {time.monotonic() - started:.1f} s"

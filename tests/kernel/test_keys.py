@@ -29,7 +29,7 @@ from pyverity.format.params import TreeParams
 from pyverity.hashing import build_tree
 from tests.kernel import harness
 from tests.kernel.cases import GUEST_PY, HOST_ENTER, HOST_LEAVE, SALT11, parse_lines, payload
-from tests.kernel.conftest import _TIMING, _need_vm
+from tests.kernel.conftest import _TIMING, _need_vm, boot_script
 
 pytestmark = pytest.mark.kernel
 
@@ -202,13 +202,9 @@ def keys_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
     token = _stage(stage / "keys", base)
     shutil.copyfile(Path(__file__).with_name("guest_keys.py"), stage / "guest_keys.py")
     (stage / "run.sh").write_text(guest_script())
-    disk = base / "disk.img"
-    harness.make_disk(stage, disk, 64)
-    boot = harness.run_vm(kernel, initramfs, disk, timeout=300, share_host_root=True)
-    if not boot.finished:
-        pytest.fail(f"the VM did not finish its script; console tail:\n{boot.console[-4000:]}")
-    results = harness.read_back(disk, "/results", base / "out")
-    disk.unlink()
+    boot, results = boot_script(
+        kernel, initramfs, stage, base, disk_mb=64, timeout=300, share_host_root=True
+    )
     request.config.stash.setdefault(_TIMING, []).append(
         f"keyring case: {kernel.version} booted and ran its script in {boot.seconds:.1f} s"
     )
