@@ -53,6 +53,13 @@ def _key_and_ring(tmp: Path) -> tuple[GeneratedKey, Path]:
     return key, ring
 
 
+def _create_manifest(manifest: Path, key: GeneratedKey, tree: Path) -> None:
+    """``pyverity manifest create -o manifest`` of ``tree``, signed with ``key``."""
+    made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
+                "--cert", str(key.der_path), str(tree))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+
+
 @pytest.fixture
 def setup(tmp_path: Path) -> dict[str, Path]:
     key, ring = _key_and_ring(tmp_path)
@@ -61,9 +68,7 @@ def setup(tmp_path: Path) -> dict[str, Path]:
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).write_bytes(data)
     manifest = tmp_path / "m.jsonl"
-    made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
-                "--cert", str(key.der_path), str(tree))  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    _create_manifest(manifest, key, tree)
     return {"tmp": tmp_path, "ring": ring, "tree": tree, "manifest": manifest}
 
 
@@ -123,9 +128,7 @@ def test_awkward_names_pass_keylime_schema(tmp_path: Path) -> None:
     paths = make_tree(tree)
     key, ring = _key_and_ring(tmp_path)
     manifest = tmp_path / "m.jsonl"
-    made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
-                "--cert", str(key.der_path), str(tree))  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    _create_manifest(manifest, key, tree)
     res = _cli("manifest", "export", "--format", "keylime", "--keyring", str(ring),
                "--prefix", "/srv/x y", str(manifest))  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -240,9 +243,7 @@ def _kernel_policy(tmp: Path, tampered: str | None = None) -> tuple[Path, Path, 
         (tree / name).write_bytes(data)
     key, ring = _key_and_ring(tmp)
     manifest = tmp / "guest.manifest"
-    made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
-                "--cert", str(key.der_path), str(tree))  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    _create_manifest(manifest, key, tree)
     out = tmp / "policy.json"
     res = _cli("manifest", "export", "--format", "keylime", "--keyring", str(ring),
                "--prefix", "/mnt", "--boot-aggregate", str(KERNEL / "binary_runtime_measurements"),
@@ -415,9 +416,7 @@ def test_lists_written_by_the_mount(tmp_path: Path) -> None:
             protect(src / rel, data)
     key, ring = _key_and_ring(tmp_path)
     manifest = tmp_path / "m.jsonl"
-    made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
-                "--cert", str(key.der_path), str(src))  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    _create_manifest(manifest, key, src)
     rule = tmp_path / "ima-policy"
     rule.write_text("measure func=FILE_CHECK template=ima-ng\n")
     reads = list(MOUNT_FILES)
@@ -474,9 +473,7 @@ def test_signed_files_on_the_mount(tmp_path: Path) -> None:
     (src / "bin/listed-v2").write_bytes(b"signed over its sha256\n" * 200)
     imasign_file(src / "bin/listed-v2", signer, algo_by_name("sha256"))
     manifest = tmp_path / "m.jsonl"
-    made = _cli("manifest", "create", "-o", str(manifest), "--key", str(key.key_path),
-                "--cert", str(key.der_path), str(src))  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    _create_manifest(manifest, key, src)
     # after the manifest: a signed file no policy lists, and one changed after signing
     (src / "bin/unlisted").write_bytes(b"signed later\n" * 50)
     imasign_file(src / "bin/unlisted", signer, algo_by_name("sha256"))
