@@ -29,7 +29,7 @@ from pyverity.measure import MeasurementLog
 from pyverity.protect.sign import imasign_file, sign_file
 from tests.interop.fuse_helpers import fuse_skip_reason, mounted, protect
 from tests.interop.keylime_support import keylime_ima
-from tests.unit.keys.keyhelpers import ec_certificate
+from tests.unit.keys.keyhelpers import ec_certificate, pkcs8_pem
 from tests.unit.manifest.helpers import make_tree
 
 pytestmark = pytest.mark.interop
@@ -333,10 +333,7 @@ def test_pyverity_signatures_verify_in_keylime(tmp_path: Path) -> None:
     ring.mkdir()
     (ring / "ima.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
     key_path = tmp_path / "ima.key"
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
-    )
+    key_path.write_bytes(pkcs8_pem(key))
     signer = load_signer(key_path, cert=ring / "ima.der")
     assert signer.keyid == int.from_bytes(skid[-4:], "big")
     data = b"signed, not listed"

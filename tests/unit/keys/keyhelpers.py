@@ -113,18 +113,19 @@ def certified_key(
     return key, cert.sign(key, hashes.SHA256())
 
 
+def pkcs8_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    """``key`` as an unencrypted PKCS#8 PEM file holds it."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def write_key_files(directory: Path, kind: str, *, skid: bytes | None = None) -> tuple[Path, Path]:
     """``certified_key`` written as ``<kind>.pem`` (PKCS#8, unencrypted) and ``<kind>.der``."""
     key, cert = certified_key(kind, skid=skid)
     directory.mkdir(parents=True, exist_ok=True)
     pem = directory / f"{kind}.pem"
     der = directory / f"{kind}.der"
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    pem.write_bytes(pkcs8_pem(key))
     der.write_bytes(cert.public_bytes(serialization.Encoding.DER))
     return pem, der

@@ -27,7 +27,7 @@ from pyverity.keys import (
     sign_v3,
 )
 from pyverity.keys.generate import generate_key
-from tests.unit.keys.keyhelpers import VECTORS, ec_certificate, keyring_dir, make_key
+from tests.unit.keys.keyhelpers import VECTORS, ec_certificate, keyring_dir, make_key, pkcs8_pem
 
 HELLO_VERITY = bytes.fromhex("37061ef2ac4c21bec68489b56138c5780306a4ad7fe6676236ecdf2c9027cd92")
 
@@ -155,13 +155,7 @@ def test_der_key_and_garbage(tmp_path: Path) -> None:
 def test_small_rsa_key_refused(tmp_path: Path) -> None:
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - refused on purpose
     p = tmp_path / "small.pem"
-    p.write_bytes(
-        small.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    p.write_bytes(pkcs8_pem(small))
     with pytest.raises(SignatureError, match="RSA-1024"):
         load_private_key(p)
     with pytest.raises(UsageError):
@@ -173,13 +167,7 @@ def test_small_rsa_key_refused(tmp_path: Path) -> None:
 def _cert_without_skid(tmp_path: Path) -> tuple[Path, Path]:
     key, cert = ec_certificate("no skid")
     kp, cp = tmp_path / "noskid.key", tmp_path / "noskid.pem"
-    kp.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    kp.write_bytes(pkcs8_pem(key))
     cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return kp, cp
 
