@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from pyverity.cluster.connect import Target, connect
 from pyverity.cluster.digests import Digester, Got, Want, listed_seen
 from pyverity.cluster.plan import Cut
-from pyverity.errors import Error, Reason
+from pyverity.errors import Error
 from pyverity.fs.openfile import FileRef
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def hashed_outcomes(
 def _measure_want(ref: FileRef, namespace: str) -> Want:
     """Read and check the attributes here; decide what the workers must hash."""
     from pyverity.protect.attrs import InvalidProtectionError, ProtectionKind, read_protection
-    from pyverity.protect.batch import Measured
+    from pyverity.protect.batch import Measured, uncomputable
     from pyverity.protect.gate import classic_hash_algo
 
     try:
@@ -113,12 +113,13 @@ def _measure_want(ref: FileRef, namespace: str) -> Want:
         os.close(fd)
     if protection.kind is ProtectionKind.NONE:
         return Want(ref, None, extra=Measured(protection, None, None))
+    refused = uncomputable(protection)
+    if refused is not None:
+        return Want(ref, None, extra=refused)
     if protection.kind is ProtectionKind.CLASSIC:
-        alg = classic_hash_algo(protection)
-        if alg.hashlib_name is None:
-            message = f"hash algorithm {alg.name} is not supported"
-            return Want(ref, None, extra=Measured(None, message, None, Reason.UNSUPPORTED))
-        return Want(ref, listed, hashes=(alg.hashlib_name,), extra=protection)
+        name = classic_hash_algo(protection).hashlib_name
+        assert name is not None  # noqa: S101 - uncomputable() found it computable
+        return Want(ref, listed, hashes=(name,), extra=protection)
     return Want(ref, listed, params=protection.tree_params(), extra=protection)
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "expand_paths",
     "map_files",
     "measure_file",
+    "uncomputable",
 ]
 
 T = TypeVar("T")
@@ -178,6 +179,17 @@ class Measured:
     invalid_reason: Reason = Reason.MALFORMED
 
 
+def uncomputable(protection: Protection) -> Measured | None:
+    """The verdict on a classic file whose hash algorithm pyverity cannot compute here
+    (reason ``unsupported``), or None when its content can be hashed."""
+    if protection.kind is not ProtectionKind.CLASSIC:
+        return None
+    alg = classic_hash_algo(protection)
+    if alg.hashlib_name is not None:
+        return None
+    return Measured(None, f"hash algorithm {alg.name} is not supported", None, Reason.UNSUPPORTED)
+
+
 def measure_file(
     path: str | FileRef, namespace: str = "security", jobs: int | None = 1
 ) -> Measured:
@@ -192,11 +204,9 @@ def measure_file(
             return Measured(None, str(e), None)
         if protection.kind is ProtectionKind.NONE:
             return Measured(protection, None, None)
-        if protection.kind is ProtectionKind.CLASSIC:
-            alg = classic_hash_algo(protection)
-            if alg.hashlib_name is None:
-                message = f"hash algorithm {alg.name} is not supported"
-                return Measured(None, message, None, Reason.UNSUPPORTED)
+        refused = uncomputable(protection)
+        if refused is not None:
+            return refused
         return Measured(protection, None, compute(fd, protection, jobs=jobs).value)
     except FileChangedError:
         raise
