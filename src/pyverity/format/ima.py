@@ -84,13 +84,20 @@ class KernelHashAlgo:
     digest_size: int
     hashlib_name: str | None
 
-    def hash(self, data: bytes) -> bytes:
+    def new(self) -> hashlib._Hash:
+        """A fresh :mod:`hashlib` object of this algorithm; :class:`UnsupportedError` when
+        pyverity cannot compute it here."""
         if self.hashlib_name is None:
             raise UnsupportedError(
                 f"hash algorithm {self.name} is not supported by pyverity"
                 " (neither hashlib nor OpenSSL here computes it)"
             )
-        return hashlib.new(self.hashlib_name, data).digest()
+        return hashlib.new(self.hashlib_name)
+
+    def hash(self, data: bytes) -> bytes:
+        h = self.new()
+        h.update(data)
+        return h.digest()
 
 
 def _hashlib(name: str) -> str | None:

@@ -7,7 +7,6 @@ Used by :func:`pyverity.protect.gate.compute` with ``keep_tree`` (the reader's o
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from pyverity.errors import FileChangedError
@@ -28,10 +27,9 @@ def hash_and_tree(
     fd: int, alg: KernelHashAlgo, params: TreeParams | None = None
 ) -> tuple[bytes, MerkleTree]:
     """``(whole-file hash with alg, tree of the same bytes)``; a file that changes is refused."""
-    alg.hash(b"")  # UnsupportedError for an algorithm hashlib lacks here
+    whole = alg.new()  # UnsupportedError for an algorithm hashlib lacks here
     params = params or TreeParams()
     bs = params.block_size
-    whole = hashlib.new(alg.hashlib_name or "")
     hash_run = run_hasher(params)
     folder = TreeFolder(params, keep_tree=True)
     before = identity(os.fstat(fd))

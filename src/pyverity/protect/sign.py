@@ -16,7 +16,6 @@ the file's identity (dev, ino, size, mtime) is checked between hashing and writi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -81,8 +80,7 @@ class SignedFile:
 def whole_file_hash(fd: int, alg: KernelHashAlgo, progress: ProgressFn | None = None) -> bytes:
     """Hash the whole content of ``fd`` with a kernel algorithm; refuse a file that changes."""
     before = identity(os.fstat(fd))
-    alg.hash(b"")  # raises FormatError for algorithms hashlib lacks
-    h = hashlib.new(alg.hashlib_name or "")
+    h = alg.new()  # UnsupportedError for an algorithm hashlib lacks here
     offset = 0
     while True:
         chunk = os.pread(fd, _CHUNK, offset)

@@ -25,7 +25,6 @@ inode, size, mtime), as the kernel remembers a measurement until the inode chang
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -149,12 +148,10 @@ def _verified_hash(
     tree on the way (the kernel's fs-verity checks the pages of a ``kernel`` anchor)."""
     if anchor.tree_origin == "kernel":
         return whole_file_hash(fd, alg)
-    if alg.hashlib_name is None:
-        alg.hash(b"")  # raises: pyverity cannot compute it
+    h = alg.new()  # UnsupportedError for an algorithm hashlib lacks here
     verifier = BlockVerifier(anchor.descriptor, anchor.tree, name=name, pool=pool)
     bs = verifier.block_size
     size = verifier.data_size
-    h = hashlib.new(alg.hashlib_name or "")
     span = max(bs, _CHUNK - _CHUNK % bs)
     offset = 0
     while offset < size:
