@@ -114,8 +114,10 @@ class FileHashCache:
                 self._hashes.move_to_end(key)
             return value
 
-    def put(self, key: Hashable, value: bytes) -> None:
+    def put(self, key: Hashable, value: bytes, *, computed: bool = False) -> None:
+        """Remember ``value``; ``computed``: it was just taken by a read of the file."""
         with self._lock:
+            self.computed += computed
             self._hashes[key] = value
             self._hashes.move_to_end(key)
             while len(self._hashes) > self._size:
@@ -194,8 +196,7 @@ def _file_digest(
             digest = _verified_hash(fd, anchor, alg, name, pool)
         else:
             digest = whole_file_hash(fd, alg)
-        FILE_HASHES.computed += 1
-        FILE_HASHES.put(key, digest)
+        FILE_HASHES.put(key, digest, computed=True)
     return DigestField(alg.name, digest, kind="ima")
 
 
