@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from pyverity.cluster.digests import Got
 
 __all__ = ["Bar", "cluster_bar", "human_bytes"]
 
@@ -62,10 +65,10 @@ class Bar:
         bar = ""
         eta = ""
         if self.total_bytes or self.total_files:
-            frac = self.bytes / self.total_bytes if self.total_bytes else 0.0
-            if not self.total_bytes and self.total_files:
-                frac = self.files / self.total_files
-            frac = min(frac, 1.0)
+            if self.total_bytes:
+                frac = min(self.bytes / self.total_bytes, 1.0)
+            else:
+                frac = min(self.files / (self.total_files or 1), 1.0)
             bar = "[" + "#" * int(30 * frac) + "-" * (30 - int(30 * frac)) + "] "
             if frac > 0:
                 left = elapsed * (1 - frac) / frac
@@ -90,10 +93,10 @@ class Bar:
 
 
 class _GotBar(Bar):
-    def got(self, got: object) -> None:
-        """Feed a :class:`pyverity.cluster.digests.Got`."""
-        listed = getattr(getattr(got, "want", None), "listed", None)
-        self.advance(listed.size if listed is not None else 0, failed=not getattr(got, "ok", True))
+    def got(self, got: Got) -> None:
+        """Count one of the cluster's results."""
+        listed = got.want.listed
+        self.advance(listed.size if listed is not None else 0, failed=not got.ok)
 
 
 def cluster_bar(verb: str, files: int | None = None, *, enabled: bool = True) -> _GotBar:
