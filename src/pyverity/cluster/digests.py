@@ -25,7 +25,7 @@ from typing import Any
 
 from pyverity.cluster.plan import Cut, batches, jobs_for
 from pyverity.cluster.tasks import Hashes, Job, Kind, Result, Seen, file_hashes, seen_of
-from pyverity.errors import Error
+from pyverity.errors import Error, FileChangedError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileIdentity, FileRef, identity
@@ -193,7 +193,7 @@ class Digester:
                 self.mismatches += 1
                 return Got(w, error="--recheck: a worker's digest differs from this client's")
         except Error as e:
-            return Got(w, error=e.message, changed=e.__class__.__name__ == "FileChangedError")
+            return Got(w, error=e.message, changed=isinstance(e, FileChangedError))
         except OSError as e:
             return Got(w, error=f"read error: {e.strerror}")
         finally:
