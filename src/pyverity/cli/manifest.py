@@ -190,29 +190,25 @@ def _create(args: argparse.Namespace) -> int:
     def failed(f: Any) -> None:
         sys.stderr.write(f"{display(f.path)}: FAILED: {f.message}\n")
 
-    from pyverity.cli.progress import cluster_bar
+    from pyverity.cli.progress import Bar, counted
+    from pyverity.manifest.create import local_source
 
-    bar = cluster_bar("manifest", enabled=not args.json)
+    bar = Bar("manifest", enabled=not args.json)
     cluster = cluster_options_of(args)
-    source = None
     if cluster is not None:
         from pyverity.cluster.bulk import manifest_source
 
-        source = manifest_source(cluster, options.digest, on_done=bar.got)
+        source = manifest_source(cluster, options.digest)
+    else:
+        source = local_source(options)
     try:
         report = create_manifest(
-            args.output, args.dirs, signer, options, on_failure=failed, source=source
+            args.output, args.dirs, signer, options, on_failure=failed, source=counted(source, bar)
         )
     finally:
         bar.close()
     if args.json:
-        _print(
-            {
-                "manifest": args.output,
-                **report.__dict__,
-                **({"run": bar.summary()} if cluster else {}),
-            }
-        )
+        _print({"manifest": args.output, **report.__dict__, "run": bar.summary()})
     else:
         print(
             f"Wrote manifest '{args.output}': {report.entries} entries ({report.files} files,"

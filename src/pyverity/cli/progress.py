@@ -2,18 +2,26 @@
 
 Elsewhere (a pipe, a log, ``--json``) it stays quiet; :meth:`Bar.summary` gives the totals a
 ``--json`` summary reports. Totals may be unknown (a walk still going): no ETA then.
+
+``manifest create`` drives it through :func:`counted` (the local pool's source or the
+cluster's alike); ``sign -r`` / ``verify -r`` on a cluster through :func:`cluster_bar`.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from pyverity.cluster.digests import Got
+    from pyverity.manifest.compute import Computed, Failed
+    from pyverity.manifest.create import Source
+    from pyverity.manifest.model import SymlinkEntry
+    from pyverity.manifest.walk import Found
 
-__all__ = ["Bar", "cluster_bar", "human_bytes"]
+__all__ = ["Bar", "cluster_bar", "counted", "human_bytes"]
 
 
 def human_bytes(n: float) -> str:
@@ -102,3 +110,18 @@ class _GotBar(Bar):
 def cluster_bar(verb: str, files: int | None = None, *, enabled: bool = True) -> _GotBar:
     """A bar fed by the cluster's results (``on_done=bar.got``)."""
     return _GotBar(verb, files=files, enabled=enabled)
+
+
+def counted(source: Source, bar: Bar) -> Source:
+    """``source`` advancing ``bar`` by one file (and its bytes) per file entry it yields."""
+    from pyverity.manifest.compute import Computed, Failed
+
+    def run(work: Iterator[tuple[str, Found]]) -> Iterator[Computed | Failed | SymlinkEntry]:
+        for item in source(work):
+            if isinstance(item, Computed):
+                bar.advance(item.digests.descriptor.data_size)
+            elif isinstance(item, Failed):
+                bar.advance(failed=True)
+            yield item
+
+    return run

@@ -56,6 +56,7 @@ __all__ = [
     "Source",
     "create_manifest",
     "kernel_algo_id",
+    "local_source",
     "sign_bytes",
 ]
 
@@ -146,6 +147,16 @@ def _compute(
     return [SymlinkEntry(f.path, f.target) if f.is_symlink else next(computed) for _, f in work]
 
 
+def local_source(options: CreateOptions) -> Source:
+    """The default :data:`Source`: entries computed in ``options.jobs`` local processes."""
+    fn = functools.partial(_compute, options=options.digest)
+
+    def source(work: Iterator[tuple[str, Found]]) -> Iterator[Computed | Failed | SymlinkEntry]:
+        return ordered_map(fn, work, jobs=options.jobs, weight=lambda item: item[1].size or 4096)
+
+    return source
+
+
 def _spool(
     roots: list[str],
     signer: Signer,
@@ -162,13 +173,7 @@ def _spool(
         for root in roots:
             fds.append(open_root(root))
         work = _merged(roots, fds, stats)
-        if source is None:
-            fn = functools.partial(_compute, options=options.digest)
-            results = ordered_map(
-                fn, work, jobs=options.jobs, weight=lambda item: item[1].size or 4096
-            )
-        else:
-            results = source(work)
+        results = (source or local_source(options))(work)
         for item in results:
             entry = _entry(item, signer, options)
             if isinstance(entry, Failed):
