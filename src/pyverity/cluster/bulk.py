@@ -47,10 +47,10 @@ class Options:
 @contextlib.contextmanager
 def _digester(opts: Options, on_done: Callable[[Got], None] | None) -> Iterator[Digester]:
     from pyverity.cluster.engine import Engine
-    from pyverity.cluster.tasks import run_jobs
+    from pyverity.cluster.tasks import run_unit
 
     with connect(opts.target) as client:
-        engine: Engine[object, object] = Engine(client, run_jobs)  # type: ignore[arg-type]
+        engine: Engine[object, object] = Engine(client, run_unit)  # type: ignore[arg-type]
         yield Digester(engine, opts.cut, recheck=opts.recheck, on_done=on_done)
 
 
@@ -65,10 +65,9 @@ def _failure(got: Got) -> Outcome[object]:
     from pyverity.protect.batch import Failure, Outcome
 
     assert got.error is not None  # noqa: S101
-    if got.changed:
-        msg = f"{got.error}; not signed" if "changed" in got.error else got.error
-        return Outcome(got.want.ref.path, None, Failure(msg, None, "FileChangedError"))
-    return Outcome(got.want.ref.path, None, Failure(got.error, None, "InputError"))
+    msg = f"{got.error}; not signed" if got.changed else got.error
+    failure = Failure(msg, None, got.error_class.__name__, got.error_class.exit_code)
+    return Outcome(got.want.ref.path, None, failure)
 
 
 def hashed_outcomes(

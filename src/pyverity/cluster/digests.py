@@ -24,8 +24,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyverity.cluster.plan import Cut, batches, jobs_for
-from pyverity.cluster.tasks import Hashes, Job, Kind, Result, Seen, file_hashes, seen_of
-from pyverity.errors import Error, FileChangedError
+from pyverity.cluster.tasks import (
+    Hashes,
+    Job,
+    Kind,
+    Reply,
+    Result,
+    Seen,
+    file_hashes,
+    results_of,
+    seen_of,
+)
+from pyverity.errors import Error, FileChangedError, InputError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileIdentity, FileRef, identity
@@ -59,11 +69,17 @@ class Got:
     identity: FileIdentity | None = None
     mode: int = 0
     error: str | None = None
-    changed: bool = False
+    #: The kind of failure: :class:`~pyverity.errors.FileChangedError` when the file changed
+    #: (or went away) during the run, so it must never be signed.
+    error_class: type[Error] = InputError
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def changed(self) -> bool:
+        return self.error is not None and issubclass(self.error_class, FileChangedError)
 
 
 def _client_path(ref: FileRef) -> str:
@@ -140,8 +156,9 @@ class Digester:
                 next_index += 1
 
         units = batches(jobs(), self.cut)
-        for _unit, results in self.engine.run(units, hold=lambda: len(done) > BUFFER):
-            for r in results:
+        replies: list[Reply]
+        for unit, replies in self.engine.run(units, hold=lambda: len(done) > BUFFER):
+            for r in results_of(unit, replies):
                 p = open_[r.job.index]
                 p.results.append(r)
                 if len(p.results) == p.count:
@@ -162,10 +179,10 @@ class Digester:
             return Got(w, error=w.error)
         for r in p.results:
             if r.error is not None:
-                return Got(w, error=r.error, changed=r.changed)
+                return Got(w, error=r.error, error_class=_class(r))
         seen = {r.seen for r in p.results}
         if p.results and seen != {w.listed}:
-            return Got(w, error=CHANGED, changed=True)
+            return Got(w, error=CHANGED, error_class=FileChangedError)
         descriptor, hashes = _combine(w, p.results)
         recheck = bool(p.results) and self.recheck > 0 and self._rng.random() < self.recheck
         if not recheck:
@@ -174,31 +191,39 @@ class Digester:
             try:
                 st = os.stat(_client_path(w.ref), follow_symlinks=False)  # noqa: PTH116
             except OSError as e:
-                return Got(w, error=f"can't stat '{w.ref.path}': {e.strerror}", changed=True)
+                return Got(
+                    w,
+                    error=f"can't stat '{w.ref.path}': {e.strerror}",
+                    error_class=FileChangedError,
+                )
             if seen_of(st) != w.listed:
-                return Got(w, error=CHANGED, changed=True)
+                return Got(w, error=CHANGED, error_class=FileChangedError)
             return Got(w, descriptor, hashes, identity(st), stat.S_IMODE(st.st_mode))
         try:
             fd = w.ref.open()
         except Error as e:
-            return Got(w, error=e.message, changed=True)
+            return Got(w, error=e.message, error_class=FileChangedError)
         try:
             st = os.fstat(fd)
             if seen_of(st) != w.listed:
-                return Got(w, error=CHANGED, changed=True)
+                return Got(w, error=CHANGED, error_class=FileChangedError)
             self.rechecked += 1
             if not _same(_local(fd, w), (descriptor, hashes)):
                 if seen_of(os.fstat(fd)) != w.listed:
-                    return Got(w, error=CHANGED, changed=True)
+                    return Got(w, error=CHANGED, error_class=FileChangedError)
                 self.mismatches += 1
                 return Got(w, error="--recheck: a worker's digest differs from this client's")
         except Error as e:
-            return Got(w, error=e.message, changed=isinstance(e, FileChangedError))
+            return Got(w, error=e.message, error_class=type(e))
         except OSError as e:
             return Got(w, error=f"read error: {e.strerror}")
         finally:
             os.close(fd)
         return Got(w, descriptor, hashes, identity(st), stat.S_IMODE(st.st_mode))
+
+
+def _class(r: Result) -> type[Error]:
+    return FileChangedError if r.changed else InputError
 
 
 def _combine(w: Want, results: list[Result]) -> tuple[Descriptor | None, Hashes]:

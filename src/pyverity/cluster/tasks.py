@@ -1,11 +1,14 @@
 """What cluster workers run: read and hash, nothing else (no key, no write, no dask import).
 
 Every function here is a picklable top-level function of plain values. A unit of work is a
-list of :class:`Job` (several whole small files, or one byte range of a big file) and comes
-back as a list of :class:`Result`, one per job, each with the (size, mtime, ctime, inode) the
-worker saw while it read (:class:`Seen`); the client compares that with its own stat before it
-uses the digest. Errors come back as values, so a bad file never fails a task (a task fails
-only when its worker dies, and the scheduler then runs it again elsewhere).
+list of :class:`Job` (several whole small files, or one byte range of a big file); the task
+(:func:`run_unit`) sends back one compact :data:`Reply` per job, in order (plain tuples and
+bytes: no job echoed, a root hash rather than a descriptor, so a reply costs little to pickle
+and to load on the client), each with the (size, mtime, ctime, inode) the worker saw while it
+read (:class:`Seen`); the client turns them into :class:`Result` s (:func:`results_of`) and
+compares that stat with its own before it uses the digest. Errors come back as values, so a
+bad file never fails a task (a task fails only when its worker dies, and the scheduler then
+runs it again elsewhere).
 """
 
 from __future__ import annotations
@@ -13,28 +16,42 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass
+from typing import cast
 
 from pyverity.errors import Error, FileChangedError, InputError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import open_regular
 
-__all__ = ["Job", "Kind", "Result", "Seen", "run_jobs", "seen_of"]
+__all__ = [
+    "Job",
+    "Kind",
+    "Reply",
+    "Result",
+    "Seen",
+    "file_digests",
+    "file_hashes",
+    "results_of",
+    "run_jobs",
+    "run_unit",
+    "seen_of",
+]
 
 
-@dataclass(frozen=True)
-class Seen:
-    """What a file looked like: compared between worker and client (st_dev differs across
-    machines mounting the same storage, so it is left out)."""
+class Seen(tuple[int, int, int, int]):
+    """``(size, mtime_ns, ctime_ns, ino)``: what a file looked like, compared between worker
+    and client (st_dev differs across machines mounting the same storage, so it is left out).
+    A tuple, as :class:`~pyverity.fs.openfile.FileIdentity`: it crosses the wire per file."""
 
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
+    __slots__ = ()
+
+    @property
+    def size(self) -> int:
+        return self[0]
 
 
 def seen_of(st: os.stat_result) -> Seen:
-    return Seen(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return Seen((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
 
 
 class Kind(enum.Enum):
@@ -71,6 +88,10 @@ class Job:
 
 Hashes = tuple[tuple[str, bytes], ...]
 Value = Descriptor | tuple[bytes, ...] | Hashes | tuple[Descriptor, Hashes]
+#: What a worker sends for one job: (seen, value, error, changed). The value is a root hash
+#: (TREE), subtree roots (RANGE), digests in the order asked (HASH) or (root hash, digests)
+#: (ONEPASS).
+Reply = tuple[Seen | None, object, str | None, bool]
 
 
 def _open(job: Job, roots: dict[str, int]) -> int:
@@ -99,12 +120,12 @@ class Result:
     changed: bool = False
 
 
-def run_job(job: Job, roots: dict[str, int] | None = None) -> Result:
+def run_job(job: Job, roots: dict[str, int]) -> Reply:
     """Open, stat, hash as ``job`` says, stat again (``roots``: root descriptors to reuse)."""
     try:
-        fd = _open(job, {} if roots is None else roots)
+        fd = _open(job, roots)
     except Error as e:
-        return Result(job, None, None, e.message)
+        return None, None, e.message, False
     try:
         seen = seen_of(os.fstat(fd))
         if seen.size != job.size:
@@ -112,19 +133,17 @@ def run_job(job: Job, roots: dict[str, int] | None = None) -> Result:
         value = _hash(fd, job)
         if seen_of(os.fstat(fd)) != seen:
             raise FileChangedError("file changed while it was being hashed")
-    except FileChangedError as e:
-        return Result(job, None, None, e.message, changed=True)
     except Error as e:
-        return Result(job, None, None, e.message)
+        return None, None, e.message, isinstance(e, FileChangedError)
     except OSError as e:
-        return Result(job, None, None, f"read error: {e.strerror}")
+        return None, None, f"read error: {e.strerror}", False
     finally:
         os.close(fd)
-    return Result(job, seen, value)
+    return seen, value, None, False
 
 
-def file_hashes(fd: int, names: tuple[str, ...], size: int) -> Hashes:
-    """The whole-file hashes ``names`` of the first ``size`` bytes of ``fd``, in one read."""
+def file_digests(fd: int, names: tuple[str, ...], size: int) -> tuple[bytes, ...]:
+    """The whole-file digests ``names`` of the first ``size`` bytes of ``fd``, in one read."""
     import hashlib
 
     hashers = [hashlib.new(n) for n in names]
@@ -136,32 +155,66 @@ def file_hashes(fd: int, names: tuple[str, ...], size: int) -> Hashes:
         for h in hashers:
             h.update(chunk)
         offset += len(chunk)
-    return tuple((n, h.digest()) for n, h in zip(names, hashers, strict=True))
+    return tuple(h.digest() for h in hashers)
 
 
-def _hash(fd: int, job: Job) -> Value:
+def file_hashes(fd: int, names: tuple[str, ...], size: int) -> Hashes:
+    """:func:`file_digests` paired with their names."""
+    return tuple(zip(names, file_digests(fd, names, size), strict=True))
+
+
+def _hash(fd: int, job: Job) -> object:
     if job.kind is Kind.HASH:
-        return file_hashes(fd, job.hashes, job.size)
+        return file_digests(fd, job.hashes, job.size)
     assert job.params is not None  # noqa: S101 - the plan sets it
-    if job.kind is Kind.ONEPASS:
-        from pyverity.hashing.onepass import hash_once
-
-        once = hash_once(fd, job.params, job.hashes)
-        return once.descriptor, once.hashes
     if job.kind is Kind.RANGE:
         from pyverity.hashing.subtree import hash_subtrees
 
         return tuple(hash_subtrees(fd, job.params, job.start, job.end, job.height))
+    # The builders the local pools use: manifest's one read, sign's build_tree.
+    if job.kind is Kind.ONEPASS:
+        from pyverity.hashing.onepass import hash_once
+
+        once = hash_once(fd, job.params, job.hashes)
+        return once.descriptor.root_hash, tuple(d for _, d in once.hashes)
     from pyverity.hashing import build_tree
 
-    return build_tree(fd, job.params, keep_tree=False, jobs=1).descriptor
+    return build_tree(fd, job.params, keep_tree=False, jobs=1).descriptor.root_hash
 
 
-def run_jobs(jobs: list[Job]) -> list[Result]:
-    """The unit of work of a cluster task (each root directory opened once)."""
+def run_unit(jobs: list[Job]) -> list[Reply]:
+    """The cluster task: one :data:`Reply` per job (each root directory opened once)."""
     roots: dict[str, int] = {}
     try:
         return [run_job(job, roots) for job in jobs]
     finally:
         for fd in roots.values():
             os.close(fd)
+
+
+def _value(job: Job, value: object) -> Value:
+    if job.kind is Kind.HASH:
+        return tuple(zip(job.hashes, value, strict=True))  # type: ignore[call-overload]
+    if job.kind is Kind.RANGE:
+        return value  # type: ignore[return-value]
+    assert job.params is not None  # noqa: S101
+    if job.kind is Kind.ONEPASS:
+        pair = cast("tuple[bytes, tuple[bytes, ...]]", value)
+        root, digests = pair
+        desc = Descriptor.for_tree(job.params, job.size, root)
+        return desc, tuple(zip(job.hashes, digests, strict=True))
+    return Descriptor.for_tree(job.params, job.size, value)  # type: ignore[arg-type]
+
+
+def results_of(jobs: list[Job], replies: list[Reply]) -> list[Result]:
+    """The client's view of a unit's replies (in the unit's order)."""
+    out = []
+    for job, (seen, value, error, changed) in zip(jobs, replies, strict=True):
+        v = None if error is not None else _value(job, value)
+        out.append(Result(job, None if seen is None else Seen(seen), v, error, changed))
+    return out
+
+
+def run_jobs(jobs: list[Job]) -> list[Result]:
+    """:func:`run_unit` and :func:`results_of` in this process."""
+    return results_of(jobs, run_unit(jobs))

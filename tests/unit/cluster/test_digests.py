@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 from pyverity.cluster.digests import Digester, Want, listed_seen
 from pyverity.cluster.plan import Cut
-from pyverity.cluster.tasks import Job, Result, run_jobs
+from pyverity.cluster.tasks import Job, Reply, run_unit
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileRef
 from pyverity.hashing.onepass import hash_once
@@ -24,16 +23,15 @@ class InlineEngine:
 
     def run(
         self, units: Iterable[list[Job]], *, hold: Callable[[], bool] | None = None
-    ) -> Iterator[tuple[list[Job], list[Result]]]:
+    ) -> Iterator[tuple[list[Job], list[Reply]]]:
         for unit in reversed(list(units)):
             if self.between is not None:
                 self.between()
-            results = run_jobs(unit)
-            if self.lie:
-                results = [replace(r, value=(r.value[0], ())) if isinstance(r.value, tuple)
-                           and r.value and not isinstance(r.value[0], bytes) else r
-                           for r in results]  # fmt: skip
-            yield unit, results
+            replies = run_unit(unit)
+            if self.lie:  # a wrong root hash for every file (ONEPASS: (root, digests))
+                replies = [(seen, (bytes(32), value[1]), error, changed)  # type: ignore[index]
+                           for seen, value, error, changed in replies]  # fmt: skip
+            yield unit, replies
 
 
 def _wants(tmp: Path, sizes: list[int]) -> list[Want]:
@@ -86,3 +84,20 @@ def test_recheck_catches_a_lying_worker(tmp_path: Path) -> None:
     honest = Digester(InlineEngine(), recheck=1.0)
     assert all(g.ok for g in honest.run(wants))
     assert honest.rechecked == 2
+
+
+def test_a_failure_is_told_by_its_error_class(tmp_path: Path) -> None:
+    from pyverity.cluster.bulk import _failure
+    from pyverity.cluster.digests import Got
+    from pyverity.errors import FileChangedError, InputError
+
+    (w,) = _wants(tmp_path, [10])
+    shrank = _failure(Got(w, error="file shrank while it was being hashed",
+                          error_class=FileChangedError))  # fmt: skip
+    assert shrank.failure is not None
+    assert shrank.failure.error == "FileChangedError"
+    assert shrank.failure.message == "file shrank while it was being hashed; not signed"
+    unreadable = _failure(Got(w, error="read error: changed medium", error_class=InputError))
+    assert unreadable.failure is not None
+    assert unreadable.failure.error == "InputError"
+    assert unreadable.failure.message == "read error: changed medium"
