@@ -4,9 +4,11 @@ Digest cases: files enabled with ``FS_IOC_ENABLE_VERITY`` inside the VM; the ker
 ``FS_IOC_MEASURE_VERITY`` digest and ``FS_IOC_READ_VERITY_METADATA`` tree and descriptor are
 written to ``/results`` for the host to compare with pyverity's bytes.
 
-Signature cases: files signed on the host (v3, type 0x06), the certificate loaded into a
-``_ima`` keyring, an appraise + measure policy written, each file opened once; the kernel's
-verdicts and its measurement list are written to ``/results``.
+Signature cases: files signed on the host (v3, type 0x06) with an RSA, an ECDSA P-256 and an
+ECDSA P-384 key, the certificates loaded into a ``_ima`` keyring, an appraise + measure policy
+written, each file opened once; the kernel's verdicts, every measurement list it offers (one
+pair per TPM bank since 6.10) and the TPM's PCR 10 of each bank are written to ``/results``.
+What a kernel can do is :class:`KernelFacts` (from its version), not found out by skipping.
 """
 
 from __future__ import annotations
@@ -20,13 +22,18 @@ from pyverity.format.params import TreeParams
 from pyverity.hashing import compute_digest
 
 __all__ = [
+    "BANKS",
     "DAEMON_FILES",
     "DIGEST_CASES",
     "POLICY",
     "SIG_CASES",
+    "SIG_KEYS",
     "DigestCase",
+    "KernelFacts",
     "SigCase",
+    "cert_name",
     "guest_script",
+    "list_bank",
     "parse_lines",
     "payload",
 ]
@@ -87,6 +94,19 @@ def payload(name: str, size: int) -> bytes:
     return random.Random(name).randbytes(size)
 
 
+#: The keys of the signature cases: name -> ``pyverity key generate`` options.
+SIG_KEYS: dict[str, tuple[str, ...]] = {
+    "rsa": ("--type", "rsa"),
+    "p256": ("--type", "ecdsa", "--curve", "P-256"),
+    "p384": ("--type", "ecdsa", "--curve", "P-384"),
+}
+
+
+def cert_name(key: str) -> str:
+    """The certificate's file name in ``sig/`` (the RSA one is ``cert.der``, as before ECDSA)."""
+    return "cert.der" if key == "rsa" else f"cert-{key}.der"
+
+
 @dataclass(frozen=True)
 class SigCase:
     """One file of the appraisal run.
@@ -94,6 +114,7 @@ class SigCase:
     ``sign``: which content the v3 signature covers: "self" (the file as enabled), "other"
     (another file's content), "original" (content before a tamper), "wrongkey" (signed by a
     key not in the keyring), "corrupt" (one signature byte flipped) or None (no attribute).
+    ``key``: which of :data:`SIG_KEYS` signs it (a second key of the same kind for "wrongkey").
     """
 
     name: str
@@ -101,9 +122,37 @@ class SigCase:
     owner: int
     verity: bool
     sign: str | None
-    expect_open: bool
+    expect_open: bool  # on a kernel that can verify signatures of ``key``
     algorithm: str = "sha256"
     salt: bytes = b""
+    key: str = "rsa"
+
+    @property
+    def signature_valid(self) -> bool:
+        """The signature verifies over the file's digest with a certificate in the keyring."""
+        return self.sign == "self"
+
+    def opens(self, facts: KernelFacts) -> bool:
+        """The kernel's verdict: :attr:`expect_open` where it can verify ``key`` at all."""
+        return self.expect_open and facts.verifies(self.key)
+
+
+def _key_cases(key: str) -> tuple[SigCase, ...]:
+    """The cases signed with ``key``: good ones (sha256 and sha512 trees) and each refusal."""
+    p = f"{key}-"
+    return (
+        SigCase(p + "good", 7_000, 1000, verity=True, sign="self", expect_open=True, key=key),
+        SigCase(p + "good512", 4_000, 1000, verity=True, sign="self", expect_open=True,
+                algorithm="sha512", key=key),
+        SigCase(p + "othersig", 13, 1000, verity=True, sign="other", expect_open=False, key=key),
+        SigCase(p + "tampered", 8_000, 1000, verity=True, sign="original", expect_open=False,
+                key=key),
+        SigCase(p + "noverity", 2_000, 1000, verity=False, sign="self", expect_open=False, key=key),
+        SigCase(p + "wrongkey", 3_100, 1000, verity=True, sign="wrongkey", expect_open=False,
+                key=key),
+        SigCase(p + "corrupt", 3_200, 1000, verity=True, sign="corrupt", expect_open=False,
+                key=key),
+    )  # fmt: skip
 
 
 SIG_CASES: tuple[SigCase, ...] = (
@@ -118,7 +167,72 @@ SIG_CASES: tuple[SigCase, ...] = (
     SigCase("corrupt", 3_000, 1000, verity=True, sign="corrupt", expect_open=False),
     # Not appraised, measured with the ima-ngv2 template.
     SigCase("ngv2", 12_000, 1001, verity=True, sign=None, expect_open=True),
+    *_key_cases("p256"),
+    *_key_cases("p384"),
 )
+
+#: The TPM's PCR banks (swtpm_setup --pcr-banks), in the kernel's order of its lists.
+BANKS = ("sha1", "sha256", "sha384", "sha512")
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """What the kernel of ``version`` does where the tests' expectations differ, from its
+    version (Debian's configs; ``test_kernel_facts_match_its_config`` checks them against
+    ``/boot/config-<version>`` where that is installed)."""
+
+    version: str
+
+    @property
+    def release(self) -> tuple[int, int]:
+        major, minor = self.version.split(".")[:2]
+        return int(major), int(minor)
+
+    @property
+    def ecdsa(self) -> bool:
+        """ECDSA signatures verify (CONFIG_CRYPTO_ECDSA: unset in Debian's 6.1, y in 6.12)."""
+        return self.release >= (6, 12)
+
+    def verifies(self, key: str) -> bool:
+        """Signatures by a key of ``key`` (:data:`SIG_KEYS`) can be verified at all."""
+        return key == "rsa" or self.ecdsa
+
+    @property
+    def per_bank_lists(self) -> bool:
+        """One list pair per TPM bank, ``*_runtime_measurements_<bank>``, the unsuffixed names
+        symlinks to the sha1 ones (mainline 6.10)."""
+        return self.release >= (6, 10)
+
+    @property
+    def hashed_banks(self) -> tuple[str, ...]:
+        """The banks IMA extends with their own hash of the template data. The others get
+        the SHA-1 template digest zero-padded: their hash is a module (Debian's 6.1:
+        CONFIG_CRYPTO_SHA512=m), which cannot be loaded when IMA starts, before /init."""
+        return BANKS if self.release >= (6, 12) else ("sha1", "sha256")
+
+    def list_names(self) -> dict[str, str | None]:
+        """Every list file of /sys/kernel/security/ima -> its symlink target (None: a file)."""
+        if not self.per_bank_lists:
+            return {f"{kind}_runtime_measurements": None for kind in ("binary", "ascii")}
+        names: dict[str, str | None] = {}
+        for kind in ("binary", "ascii"):
+            names[f"{kind}_runtime_measurements"] = f"{kind}_runtime_measurements_sha1"
+            names.update({f"{kind}_runtime_measurements_{b}": None for b in BANKS})
+        return names
+
+    def config(self) -> dict[str, str]:
+        """The options of ``/boot/config-<version>`` these facts stand for."""
+        return {
+            "CONFIG_CRYPTO_ECDSA": "y" if self.ecdsa else "not set",
+            "CONFIG_CRYPTO_SHA512": "y" if "sha512" in self.hashed_banks else "m",
+        }
+
+
+def list_bank(name: str) -> str:
+    """The bank of a list file by its name (the unsuffixed names are sha1's)."""
+    suffix = name.rsplit("_", 1)[1]
+    return suffix if suffix in BANKS else "sha1"
+
 
 POLICY = (
     "appraise func=FILE_CHECK mask=MAY_READ fowner=1000 digest_type=verity appraise_type=sigv3\n"
@@ -194,24 +308,21 @@ def _salt_arg(salt: bytes) -> str:
     return salt.hex() if salt else "-"
 
 
-def guest_script(tpm: bool) -> str:
-    """``run.sh``: runs inside the VM with ``/mnt`` (the test disk) as working directory."""
+def guest_script(tpm: bool, *, everything: bool = True) -> str:
+    """``run.sh``: runs inside the VM with ``/mnt`` (the test disk) as working directory.
+
+    ``everything``: the digest and backend cases too (the first kernel's boot); else only the
+    signature and measurement cases (the filesystems boot checks digests on the other)."""
     lines = [
         "R=/mnt/results",
-        "mkdir -p $R/digest $R/sigdesc",
+        "mkdir -p $R/digest $R/sigdesc $R/lists",
         'log() { echo "$*" >> $R/kernel.txt; }',
-        # Digest cases.
+        "log kernel x $(uname -r)",
+        "grep -q ecdsa /proc/crypto && log crypto ecdsa yes || log crypto ecdsa no",
     ]
-    for c in DIGEST_CASES:
-        f, salt = f"/mnt/digest/{c.name}", _salt_arg(c.salt)
-        lines += [
-            f"log enable {c.name} $(vhelper enable {f} {c.number} {c.block_size} {salt})",
-            f"log measure {c.name} $(vhelper measure {f})",
-            f"log tree {c.name} $(vhelper readmeta {f} 1 $R/digest/{c.name}.tree)",
-            f"log descriptor {c.name} $(vhelper readmeta {f} 2 $R/digest/{c.name}.desc)",
-            f"log read {c.name} $(vhelper read {f})",
-        ]
-    lines += ["mkdir -p $R/backend", *backend_script()]
+    if everything:
+        lines += _digest_script()
+        lines += ["mkdir -p $R/backend", *backend_script()]
     # Signature cases: owners, attributes, fs-verity, keyring, policy, then one open each.
     for s in SIG_CASES:
         f = f"/mnt/sig/{s.name}"
@@ -226,26 +337,57 @@ def guest_script(tpm: bool) -> str:
             lines.append(f"log measure {s.name} $(vhelper measure {f})")
             # Before the policy: this open is neither appraised nor measured.
             lines.append(f"log sigdesc {s.name} $(vhelper readmeta {f} 2 $R/sigdesc/{s.name})")
+    # vhelper makes the _ima keyring with the RSA certificate; a second vhelper addkey would
+    # replace that keyring, so the others go in with ``pyverity key import`` (one interpreter).
+    certs = " ".join(f"/mnt/sig/{cert_name(key)}" for key in SIG_KEYS if key != "rsa")
+    import_ec = f"{GUEST_PY} /mnt/guest_keys.py import %keyring:_ima {certs}"
     lines += [
-        "log addkey _ima $(vhelper addkey _ima /mnt/sig/cert.der)",
-        # Debian 6.1 has no CONFIG_IMA_READ_POLICY: the write status is all we can see.
+        f"log addkey _ima $(vhelper addkey _ima /mnt/sig/{cert_name('rsa')})",
+        "if [ -d /host/usr ]; then",
+        f"  {HOST_ENTER}",
+        f"  {import_ec} >> $R/kernel.txt 2> $R/import.err",
+        f"  {HOST_LEAVE}",
+        "else",
+        "  log import x no-9p-host-root",
+        "fi",
+    ]
+    lines += [
+        # Debian's kernels have no CONFIG_IMA_READ_POLICY: the write status is all we can see.
         "cat /mnt/sig/policy > /sys/kernel/security/ima/policy; log policy $?",
     ]
     lines += [f"log open {s.name} $(vhelper read /mnt/sig/{s.name})" for s in SIG_CASES]
     lines += [
-        "cp /sys/kernel/security/ima/binary_runtime_measurements $R/",
-        "cp /sys/kernel/security/ima/ascii_runtime_measurements $R/",
+        # Every list the kernel offers (per bank since 6.10), symlinks followed and noted.
+        "for f in /sys/kernel/security/ima/*_runtime_measurements*; do",
+        "  n=${f##*/}",
+        "  cp $f $R/lists/$n",
+        "  [ -L $f ] && log symlink $n $(readlink $f)",
+        "done",
         "cat /sys/kernel/security/ima/violations > $R/violations",
     ]
     if tpm:
         lines += [
-            "for b in sha1 sha256; do",
+            f"for b in {' '.join(BANKS)}; do",
             "  p=/sys/class/tpm/tpm0/pcr-$b/10",
             "  [ -r $p ] && cat $p > $R/pcr10-$b",
             "done",
         ]
     lines += ["dmesg > $R/dmesg", "log done"]
     return "\n".join(lines) + "\n"
+
+
+def _digest_script() -> list[str]:
+    lines = []
+    for c in DIGEST_CASES:
+        f, salt = f"/mnt/digest/{c.name}", _salt_arg(c.salt)
+        lines += [
+            f"log enable {c.name} $(vhelper enable {f} {c.number} {c.block_size} {salt})",
+            f"log measure {c.name} $(vhelper measure {f})",
+            f"log tree {c.name} $(vhelper readmeta {f} 1 $R/digest/{c.name}.tree)",
+            f"log descriptor {c.name} $(vhelper readmeta {f} 2 $R/digest/{c.name}.desc)",
+            f"log read {c.name} $(vhelper read {f})",
+        ]
+    return lines
 
 
 def parse_lines(text: str) -> dict[tuple[str, str], str]:

@@ -1,4 +1,10 @@
-"""One VM boot for the whole kernel suite: stage the disk, boot, read the results back.
+"""The main boot of the kernel suite, once per kernel of :data:`harness.KERNELS`: stage the
+disk, boot, read the results back.
+
+``kernel_run`` is parametrized over the kernels (ids "6.1", "6.12"): the signature and
+measurement cases run on each, with expectations from :class:`cases.KernelFacts`.
+``kernel61_run`` is the first kernel's boot (the same one), which also runs the digest and
+backend cases (the filesystems boot of ``test_fs.py`` runs those on the second).
 
 The boot is skipped (with its reason) only where it cannot run at all: qemu, the kernel image,
 busybox, e2fsprogs or gcc missing. With ``CI=true`` that skip is a failure instead, so CI can
@@ -10,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,10 +31,14 @@ from tests.kernel import harness
 from tests.kernel.cases import (
     BACKEND_CLI,
     BACKEND_FILES,
+    BANKS,
     DAEMON_FILES,
     DIGEST_CASES,
     POLICY,
     SIG_CASES,
+    SIG_KEYS,
+    KernelFacts,
+    cert_name,
     guest_script,
     parse_lines,
     payload,
@@ -35,6 +46,9 @@ from tests.kernel.cases import (
 from tests.support.polling import wait_until
 
 _TIMING = pytest.StashKey[list[str]]()
+_MAIN_RUNS = pytest.StashKey[dict[str, "KernelRun"]]()
+#: The ids of :data:`harness.KERNELS` ("6.1", "6.12").
+KERNEL_IDS = tuple(pattern.removesuffix(".*") for pattern in harness.KERNELS)
 
 
 @dataclass
@@ -43,12 +57,38 @@ class KernelRun:
     stage: Path  # what the disk was made from (inputs)
     results: Path  # /results read back from the disk
     lines: dict[tuple[str, str], str]
-    keys: Path  # pyverity key generate output (ima.key, ima.pem, ima.der)
+    keys: Path  # pyverity key generate output (ima.key, ima.pem, ima.der): the RSA key
     tpm: bool
     boot: harness.VMRun
+    everything: bool  # the digest and backend cases ran too (the first kernel)
 
     def text(self, name: str) -> str:
         return (self.results / name).read_text()
+
+    @property
+    def facts(self) -> KernelFacts:
+        return KernelFacts(self.kernel.version)
+
+
+def kernel_config(kernel: harness.KernelImage) -> str:
+    """The kernel's ``/boot/config-<version>`` ("" where it is not installed)."""
+    path = Path("/boot") / f"config-{kernel.version}"
+    return "\n" + path.read_text() if path.exists() else ""
+
+
+def config_option(config: str, name: str) -> str:
+    """``y``, ``m`` or ``not set`` in a kernel config (:func:`kernel_config`)."""
+    found = re.search(rf"^{name}=(\S+)$", config, re.MULTILINE)
+    return found.group(1) if found else "not set"
+
+
+def need_tool(what: str, present: bool) -> None:
+    """Skip without ``what`` (with the reason), or fail under ``CI=true``."""
+    if present:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is missing (CI=true: a missing tool fails)", pytrace=False)
+    pytest.skip(f"{what} is missing")
 
 
 def _need_vm(pattern: str | None = None, filesystems: tuple[str, ...] = ()) -> None:
@@ -92,9 +132,9 @@ def _pyverity(*args: str) -> str:
     return proc.stdout
 
 
-def _make_key(keys: Path, subject: str) -> Path:
-    """``pyverity key generate`` (RSA: Debian's 6.1 kernel has no ECDSA); returns the dir."""
-    _pyverity("key", "generate", "--type", "rsa", "--out", str(keys), "--subject", subject)
+def _make_key(keys: Path, subject: str, kind: str = "rsa") -> Path:
+    """``pyverity key generate`` of ``kind`` (:data:`cases.SIG_KEYS`); returns the dir."""
+    _pyverity("key", "generate", *SIG_KEYS[kind], "--out", str(keys), "--subject", subject)
     return keys
 
 
@@ -115,14 +155,21 @@ def stage_backend(stage: Path, keys: Path) -> None:
     shutil.copyfile(keys / "ima.der", stage / "kd-keys" / "keyring" / "ima.der")
 
 
-def _stage(stage: Path, signing: Path, keys: Path, other: Path) -> None:
-    """Write the data files, their signatures (by ``pyverity sign``), certificate, policy."""
-    (stage / "digest").mkdir()
-    for c in DIGEST_CASES:
-        (stage / "digest" / c.name).write_bytes(payload(c.name, c.size))
-    stage_backend(stage, keys)
+def _stage(stage: Path, base: Path, everything: bool) -> Path:
+    """Write the data files, their signatures (by ``pyverity sign``, one key of each of
+    :data:`cases.SIG_KEYS` and a second one for "wrongkey"), certificates and policy; with
+    ``everything`` the digest and backend inputs too. Returns the RSA key's directory."""
+    keys = {k: _make_key(base / f"keys-{k}", f"pyverity kernel test {k}", k) for k in SIG_KEYS}
+    other = {k: _make_key(base / f"other-{k}", f"pyverity wrong key {k}", k) for k in SIG_KEYS}
+    if everything:
+        (stage / "digest").mkdir()
+        for c in DIGEST_CASES:
+            (stage / "digest" / c.name).write_bytes(payload(c.name, c.size))
+        stage_backend(stage, keys["rsa"])
+    shutil.copyfile(Path(__file__).with_name("guest_keys.py"), stage / "guest_keys.py")
     sig_dir = stage / "sig"
     sig_dir.mkdir()
+    signing = base / "signing"
     signing.mkdir()
     other_content = payload(SIG_CASES[0].name, SIG_CASES[0].size)  # "good"
     groups: dict[tuple[Path, str, bytes], list[str]] = {}
@@ -134,7 +181,7 @@ def _stage(stage: Path, signing: Path, keys: Path, other: Path) -> None:
         (sig_dir / s.name).write_bytes(data)
         if s.sign is not None:
             (signing / s.name).write_bytes(signed)
-            key = other if s.sign == "wrongkey" else keys
+            key = (other if s.sign == "wrongkey" else keys)[s.key]
             groups.setdefault((key, s.algorithm, s.salt), []).append(str(signing / s.name))
     for (key, alg, salt), paths in groups.items():
         salt_args = ["--salt", salt.hex()] if salt else []
@@ -149,32 +196,48 @@ def _stage(stage: Path, signing: Path, keys: Path, other: Path) -> None:
         if s.sign == "corrupt":
             value = value[:-5] + bytes([value[-5] ^ 0x40]) + value[-4:]
         (sig_dir / f"{s.name}.ima").write_bytes(value)
-    shutil.copyfile(keys / "ima.der", sig_dir / "cert.der")
+    for k, d in keys.items():
+        shutil.copyfile(d / "ima.der", sig_dir / cert_name(k))
     (sig_dir / "policy").write_text(POLICY)
+    return keys["rsa"]
 
 
-#: What a saved vector keeps of one run (see tests/vectors/kernel-6.1-ima-pyverity/README.md).
-VECTOR_FILES = (
-    "binary_runtime_measurements",
-    "ascii_runtime_measurements",
-    "kernel.txt",
-    "violations",
-    "pcr10-sha1",
-    "pcr10-sha256",
-)
+#: What a saved vector keeps of one run (see tests/vectors/kernel-6.1-ima-pyverity/README.md),
+#: besides ``lists/`` and ``sig/``.
+VECTOR_FILES = ("kernel.txt", "violations", *(f"pcr10-{bank}" for bank in BANKS))
 
 
 def _save_vector(run: KernelRun, dest: Path) -> None:
+    """The run's lists (the kernel's symlinks as symlinks), PCRs, lines and signed files."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in VECTOR_FILES:
         if (run.results / name).exists():
             shutil.copyfile(run.results / name, dest / name)
+    (dest / "lists").mkdir(exist_ok=True)
+    for path in sorted((run.results / "lists").iterdir()):
+        target = dest / "lists" / path.name
+        target.unlink(missing_ok=True)
+        link = run.lines.get(("symlink", path.name))
+        if link is not None:
+            target.symlink_to(link)
+        else:
+            shutil.copyfile(path, target)
     shutil.copytree(run.stage / "sig", dest / "sig", dirs_exist_ok=True)
 
 
 def _start_swtpm(state: Path) -> subprocess.Popen[bytes] | None:
-    if shutil.which("swtpm") is None or os.environ.get("PYVERITY_KERNEL_TPM") == "0":
+    """A software TPM 2.0 with the banks of :data:`cases.BANKS`, or None (none installed, or
+    ``PYVERITY_KERNEL_TPM=0``; under ``CI=true`` a missing swtpm fails)."""
+    if os.environ.get("PYVERITY_KERNEL_TPM") == "0":
         return None
+    if shutil.which("swtpm") is None or shutil.which("swtpm_setup") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("swtpm/swtpm_setup is missing (Debian: swtpm, swtpm-tools)", pytrace=False)
+        return None
+    subprocess.run(
+        ["swtpm_setup", "--tpm2", "--pcr-banks", ",".join(BANKS), "--tpmstate", str(state)],
+        check=True, capture_output=True,
+    )  # fmt: skip
     sock = state / "swtpm.sock"
     proc = subprocess.Popen(
         [
@@ -201,32 +264,30 @@ def _start_swtpm(state: Path) -> subprocess.Popen[bytes] | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def kernel_run(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> KernelRun:
-    _need_vm()
+def _boot_main(request: pytest.FixtureRequest, pattern: str | None) -> KernelRun:
+    """One main boot of the kernel ``pattern`` (:func:`harness.find_kernel`)."""
+    _need_vm(pattern)
     started = time.monotonic()
-    kernel = harness.find_kernel()
+    kernel = harness.find_kernel(pattern)
     assert kernel is not None
+    everything = pattern is None  # the first kernel
     initramfs = harness.initramfs_for(kernel)
-    base = tmp_path_factory.mktemp("kernel")
+    tmp: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    base = tmp.mktemp(f"kernel-{kernel.version}")
     stage = base / "stage"
     stage.mkdir()
-    keys = _make_key(base / "keys", "pyverity kernel test")
-    other = _make_key(base / "other-keys", "pyverity wrong key")
-    _stage(stage, base / "signing", keys, other)
+    keys = _stage(stage, base, everything)
     tpm_state = base / "tpm"
     tpm_state.mkdir()
     swtpm = _start_swtpm(tpm_state)
-    (stage / "run.sh").write_text(guest_script(tpm=swtpm is not None))
+    (stage / "run.sh").write_text(guest_script(tpm=swtpm is not None, everything=everything))
     try:
         boot, results = boot_script(
             kernel,
             initramfs,
             stage,
             base,
-            disk_mb=128,
+            disk_mb=128 if everything else 64,
             tpm_socket=tpm_state / "swtpm.sock" if swtpm else None,
             share_host_root=True,
         )
@@ -242,15 +303,41 @@ def kernel_run(
         keys=keys,
         tpm=swtpm is not None,
         boot=boot,
+        everything=everything,
     )
+    assert run.lines.get(("kernel", "x")) == kernel.version
     save = os.environ.get("PYVERITY_SAVE_KERNEL_VECTOR")
     if save:
-        _save_vector(run, Path(save))
+        major, minor = run.facts.release
+        _save_vector(run, Path(save) / f"kernel-{major}.{minor}-ima-pyverity")
     request.config.stash.setdefault(_TIMING, []).append(
         f"kernel suite: {kernel.version} booted and ran its script in {boot.seconds:.1f} s "
-        f"(TPM: {'swtpm' if run.tpm else 'none'}); "
+        f"(TPM: {'swtpm, ' + '/'.join(BANKS) if run.tpm else 'none'}); "
         f"set-up incl. boot {time.monotonic() - started:.1f} s"
     )
+    return run
+
+
+def _main_run(request: pytest.FixtureRequest, index: int) -> KernelRun:
+    """The main boot of ``harness.KERNELS[index]``, once per session (both fixtures share it)."""
+    runs = request.config.stash.setdefault(_MAIN_RUNS, {})
+    key = KERNEL_IDS[index]
+    if key not in runs:
+        runs[key] = _boot_main(request, None if index == 0 else harness.KERNELS[index])
+    return runs[key]
+
+
+@pytest.fixture(scope="session", params=range(len(harness.KERNELS)), ids=KERNEL_IDS)
+def kernel_run(request: pytest.FixtureRequest) -> KernelRun:
+    """The main boot of each kernel: signature and measurement cases."""
+    return _main_run(request, request.param)
+
+
+@pytest.fixture(scope="session")
+def kernel61_run(request: pytest.FixtureRequest) -> KernelRun:
+    """The first kernel's main boot, which also ran the digest and backend cases."""
+    run = _main_run(request, 0)
+    assert run.everything
     return run
 
 

@@ -1,7 +1,9 @@
 """Run inside the test VM (host's Python over 9p, chrooted): kernel keyrings and dump-metadata.
 
-``python guest_keys.py DIR RESULTS``: the ``pyverity`` commands of ``tests/kernel/test_keys.py``
-in this one process (an interpreter start costs seconds under TCG), in this order:
+``python guest_keys.py import RING CERT...``: the main boot's ECDSA certificates (see
+:func:`import_certs`). ``python guest_keys.py DIR RESULTS``: the ``pyverity`` commands of
+``tests/kernel/test_keys.py`` in this one process (an interpreter start costs seconds under
+TCG), in this order:
 
 1. ``key import`` of the file key's certificate into ``.ima`` (refused: none on Debian's
    kernels, or only CA-signed certificates where it exists), into a keyring restricted as
@@ -11,7 +13,10 @@ in this one process (an interpreter start costs seconds under TCG), in this orde
    --keyring .fs-verity``, and with a key never imported;
 3. ``enable --kernel`` of two files, then ``pyverity dump-metadata`` and the host's ``fsverity
    dump_metadata`` (run as a subprocess) of each item of them and of a file with a built-in
-   signature, whole and with ``--offset``/``--length``, written to ``RESULTS/dump/``.
+   signature, whole and with ``--offset``/``--length``, written to ``RESULTS/dump/``;
+4. under ``fs.verity.require_signatures=1``: the host's ``fsverity enable`` with the
+   built-in signatures of ``test_keys.REQUIRED`` (and without one), ``pyverity measure`` and
+   ``fsverity measure`` of each, and an unsigned ``pyverity enable --kernel`` (refused).
 
 Each command's exit code, standard output and standard error go to ``RESULTS/keys.json``; the
 IMA appraisal opens come afterwards, from the shell (see ``test_keys.guest_script``).
@@ -108,8 +113,62 @@ def main(directory: str, results: str) -> None:
             "fsverity_err": err,
         }
         print("dump", name, ours["rc"], rc, flush=True)
+    require_signatures(d, steps)
     (r / "keys.json").write_text(json.dumps(steps, indent=1))
 
 
+def _tool(argv: list[str]) -> dict[str, object]:
+    """A host tool's exit code, standard output and standard error (text)."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except FileNotFoundError:  # the host has no fsverity (the test then fails)
+        return {"rc": None, "out": "", "err": f"no {argv[0]}"}
+    return {"rc": proc.returncode, "out": proc.stdout, "err": proc.stderr}
+
+
+SYSCTL = Path("/proc/sys/fs/verity/require_signatures")
+
+
+def _sysctl(value: str) -> dict[str, object]:
+    try:
+        SYSCTL.write_text(value + "\n")
+    except OSError as e:
+        return {"rc": 1, "err": str(e)}
+    return {"rc": 0, "err": "", "value": SYSCTL.read_text().strip()}
+
+
+def require_signatures(d: Path, steps: dict[str, dict[str, object]]) -> None:
+    """4. With fs.verity.require_signatures=1, the host's ``fsverity enable [--signature]``
+    of the files of ``DIR/required.json`` (name -> its signature's file name, or null), then
+    ``pyverity measure`` and ``fsverity measure`` of each, and an unsigned ``pyverity enable
+    --kernel``; the sysctl is set back to 0 afterwards."""
+    required: dict[str, str | None] = json.loads((d / "required.json").read_text())
+    steps["require-on"] = _sysctl("1")
+    for name, sig in required.items():
+        path = str(d / name)
+        signature = [f"--signature={d / sig}"] if sig else []
+        steps[f"fsverity-{name}"] = _tool(["fsverity", "enable", *signature, path])
+        steps[f"measure-{name}"] = cli(["measure", path])
+        steps[f"fsverity-measure-{name}"] = _tool(["fsverity", "measure", path])
+        print("require", name, steps[f"fsverity-{name}"]["rc"], flush=True)
+    steps["require-pyverity-unsigned"] = cli(["enable", "--kernel", str(d / "dm-c")])
+    steps["require-off"] = _sysctl("0")
+
+
+def import_certs(ring: str, certs: list[str]) -> None:
+    """``python guest_keys.py import RING CERT...``: ``pyverity key import`` of each into RING;
+    one line each, as ``kernel.txt`` has them: ``import <name> <rc> <serial or stderr>``
+    (the name: the file's stem after ``cert-``; stderr's lines joined by " | ")."""
+    for cert in certs:
+        r = cli(["key", "import", cert, "--keyring", ring])
+        out = bytes.fromhex(str(r["out"])).decode().strip() if r["rc"] == 0 else ""
+        err = " | ".join(str(r["err"]).splitlines())
+        name = Path(cert).stem.removeprefix("cert-")
+        print("import", name, r["rc"], out or err, flush=True)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if sys.argv[1] == "import":
+        import_certs(sys.argv[2], sys.argv[3:])
+    else:
+        main(*sys.argv[1:3])

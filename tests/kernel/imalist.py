@@ -10,20 +10,20 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-__all__ = ["Entry", "parse", "replay"]
+__all__ = ["Entry", "extended", "parse", "replay"]
 
 
 @dataclass(frozen=True)
 class Entry:
     pcr: int
-    template_digest: bytes  # SHA-1, as stored in the legacy list
+    template_digest: bytes  # SHA-1 in the legacy list, the bank's hash in a per-bank one
     template: str
     data: bytes  # the template data: u32 len || field, for each field
     fields: tuple[bytes, ...]
 
     @property
     def violation(self) -> bool:
-        return self.template_digest == bytes(20)
+        return self.template_digest == bytes(len(self.template_digest))
 
     def template_hash(self, bank: str) -> bytes:
         return hashlib.new(bank, self.data).digest()
@@ -38,12 +38,15 @@ class Entry:
         return prefix.decode().rstrip(":"), digest
 
 
-def parse(data: bytes) -> list[Entry]:
+def parse(data: bytes, digest_size: int = 20) -> list[Entry]:
+    """The records of a binary list whose template digests have ``digest_size`` bytes (20:
+    the legacy list and ``_sha1``; a per-bank list's have its bank's size)."""
     out: list[Entry] = []
     pos = 0
+    head = struct.Struct(f"<I{digest_size}sI")
     while pos < len(data):
-        pcr, digest, name_len = struct.unpack_from("<I20sI", data, pos)
-        pos += 28
+        pcr, digest, name_len = head.unpack_from(data, pos)
+        pos += head.size
         name = data[pos : pos + name_len].decode()
         pos += name_len
         (size,) = struct.unpack_from("<I", data, pos)
@@ -61,13 +64,22 @@ def parse(data: bytes) -> list[Entry]:
     return out
 
 
-def replay(entries: list[Entry], bank: str, pcr: int = 10) -> bytes:
-    """PCR value after extending every entry of ``pcr`` (violations extend 0xFF…)."""
+def extended(e: Entry, bank: str, hashed: bool = True) -> bytes:
+    """What the kernel extends ``bank`` with for ``e``: the bank's hash of the template data
+    (``hashed``), else (no such hash in the kernel when IMA started) the entry's SHA-1
+    template digest zero-padded; 0xFF… for a violation."""
     size = hashlib.new(bank).digest_size
-    value = bytes(size)
+    if e.violation:
+        return b"\xff" * size
+    if hashed:
+        return e.template_hash(bank)
+    return e.template_digest[:20].ljust(size, b"\0")
+
+
+def replay(entries: list[Entry], bank: str, pcr: int = 10, hashed: bool = True) -> bytes:
+    """PCR value after extending every entry of ``pcr`` (:func:`extended`)."""
+    value = bytes(hashlib.new(bank).digest_size)
     for e in entries:
-        if e.pcr != pcr:
-            continue
-        extend = b"\xff" * size if e.violation else e.template_hash(bank)
-        value = hashlib.new(bank, value + extend).digest()
+        if e.pcr == pcr:
+            value = hashlib.new(bank, value + extended(e, bank, hashed)).digest()
     return value

@@ -30,15 +30,15 @@ def lines_of(run: KernelRun, what: str, case: DigestCase) -> str:
 
 @pytest.mark.parametrize("case", ACCEPTED, ids=lambda c: c.name)
 def test_kernel_digest_tree_and_descriptor_equal_pyverity(
-    kernel_run: KernelRun, case: DigestCase
+    kernel61_run: KernelRun, case: DigestCase
 ) -> None:
-    lines = kernel_run.lines
+    lines = kernel61_run.lines
     assert lines[("enable", case.name)] == "OK"
-    ours = build_tree(kernel_run.stage / "digest" / case.name, _params(case), keep_tree=True)
+    ours = build_tree(kernel61_run.stage / "digest" / case.name, _params(case), keep_tree=True)
     digest = ours.file_digest()
     assert lines[("measure", case.name)] == f"{case.number} {digest.hex()}"
-    kernel_desc = (kernel_run.results / "digest" / f"{case.name}.desc").read_bytes()
-    kernel_tree = (kernel_run.results / "digest" / f"{case.name}.tree").read_bytes()
+    kernel_desc = (kernel61_run.results / "digest" / f"{case.name}.desc").read_bytes()
+    kernel_tree = (kernel61_run.results / "digest" / f"{case.name}.tree").read_bytes()
     assert kernel_desc == ours.descriptor.to_bytes()
     assert kernel_tree == ours.tree
     # The kernel read the whole file back through its own verification.
@@ -47,19 +47,19 @@ def test_kernel_digest_tree_and_descriptor_equal_pyverity(
 
 @pytest.mark.parametrize("case", REFUSED, ids=lambda c: c.name)
 def test_kernel_61_refuses_block_size_other_than_page_size(
-    kernel_run: KernelRun, case: DigestCase
+    kernel61_run: KernelRun, case: DigestCase
 ) -> None:
-    assert lines_of(kernel_run, "enable", case) == "ERR 22 Invalid argument"
-    assert lines_of(kernel_run, "measure", case).startswith("ERR 61 ")  # ENODATA: not verity
+    assert lines_of(kernel61_run, "enable", case) == "ERR 22 Invalid argument"
+    assert lines_of(kernel61_run, "measure", case).startswith("ERR 61 ")  # ENODATA: not verity
     # pyverity itself computes these digests (as `fsverity digest` does); the parameters are
     # within the bounds it accepts from attributes, only this kernel cannot enable them.
     params = _params(case)
     params.check_bounded()
-    assert build_tree(kernel_run.stage / "digest" / case.name, params).file_digest().digest
+    assert build_tree(kernel61_run.stage / "digest" / case.name, params).file_digest().digest
 
 
 def test_pyverity_digest_cli_prints_the_kernel_digests(
-    kernel_run: KernelRun, tmp_path: Path
+    kernel61_run: KernelRun, tmp_path: Path
 ) -> None:
     groups: dict[tuple[str, bytes], list[DigestCase]] = {}
     for case in ACCEPTED:
@@ -67,11 +67,11 @@ def test_pyverity_digest_cli_prints_the_kernel_digests(
     for (alg, salt), cases in groups.items():
         cmd = [sys.executable, "-m", "pyverity.cli", "digest", f"--hash-alg={alg}"]
         cmd += [f"--salt={salt.hex()}"] if salt else []
-        cmd += [str(kernel_run.stage / "digest" / c.name) for c in cases]
+        cmd += [str(kernel61_run.stage / "digest" / c.name) for c in cases]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
         for case, line in zip(cases, out, strict=True):
-            _number, hexdigest = kernel_run.lines[("measure", case.name)].split()
-            assert line == f"{alg}:{hexdigest} {kernel_run.stage / 'digest' / case.name}"
+            _number, hexdigest = kernel61_run.lines[("measure", case.name)].split()
+            assert line == f"{alg}:{hexdigest} {kernel61_run.stage / 'digest' / case.name}"
     # The tree and descriptor files of the largest (3-level) case, as written by the CLI.
     big = max(ACCEPTED, key=lambda c: c.size)
     tree, desc = tmp_path / "tree", tmp_path / "desc"
@@ -84,11 +84,11 @@ def test_pyverity_digest_cli_prints_the_kernel_digests(
             f"--hash-alg={big.algorithm}",
             f"--out-merkle-tree={tree}",
             f"--out-descriptor={desc}",
-            str(kernel_run.stage / "digest" / big.name),
+            str(kernel61_run.stage / "digest" / big.name),
         ],
         capture_output=True,
         check=True,
     )
-    results = kernel_run.results / "digest"
+    results = kernel61_run.results / "digest"
     assert tree.read_bytes() == (results / f"{big.name}.tree").read_bytes()
     assert desc.read_bytes() == (results / f"{big.name}.desc").read_bytes()

@@ -1,4 +1,6 @@
-"""Kernel keyrings, token signatures and dump-metadata, judged by the real kernel (one boot).
+"""Kernel keyrings, token signatures and dump-metadata, judged by the real kernels (one boot
+each of ``harness.KERNELS``; expectations from ``cases.KernelFacts``, never a skip for what a
+kernel lacks).
 
 * ``pyverity key import`` inside the VM puts certificates where the kernel looks: into ``_ima``
   (made by the import) and ``%keyring:_ima``, after which IMA appraisal (``appraise_type=imasig``
@@ -7,14 +9,23 @@
   which ``pyverity enable --kernel --signature`` succeeds where it failed before.
 * ``.ima``: Debian's 6.1 has none (``CONFIG_INTEGRITY_TRUSTED_KEYRING`` unset), and the import
   says so in one line; where it exists, a self-signed certificate is refused.
-* v3 signatures made on the host with SoftHSM2 token keys (RSA; ECDSA where the kernel has it).
+* v3 signatures made on the host with SoftHSM2 token keys (RSA; ECDSA, which 6.12 verifies and
+  Debian's 6.1, without CONFIG_CRYPTO_ECDSA, refuses).
+* fs-verity built-in signatures under ``fs.verity.require_signatures=1``, the certificate in
+  ``.fs-verity``: the host's ``fsverity enable --signature`` (run inside the VM) accepts what
+  ``pyverity sign --builtin-sig`` wrote; an unsigned enable is refused with EPERM, a signature
+  of other content with EKEYREJECTED, one by a key not in the keyring with ENOKEY; ``pyverity
+  measure`` shows the kernel's digest, and pyverity's own check of a built-in signature (the
+  mount's, ``fuse.verity_ioctl.check_builtin_signature``) refuses with the same errno.
 * ``pyverity dump-metadata`` of kernel-verity files, byte for byte ``fsverity dump_metadata``
   (the host's binary, run inside the VM) and the tree and descriptor pyverity computes here.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,9 +38,25 @@ import pytest
 from pyverity.format import hashalg
 from pyverity.format.params import TreeParams
 from pyverity.hashing import build_tree
+from pyverity.keys import Keyring
 from tests.kernel import harness
-from tests.kernel.cases import GUEST_PY, HOST_ENTER, HOST_LEAVE, SALT11, parse_lines, payload
-from tests.kernel.conftest import _TIMING, _need_vm, boot_script
+from tests.kernel.cases import (
+    GUEST_PY,
+    HOST_ENTER,
+    HOST_LEAVE,
+    SALT11,
+    KernelFacts,
+    parse_lines,
+    payload,
+)
+from tests.kernel.conftest import (
+    _TIMING,
+    KERNEL_IDS,
+    _need_vm,
+    boot_script,
+    config_option,
+    kernel_config,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -46,7 +73,16 @@ POLICY = (
     "appraise func=FILE_CHECK mask=MAY_READ fowner=1000 appraise_type=imasig\n"
     "appraise func=FILE_CHECK mask=MAY_READ fowner=1001 digest_type=verity appraise_type=sigv3\n"
 )
-DM_SIZES = {"dm-a": (1 << 20) + 1, "dm-b": 300_000}
+DM_SIZES = {"dm-a": (1 << 20) + 1, "dm-b": 300_000, "dm-c": 5000}
+#: Enabled by the host's ``fsverity enable`` under fs.verity.require_signatures=1: name ->
+#: (the built-in signature given, the kernel's errno). "wrongsig": the imported key's signature
+#: of another file; "unknown": signed by a key never imported.
+REQUIRED = {
+    "rs-good": ("rs-good", 0),
+    "rs-unsigned": (None, errno.EPERM),
+    "rs-wrongsig": ("rs-wrongsig", errno.EKEYREJECTED),
+    "rs-unknown": ("rs-unknown", errno.ENOKEY),
+}
 
 
 @dataclass
@@ -59,6 +95,7 @@ class KeysRun:
     token: bool  # SoftHSM2 signed the v3tok files
     config: str  # the kernel's /boot/config-<version>, "" if absent
     boot: harness.VMRun
+    keyring: Path  # the certificates imported into .fs-verity (for pyverity's own check)
 
     guest_dir = "/mnt/keys"
 
@@ -72,8 +109,11 @@ class KeysRun:
 
     def option(self, name: str) -> str:
         """``y``, ``m`` or ``not set`` in the kernel's config."""
-        found = re.search(rf"^{name}=(\S+)$", self.config, re.MULTILINE)
-        return found.group(1) if found else "not set"
+        return config_option(self.config, name)
+
+    @property
+    def facts(self) -> KernelFacts:
+        return KernelFacts(self.kernel.version)
 
 
 def _pyverity(*args: str, env: dict[str, str] | None = None) -> str:
@@ -139,6 +179,19 @@ def _stage(d: Path, base: Path) -> bool:
         (d / name).write_bytes(payload(name, 20_000))
         key = other_key if name == "bsig-other" else file_key
         _pyverity("sign", *key, "--builtin-sig", str(d / f"{name}.sig"), str(d / name))
+    (d / "required.json").write_text(
+        json.dumps({n: None if s is None else f"{s}.sig" for n, (s, _) in REQUIRED.items()})
+    )
+    for name, (signed, _) in REQUIRED.items():
+        (d / name).write_bytes(payload(name, 30_000))
+        if signed is None:
+            continue
+        key = other_key if name == "rs-unknown" else file_key
+        content = d / name
+        if name == "rs-wrongsig":
+            content = signing / "rs-wrongsig.other"
+            content.write_bytes(payload("rs-good", 30_000)[::-1])
+        _pyverity("sign", *key, "--builtin-sig", str(d / f"{name}.sig"), str(content))
     for name, size in DM_SIZES.items():
         (d / name).write_bytes(payload(name, size))
     (d / "policy").write_text(POLICY)
@@ -185,18 +238,14 @@ def guest_script() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _config(kernel: harness.KernelImage) -> str:
-    path = Path("/boot") / f"config-{kernel.version}"
-    return "\n" + path.read_text() if path.exists() else ""
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=range(len(harness.KERNELS)), ids=KERNEL_IDS)
 def keys_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> KeysRun:
-    _need_vm()
-    kernel = harness.find_kernel()
+    pattern = None if request.param == 0 else harness.KERNELS[request.param]
+    _need_vm(pattern)
+    kernel = harness.find_kernel(pattern)
     assert kernel is not None
     initramfs = harness.initramfs_for(kernel)
-    base = tmp_path_factory.mktemp("keys")
+    base = tmp_path_factory.mktemp(f"keys-{kernel.version}")
     stage = base / "stage"
     (stage / "keys").mkdir(parents=True)
     token = _stage(stage / "keys", base)
@@ -209,6 +258,9 @@ def keys_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
         f"keyring case: {kernel.version} booted and ran its script in {boot.seconds:.1f} s"
     )
     steps_file = results / "keys.json"
+    keyring = base / "fs-verity-keyring"
+    keyring.mkdir()
+    shutil.copyfile(stage / "keys" / "ima.der", keyring / "ima.der")
     run = KeysRun(
         kernel=kernel,
         stage=stage / "keys",
@@ -216,8 +268,9 @@ def keys_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
         lines=parse_lines((results / "kernel.txt").read_text()),
         steps=json.loads(steps_file.read_text()) if steps_file.exists() else {},
         token=token,
-        config=_config(kernel),
+        config=kernel_config(kernel),
         boot=boot,
+        keyring=keyring,
     )
     assert run.lines.get(("guest", "x")) == "0", run.text("guest.out")
     return run
@@ -263,25 +316,24 @@ def test_import_into_ima_keyring_is_what_appraisal_uses(keys_run: KeysRun) -> No
 
 
 def test_dot_ima_keyring_absent_or_refuses_self_signed(keys_run: KeysRun) -> None:
+    """``.ima`` exists only with CONFIG_INTEGRITY_TRUSTED_KEYRING (unset in Debian's 6.1 and
+    6.12): where it is absent the import says so in one line; where it exists, it refuses a
+    self-signed certificate (what such a keyring does is checked on every kernel by the next
+    test, with a keyring restricted the same way)."""
     s = keys_run.step("import-.ima")
     errors = [x for x in str(s["err"]).splitlines() if x.startswith("ERROR:")]
     assert s["rc"] == 1
     assert len(errors) == 1, s
     has_ring = any(d.startswith(".ima:") for _, d in _proc_keys(keys_run).values())
+    assert has_ring == (keys_run.option("CONFIG_INTEGRITY_TRUSTED_KEYRING") == "y")
     if not has_ring:
         assert errors == [
             "ERROR: the kernel has no '.ima' keyring (or this process may not see it)"
         ]
         assert "use --keyring _ima" in str(s["err"])
-        assert keys_run.option("CONFIG_INTEGRITY_TRUSTED_KEYRING") != "y"
-        pytest.skip(
-            f"kernel {keys_run.kernel.version} has no .ima keyring "
-            "(CONFIG_INTEGRITY_TRUSTED_KEYRING is not set): its refusal of a self-signed "
-            "certificate cannot be seen here (the one-line 'no .ima keyring' error was, and a"
-            " keyring restricted as .ima is refuses it)"
-        )
-    assert errors[0].startswith("ERROR: the kernel refused certificate"), errors
-    assert "accepts only certificates signed by a key the kernel trusts" in errors[0]
+    else:
+        assert errors[0].startswith("ERROR: the kernel refused certificate"), errors
+        assert "accepts only certificates signed by a key the kernel trusts" in errors[0]
 
 
 def test_keyring_restricted_as_ima_refuses_a_self_signed_certificate(keys_run: KeysRun) -> None:
@@ -324,18 +376,78 @@ def test_v3_ecdsa_token_signature(keys_run: KeysRun) -> None:
     if not keys_run.token:
         pytest.skip("SoftHSM2 or python-pkcs11 is missing on the host")
     s = keys_run.step("import-token-ec")
-    if keys_run.lines[("crypto", "ecdsa")] == "no":
+    assert keys_run.lines[("crypto", "ecdsa")] == ("yes" if keys_run.facts.ecdsa else "no")
+    if not keys_run.facts.ecdsa:
         # Debian's 6.1: no ECDSA in the kernel. The import says so, and the open is refused.
         assert s["rc"] == 1, s
         assert "this kernel cannot use the certificate's key type" in str(s["err"])
         assert not _opened(keys_run, "v3tok-ec")
-        built = keys_run.option("CONFIG_CRYPTO_ECDSA")
-        pytest.skip(
-            f"kernel {keys_run.kernel.version} has no ECDSA in /proc/crypto"
-            f" (CONFIG_CRYPTO_ECDSA {built}; no ecdsa module in the initramfs)"
-        )
+        return
     assert s["rc"] == 0, s
-    assert _opened(keys_run, "v3tok-ec")
+    assert keys_run.lines[("enable", "v3tok-ec")] == "OK"
+    assert _opened(keys_run, "v3tok-ec"), keys_run.text("dmesg")[-2000:]
+
+
+def test_require_signatures_fsverity_enable_as_the_kernel_judges(keys_run: KeysRun) -> None:
+    """fs.verity.require_signatures=1, ``pyverity sign --builtin-sig``'s signatures given to
+    the host's ``fsverity enable --signature`` in the VM: only the good one enables."""
+    assert keys_run.step("require-on")["rc"] == 0, keys_run.step("require-on")
+    for name, (_, code) in REQUIRED.items():
+        s = keys_run.step(f"fsverity-{name}")
+        if code == 0:
+            assert s["rc"] == 0, s
+        else:
+            assert s["rc"] != 0, s
+            assert str(s["err"]).rstrip().endswith(os.strerror(code)), (name, s)
+    # pyverity's own kernel enable, unsigned, refused in one line.
+    s = keys_run.step("require-pyverity-unsigned")
+    assert s["rc"] == 1, s
+    errors = [x for x in str(s["err"]).splitlines() if x.startswith("ERROR:")]
+    assert len(errors) == 1, s
+    assert keys_run.step("require-off")["rc"] == 0
+
+
+def test_require_signatures_measure_shows_the_kernels_digest(keys_run: KeysRun) -> None:
+    """``pyverity measure`` (inside the VM) of the enabled file prints the digest that
+    ``fsverity measure`` prints and that ``pyverity sign --builtin-sig`` signed; the refused
+    files have no fs-verity and no descriptor, and say so in one error line."""
+    for name, (_, code) in REQUIRED.items():
+        s = keys_run.step(f"measure-{name}")
+        theirs = keys_run.step(f"fsverity-measure-{name}")
+        if code == 0:
+            digest = build_tree(keys_run.stage / name, TreeParams()).file_digest().hex()
+            out = bytes.fromhex(str(s["out"])).decode()
+            assert s["rc"] == 0, s
+            assert out.split()[0] == f"sha256:{digest}", out
+            assert theirs["rc"] == 0, theirs
+            assert str(theirs["out"]).split()[0] == f"sha256:{digest}", theirs
+        else:
+            assert s["rc"] == 1, s
+            errors = [x for x in str(s["err"]).splitlines() if x.startswith("ERROR:")]
+            assert len(errors) == 1, s
+            assert "fs-verity is not enabled on it" in errors[0], s
+            assert theirs["rc"] != 0, theirs
+
+
+def test_pyverity_judges_builtin_signatures_as_the_kernel(keys_run: KeysRun) -> None:
+    """pyverity's check of a built-in signature (what its mount does on ``fsverity enable
+    --signature``, against the certificates given as ``.fs-verity``) gives the kernel's
+    errno for each file: accepted, EKEYREJECTED, ENOKEY."""
+    from pyverity.fuse.verity_ioctl import check_builtin_signature
+
+    keyring = Keyring.from_directory(keys_run.keyring)
+    for name, (signed, code) in REQUIRED.items():
+        if signed is None:
+            continue
+        tree = build_tree(keys_run.stage / name, TreeParams())
+        signature = (keys_run.stage / f"{signed}.sig").read_bytes()
+        try:
+            check_builtin_signature(name, signature, tree.descriptor, keyring)
+        except OSError as e:
+            got = e.errno
+        else:
+            got = 0
+        assert got == code, name
 
 
 def _dump(run: KeysRun, name: str) -> tuple[bytes, bytes]:

@@ -1,88 +1,117 @@
-"""The kernel's measurement list from the appraisal run: parsed, checked and replayed.
+"""The kernel's measurement lists from the appraisal run: parsed, checked and replayed.
 
-Every check runs twice: on the list of this session's boot (marked ``kernel``) and on the list
-kept in ``tests/vectors/kernel-6.1-ima-pyverity/`` (an ordinary test: no VM needed).
+Every check runs on the lists of this session's boots (marked ``kernel``: one per kernel of
+``harness.KERNELS``) and on the kept ones in ``tests/vectors/kernel-<version>-ima-pyverity/``
+(ordinary tests: no VM needed). Since 6.10 the kernel offers one list pair per TPM bank
+(``*_runtime_measurements_<bank>``, the unsuffixed names symlinks to the sha1 ones); the TPM
+has four banks (sha1, sha256, sha384, sha512), and every list is replayed to its bank's PCR 10.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from pyverity.format import hashalg
 from pyverity.format.params import TreeParams
 from pyverity.hashing import compute_digest
 from tests.kernel import imalist
-from tests.kernel.cases import SIG_CASES, parse_lines
-from tests.kernel.conftest import KernelRun
+from tests.kernel.cases import BANKS, SIG_CASES, list_bank
+from tests.kernel.conftest import KERNEL_IDS, _main_run, need_tool
+from tests.kernel.imarun import VECTORS, ImaRun, check_log_verify, load_vector
 
-VECTOR = Path(__file__).resolve().parents[1] / "vectors" / "kernel-6.1-ima-pyverity"
 _IMA_ALGO = {"sha256": 4, "sha512": 6}
+_BOOTS = [pytest.param(i, marks=pytest.mark.kernel, id=k) for i, k in enumerate(KERNEL_IDS)]
+_SOURCES = [
+    *(pytest.param(*b.values, marks=b.marks, id=f"kernel-{b.id}") for b in _BOOTS),
+    *(pytest.param(v, id="vector-" + v.split("-")[1]) for v in VECTORS),
+]
 
 
-@dataclass(frozen=True)
-class ImaRun:
-    """One appraisal run's outputs: ``results`` (lists, PCRs, kernel.txt) and ``sig`` (inputs)."""
-
-    results: Path
-    sig: Path
-    lines: dict[tuple[str, str], str]
-
-    @property
-    def tpm(self) -> bool:
-        return (self.results / "pcr10-sha256").exists()
-
-    def entries(self) -> list[imalist.Entry]:
-        return imalist.parse((self.results / "binary_runtime_measurements").read_bytes())
-
-    def signature(self, name: str) -> bytes:
-        path = self.sig / f"{name}.ima"
-        return path.read_bytes() if path.exists() else b""
+def _boot(request: pytest.FixtureRequest, index: int) -> ImaRun:
+    run = _main_run(request, index)
+    return ImaRun(run.results, run.stage / "sig", run.lines)
 
 
-@pytest.fixture(params=[pytest.param("kernel", marks=pytest.mark.kernel), "vector"])
+@pytest.fixture(params=_SOURCES)
 def ima(request: pytest.FixtureRequest) -> ImaRun:
-    if request.param == "kernel":
-        run: KernelRun = request.getfixturevalue("kernel_run")
-        return ImaRun(run.results, run.stage / "sig", run.lines)
-    assert (VECTOR / "binary_runtime_measurements").exists(), f"{VECTOR} is missing"
-    return ImaRun(VECTOR, VECTOR / "sig", parse_lines((VECTOR / "kernel.txt").read_text()))
+    if isinstance(request.param, int):
+        return _boot(request, request.param)
+    return load_vector(request.param)
 
 
-def test_every_template_digest_is_the_sha1_of_its_data(ima: ImaRun) -> None:
-    entries = ima.entries()
-    assert entries[0].file_name == "boot_aggregate"
-    for e in entries:
-        assert e.pcr == 10
-        if not e.violation:
-            assert e.template_hash("sha1") == e.template_digest, e.file_name
+@pytest.fixture(params=_BOOTS)
+def booted(request: pytest.FixtureRequest) -> ImaRun:
+    return _boot(request, request.param)
+
+
+def _need_tpm(run: ImaRun) -> None:
+    need_tool("a TPM in this run (swtpm, unless PYVERITY_KERNEL_TPM=0)", run.tpm)
+
+
+def test_every_list_file_the_kernel_offers_is_kept(ima: ImaRun) -> None:
+    """Per-bank lists since 6.10, the unsuffixed names symlinks to the sha1 ones; before, one
+    pair. A boot notes the kernel's symlinks; a kept vector keeps them as symlinks."""
+    expected = ima.facts.list_names()
+    assert ima.lists() == sorted(expected)
+    for name, target in expected.items():
+        path = ima.list_path(name)
+        if ima.kept:
+            assert (str(path.readlink()) if path.is_symlink() else None) == target, name
+        else:
+            assert ima.lines.get(("symlink", name)) == target, name
+        if target is not None:
+            assert path.read_bytes() == ima.list_path(target).read_bytes()
+
+
+def test_every_template_digest_is_the_hash_of_its_data(ima: ImaRun) -> None:
+    for name in ima.lists():
+        if not name.startswith("binary_"):
+            continue
+        bank = list_bank(name)
+        hashed = bank in ima.facts.hashed_banks
+        entries = ima.entries(name)
+        assert entries[0].file_name == "boot_aggregate"
+        for e in entries:
+            assert e.pcr == 10
+            if not e.violation:
+                assert imalist.extended(e, bank, hashed) == e.template_digest, (name, e.file_name)
+
+
+def test_per_bank_lists_hold_the_same_records(ima: ImaRun) -> None:
+    legacy = ima.entries()
+    for name in ima.lists():
+        if name.startswith("binary_"):
+            assert [(e.template, e.data) for e in ima.entries(name)] == [
+                (e.template, e.data) for e in legacy
+            ], name
 
 
 def test_ascii_list_matches_binary(ima: ImaRun) -> None:
-    entries = ima.entries()
-    lines = (ima.results / "ascii_runtime_measurements").read_text().splitlines()
-    assert len(lines) == len(entries)
-    for e, line in zip(entries, lines, strict=True):
-        pcr, digest, template, rest = line.split(" ", 3)
-        alg, d = e.digest_field()
-        assert (int(pcr), digest, template) == (10, e.template_digest.hex(), e.template)
-        assert rest.startswith(f"{alg}:{d.hex()} {e.file_name}")
+    for name in ima.lists():
+        if not name.startswith("ascii_"):
+            continue
+        entries = ima.entries(name.replace("ascii_", "binary_", 1))
+        lines = ima.list_path(name).read_text().splitlines()
+        assert len(lines) == len(entries), name
+        for e, line in zip(entries, lines, strict=True):
+            pcr, digest, template, rest = line.split(" ", 3)
+            alg, d = e.digest_field()
+            assert (int(pcr), digest, template) == (10, e.template_digest.hex(), e.template)
+            assert rest.startswith(f"{alg}:{d.hex()} {e.file_name}"), name
 
 
 def test_one_record_per_verity_file_with_pyverity_digest_and_signature(ima: ImaRun) -> None:
     by_name = {e.file_name: e for e in ima.entries()[1:]}
-    for case in SIG_CASES:
+    for case in ima.cases:
         if not case.verity:
             # A signed file without fs-verity under a verity rule: no digest, so no record.
             assert f"/mnt/sig/{case.name}" not in by_name
@@ -101,108 +130,101 @@ def test_one_record_per_verity_file_with_pyverity_digest_and_signature(ima: ImaR
 
 
 def _v3_verifies(
-    public: rsa.RSAPublicKey, keyid: bytes, kind: str, digest: bytes, sig: bytes
+    certs: dict[bytes, x509.Certificate], kind: str, digest: bytes, sig: bytes
 ) -> bool:
+    """A v3 signature (spec/ima.md §2.3) over the record's digest, by RSA or ECDSA, checked
+    with ``cryptography`` against the certificate its keyid names."""
     alg = kind.split(":")[1]
-    if sig[:3] != bytes([0x06, 0x03, _IMA_ALGO[alg]]) or sig[3:7] != keyid:
+    cert = certs.get(sig[3:7])
+    if sig[:3] != bytes([0x06, 0x03, _IMA_ALGO[alg]]) or cert is None:
         return False
     signed = hashlib.new(alg, bytes([0x06, _IMA_ALGO[alg]]) + digest).digest()
-    chosen = hashes.SHA256() if alg == "sha256" else hashes.SHA512()
+    chosen = utils.Prehashed(hashes.SHA256() if alg == "sha256" else hashes.SHA512())
+    public = cert.public_key()
     try:
-        public.verify(sig[9:], signed, padding.PKCS1v15(), utils.Prehashed(chosen))
+        if isinstance(public, rsa.RSAPublicKey):
+            public.verify(sig[9:], signed, padding.PKCS1v15(), chosen)
+        else:
+            assert isinstance(public, ec.EllipticCurvePublicKey)
+            public.verify(sig[9:], signed, ec.ECDSA(chosen))
     except InvalidSignature:
         return False
     return True
 
 
 def test_signatures_in_the_list_verify_exactly_where_the_kernel_allowed(ima: ImaRun) -> None:
-    cert = x509.load_der_x509_certificate((ima.sig / "cert.der").read_bytes())
-    public = cert.public_key()
-    assert isinstance(public, rsa.RSAPublicKey)
-    keyid = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest[-4:]
-    checked = 0
-    for e in ima.entries()[1:]:
-        if e.template != "ima-sigv2" or not e.fields[2]:
-            continue
-        name = e.file_name.rsplit("/", 1)[1]
-        allowed = not ima.lines[("open", name)].startswith("ERR")
+    """Where the kernel cannot verify a key at all (ECDSA on Debian's 6.1), it refuses the
+    open of a good signature too."""
+    certs = {}
+    for path in ima.certificates():
+        cert = x509.load_der_x509_certificate(path.read_bytes())
+        skid = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        certs[skid[-4:]] = cert
+    assert len(certs) == len({c.key for c in ima.cases})
+    by_name = {e.file_name: e for e in ima.entries()[1:]}
+    signed = [c for c in ima.cases if c.verity and c.sign]
+    for case in signed:
+        e = by_name[f"/mnt/sig/{case.name}"]
         kind, digest = e.digest_field()
-        assert _v3_verifies(public, keyid, kind, digest, e.fields[2]) == allowed, name
-        checked += 1
-    assert checked == sum(1 for c in SIG_CASES if c.verity and c.sign)
+        verifies = _v3_verifies(certs, kind, digest, e.fields[2])
+        assert verifies == case.signature_valid, case.name
+        assert (not ima.refused(case.name)) == (verifies and ima.facts.verifies(case.key))
+    assert sum(1 for e in by_name.values() if e.template == "ima-sigv2" and e.fields[2]) == len(
+        signed
+    )
 
 
 def test_verdicts_are_the_expected_ones(ima: ImaRun) -> None:
-    for case in SIG_CASES:
+    assert ima.cases == list(SIG_CASES) or ima.kept  # an early vector has only the RSA cases
+    for case in ima.cases:
         verdict = ima.lines[("open", case.name)]
-        assert verdict == (str(case.size) if case.expect_open else "ERR 13 Permission denied")
+        opens = case.opens(ima.facts)
+        assert verdict == (str(case.size) if opens else "ERR 13 Permission denied"), case.name
 
 
-def test_replay_equals_the_tpm_pcr10(ima: ImaRun) -> None:
-    if not ima.tpm:
-        pytest.skip("no TPM in this run (swtpm not installed, or PYVERITY_KERNEL_TPM=0)")
+def test_replay_equals_the_tpm_pcr10_of_each_bank(ima: ImaRun) -> None:
+    """The legacy (sha1) list's template data replayed to each of the four banks (a bank the
+    kernel has no hash for was extended with the SHA-1 digest, zero-padded), and each
+    per-bank list's own template digests to its bank."""
+    _need_tpm(ima)
     entries = ima.entries()
     assert entries[0].digest_field()[1] != bytes(32)  # a real boot_aggregate
-    for bank in ("sha1", "sha256"):
-        pcr = ima.results / f"pcr10-{bank}"
-        if bank == "sha256" or pcr.exists():
-            assert imalist.replay(entries, bank) == bytes.fromhex(pcr.read_text().strip()), bank
+    assert ima.banks() == list(BANKS) or ima.kept  # an early vector has two
+    for bank in ima.banks():
+        hashed = bank in ima.facts.hashed_banks
+        assert imalist.replay(entries, bank, hashed=hashed).hex() == ima.pcr(bank), bank
+    for name in ima.lists():
+        if name.startswith("binary_") and name.endswith(BANKS):
+            bank = list_bank(name)
+            value = bytes(hashlib.new(bank).digest_size)
+            for e in ima.entries(name):
+                value = hashlib.new(bank, value + e.template_digest).digest()
+            assert value.hex() == ima.pcr(bank), name
 
 
 def test_evmctl_replays_the_kernel_list_against_the_tpm(ima: ImaRun, tmp_path: Path) -> None:
-    if not ima.tpm:
-        pytest.skip("no TPM in this run (swtpm not installed, or PYVERITY_KERNEL_TPM=0)")
-    if shutil.which("evmctl") is None:
-        pytest.skip("evmctl is not installed (Debian: ima-evm-utils)")
+    """evmctl 1.4 reads the legacy list and computes each bank's template hash itself: given
+    sha1 and sha256 (it takes at most two ``--pcrs`` files)."""
+    _need_tpm(ima)
+    need_tool("evmctl (Debian: ima-evm-utils)", shutil.which("evmctl") is not None)
     cmd = ["evmctl", "ima_measurement"]
     for bank in ("sha1", "sha256"):
-        value = (ima.results / f"pcr10-{bank}").read_text().strip().lower()
+        value = ima.pcr(bank)
         zero = "0" * len(value)
         pcrs = tmp_path / bank
         pcrs.write_text("".join(f"PCR-{i:02d}: {value if i == 10 else zero}\n" for i in range(24)))
         cmd += ["--pcrs", f"{bank},{pcrs}"]
-    cmd.append(str(ima.results / "binary_runtime_measurements"))
+    cmd.append(str(ima.list_path("binary_runtime_measurements")))
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Matched per TPM bank" in proc.stdout + proc.stderr
 
 
-def test_pyverity_log_verify_replays_and_checks_the_kernel_list(
-    ima: ImaRun, tmp_path: Path
-) -> None:
-    """``pyverity log verify``: the replay equals the TPM, and a signature fails exactly where
-    the kernel refused the open."""
-    keyring = tmp_path / "keyring"
-    keyring.mkdir()
-    shutil.copyfile(ima.sig / "cert.der", keyring / "cert.der")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pyverity.cli",
-        "log",
-        "verify",
-        "--json",
-        "--keyring",
-        str(keyring),
-    ]
-    pcrs = {}
-    if ima.tpm:
-        for bank in ("sha1", "sha256"):
-            pcrs[bank] = (ima.results / f"pcr10-{bank}").read_text().strip().lower()
-            cmd += ["--pcr", f"{bank}:{pcrs[bank]}"]
-    cmd.append(str(ima.results / "binary_runtime_measurements"))
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    report = json.loads(proc.stdout)
-    refused = {
-        f"/mnt/sig/{c.name}"
-        for c in SIG_CASES
-        if c.verity and c.sign and ima.lines[("open", c.name)].startswith("ERR")
-    }
-    assert {p["kind"] for p in report["problems"]} == {"signature"}
-    assert {p["name"] for p in report["problems"]} == refused
-    assert report["signatures_checked"] == sum(1 for c in SIG_CASES if c.verity and c.sign)
-    assert report["entries"] == len(ima.entries())
-    if ima.tpm:
-        assert report["pcrs_compared"] is True
-        assert {bank: v["10"] for bank, v in report["replayed"].items()} == pcrs
-    assert proc.returncode == 1
+def test_pyverity_log_verify_replays_every_list_of_the_boot(booted: ImaRun, tmp_path: Path) -> None:
+    """``pyverity log verify`` of each list file the kernel offered (binary and ascii, each
+    bank, the unsuffixed names): its replay equals its bank's PCR 10, and a signature fails
+    exactly where it does not verify. The kept vectors: tests/vectors/test_vectors.py."""
+    _need_tpm(booted)
+    for name in booted.lists():
+        if list_bank(name) in booted.facts.hashed_banks:
+            check_log_verify(booted, name, tmp_path / name)

@@ -179,7 +179,3 @@ def test_restart_discards_and_completes(powerloss: PowerLoss) -> None:
     assert "building from offset 0" in log
     assert int(float(f["restart-bytes_hashed"])) == BIG_SIZE
     assert powerloss.tree_in_cache("pl-state-restart") == powerloss.expected_tree
-
-
-def test_two_boots_stay_short(powerloss: PowerLoss) -> None:
-    assert powerloss.first.seconds + powerloss.second.seconds < 150

@@ -1,4 +1,10 @@
-"""IMA appraisal of v3 (fs-verity) signatures by the real kernel: what opens, what is refused."""
+"""IMA appraisal of v3 (fs-verity) signatures by the real kernels: what opens, what is refused.
+
+On each kernel of ``harness.KERNELS``: signatures by RSA, ECDSA P-256 and ECDSA P-384 keys
+(``cases.SIG_KEYS``), each with the same refusals. Where a kernel cannot verify ECDSA at all
+(Debian's 6.1: CONFIG_CRYPTO_ECDSA unset), ``pyverity key import`` says so in one line and every
+ECDSA-signed file is refused; where it can (6.12), they must open exactly as the RSA ones.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +18,36 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.cases import SIG_CASES
-from tests.kernel.conftest import KernelRun
+from tests.kernel.cases import SIG_CASES, SIG_KEYS, cert_name
+from tests.kernel.conftest import KernelRun, config_option, kernel_config
 
 pytestmark = pytest.mark.kernel
 
 
-def test_key_and_policy_loaded(kernel_run: KernelRun) -> None:
+def test_keys_and_policy_loaded(kernel_run: KernelRun) -> None:
     assert kernel_run.lines[("policy", "0")] == ""  # the write was accepted
     # The certificate went into a `_ima` keyring: "<keyring serial> <key serial>".
     assert re.fullmatch(r"\d+ \d+", kernel_run.lines[("addkey", "_ima")])
+    for key in SIG_KEYS:
+        if key == "rsa":
+            continue
+        imported = kernel_run.lines.get(("import", key), kernel_run.text("import.err"))
+        if kernel_run.facts.verifies(key):
+            assert re.fullmatch(r"0 \d+", imported), imported
+        else:
+            assert imported.startswith("1 ERROR: "), imported
+            assert "this kernel cannot use the certificate's key type" in imported
+
+
+def test_kernel_facts_match_its_config(kernel_run: KernelRun) -> None:
+    """The expectations of this suite come from :class:`cases.KernelFacts` (the version):
+    they must be what the kernel's config says, where its /boot/config is installed."""
+    config = kernel_config(kernel_run.kernel)
+    assert config, f"no /boot/config-{kernel_run.kernel.version}"
+    for option, value in kernel_run.facts.config().items():
+        assert config_option(config, option) == value, option
+    # and what the running kernel has: an ECDSA verifier in /proc/crypto
+    assert kernel_run.lines[("crypto", "ecdsa")] == ("yes" if kernel_run.facts.ecdsa else "no")
 
 
 def test_pyverity_verify_reaches_the_kernels_verdict(kernel_run: KernelRun, tmp_path: Path) -> None:
@@ -30,15 +56,17 @@ def test_pyverity_verify_reaches_the_kernels_verdict(kernel_run: KernelRun, tmp_
     The kernel's state maps onto pyverity's attributes: ``security.ima`` -> ``user.ima``, and the
     file's fs-verity descriptor (read back with FS_IOC_READ_VERITY_METADATA) -> ``user.verity``.
     The kernel's policy requires a v3 signature (``appraise_type=sigv3``), so pyverity's verdict
-    is "verified and signed". One difference is by design: ``noverity`` (a good signature on a
-    file without fs-verity) is refused by the kernel, which has no digest for it, but accepted
-    by pyverity, which builds the tree itself.
+    is "verified and signed". Two differences: ``noverity`` (a good signature on a file without
+    fs-verity) is refused by the kernel, which has no digest for it, but accepted by pyverity,
+    which builds the tree itself (by design); and a good ECDSA signature is accepted by
+    pyverity where the kernel cannot verify ECDSA at all.
     """
     files = tmp_path / "files"
     files.mkdir()
     keyring = tmp_path / "keyring"
     keyring.mkdir()
-    shutil.copyfile(kernel_run.keys / "ima.der", keyring / "ima.der")
+    for key in SIG_KEYS:
+        shutil.copyfile(kernel_run.stage / "sig" / cert_name(key), keyring / cert_name(key))
     for case in SIG_CASES:
         path = files / case.name
         shutil.copyfile(kernel_run.stage / "sig" / case.name, path)
@@ -61,8 +89,11 @@ def test_pyverity_verify_reaches_the_kernels_verdict(kernel_run: KernelRun, tmp_
         if case.owner != 1000:  # not appraised by the kernel's policy
             assert kernel_allows
             assert r["ok"], r
-        elif case.name == "noverity":
+        elif not case.verity:
             assert (kernel_allows, pyverity_allows) == (False, True), r
+        elif not kernel_run.facts.verifies(case.key):
+            assert not kernel_allows
+            assert pyverity_allows == case.expect_open, r
         else:
             assert pyverity_allows == kernel_allows, r
     assert proc.returncode == 1  # some files fail

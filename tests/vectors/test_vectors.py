@@ -134,3 +134,34 @@ def test_spec11_against_real_fsverity_now(case: dict[str, Any], tmp_path: Path) 
     tree = build_tree(tmp_path / "file", _params_from_options(case["options"]))
     assert tree.tree == (tmp_path / "t").read_bytes()
     assert tree.descriptor.to_bytes() == (tmp_path / "d").read_bytes()
+
+
+def _kept_lists() -> list[Any]:
+    """(vector, list file) for every list of the kept kernel runs whose bank the kernel
+    extended with that bank's own hash (tests/kernel/imarun.py)."""
+    from tests.kernel.cases import list_bank
+    from tests.kernel.imarun import VECTOR_ROOT, VECTORS, load_vector
+
+    params = []
+    for vector in VECTORS:
+        if not (VECTOR_ROOT / vector / "kernel.txt").exists():
+            params.append(pytest.param(vector, "(missing)", id=f"{vector}-missing"))
+            continue
+        run = load_vector(vector)
+        for name in run.lists():
+            if list_bank(name) in run.facts.hashed_banks:
+                params.append(pytest.param(vector, name, id=f"{vector}-{name}"))
+    return params
+
+
+@pytest.mark.parametrize(("vector", "name"), _kept_lists())
+def test_kept_kernel_list_replays_to_its_banks_pcr10(
+    vector: str, name: str, tmp_path: Path
+) -> None:
+    """``pyverity log verify`` of each kept list (binary and ascii, per bank, the unsuffixed
+    names through their symlinks): the replay equals the recorded PCR 10 of its bank, and the
+    signatures fail exactly where they do not verify. Provenance: tests/vectors/README.md."""
+    from tests.kernel.imarun import check_log_verify, load_vector
+
+    run = load_vector(vector)
+    check_log_verify(run, name, tmp_path)
