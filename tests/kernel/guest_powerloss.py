@@ -144,7 +144,7 @@ def run_until_ready(d: Path, state: Path, policy: str, log: Path) -> list[str]:
 
     try:
         with contextlib.suppress(AssertionError):  # not READY in time: reported as it is
-            wait_until(ready, timeout=150, interval=0.2, what="big READY")
+            wait_until(ready, timeout=300, interval=0.2, what="big READY")
         rec = last[0]
         out.append(f"state {rec.state if rec else None} {rec.digest if rec else ''}")
         text = client.request({"op": "metrics"}, state_dir=state)["text"]

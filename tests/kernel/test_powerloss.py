@@ -95,9 +95,9 @@ def powerloss(
     (stage / "run.sh").write_text(_guest_script())
     disk = base / "disk.img"
     harness.make_disk(stage, disk, 320)
-    first = harness.run_vm(kernel, initramfs, disk, timeout=120, share_host_root=True)
+    first = harness.run_vm(kernel, initramfs, disk, timeout=180, share_host_root=True)
     (base / "console1.txt").write_text(first.console)
-    second = harness.run_vm(kernel, initramfs, disk, timeout=240, share_host_root=True)
+    second = harness.run_vm(kernel, initramfs, disk, timeout=420, share_host_root=True)
     (base / "console2.txt").write_text(second.console)
     if not second.finished:
         pytest.fail(f"the second boot did not finish; console tail:\n{second.console[-4000:]}")
