@@ -27,9 +27,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from pyverity.keys.generate import GeneratedKey, generate_key
+from tests.support.needs import need
 from tests.unit.keys.keyhelpers import make_key
 
 MODULE_CANDIDATES = (
@@ -44,15 +43,6 @@ SPY_CANDIDATES = (
 )
 PIN = "1234"
 SO_PIN = "5678"
-
-
-def need(what: str, present: bool) -> None:
-    """Skip without ``what`` (with the reason), or fail under ``CI=true``."""
-    if present:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing (CI=true: a missing tool fails)")
-    pytest.skip(f"{what} is missing")
 
 
 def first_existing(paths: tuple[str, ...]) -> str | None:

@@ -19,7 +19,8 @@ import pytest
 from pyverity.cli import main
 from pyverity.errors import SignatureError
 from pyverity.format.ima import ImaSignature, parse_ima_value
-from tests.interop.softhsm import SPY_CANDIDATES, SoftToken, first_existing, need, softhsm
+from tests.interop.softhsm import SPY_CANDIDATES, SoftToken, first_existing, softhsm
+from tests.support.needs import need
 from tests.unit.keys.keyhelpers import keyring_dir
 
 pytestmark = [pytest.mark.interop]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from pyverity.format.ima import file_id_hash
-from tests.interop.softhsm import need, softhsm
+from tests.interop.softhsm import softhsm
+from tests.support.needs import need
 from tests.unit.keys.keyhelpers import make_key
 
 pytestmark = [pytest.mark.interop]

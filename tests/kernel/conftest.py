@@ -82,15 +82,6 @@ def config_option(config: str, name: str) -> str:
     return found.group(1) if found else "not set"
 
 
-def need_tool(what: str, present: bool) -> None:
-    """Skip without ``what`` (with the reason), or fail under ``CI=true``."""
-    if present:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing (CI=true: a missing tool fails)", pytrace=False)
-    pytest.skip(f"{what} is missing")
-
-
 def _need_vm(pattern: str | None = None, filesystems: tuple[str, ...] = ()) -> None:
     """Skip (fail under CI=true) unless kernel ``pattern`` (default: the suite's first) can be
     booted here with disks of ``filesystems``."""

@@ -64,22 +64,27 @@ def parse(data: bytes, digest_size: int = 20) -> list[Entry]:
     return out
 
 
-def extended(e: Entry, bank: str, hashed: bool = True) -> bytes:
-    """What the kernel extends ``bank`` with for ``e``: the bank's hash of the template data
-    (``hashed``), else (no such hash in the kernel when IMA started) the entry's SHA-1
-    template digest zero-padded; 0xFF… for a violation."""
+def extended(e: Entry, bank: str, hashed: bool = True, stored: bool = False) -> bytes:
+    """What the kernel extends ``bank`` with for ``e``: the entry's own template digest as the
+    list records it (``stored``: a per-bank list's are its bank's), else the bank's hash of the
+    template data (``hashed``), else (no such hash in the kernel when IMA started) the entry's
+    SHA-1 template digest zero-padded; 0xFF… for a violation."""
     size = hashlib.new(bank).digest_size
     if e.violation:
         return b"\xff" * size
+    if stored:
+        return e.template_digest
     if hashed:
         return e.template_hash(bank)
     return e.template_digest[:20].ljust(size, b"\0")
 
 
-def replay(entries: list[Entry], bank: str, pcr: int = 10, hashed: bool = True) -> bytes:
+def replay(
+    entries: list[Entry], bank: str, pcr: int = 10, hashed: bool = True, stored: bool = False
+) -> bytes:
     """PCR value after extending every entry of ``pcr`` (:func:`extended`)."""
     value = bytes(hashlib.new(bank).digest_size)
     for e in entries:
         if e.pcr == pcr:
-            value = hashlib.new(bank, value + extended(e, bank, hashed)).digest()
+            value = hashlib.new(bank, value + extended(e, bank, hashed, stored)).digest()
     return value

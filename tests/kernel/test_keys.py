@@ -451,7 +451,7 @@ def test_pyverity_judges_builtin_signatures_as_the_kernel(keys_run: KeysRun) -> 
 
 
 def _dump(run: KeysRun, name: str) -> tuple[bytes, bytes]:
-    from tests.interop.softhsm import need
+    from tests.support.needs import need
 
     need("fsverity (Debian: fsverity)", shutil.which("fsverity") is not None)
     s = run.step(f"dump {name}")

@@ -25,8 +25,9 @@ from pyverity.format.params import TreeParams
 from pyverity.hashing import compute_digest
 from tests.kernel import imalist
 from tests.kernel.cases import BANKS, SIG_CASES, list_bank
-from tests.kernel.conftest import KERNEL_IDS, _main_run, need_tool
+from tests.kernel.conftest import KERNEL_IDS, _main_run
 from tests.kernel.imarun import VECTORS, ImaRun, check_log_verify, load_vector
+from tests.support.needs import need
 
 _IMA_ALGO = {"sha256": 4, "sha512": 6}
 _BOOTS = [pytest.param(i, marks=pytest.mark.kernel, id=k) for i, k in enumerate(KERNEL_IDS)]
@@ -54,7 +55,7 @@ def booted(request: pytest.FixtureRequest) -> ImaRun:
 
 
 def _need_tpm(run: ImaRun) -> None:
-    need_tool("a TPM in this run (swtpm, unless PYVERITY_KERNEL_TPM=0)", run.tpm)
+    need("a TPM in this run (swtpm, unless PYVERITY_KERNEL_TPM=0)", run.tpm)
 
 
 def test_every_list_file_the_kernel_offers_is_kept(ima: ImaRun) -> None:
@@ -196,17 +197,14 @@ def test_replay_equals_the_tpm_pcr10_of_each_bank(ima: ImaRun) -> None:
     for name in ima.lists():
         if name.startswith("binary_") and name.endswith(BANKS):
             bank = list_bank(name)
-            value = bytes(hashlib.new(bank).digest_size)
-            for e in ima.entries(name):
-                value = hashlib.new(bank, value + e.template_digest).digest()
-            assert value.hex() == ima.pcr(bank), name
+            assert imalist.replay(ima.entries(name), bank, stored=True).hex() == ima.pcr(bank), name
 
 
 def test_evmctl_replays_the_kernel_list_against_the_tpm(ima: ImaRun, tmp_path: Path) -> None:
     """evmctl 1.4 reads the legacy list and computes each bank's template hash itself: given
     sha1 and sha256 (it takes at most two ``--pcrs`` files)."""
     _need_tpm(ima)
-    need_tool("evmctl (Debian: ima-evm-utils)", shutil.which("evmctl") is not None)
+    need("evmctl (Debian: ima-evm-utils)", shutil.which("evmctl") is not None)
     cmd = ["evmctl", "ima_measurement"]
     for bank in ("sha1", "sha256"):
         value = ima.pcr(bank)
