@@ -277,3 +277,19 @@ def test_local_cluster_and_no_dask_without_the_flag(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True)  # fmt: skip
     assert out.stdout.strip().endswith("False")
+
+
+
+def test_a_task_that_raises_is_not_a_lost_scheduler(cluster: Cluster) -> None:
+    from pyverity.cluster.connect import ClusterError
+    from pyverity.cluster.engine import Engine
+
+    with cluster.client() as client:
+        engine: Engine[str, int] = Engine(client, int)  # int("x") raises on the worker
+        with pytest.raises(ClusterError) as caught:
+            list(engine.run(["x"]))
+    text = caught.value.message
+    assert text == (
+        f"a task failed on a worker of {cluster.address}: ValueError: invalid literal for"
+        " int() with base 10: 'x'"
+    )

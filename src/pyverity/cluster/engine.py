@@ -8,6 +8,7 @@ repeatedly, or a scheduler that goes away, ends the run with one :class:`Cluster
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -17,6 +18,8 @@ __all__ = ["Engine"]
 
 U = TypeVar("U")
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 #: Seconds without any result, while tasks are in flight, before the scheduler is asked
 #: whether it is still there.
@@ -52,6 +55,22 @@ class Engine(Generic[U, R]):
             remedy="run again once the scheduler is back; work already done is kept",
         )
 
+    def _failed(self, fut: Any) -> ClusterError:
+        """The error of a task that raised on its worker (a bug there, not a lost cluster);
+        the worker's traceback goes to the debug log."""
+        e = fut.exception()
+        if type(e).__name__ == "KilledWorker":
+            return self._lost(e)
+        import traceback
+
+        tb = "".join(traceback.format_tb(fut.traceback()))
+        log.debug("the task's traceback on its worker:\n%s", tb)
+        first = (str(e).strip().splitlines() or [""])[0]
+        return ClusterError(
+            f"a task failed on a worker of {self.address}: {type(e).__name__}: {first}",
+            remedy="run again; if it fails again, report it with the output of PYVERITY_DEBUG=1",
+        )
+
     def run(
         self, units: Iterable[U], *, hold: Callable[[], bool] | None = None
     ) -> Iterator[tuple[U, R]]:
@@ -81,14 +100,16 @@ class Engine(Generic[U, R]):
             while pending:
                 for fut in self._completed(distributed, list(pending)):
                     unit = pending.pop(fut)
+                    if fut.status == "error":
+                        raise self._failed(fut)
                     result = fut.result()
                     fut.release()
                     yield unit, result
                 fill()
         except ClusterError:
             raise
-        except Exception as e:  # noqa: BLE001 - dask's errors: comm, timeout, cancel, killed
-            raise self._lost(e) from None
+        except Exception as e:
+            raise self._lost(e) from e
         finally:
             for fut in pending:
                 fut.cancel()
