@@ -279,7 +279,6 @@ def test_local_cluster_and_no_dask_without_the_flag(tmp_path: Path) -> None:
     assert out.stdout.strip().endswith("False")
 
 
-
 def test_a_task_that_raises_is_not_a_lost_scheduler(cluster: Cluster) -> None:
     from pyverity.cluster.connect import ClusterError
     from pyverity.cluster.engine import Engine
