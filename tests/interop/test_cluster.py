@@ -169,6 +169,46 @@ def test_same_bytes_as_a_local_run(cluster: Cluster, tmp_path: Path, kind: str) 
     assert v.stdout.count('"ok": true') == 41
 
 
+def _all_attrs(root: Path) -> dict[str, dict[str, bytes]]:
+    return {
+        str(p.relative_to(root)): {n: os.getxattr(p, n) for n in sorted(os.listxattr(p))}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_imasig_same_bytes_as_a_local_run(cluster: Cluster, tmp_path: Path) -> None:
+    key, cert = _keys(tmp_path, "rsa")  # RSA PKCS#1 v1.5: deterministic signatures
+    tree = _tree(tmp_path / "t")
+    copy = tmp_path / "copy"
+    shutil.copytree(tree, copy, symlinks=True)
+    keys = ["--xattr-user", "--key", key, "--cert", cert]
+    for t in (tree, copy):  # a v3 signing first: --imasig must remove the stale descriptor
+        assert _run("sign", "-r", *keys, t).returncode == 0
+    local = _run("sign", "-r", "--imasig", *keys, tree)
+    assert local.returncode == 0, local.stderr
+    r = _run("sign", "-r", "--imasig", *keys, copy, "--cluster", cluster.address,
+             "--recheck", "0.5")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == local.stderr  # the same summary line
+    mine, theirs = _all_attrs(tree), _all_attrs(copy)
+    assert len(mine) == 41
+    assert theirs == mine
+    assert all(set(a) == {"user.ima"} and a["user.ima"][:1] == b"\x03" for a in mine.values())
+    # --sigfile with another algorithm: the same FILE.sig bytes, and no attribute written
+    small = _tree(tmp_path / "s", files=4, big=1 << 20)
+    small_copy = tmp_path / "s2"
+    shutil.copytree(small, small_copy, symlinks=True)
+    sigfile = ["sign", "-r", "--imasig", "--sigfile", "--hash-alg", "sha512", *keys]
+    assert _run(*sigfile, small).returncode == 0
+    r = _run(*sigfile, small_copy, "--cluster", cluster.address)
+    assert r.returncode == 0, r.stderr
+    sigs = {p.name: p.read_bytes() for p in sorted(small.rglob("*.sig"))}
+    assert len(sigs) == 5
+    assert {p.name: p.read_bytes() for p in sorted(small_copy.rglob("*.sig"))} == sigs
+    assert not any(os.listxattr(p) for p in small_copy.rglob("*") if not p.is_symlink())
+
+
 def test_a_worker_killed_mid_run(tmp_path: Path) -> None:
     c = Cluster(tmp_path, 2)
     try:
@@ -223,13 +263,14 @@ def test_scheduler_gone(tmp_path: Path, cluster: Cluster) -> None:
         c.close()
 
 
-def test_a_changed_file_is_reported_and_never_signed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [[], ["--imasig"]], ids=["v3", "imasig"])
+def test_a_changed_file_is_reported_and_never_signed(tmp_path: Path, mode: list[str]) -> None:
     c = Cluster(tmp_path, 0)  # no worker yet: the run lists, submits and waits
     try:
         key, cert = _keys(tmp_path, "rsa")
         tree = _tree(tmp_path / "t", files=5)
         p = subprocess.Popen(
-            [sys.executable, "-m", "pyverity.cli", "sign", "-r", "--xattr-user", "--key",
+            [sys.executable, "-m", "pyverity.cli", "sign", "-r", *mode, "--xattr-user", "--key",
              str(key), "--cert", str(cert), str(tree), "--cluster", c.address],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -246,7 +287,7 @@ def test_a_changed_file_is_reported_and_never_signed(tmp_path: Path) -> None:
         assert p.returncode == 1
         assert "big: file changed during the run; not signed" in err
         assert "user.ima" not in os.listxattr(tree / "big")
-        assert "user.ima" in os.listxattr(tree / "f3")
+        assert os.getxattr(tree / "f3", "user.ima")[:1] == (b"\x03" if mode else b"\x06")
     finally:
         c.close()
 

@@ -15,7 +15,8 @@ type 0x06 v3 signature to ``<ns>.ima`` (one ``setxattr`` each, in that order).
   PIN from ``--pass-file``/``--pass-env``/the URI's ``pin-source``, the module from the URI's
   ``module-path``, else ``--pkcs11-module``, else the p11-kit proxy.
 * ``-r``: sign trees of files, hashed in parallel, progress bar on a terminal; with
-  ``--cluster ADDRESS|local[:N]`` hashed on Dask, signed and written here (docs/cluster.md).
+  ``--cluster ADDRESS|local[:N]`` hashed on Dask, signed and written here (docs/cluster.md),
+  v3 signatures and ``--imasig`` alike (``--builtin-sig`` signs one FILE, so never there).
 
 The keyid is the certificate's SKID tail (``--cert``, or a certificate in the key file), or
 ``--keyid HEX``; without either, SHA-1 of the public key, as evmctl, with a warning. A
@@ -53,6 +54,7 @@ from pyverity.format.digest import format_digest
 
 if TYPE_CHECKING:
     from pyverity.cluster.bulk import Options
+    from pyverity.fs.openfile import FileRef
     from pyverity.keys import Signer
     from pyverity.protect.sign import HashedFile
 
@@ -101,8 +103,8 @@ def main(argv: list[str]) -> int:
         if len(args.paths) != 1 or args.recursive:
             raise UsageError("--builtin-sig signs exactly one FILE")
     cluster = cluster_options_of(args)
-    if cluster is not None and (not args.recursive or args.imasig or args.builtin_sig):
-        raise UsageError("--cluster runs sign -r (v3 signatures, attributes or --sigfile)")
+    if cluster is not None and (not args.recursive or args.builtin_sig):
+        raise UsageError("--cluster runs sign -r (not --builtin-sig, which signs one FILE)")
     signer = load_cli_signer(args)
     if args.builtin_sig is not None and signer.certificate is None:
         raise UsageError(
@@ -119,7 +121,7 @@ def main(argv: list[str]) -> int:
     if args.builtin_sig is not None:
         return _builtin(args, signer, hashed)
     if args.imasig:
-        return _imasig(args, signer, ns)
+        return _imasig(args, signer, ns, cluster)
     return _verity(args, signer, ns, hashed, cluster)
 
 
@@ -171,7 +173,9 @@ def _builtin(args: argparse.Namespace, signer: Signer, hashed: HashedFile | None
     return 0
 
 
-def _imasig(args: argparse.Namespace, signer: Signer, ns: str) -> int:
+def _imasig(
+    args: argparse.Namespace, signer: Signer, ns: str, cluster: Options | None = None
+) -> int:
     from pyverity.format.ima import algo_by_name
     from pyverity.protect.batch import expand_paths
     from pyverity.protect.sign import imasign_file
@@ -179,6 +183,8 @@ def _imasig(args: argparse.Namespace, signer: Signer, ns: str) -> int:
     alg = algo_by_name(args.hash_alg)
     files = expand_paths(args.paths, recursive=args.recursive)
     progress = Progress(len(files), "sign", enabled=args.recursive)
+    if cluster is not None:
+        return _imasig_cluster(args, signer, ns, cluster=cluster, files=files, progress=progress)
     worst = 0
     for ref in files:
         try:
@@ -193,6 +199,47 @@ def _imasig(args: argparse.Namespace, signer: Signer, ns: str) -> int:
         progress.done += 1
     if args.recursive:
         progress.summary()
+    return worst
+
+
+def _imasig_cluster(
+    args: argparse.Namespace,
+    signer: Signer,
+    ns: str,
+    *,
+    cluster: Options,
+    files: list[FileRef],
+    progress: Progress,
+) -> int:
+    """``-r --imasig --cluster``: workers hash whole files; this process signs each hash (the
+    key stays here) and writes it as the local run does, if the file is still the one hashed."""
+    from pyverity.cli.progress import cluster_bar
+    from pyverity.cluster.bulk import file_hash_outcomes
+    from pyverity.format.ima import algo_by_name
+    from pyverity.protect.sign import imasign_hashed
+
+    alg = algo_by_name(args.hash_alg)
+    bar = cluster_bar("sign", len(files))
+    worst = 0
+    for out in file_hash_outcomes(cluster, files, alg, on_done=bar.got):
+        try:
+            if out.failure is not None or out.value is None:
+                failure = out.failure
+                assert failure is not None  # noqa: S101
+                print_failure(out.path, failure.message, failure.remedy)
+                worst = max(worst, failure.exit_code)
+                continue
+            done = imasign_hashed(out.value, signer, namespace=ns, write=not args.sigfile)
+            assert done.signature is not None  # noqa: S101
+            if args.sigfile:
+                _write_sigfile(out.path, done.signature.to_bytes())
+        except Error as e:
+            print_failure(out.path, e.message, e.remedy)
+            worst = max(worst, e.exit_code)
+            progress.failed += 1
+    bar.close()
+    progress.done, progress.failed = bar.files, progress.failed + bar.failed
+    progress.summary()
     return worst
 
 

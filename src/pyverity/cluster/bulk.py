@@ -3,6 +3,8 @@
 * :func:`hashed_outcomes` — ``sign -r``: :class:`~pyverity.protect.batch.Outcome` s of
   :class:`~pyverity.protect.sign.HashedFile` (the CLI signs and writes them, as it does the
   local pool's: the key never leaves this process);
+* :func:`file_hash_outcomes` — ``sign -r --imasig``: outcomes of
+  :class:`~pyverity.protect.sign.FileHash` (the whole-file hash a v2 signature signs);
 * :func:`measured_outcomes` — ``verify -r``: outcomes of
   :class:`~pyverity.protect.batch.Measured` (attributes read here, content hashed there);
 * :func:`manifest_source` — ``manifest create``: a :data:`~pyverity.manifest.create.Source`.
@@ -26,15 +28,22 @@ from pyverity.errors import Error
 from pyverity.fs.openfile import FileRef
 
 if TYPE_CHECKING:
+    from pyverity.format.ima import KernelHashAlgo
     from pyverity.format.params import TreeParams
     from pyverity.manifest.compute import Computed, DigestOptions, Failed
     from pyverity.manifest.create import Source
     from pyverity.manifest.model import SymlinkEntry
     from pyverity.manifest.walk import Found
     from pyverity.protect.batch import Measured, Outcome
-    from pyverity.protect.sign import HashedFile
+    from pyverity.protect.sign import FileHash, HashedFile
 
-__all__ = ["Options", "hashed_outcomes", "manifest_source", "measured_outcomes"]
+__all__ = [
+    "Options",
+    "file_hash_outcomes",
+    "hashed_outcomes",
+    "manifest_source",
+    "measured_outcomes",
+]
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,30 @@ def hashed_outcomes(
                 continue
             ref = got.want.ref
             yield Outcome(ref.path, HashedFile(ref.path, got.identity, got.descriptor, ref), None)
+
+
+def file_hash_outcomes(
+    opts: Options,
+    files: Iterable[FileRef],
+    alg: KernelHashAlgo,
+    *,
+    on_done: Callable[[Got], None] | None = None,
+) -> Iterator[Outcome[FileHash]]:
+    """The whole-file hash of each file (one sequential task per file), for ``--imasig``."""
+    from pyverity.protect.batch import Outcome
+    from pyverity.protect.sign import FileHash
+
+    name = alg.hashlib_name
+    if name is None:  # algo_by_name() refuses these at the CLI
+        raise ValueError(f"hash algorithm {alg.name} is not computable here")
+    with _digester(opts, on_done) as d:
+        for got in d.run(_want(ref, hashes=(name,)) for ref in files):
+            if not got.ok or len(got.hashes) != 1 or got.identity is None:
+                yield _failure(got)  # type: ignore[misc]
+                continue
+            ref = got.want.ref
+            digest = got.hashes[0][1]
+            yield Outcome(ref.path, FileHash(ref.path, got.identity, alg, digest, ref), None)
 
 
 def _measure_want(ref: FileRef, namespace: str) -> Want:

@@ -6,7 +6,8 @@
 * :func:`enable_file` — the unsigned mode: write only the descriptor; a stale 0x06 signature
   (which could no longer match) is removed after it.
 * :func:`imasign_file` — classic ``evmctl ima_sign``: a 0x03 v2 signature over the whole-file
-  hash (a stale descriptor is removed first, since descriptor + classic value is invalid).
+  hash (a stale descriptor is removed first, since descriptor + classic value is invalid);
+  :func:`imasign_hashed` does the same for a hash computed elsewhere (``--cluster``).
 * :func:`verity_values` / :func:`whole_file_hash` compute without writing (``--sigfile``,
   ``--builtin-sig``, and the verifier).
 
@@ -34,11 +35,13 @@ if TYPE_CHECKING:  # keys (and cryptography) are imported only when signing
     from pyverity.keys.signer import Signer
 
 __all__ = [
+    "FileHash",
     "HashedFile",
     "SignedFile",
     "enable_file",
     "hash_file",
     "imasign_file",
+    "imasign_hashed",
     "sign_file",
     "verity_values",
     "whole_file_hash",
@@ -63,6 +66,22 @@ class HashedFile:
 
     def open(self) -> int:
         """The file opened again, as it was opened to be hashed."""
+        return open_target(self.source if self.source is not None else self.path)
+
+
+@dataclass(frozen=True)
+class FileHash:
+    """A file's whole-file hash (what a classic v2 signature signs) and the identity it had
+    while hashed: computed elsewhere (a cluster's worker), signed and written here."""
+
+    path: str
+    identity: FileIdentity
+    alg: KernelHashAlgo
+    digest: bytes
+    #: How to open the file again to write (a walked file beneath its root); None: ``path``.
+    source: FileRef | None = None
+
+    def open(self) -> int:
         return open_target(self.source if self.source is not None else self.path)
 
 
@@ -254,8 +273,31 @@ def imasign_file(
         sig = sign_v2(signer, alg.id, digest)
         if write:
             _check_unchanged(fd, before)
-            remove_attr(fd, attr_name(namespace, VERITY_SUFFIX))
-            write_protection(fd, namespace, None, sig.to_bytes())
+            _write_classic(fd, namespace, sig)
     finally:
         os.close(fd)
     return SignedFile(_label(path), None, sig, digest)
+
+
+def imasign_hashed(
+    hashed: FileHash, signer: Signer, *, namespace: str = "security", write: bool = True
+) -> SignedFile:
+    """Sign a :class:`FileHash` as :func:`imasign_file` does and (``write``) write it the same
+    way, on the file opened again, only if its identity is still the one hashed."""
+    from pyverity.keys.signer import sign_v2
+
+    sig = sign_v2(signer, hashed.alg.id, hashed.digest)
+    if write:
+        fd = hashed.open()
+        try:
+            _check_unchanged(fd, hashed.identity)
+            _write_classic(fd, namespace, sig)
+        finally:
+            os.close(fd)
+    return SignedFile(hashed.path, None, sig, hashed.digest)
+
+
+def _write_classic(fd: int, namespace: str, sig: ImaSignature) -> None:
+    """A stale descriptor out first (descriptor + classic value is invalid), then the value."""
+    remove_attr(fd, attr_name(namespace, VERITY_SUFFIX))
+    write_protection(fd, namespace, None, sig.to_bytes())
