@@ -223,23 +223,7 @@ def _daemon(run: FsRun, fs: str) -> dict[tuple[str, str], str]:
     return parse_lines(run.text(f"{fs}/kd.out"))
 
 
-#: Found on 6.12's btrfs (no FS_IOC_READ_VERITY_METADATA): a file with a v3 signature alone is
-#: read by BlockVerifier, not KernelVerified, and a file kernel-verity before the daemon goes
-#: READY without the "already enabled" log line. Open: pyverity needs the descriptor there.
-_BTRFS_DAEMON = [
-    pytest.param(
-        fs,
-        marks=pytest.mark.xfail(
-            strict=True, reason="btrfs: descriptor unreadable from the kernel (issue 10)"
-        ),
-    )
-    if fs == "btrfs"
-    else fs
-    for fs in FILESYSTEMS
-]
-
-
-@pytest.mark.parametrize("fs", _BTRFS_DAEMON)
+@pytest.mark.parametrize("fs", FILESYSTEMS)
 def test_daemon_enables_fs_verity_on_every_file_it_proves(fs_run: FsRun, fs: str) -> None:
     guest = _daemon(fs_run, fs)
     log = fs_run.text(f"{fs}/kd-daemon.log")
@@ -258,7 +242,7 @@ def test_daemon_enables_fs_verity_on_every_file_it_proves(fs_run: FsRun, fs: str
     assert guest[("metrics", "builds_started")] == "3"
 
 
-@pytest.mark.parametrize("fs", _BTRFS_DAEMON)
+@pytest.mark.parametrize("fs", FILESYSTEMS)
 def test_daemon_kernel_verity_before_is_ready_and_other_is_mismatch(fs_run: FsRun, fs: str) -> None:
     guest = _daemon(fs_run, fs)
     hexd = daemon_digest("pre")[1]

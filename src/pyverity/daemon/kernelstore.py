@@ -6,9 +6,9 @@ over; only then does it enable fs-verity with the descriptor's parameters
 (:func:`pyverity.store.kernel.enable_fd`). From then on the kernel keeps the tree and checks
 every page it reads, and the file is READY with nothing in pyverity's cache.
 
-A file that already has fs-verity is READY without a build when the kernel's descriptor (whose
-hash is ``FS_IOC_MEASURE_VERITY``'s digest) is the declared one and appraises; any other
-kernel digest makes it MISMATCH.
+A file that already has fs-verity is READY without a build when the kernel's digest
+(``FS_IOC_MEASURE_VERITY``, the hash of the descriptor it enforces) is the declared descriptor's
+and that appraises; any other kernel digest makes it MISMATCH.
 
 Where the kernel refuses (no fs-verity on the filesystem, a block size it cannot use, a writer
 holding the file open), the file falls back to the cache backend: its tree goes to the cache and
@@ -48,25 +48,38 @@ FALLBACK = "kernel fs-verity refused, tree kept in the cache: "
 def adopt(fd: int, protection: Protection, keyring: Keyring | None) -> Verdict | None:
     """A file that already has fs-verity: the appraisal of the descriptor the kernel enforces.
 
+    Decided from the kernel's digest (``FS_IOC_MEASURE_VERITY``): a declared descriptor is the
+    enforced one exactly when its digest is the kernel's (nothing else is read). A v3 signature
+    alone declares none: the kernel's descriptor is read back, or, where the filesystem cannot
+    give it (btrfs), rebuilt from the file with the protection's tree parameters, which costs
+    one hash of the file (:func:`pyverity.store.kernel.kernel_descriptor`).
+
     None when fs-verity is not enabled on it, or the filesystem has none (then it is built).
     """
     try:
-        enforced = kernel.kernel_descriptor(fd)
+        verity = kernel.kernel_digest(fd)
     except VerityUnsupportedError:
         return None
-    if enforced is None:
+    if verity is None:
         return None
+    digest = str(verity.digest)
     declared = protection.unverified_descriptor
-    digest = format_digest(enforced.hash_alg.name, enforced.digest())
-    if declared is not None and declared.to_bytes() != enforced.to_bytes():
-        return mismatch(
-            protection,
-            f"fs-verity is enabled in the kernel with digest {digest}, not the declared"
-            f" {format_digest(declared.hash_alg.name, declared.digest())}"
-            " (the file is read-only now)",
-            digest,
-        )
-    if declared is None and enforced.params != protection.tree_params():
+    if declared is not None:
+        if not verity.matches(declared):
+            return mismatch(
+                protection,
+                f"fs-verity is enabled in the kernel with digest {digest}, not the declared"
+                f" {format_digest(declared.hash_alg.name, declared.digest())}"
+                " (the file is read-only now)",
+                digest,
+            )
+        return appraise(protection, MerkleTree(declared, None), keyring)
+    params = protection.tree_params()
+    try:
+        enforced = kernel.kernel_descriptor(fd, params)
+    except kernel.OtherTreeParamsError:
+        enforced = None
+    if enforced is None or enforced.params != params:
         return mismatch(
             protection,
             f"fs-verity is enabled in the kernel with other tree parameters ({digest})",

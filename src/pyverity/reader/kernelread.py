@@ -14,11 +14,16 @@ differs, are verified block by block as always.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pyverity.errors import Error
 from pyverity.format.descriptor import Descriptor
 from pyverity.reader.tree import MemoryTree
 from pyverity.reader.verifier import BlockVerifier, Buffer
 from pyverity.store.kernel import kernel_descriptor, kernel_digest
+
+if TYPE_CHECKING:
+    from pyverity.format.params import TreeParams
 
 __all__ = ["KernelVerified", "kernel_descriptor_of", "kernel_enforces"]
 
@@ -36,10 +41,18 @@ def kernel_enforces(fd: int, descriptor: Descriptor) -> bool:
     return verity is not None and verity.matches(descriptor)
 
 
-def kernel_descriptor_of(fd: int) -> Descriptor | None:
-    """The descriptor the kernel verifies ``fd``'s pages against; None if not fs-verity here."""
+def kernel_descriptor_of(fd: int, params: TreeParams | None = None) -> Descriptor | None:
+    """The descriptor the kernel verifies ``fd``'s pages against; None if not fs-verity here.
+
+    With ``params`` (a v3 signature alone, which declares no descriptor), where the filesystem
+    cannot give the descriptor back (btrfs), it is rebuilt from the file with ``params`` and
+    taken only if its digest is the kernel's (:func:`~pyverity.store.kernel.kernel_descriptor`).
+    That rebuild is one full hash of the file at open, done only when the file is fs-verity
+    (the kernel has a digest for it); it replaces the tree build such an open would need
+    anyway, but a measure rule without ``digest_type=verity`` then reads the file once more.
+    """
     try:
-        return kernel_descriptor(fd)
+        return kernel_descriptor(fd, params)
     except Error:
         return None
 

@@ -267,16 +267,20 @@ class _Opening:
 
     def _signature_only(self, protection: Protection, *, appraised: bool) -> ReadAnchor:
         """A v3 signature alone: the digest is known once the tree is built (or from the
-        kernel, which then verifies every page); reads are checked against that tree."""
-        enforced = kernel_descriptor_of(self.fd)
+        kernel, which then verifies every page); reads are checked against that tree.
+
+        Where the kernel cannot give its descriptor back (btrfs), it is rebuilt with the
+        signature's parameters when the file is fs-verity: one hash of the file, as the inline
+        build it replaces (a second one only when the kernel has other parameters)."""
+        params = protection.tree_params()
+        enforced = kernel_descriptor_of(self.fd, params)
         if enforced is not None and (
-            enforced.params == protection.tree_params()
-            and enforced.data_size == protection.data_size
+            enforced.params == params and enforced.data_size == protection.data_size
         ):
             if appraised:
                 self._failed(self._judge(protection, enforced))
             return ReadAnchor(enforced, MemoryTree(b""), "kernel")
-        tree = self._build(protection.tree_params())
+        tree = self._build(params)
         ok = not appraised or not self._failed(self._judge(protection, tree.descriptor))
         if ok:
             self._put(tree)

@@ -24,19 +24,22 @@ import hmac
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 
-from pyverity.errors import Error, FileChangedError, FormatError, IntegrityError
+from pyverity.errors import Error, FileChangedError, FormatError, IntegrityError, Reason
 from pyverity.format import hashalg
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.digest import FileDigest, format_digest
 from pyverity.format.merkletree import MerkleTree
+from pyverity.format.params import TreeParams
 from pyverity.fs import ioctl
 from pyverity.fs.openfile import FileIdentity, identity, open_regular
 from pyverity.hashing import build_tree
 
 __all__ = [
     "KernelVerity",
+    "OtherTreeParamsError",
     "enable",
     "enable_fd",
     "kernel_descriptor",
@@ -238,18 +241,58 @@ def read_tree(target: int | str | os.PathLike[str], descriptor: Descriptor) -> M
     return MerkleTree(descriptor, tree)
 
 
-def kernel_descriptor(fd: int) -> Descriptor | None:
+class OtherTreeParamsError(IntegrityError):
+    """The kernel enforces a descriptor it does not give back, and the file's tree with the
+    parameters asked for is not it (so it has other tree parameters or salt)."""
+
+    reason = Reason.CONTENT_MISMATCH
+
+
+def kernel_descriptor(fd: int, params: TreeParams | None = None) -> Descriptor | None:
     """The descriptor the kernel enforces for the open file ``fd``; None if it is not verity.
 
     Read with ``FS_IOC_READ_VERITY_METADATA`` and checked against ``FS_IOC_MEASURE_VERITY``
-    (the kernel's digest is the hash of this descriptor). Raises
-    :class:`~pyverity.fs.ioctl.VerityUnsupportedError` where the filesystem has no fs-verity.
+    (the kernel's digest is the hash of this descriptor). Where the filesystem enables and
+    measures but cannot give the descriptor back (btrfs: ENOTTY) and ``params`` are given, it
+    is rebuilt from the file's content with ``params`` and accepted only if its digest is the
+    kernel's; else :class:`OtherTreeParamsError`.
+
+    The rebuild costs one read and hash of the whole file. It happens only where the kernel
+    has a digest, i.e. on a file that is fs-verity (read-only for good, so the content hashed
+    is the content the kernel enforces); files that are not verity cost one ioctl.
+
+    Raises :class:`~pyverity.fs.ioctl.VerityUnsupportedError` where the filesystem has no
+    fs-verity, or cannot give the descriptor back and no ``params`` are given.
     """
     verity = kernel_digest(fd)
     if verity is None:
         return None
-    raw = ioctl.read_all_verity_metadata(fd, ioctl.METADATA_DESCRIPTOR, limit=256)
+    try:
+        raw = ioctl.read_all_verity_metadata(fd, ioctl.METADATA_DESCRIPTOR, limit=256)
+    except ioctl.VerityUnsupportedError:
+        if params is None:
+            raise
+        return _rebuilt_descriptor(fd, params, verity)
     descriptor = Descriptor.from_bytes(raw)
     if not verity.matches(descriptor):
         raise IntegrityError("the kernel's fs-verity descriptor does not hash to its digest")
+    return descriptor
+
+
+def _rebuilt_descriptor(fd: int, params: TreeParams, verity: KernelVerity) -> Descriptor:
+    """The descriptor of ``fd``'s content with ``params``, if the kernel enforces it."""
+    t0 = time.monotonic()
+    descriptor = build_tree(fd, params, keep_tree=False).descriptor
+    log.debug(
+        "fs-verity descriptor not readable from the kernel: rebuilt in %.3f s",
+        time.monotonic() - t0,
+    )
+    if not verity.matches(descriptor):
+        raise OtherTreeParamsError(
+            f"fs-verity is enabled in the kernel with digest {verity.digest}, which is not the"
+            f" digest of the content's tree with {params.hash_alg.name},"
+            f" {params.block_size}-byte blocks and {len(params.salt)} bytes of salt",
+            remedy="the kernel enforces other tree parameters than the file's protection;"
+            " protect the file with the kernel's (pyverity measure shows its digest)",
+        )
     return descriptor
