@@ -103,7 +103,11 @@ class Daemon:
         warning = ima_policy_warning(config.xattr_ns)
         if warning:
             log.warning("%s", warning)
-        self._make_watch = watch or (lambda roots: open_watch(config.watcher, roots))
+        # fanotify reports the whole filesystem, the daemon's own writes (state, cache) too:
+        # those are skipped unread (it never protects its own files).
+        self._make_watch = watch or (
+            lambda roots: open_watch(config.watcher, roots, ignore_pid=os.getpid())
+        )
         self._make_pool = pool or (lambda lock: WorkerPool(config.workers, lock, config.nice))
         keyring = load_keyring(config.keyring)
         if keyring is not None:

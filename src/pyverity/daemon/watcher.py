@@ -99,12 +99,13 @@ def open_beneath(roots: tuple[str, ...], path: str) -> int:
         os.close(pfd)
 
 
-def open_watch(kind: str, roots: tuple[str, ...]) -> kernel.Watch:
+def open_watch(kind: str, roots: tuple[str, ...], *, ignore_pid: int = 0) -> kernel.Watch:
     """The kernel watcher ``kind`` names over ``roots``.
 
     ``auto`` tries fanotify (one mark per filesystem; needs CAP_SYS_ADMIN and Linux 5.9) and
     falls back to inotify, saying why, where fanotify cannot be used: EPERM, EXDEV (a btrfs
     subvolume), EOPNOTSUPP, ENODEV, or an old kernel. ``fanotify`` refuses to start instead.
+    With fanotify, changes made by process ``ignore_pid`` are not reported.
     """
     if kind not in WATCHERS:
         raise ConfigurationError(f"unknown watcher '{kind}' (use {', '.join(WATCHERS)})")
@@ -114,7 +115,7 @@ def open_watch(kind: str, roots: tuple[str, ...]) -> kernel.Watch:
 
     fan: FanotifyWatch | None = None
     try:
-        fan = FanotifyWatch()
+        fan = FanotifyWatch(ignore_pid=ignore_pid)
         for root in roots:
             fan.add_root(root)
     except FanotifyError as e:

@@ -178,8 +178,12 @@ class FanotifyEvent:
         return next((r for r in self.info if r.info_type == info_type), None)
 
 
-def parse_events(buf: bytes) -> Iterator[FanotifyEvent]:
-    """The events in ``buf``, each checked against its own lengths and against ``buf``'s."""
+def parse_events(buf: bytes, skip_pid: int = 0) -> Iterator[FanotifyEvent]:
+    """The events in ``buf``, each checked against its own lengths and against ``buf``'s.
+
+    Events caused by process ``skip_pid`` (a thread group id, as fanotify reports it) are
+    skipped before their records are decoded (their descriptor, if any, still closed).
+    """
     off = 0
     while off < len(buf):
         if len(buf) - off < _METADATA.size:
@@ -189,6 +193,11 @@ def parse_events(buf: bytes) -> Iterator[FanotifyEvent]:
             raise FormatError(f"fanotify: metadata version {vers}, expected 3")
         if not _METADATA.size <= meta_len <= event_len <= len(buf) - off:
             raise FormatError(f"fanotify: bad lengths (event {event_len}, metadata {meta_len})")
+        if pid == skip_pid and skip_pid:
+            if fd >= 0:
+                os.close(fd)
+            off += event_len
+            continue
         meta = FanotifyEventMetadata(event_len, vers, meta_len, mask, fd, pid)
         yield FanotifyEvent(meta, tuple(_parse_info(buf[off + meta_len : off + event_len])))
         off += event_len
@@ -256,15 +265,16 @@ class Fanotify:
             err = ctypes.get_errno()
             raise FanotifyError(f"fanotify_mark({path})", err, remedy=_remedy(err))
 
-    def read(self) -> Iterator[FanotifyEvent]:
-        """Parsed events available now; any descriptor an event carries is closed."""
+    def read(self, skip_pid: int = 0) -> Iterator[FanotifyEvent]:
+        """Parsed events available now (none of process ``skip_pid``); any descriptor an event
+        carries is closed."""
         while True:
             try:
                 buf = os.read(self.fd, READ_SIZE)
             except BlockingIOError:
                 return
             try:
-                for ev in parse_events(buf):
+                for ev in parse_events(buf, skip_pid):
                     if ev.metadata.fd >= 0:
                         os.close(ev.metadata.fd)
                     yield ev
@@ -375,8 +385,11 @@ class FanotifyWatch:
     pass them through :func:`pyverity.fs.watch.filter_to_roots`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, ignore_pid: int = 0) -> None:
+        """``ignore_pid``: a process whose own changes are not reported (the daemon's writes to
+        its state and cache, which it never protects, are as many events as it handles)."""
         self._fan = Fanotify()
+        self._ignore_pid = ignore_pid
         self._res = HandleResolver()
         self._mask = DAEMON_MASK
         self._renames = 0
@@ -412,7 +425,7 @@ class FanotifyWatch:
         self._res.invalidate()
 
     def read(self) -> Iterator[WatchEvent]:
-        for ev in self._fan.read():
+        for ev in self._fan.read(self._ignore_pid):
             yield from self.translate(ev)
 
     def translate(self, ev: FanotifyEvent) -> Iterator[WatchEvent]:

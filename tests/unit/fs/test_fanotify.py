@@ -157,6 +157,21 @@ def test_attribute_writes_chmod_and_utime_are_attrib(watch: FanotifyWatch, root:
     collect(watch, (root,), has(Change.ATTR, root, is_dir=True))
 
 
+def test_changes_of_the_ignored_process_are_not_reported(root: str) -> None:
+    w = FanotifyWatch(ignore_pid=os.getpid())
+    w.add_root(root)
+    try:
+        own, other = os.path.join(root, "own"), os.path.join(root, "other")  # noqa: PTH118
+        Path(own).write_bytes(b"by this process")
+        subprocess.run(["setfattr", "-n", "user.verity", "-v", "0x01", own], check=True)
+        subprocess.run(["sh", "-c", f"echo x > {other}"], check=True, timeout=10)
+        events = collect(w, (root,), has(Change.CLOSE_WRITE, other))
+        assert [e.path for e in events if e.path == own] == [own]  # setfattr's ATTR only
+        assert [e.change for e in events if e.path == own] == [Change.ATTR]
+    finally:
+        w.close()
+
+
 def test_rename_pairs_and_delete(watch: FanotifyWatch, root: str) -> None:
     a, b = os.path.join(root, "a"), os.path.join(root, "b")  # noqa: PTH118
     Path(a).write_bytes(b"x")
@@ -345,6 +360,16 @@ def test_parse_dfid_name_and_fid() -> None:
     dot = second.record(Fan.INFO_TYPE_DFID_NAME)
     assert dot is not None
     assert dot.name == b"."
+
+
+def test_events_of_the_skipped_pid_are_not_decoded() -> None:
+    bad_record = struct.pack("=BBH", Fan.INFO_TYPE_FID, 0, 2)  # a length no record can have
+    buf = meta(Fan.ATTRIB, bad_record) + meta(Fan.CREATE, fid(Fan.INFO_TYPE_FID, b"\x03" * 8))
+    with pytest.raises(FormatError):
+        list(parse_events(buf))
+    assert [e.metadata.mask for e in parse_events(buf, skip_pid=1234)] == []
+    good = meta(Fan.CREATE, fid(Fan.INFO_TYPE_FID, b"\x03" * 8))
+    assert [e.metadata.mask for e in parse_events(good, skip_pid=99)] == [Fan.CREATE]
 
 
 def test_overflow_is_its_own_event() -> None:
