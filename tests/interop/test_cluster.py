@@ -33,14 +33,48 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
+def _pki(d: Path) -> Path:
+    """With openssl: a CA and, signed by it, certificates for the scheduler, the worker and
+    the client (P-256, for IP 127.0.0.1, server and client auth); another CA and a client
+    certificate of its own (a stranger's)."""
+    d.mkdir()
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    (d / "ext.cnf").write_text(
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+    )
+
+    def ssl(*args: str | Path) -> None:
+        subprocess.run(["openssl", *map(str, args)], cwd=d, check=True, capture_output=True)
+
+    for ca in ("ca", "other-ca"):
+        ssl("req", "-x509", *ec, "-keyout", f"{ca}-key.pem", "-out", f"{ca}.pem", "-days", "2",
+            "-subj", f"/CN={ca}", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    for name, ca in (("scheduler", "ca"), ("worker", "ca"), ("client", "ca"),
+                     ("stranger", "other-ca")):  # fmt: skip
+        ssl("req", *ec, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}-key.pem",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+            "-extfile", "ext.cnf")  # fmt: skip
+    return d
+
+
+def _tls_args(pki: Path, name: str) -> list[str]:
+    """The dask command's TLS options for ``name``'s certificate."""
+    return ["--tls-ca-file", str(pki / "ca.pem"), "--tls-cert", str(pki / f"{name}.pem"),
+            "--tls-key", str(pki / f"{name}-key.pem")]  # fmt: skip
+
+
 class Cluster:
-    def __init__(self, tmp: Path, workers: int) -> None:
-        self.address = f"tcp://127.0.0.1:{_port()}"
+    def __init__(self, tmp: Path, workers: int, *, pki: Path | None = None) -> None:
+        self.pki = pki
+        self.address = f"{'tls' if pki else 'tcp'}://127.0.0.1:{_port()}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log = tmp / "dask.log"
+        tls = ["--protocol", "tls", *_tls_args(pki, "scheduler")] if pki else []
         self.scheduler = self._start(
             "scheduler", "--host", "127.0.0.1", "--port", self.address.rsplit(":", 1)[1],
-            "--dashboard-address", ":0", "--no-show",
+            "--dashboard-address", ":0", "--no-show", *tls,
         )  # fmt: skip
         self.workers = [self.add_worker() for _ in range(workers)]
         if workers:
@@ -54,13 +88,24 @@ class Cluster:
         return p
 
     def add_worker(self) -> subprocess.Popen[bytes]:
+        tls = _tls_args(self.pki, "worker") if self.pki else []
         return self._start(
             "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
-            "--no-dashboard",
+            "--no-dashboard", *tls,
         )  # fmt: skip
 
     def client(self) -> distributed.Client:
-        return wait_until(lambda: _try_client(self.address), timeout=60, what="scheduler up")
+        security = None
+        if self.pki is not None:
+            security = distributed.Security(
+                tls_ca_file=str(self.pki / "ca.pem"),
+                tls_client_cert=str(self.pki / "client.pem"),
+                tls_client_key=str(self.pki / "client-key.pem"),
+                require_encryption=True,
+            )
+        return wait_until(
+            lambda: _try_client(self.address, security), timeout=60, what="scheduler up"
+        )
 
     def wait_workers(self, n: int) -> None:
         with self.client() as c:
@@ -73,9 +118,9 @@ class Cluster:
             p.wait()
 
 
-def _try_client(address: str) -> distributed.Client | None:
+def _try_client(address: str, security: object = None) -> distributed.Client | None:
     try:
-        return distributed.Client(address, timeout=2)
+        return distributed.Client(address, timeout=2, security=security)
     except (OSError, TimeoutError):
         return None
 
@@ -108,10 +153,12 @@ def _tree(root: Path, files: int = 40, big: int = 3 << 20) -> Path:
     return root
 
 
-def _run(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str | Path, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pyverity.cli", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True, text=True, timeout=timeout, check=False, env=env,
     )  # fmt: skip
 
 
@@ -333,3 +380,59 @@ def test_a_task_that_raises_is_not_a_lost_scheduler(cluster: Cluster) -> None:
         f"a task failed on a worker of {cluster.address}: ValueError: invalid literal for"
         " int() with base 10: 'x'"
     )
+
+
+def test_tls_with_certificates(tmp_path: Path) -> None:
+    pki = _pki(tmp_path / "pki")
+    c = Cluster(tmp_path, 1, pki=pki)
+    try:
+        c.wait_workers(1)
+        key, cert = _keys(tmp_path, "rsa")
+        tree = _tree(tmp_path / "t", files=12)
+        copy = tmp_path / "copy"
+        shutil.copytree(tree, copy, symlinks=True)
+        sign = ["sign", "-r", "--xattr-user", "--key", key, "--cert", cert]
+        assert _run(*sign, tree).returncode == 0
+        mine = ["--tls-ca", pki / "ca.pem", "--tls-cert", pki / "client.pem",
+                "--tls-key", pki / "client-key.pem"]  # fmt: skip
+        r = _run(*sign, copy, "--cluster", c.address, *mine)
+        assert r.returncode == 0, r.stderr
+        assert len(_attrs(copy)) == 13
+        assert _attrs(copy) == _attrs(tree)  # RSA: the same bytes as the local run
+        keyring = tmp_path / "kr"
+        keyring.mkdir()
+        shutil.copy(cert, keyring)
+        verify = ["verify", "-r", "--xattr-user", "--keyring", keyring, copy, "--json"]
+        v = _run(*verify, "--cluster", c.address, *mine)
+        assert v.returncode == 0, v.stdout + v.stderr
+        assert v.stdout.count('"ok": true') == 13
+        # Dask's own TLS settings instead of the flags
+        env = {**os.environ, "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(pki / "ca.pem"),
+               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(pki / "client.pem"),
+               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(pki / "client-key.pem")}  # fmt: skip
+        v = _run(*verify, "--cluster", c.address, env=env)
+        assert v.returncode == 0, v.stdout + v.stderr
+        assert v.stdout.count('"ok": true') == 13
+
+        def refused(*tls: str | Path) -> str:
+            r = _run("verify", "-r", copy, "--cluster", c.address, *tls, timeout=60)
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert r.stdout == ""
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 2, r.stderr  # the error and its remedy
+            return lines[0]
+
+        # a client certificate from another CA: the scheduler refuses it
+        stranger = ["--tls-ca", pki / "ca.pem", "--tls-cert", pki / "stranger.pem",
+                    "--tls-key", pki / "stranger-key.pem"]  # fmt: skip
+        assert refused(*stranger).startswith(f"ERROR: TLS with the scheduler at {c.address} failed")
+        # a CA that did not sign the scheduler's certificate: this client refuses it
+        other = ["--tls-ca", pki / "other-ca.pem", "--tls-cert", pki / "client.pem",
+                 "--tls-key", pki / "client-key.pem"]  # fmt: skip
+        assert refused(*other).startswith(
+            f"ERROR: the scheduler at {c.address} has a certificate the TLS CA given did not sign"
+        )
+        # no certificate at all: refused before connecting
+        assert refused() == f"ERROR: --cluster {c.address}: no TLS CA or client certificate given"
+    finally:
+        c.close()

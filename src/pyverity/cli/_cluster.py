@@ -1,4 +1,5 @@
-"""``--cluster ADDRESS|local[:N]``, ``--insecure``, ``--recheck FRACTION`` for the bulk verbs.
+"""``--cluster ADDRESS|local[:N]``, ``--insecure``, ``--recheck FRACTION`` and the TLS files
+``--tls-ca``, ``--tls-cert``, ``--tls-key`` for the bulk verbs.
 
 Parsing imports nothing of Dask; :mod:`pyverity.cluster` is imported only when the flag is
 given (docs/cluster.md).
@@ -44,20 +45,43 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
         metavar="FRACTION",
         help="re-hash this random fraction of the files here and compare",
     )
+    g.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="tls://: the cluster's CA certificate (PEM), which signed the scheduler's",
+    )
+    g.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="tls://: this client's certificate (PEM), signed by the CA the scheduler trusts",
+    )
+    g.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="tls://: this client's private key (PEM, unencrypted; default: in --tls-cert);"
+        " without the three, Dask's distributed.comm.tls settings",
+    )
 
 
 def cluster_options_of(args: argparse.Namespace) -> Options | None:
+    tls_files = (args.tls_ca, args.tls_cert, args.tls_key)
     if args.cluster is None:
-        if args.insecure or args.recheck:
-            raise UsageError("--insecure and --recheck apply only with --cluster")
+        if args.insecure or args.recheck or any(f is not None for f in tls_files):
+            raise UsageError("--insecure, --recheck and --tls-* apply only with --cluster")
         return None
     import os
 
     from pyverity.cluster.bulk import Options
-    from pyverity.cluster.connect import parse_target
+    from pyverity.cluster.connect import Tls, parse_target
     from pyverity.cluster.plan import Cut
 
+    tls = None
+    if any(f is not None for f in tls_files):
+        if args.tls_ca is None or args.tls_cert is None:
+            raise UsageError("--tls-ca and --tls-cert go together (and --tls-key with them)")
+        tls = Tls(args.tls_ca, args.tls_cert, args.tls_key)
     # Bytes per task (default 64 MiB): tests make big files spread over several tasks.
     task_bytes = os.environ.get("PYVERITY_CLUSTER_TASK_BYTES", "")
     cut = Cut(task_bytes=int(task_bytes)) if task_bytes.isdigit() else Cut()
-    return Options(parse_target(args.cluster, insecure=args.insecure), args.recheck, cut)
+    target = parse_target(args.cluster, insecure=args.insecure, tls=tls)
+    return Options(target, args.recheck, cut)

@@ -7,9 +7,10 @@ Dask runs pickled code for whoever can reach the scheduler, so:
   made with ``cryptography``): other local users cannot submit code to it.
 * ``tcp://HOST:PORT`` is plain text and unauthenticated: accepted for a loopback HOST, else only
   with ``--insecure``.
-* ``tls://HOST:PORT`` uses Dask's TLS settings (``distributed.comm.tls.*``: the CA, the client's
-  certificate and key, from a Dask configuration file or ``DASK_DISTRIBUTED__COMM__TLS__*``),
-  which must name a CA and a client certificate.
+* ``tls://HOST:PORT`` is mutual TLS with certificates: ``--tls-ca``, ``--tls-cert`` and
+  ``--tls-key`` (:class:`Tls`, files checked here before anything is listed), else Dask's TLS
+  settings (``distributed.comm.tls.*``, from a Dask configuration file or
+  ``DASK_DISTRIBUTED__COMM__TLS__*``), which must name a CA and a client certificate.
 
 Dask is imported here, and only from here and :mod:`.engine`.
 """
@@ -21,6 +22,7 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,7 +32,7 @@ from pyverity.errors import ConfigurationError, UsageError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["ClusterError", "Target", "connect", "is_loopback", "parse_target"]
+__all__ = ["ClusterError", "Target", "Tls", "check_tls", "connect", "is_loopback", "parse_target"]
 
 #: Seconds to reach a scheduler before giving up.
 CONNECT_TIMEOUT = 10
@@ -41,15 +43,33 @@ class ClusterError(ConfigurationError):
 
 
 @dataclass(frozen=True)
+class Tls:
+    """The client's side of mutual TLS: the cluster's CA (which signed the scheduler's
+    certificate), the client's certificate and its key (None: in the certificate's file)."""
+
+    ca: str
+    cert: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
 class Target:
     #: ``None``: a LocalCluster of ``workers`` processes.
     address: str | None
     workers: int = 0
     insecure: bool = False
+    #: For a ``tls://`` address: the files given; None: Dask's TLS settings.
+    tls: Tls | None = None
 
 
-def parse_target(text: str, *, insecure: bool = False) -> Target:
-    """Parse ``--cluster``; refuse a plain-text address off loopback without ``insecure``."""
+def parse_target(text: str, *, insecure: bool = False, tls: Tls | None = None) -> Target:
+    """Parse ``--cluster``; refuse a plain-text address off loopback without ``insecure``,
+    and TLS files for anything but a ``tls://`` address (``tls`` is checked: :func:`check_tls`).
+    """
+    if tls is not None and not text.startswith("tls://"):
+        raise UsageError(
+            f"--tls-ca, --tls-cert and --tls-key apply to a tls:// --cluster, not '{text}'"
+        )
     if text == "local" or text.startswith("local:"):
         count = text.partition(":")[2]
         if count and (not count.isdigit() or int(count) < 1):
@@ -68,7 +88,50 @@ def parse_target(text: str, *, insecure: bool = False) -> Target:
             " the workers and read the digests",
             remedy="use tls:// with certificates (docs/cluster.md), or add --insecure",
         )
-    return Target(text, insecure=insecure)
+    if tls is not None:
+        check_tls(tls)
+    return Target(text, insecure=insecure, tls=tls)
+
+
+def _no_password() -> bytes:
+    raise ClusterError(
+        "the TLS client key is encrypted: Dask cannot ask for its passphrase",
+        remedy="use an unencrypted key file readable only by you (docs/cluster.md)",
+    )
+
+
+def check_tls(
+    tls: Tls, names: tuple[str, str, str] = ("--tls-ca", "--tls-cert", "--tls-key")
+) -> None:
+    """Refuse, with one line, TLS files that are missing, unreadable, not PEM, or a key that
+    does not match its certificate (``names``: what the user called them)."""
+    for name, path in zip(names, (tls.ca, tls.cert, tls.key), strict=True):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise ClusterError(f"can't read {name} '{path}': {e.strerror}") from None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        ctx.load_verify_locations(cafile=tls.ca)
+    except ssl.SSLError as e:
+        raise ClusterError(
+            f"{names[0]} '{tls.ca}': no PEM CA certificate in it ({_reason(e)})"
+        ) from None
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key, password=_no_password)
+    except ssl.SSLError as e:
+        which = f"{names[1]} '{tls.cert}'" + (f" and {names[2]} '{tls.key}'" if tls.key else "")
+        raise ClusterError(
+            f"{which}: not a PEM certificate and its matching private key ({_reason(e)})",
+            remedy=f"give the key with {names[2]} unless it is in the certificate's file",
+        ) from None
+
+
+def _reason(e: ssl.SSLError) -> str:
+    return str(e.reason or e).lower().replace("_", " ")
 
 
 def is_loopback(host: str) -> bool:
@@ -91,14 +154,53 @@ def _import() -> Any:
     return distributed
 
 
-def _tls_security(distributed: Any, address: str) -> Any:
-    security = distributed.Security(require_encryption=True)
-    if not security.tls_ca_file or not security.tls_client_cert:
-        raise ClusterError(
-            f"--cluster {address}: no TLS CA or client certificate configured",
-            remedy="set distributed.comm.tls.ca-file and tls.client.cert/key (docs/cluster.md)",
+def _tls_security(distributed: Any, target: Target) -> Any:
+    tls = target.tls
+    if tls is not None:
+        return distributed.Security(
+            tls_ca_file=tls.ca,
+            tls_client_cert=tls.cert,
+            tls_client_key=tls.key,
+            require_encryption=True,
         )
+    security = distributed.Security(require_encryption=True)
+    ca, cert, key = security.tls_ca_file, security.tls_client_cert, security.tls_client_key
+    if not ca or not cert:
+        raise ClusterError(
+            f"--cluster {target.address}: no TLS CA or client certificate given",
+            remedy="give --tls-ca CA --tls-cert CERT [--tls-key KEY], or set Dask's"
+            " distributed.comm.tls.ca-file and tls.client.cert/key (docs/cluster.md)",
+        )
+    if "\n" not in ca + cert + (key or ""):  # file names, not PEM text in the configuration
+        names = ("distributed.comm.tls.ca-file", "tls.client.cert", "tls.client.key")
+        check_tls(Tls(ca, cert, key or None), names)
     return security
+
+
+def _unreachable(target: Target, e: BaseException) -> ClusterError:
+    """One line for a failed connection; a TLS failure says which side refused whom."""
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return ClusterError(
+            f"the scheduler at {target.address} has a certificate the TLS CA given did not sign"
+            f" ({cause.verify_message or _reason(cause)})",
+            remedy="give --tls-ca the CA that signed the scheduler's certificate",
+        )
+    if isinstance(cause, ssl.SSLError) or "SSL" in text:
+        why = _reason(cause) if cause is not None else text.rpartition(": ")[2]
+        return ClusterError(
+            f"TLS with the scheduler at {target.address} failed ({why}): it does not accept"
+            " this client's certificate, or is not a TLS scheduler",
+            remedy="use a client certificate signed by the CA the scheduler trusts"
+            " (--tls-cert, --tls-key)",
+        )
+    return ClusterError(
+        f"can't reach the scheduler at {target.address}: {text}",
+        remedy="check that it runs and that --cluster names it",
+    )
 
 
 @contextlib.contextmanager
@@ -126,16 +228,13 @@ def connect(target: Target) -> Iterator[Client]:
         else:
             security = None
             if target.address.startswith("tls://"):
-                security = _tls_security(distributed, target.address)
+                security = _tls_security(distributed, target)
             try:
                 client = distributed.Client(
                     target.address, security=security, timeout=CONNECT_TIMEOUT
                 )
             except (OSError, TimeoutError) as e:
-                raise ClusterError(
-                    f"can't reach the scheduler at {target.address}: {e}",
-                    remedy="check that it runs and that --cluster names it",
-                ) from None
+                raise _unreachable(target, e) from None
             stack.callback(_close, client)
         yield client
 
