@@ -96,12 +96,12 @@ def main(argv: list[str]) -> int:
         from pyverity.keys import Keyring
 
         keyring = Keyring.from_directory(args.keyring)
+    cluster = cluster_options_of(args)  # before the walk: a bad option fails at once
     files = expand_paths(args.paths, recursive=args.recursive)
     progress = Progress(len(files), "verify", enabled=args.recursive and not args.json)
     fn = functools.partial(measure_file, namespace=ns, jobs=1 if len(files) > 1 else args.jobs)
     results = []
     outcomes = map_files(fn, files, jobs=args.jobs, on_done=progress)
-    cluster = cluster_options_of(args)
     if cluster is not None:
         from pyverity.cli.progress import cluster_bar
         from pyverity.cluster.bulk import measured_outcomes

@@ -123,7 +123,8 @@ def test_tls_files_are_checked_before_anything_runs(
     if key is not None:
         argv += ["--tls-key", str(files[key])]
     assert main(argv) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == ""  # refused before the walk: no file reported
     assert text.format(**{k: str(v) for k, v in files.items()}) in err
     assert len(err.strip().splitlines()) <= 2  # the line and perhaps its remedy
 
