@@ -58,8 +58,8 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tls-key",
         metavar="FILE",
-        help="tls://: this client's private key (PEM, unencrypted; default: in --tls-cert);"
-        " without the three, Dask's distributed.comm.tls settings",
+        help="tls://: this client's private key (PEM, unencrypted; default: in --tls-cert)."
+        " Without --tls-ca and --tls-cert, Dask's distributed.comm.tls settings are used",
     )
 
 

@@ -76,10 +76,14 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--sigfile", action="store_true", help="write FILE.sig, not attributes")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
-        "--imasig", action="store_true", help="classic 0x03 v2 signature of the whole file"
+        "--imasig",
+        action="store_true",
+        help="classic 0x03 v2 signature of the whole-file hash (also with -r --cluster)",
     )
     mode.add_argument(
-        "--builtin-sig", metavar="OUT", help="write the fs-verity built-in signature to OUT"
+        "--builtin-sig",
+        metavar="OUT",
+        help="one FILE: write its fs-verity built-in signature to OUT (not with --cluster)",
     )
     parser.add_argument("--out-merkle-tree", metavar="F", help="one FILE: also write its tree")
     parser.add_argument("--out-descriptor", metavar="F", help="one FILE: also write its descriptor")

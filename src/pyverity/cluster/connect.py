@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -131,7 +132,12 @@ def check_tls(
 
 
 def _reason(e: ssl.SSLError) -> str:
-    return str(e.reason or e).lower().replace("_", " ")
+    """OpenSSL's reason, short: ``key values mismatch``, not ``[X509: ...] ... (_ssl.c:N)``."""
+    reason = getattr(e, "reason", None)
+    if reason:
+        return str(reason).lower().replace("_", " ")
+    text = str(e.args[1] if len(e.args) > 1 else e)
+    return re.sub(r"^\[\w+\]\s*|\s*\(_ssl\.c:\d+\)$", "", text).lower() or type(e).__name__
 
 
 def is_loopback(host: str) -> bool:
