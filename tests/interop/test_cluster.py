@@ -413,6 +413,12 @@ def test_tls_with_certificates(tmp_path: Path) -> None:
         v = _run(*verify, "--cluster", c.address, env=env)
         assert v.returncode == 0, v.stdout + v.stderr
         assert v.stdout.count('"ok": true') == 13
+        manifest = ["manifest", "create", "--key", key, "--cert", cert, "--created", CREATED,
+                    "--name", "t", tree]  # fmt: skip
+        assert _run(*manifest, "-o", tmp_path / "local.m").returncode == 0
+        m = _run(*manifest, "-o", tmp_path / "tls.m", "--cluster", c.address, *mine)
+        assert m.returncode == 0, m.stderr
+        assert (tmp_path / "tls.m").read_bytes() == (tmp_path / "local.m").read_bytes()
 
         def refused(*tls: str | Path) -> str:
             r = _run("verify", "-r", copy, "--cluster", c.address, *tls, timeout=60)
@@ -436,3 +442,16 @@ def test_tls_with_certificates(tmp_path: Path) -> None:
         assert refused() == f"ERROR: --cluster {c.address}: no TLS CA or client certificate given"
     finally:
         c.close()
+
+
+def test_tls_to_a_plain_scheduler_is_one_line(cluster: Cluster, tmp_path: Path) -> None:
+    pki = _pki(tmp_path / "pki")
+    address = cluster.address.replace("tcp://", "tls://")
+    r = _run("verify", "-r", tmp_path, "--cluster", address, "--tls-ca", pki / "ca.pem",
+             "--tls-cert", pki / "client.pem", "--tls-key", pki / "client-key.pem",
+             timeout=60)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2, r.stderr
+    assert lines[0].startswith(f"ERROR: TLS with the scheduler at {address} failed (")
+    assert "--protocol tls" in lines[1]

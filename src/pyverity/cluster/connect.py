@@ -201,7 +201,7 @@ def _unreachable(target: Target, e: BaseException) -> ClusterError:
             f"TLS with the scheduler at {target.address} failed ({why}): it does not accept"
             " this client's certificate, or is not a TLS scheduler",
             remedy="use a client certificate signed by the CA the scheduler trusts"
-            " (--tls-cert, --tls-key)",
+            " (--tls-cert, --tls-key), and check that the scheduler runs with --protocol tls",
         )
     return ClusterError(
         f"can't reach the scheduler at {target.address}: {text}",
@@ -239,7 +239,7 @@ def connect(target: Target) -> Iterator[Client]:
                 client = distributed.Client(
                     target.address, security=security, timeout=CONNECT_TIMEOUT
                 )
-            except (OSError, TimeoutError) as e:
+            except (OSError, TimeoutError, ValueError) as e:  # ValueError: tornado, TLS to tcp
                 raise _unreachable(target, e) from None
             stack.callback(_close, client)
         yield client
