@@ -186,8 +186,12 @@ def _tls_security(distributed: Any, target: Target) -> Any:
 def _unreachable(target: Target, e: BaseException) -> ClusterError:
     """One line for a failed connection; a TLS failure says which side refused whom."""
     cause: BaseException | None = e
-    while cause is not None and not isinstance(cause, ssl.SSLError):
+    for _ in range(16):  # the chain of causes, bounded (a context can loop back)
+        if cause is None or isinstance(cause, ssl.SSLError):
+            break
         cause = cause.__cause__ or cause.__context__
+    else:
+        cause = None
     text = (str(e).strip().splitlines() or [type(e).__name__])[0]
     if isinstance(cause, ssl.SSLCertVerificationError):
         return ClusterError(

@@ -214,3 +214,38 @@ def test_failed_signature_write_restores_descriptor(
     with pytest.raises(StorageError):
         sign_file(g, signer, namespace=NS)
     assert os.listxattr(g) == []
+
+
+def test_imasign_hashed_writes_what_imasign_file_writes(tmp_path: Path, signer_and_ring) -> None:  # type: ignore[no-untyped-def]
+    from pyverity.format.ima import algo_by_id
+    from pyverity.fs.openfile import identity
+
+    signer, ring = signer_and_ring
+    alg = algo_by_id(4)  # sha256
+    a, b = _file(tmp_path, b"same", "a"), _file(tmp_path, b"same", "b")
+    for f in (a, b):
+        os.setxattr(f, "user.verity", b"stale")
+    imasign_file(a, signer, alg, namespace=NS)
+    hashed = sign_module.FileHash(str(b), identity(b.stat()), alg, hashlib.sha256(b"same").digest())
+    done = sign_module.imasign_hashed(hashed, signer, namespace=NS)
+    assert done.signature is not None
+    assert sorted(os.listxattr(b)) == sorted(os.listxattr(a)) == ["user.ima"]
+    assert os.getxattr(b, "user.ima") == os.getxattr(a, "user.ima")  # RSA: deterministic
+    assert appraise_file(b, ring, namespace=NS).state is AppraisalState.READY
+    # changed since it was hashed: nothing written
+    c = _file(tmp_path, b"same", "c")
+    stale = sign_module.FileHash(str(c), identity(c.stat()), alg, hashed.digest)
+    c.write_bytes(b"other!")
+    with pytest.raises(FileChangedError):
+        sign_module.imasign_hashed(stale, signer, namespace=NS)
+    assert os.listxattr(c) == []
+    # write=False: the signature only
+    d = _file(tmp_path, b"same", "d")
+    only = sign_module.imasign_hashed(
+        sign_module.FileHash(str(d), identity(d.stat()), alg, hashed.digest),
+        signer,
+        namespace=NS,
+        write=False,
+    )
+    assert only.signature == done.signature
+    assert os.listxattr(d) == []
