@@ -286,7 +286,7 @@ class Scheduler:
     def _spec(self, job: Job, rec: FileRecord, fd: int, *, resume: bool) -> msg.BuildSpec | None:
         """Check the file open as ``fd`` is the row's and fill in ``job``; its build's spec, or
         None if it is not to be built (then the row says why). ``resume``: from a checkpoint."""
-        obs = self.tracker.observe_fd(job.path, fd)
+        obs = self.tracker.look_again(job.path, fd)
         if obs is None or obs.declared.fingerprint != rec.attr_fp:
             if obs is not None:
                 self.tracker.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.ATTR))

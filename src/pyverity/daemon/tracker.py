@@ -44,6 +44,8 @@ SETTLE_SECONDS = 0.1
 #: A file created or written this recently is taken to be still in the hands of its writer.
 RECENT_SECONDS = 0.25
 _BUSY = (State.PENDING, State.BUILDING)
+#: Looks kept for the builds they queued (about a kilobyte each).
+_MAX_LOOKS = 16384
 
 
 class Builds(Protocol):
@@ -95,6 +97,8 @@ class Tracker:
         #: The watcher's mark of each path's last observation for an attribute event: a
         #: later attribute event numbered up to it was already seen by that observation.
         self._attr_mark: dict[str, int] = {}
+        #: The look that queued each pending build, for the build to start from (ADR 0006).
+        self._looks: dict[str, Observation] = {}
 
     def _builds(self) -> Builds:
         if self.builds is None:
@@ -128,6 +132,18 @@ class Tracker:
             reason = f"cannot read the attributes: {e}"
             declared = Declared(hashlib.sha256(reason.encode()).digest(), True, None, reason)
         return Observation(path, identity(st), declared, st.st_ctime_ns)
+
+    def look_again(self, path: str, fd: int) -> Observation | None:
+        """What ``path``, open again as ``fd`` to be built, declares: the look that queued the
+        build when the file has not changed since (same identity, same ctime, which every
+        attribute write moves), else a new look. A change whose event is still on its way is
+        handled when it arrives, as one during the build is."""
+        seen = self._looks.pop(path, None)
+        if seen is not None:
+            st = os.fstat(fd)
+            if identity(st) == seen.snapshot and st.st_ctime_ns == seen.ctime_ns:
+                return seen
+        return self.observe_fd(path, fd)
 
     def _has_attrs(self, path: str) -> bool:
         ns = self.config.xattr_ns
@@ -309,6 +325,12 @@ class Tracker:
         if decision is None and rec is not None and self._missing_tree(rec):
             # Reconciliation queues what is missing: a READY file whose cached tree is gone.
             decision = Decision(rec.evolve(state=State.PENDING, progress=0), build=True)
+        if decision is not None and decision.build:
+            if len(self._looks) >= _MAX_LOOKS:
+                del self._looks[next(iter(self._looks))]  # the oldest: looked at again
+            self._looks[path] = obs
+        else:
+            self._looks.pop(path, None)
         self.apply(path, rec, decision)
 
     def _link(self, path: str, rec: FileRecord | None, obs: Observation) -> FileRecord | None:

@@ -4,6 +4,7 @@ them, builds run when it lets them, and every check waits on state (``settle``),
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,37 @@ def test_attribute_events_seen_by_one_look_are_looked_at_once(
     sim.emit(Change.ATTR, f)  # after the look: looked at again
     sim.settle()
     assert looks == [str(f)] * 2
+
+
+def test_a_build_starts_from_the_look_that_queued_it_unless_the_file_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyverity.daemon import tracker
+    from pyverity.format.params import TreeParams
+
+    require_user_xattrs(tmp_path)
+    sim = DaemonSim(tmp_path).start()
+    reads: list[int] = []
+    read = tracker.read_declared
+    monkeypatch.setattr(tracker, "read_declared", lambda fd, *a: reads.append(fd) or read(fd, *a))
+    f = _file(sim, "a.bin")
+    _protect(sim, f)
+    sim.settle()
+    assert sim.state(f) == "READY"
+    assert len(reads) == 1  # the look at the event; the build started from it
+    g = _file(sim, "b.bin")
+    sim.emit(Change.WRITE, g)  # just written: its build waits for it to settle
+    _protect(sim, g)
+    sim.d.step(timeout=0)
+    assert sim.state(g) == "PENDING"
+    time.sleep(0.02)  # past the clock tick of the last attribute write
+    other = protect_with_pyverity(g, TreeParams(block_size=1024)).descriptor  # event not seen
+    sim.settle()
+    assert len(reads) > 2  # ctime moved: the build looked again
+    rec = sim.record(g)
+    assert rec is not None
+    assert sim.state(g) == "READY"
+    assert rec.digest == f"sha256:{other.digest().hex()}"
 
 
 def test_write_during_a_build_cancels_it_and_stays_stale(tmp_path: Path) -> None:
