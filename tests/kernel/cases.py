@@ -25,6 +25,7 @@ __all__ = [
     "BANKS",
     "DAEMON_FILES",
     "DIGEST_CASES",
+    "FUSE_FILES",
     "POLICY",
     "SIG_CASES",
     "SIG_KEYS",
@@ -210,6 +211,13 @@ class KernelFacts:
         CONFIG_CRYPTO_SHA512=m), which cannot be loaded when IMA starts, before /init."""
         return BANKS if self.release >= (6, 12) else ("sha1", "sha256")
 
+    @property
+    def fuse_verity_ioctls(self) -> bool:
+        """FUSE forwards ``FS_IOC_MEASURE_VERITY`` and ``FS_IOC_ENABLE_VERITY`` to the server
+        with their variable-length arguments (mainline 6.10); before, a server gets only the
+        fixed-size structure and pyverity's answers ENOTTY."""
+        return self.release >= (6, 10)
+
     def list_names(self) -> dict[str, str | None]:
         """Every list file of /sys/kernel/security/ima -> its symlink target (None: a file)."""
         if not self.per_bank_lists:
@@ -241,6 +249,8 @@ POLICY = (
 )
 
 
+#: Files of the FUSE case (``/mnt/fuse/src``, see guest_fuse.py), name -> size; owned by root.
+FUSE_FILES = {"protected": 100_001, "plain": 50_000}
 #: Files of the ``kernel`` backend cases (``/mnt/backend``), name -> size; owned by root, so
 #: the IMA policy (fowner 1000/1001) leaves them alone.
 BACKEND_FILES = {
@@ -346,6 +356,9 @@ def guest_script(tpm: bool, *, everything: bool = True) -> str:
         "if [ -d /host/usr ]; then",
         f"  {HOST_ENTER}",
         f"  {import_ec} >> $R/kernel.txt 2> $R/import.err",
+        # Before the policy (which covers only files of uid 1000 and 1001).
+        f"  {GUEST_PY} /mnt/guest_fuse.py /mnt/fuse $R/fuse-mount.log > $R/fuse.out 2>&1",
+        "  log fuse-guest x $?",
         f"  {HOST_LEAVE}",
         "else",
         "  log import x no-9p-host-root",

@@ -34,6 +34,7 @@ from tests.kernel.cases import (
     BANKS,
     DAEMON_FILES,
     DIGEST_CASES,
+    FUSE_FILES,
     POLICY,
     SIG_CASES,
     SIG_KEYS,
@@ -158,6 +159,10 @@ def _stage(stage: Path, base: Path, everything: bool) -> Path:
             (stage / "digest" / c.name).write_bytes(payload(c.name, c.size))
         stage_backend(stage, keys["rsa"])
     shutil.copyfile(Path(__file__).with_name("guest_keys.py"), stage / "guest_keys.py")
+    (stage / "fuse" / "src").mkdir(parents=True)
+    for name, size in FUSE_FILES.items():
+        (stage / "fuse" / "src" / name).write_bytes(payload(name, size))
+    shutil.copyfile(Path(__file__).with_name("guest_fuse.py"), stage / "guest_fuse.py")
     sig_dir = stage / "sig"
     sig_dir.mkdir()
     signing = base / "signing"

@@ -66,6 +66,7 @@ WANTED_MODULES = (
     "9p",
     "9pnet_virtio",
     "ecdsa_generic",  # built in on 6.12; a module where a kernel has one
+    "fuse",  # /dev/fuse for the pyverity mount: a module in Debian's 6.1, built in on 6.12
 )
 #: Further modules for the extra disks of a filesystem (``initramfs_for(k, filesystems=...)``).
 FS_MODULES = {"ext4": (), "btrfs": ("crc32c_generic", "btrfs"), "f2fs": ("crc32_generic", "f2fs")}

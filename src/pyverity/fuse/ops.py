@@ -51,6 +51,7 @@ from pyverity.fuse.verity_ioctl import (
     FS_IOC_MEASURE_VERITY,
     FS_VERITY_FL,
     check_builtin_signature,
+    kernel_forwards_verity,
     parse_enable,
     write_flags,
     write_measure,
@@ -144,7 +145,10 @@ class VerityFS:
         *,
         context: ContextFn | None = None,
         on_open: OpenHook | None = None,
+        kernel_release: str | None = None,
     ) -> None:
+        """``kernel_release``: the kernel whose FUSE serves the mount (default: the running
+        one); before 6.10 it cannot pass the fs-verity ioctls' arguments (ENOTTY here)."""
         self.config = config
         self._source = os.fspath(config.source)
         #: Every path served is resolved beneath this descriptor (pyverity.fs.beneath).
@@ -160,6 +164,7 @@ class VerityFS:
         self._stale: dict[InodeKey, bytes] = {}
         self._ns = config.reader.xattr_ns
         self._tuned = False
+        self._verity_ioctls = kernel_forwards_verity(kernel_release)
 
     # -- helpers -----------------------------------------------------------------------
     def _real(self, path: str) -> str:
@@ -580,6 +585,10 @@ class VerityFS:
         if cmd in FS_IOC_GETFLAGS:
             write_flags(data, FS_VERITY_FL if verity is not None else 0)
             return 0
+        if not self._verity_ioctls:
+            # The kernel passed only the fixed-size structure: no room for a digest, no salt.
+            log.info("'%s': this kernel's FUSE cannot pass fs-verity ioctls (Linux 6.10+)", path)
+            raise _err(errno.ENOTTY)
         if cmd == FS_IOC_MEASURE_VERITY:
             if verity is None:
                 raise _err(errno.ENODATA)  # no fs-verity digest is enforced for it

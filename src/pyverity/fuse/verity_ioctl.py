@@ -5,6 +5,14 @@ In FUSE's restricted ioctl mode the kernel copies the argument for us: for
 ``FS_IOC_ENABLE_VERITY`` the 128-byte ``fsverity_enable_arg`` followed by the salt and the
 signature. libfuse hands the server that buffer as ``data``; these functions parse and fill it.
 
+Kernels before 6.10 forward both ioctls too, but as any restricted ioctl: only the
+``_IOC_SIZE`` of the command, 4 bytes for ``FS_IOC_MEASURE_VERITY`` (no room for the digest;
+writing it overran libfuse's buffer and crashed the server, seen on Debian's 6.1) and the
+128-byte structure without salt or signature for ``FS_IOC_ENABLE_VERITY``. libfuse's
+high-level API does not tell the server the buffer's size, so the kernel's version decides
+(:func:`kernel_forwards_verity`): before 6.10 both answer ENOTTY, as a filesystem without
+fs-verity does.
+
 A built-in signature given to ``FS_IOC_ENABLE_VERITY`` is checked against the mount's
 ``--keyring`` by the appraisal gate (:func:`pyverity.protect.gate.builtin_signature_result`,
 over :mod:`pyverity.keys.pkcs7`), its reason mapped to the kernel's errnos: EBADMSG malformed,
@@ -25,17 +33,20 @@ from pyverity.errors import FormatError, Reason
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.hashalg import by_number
 from pyverity.format.params import MAX_SALT_SIZE, TreeParams
+from pyverity.store.kernel import kernel_version
 
 if TYPE_CHECKING:
     from pyverity.keys.keyring import Keyring
 
 __all__ = [
+    "FORWARDED_SINCE",
     "FS_IOC_ENABLE_VERITY",
     "FS_IOC_GETFLAGS",
     "FS_IOC_MEASURE_VERITY",
     "FS_VERITY_FL",
     "EnableRequest",
     "check_builtin_signature",
+    "kernel_forwards_verity",
     "parse_enable",
     "write_flags",
     "write_measure",
@@ -46,6 +57,8 @@ FS_IOC_MEASURE_VERITY = 0xC0046686
 #: ``_IOR('f', 1, long)``: 64-bit and 32-bit encodings; both transfer a 32-bit int.
 FS_IOC_GETFLAGS = (0x80086601, 0x80046601)
 FS_VERITY_FL = 0x00100000
+#: First kernel whose FUSE hands the server the whole argument of the two fs-verity ioctls.
+FORWARDED_SINCE = (6, 10)
 #: ``struct fsverity_enable_arg`` (native endian, 128 bytes).
 _ENABLE = struct.Struct("=IIIIQIIQ88s")
 #: ``struct fsverity_digest`` header (native endian).
@@ -59,6 +72,12 @@ log = logging.getLogger(__name__)
 class EnableRequest:
     params: TreeParams
     signature: bytes
+
+
+def kernel_forwards_verity(release: str | None = None) -> bool:
+    """Whether the kernel (the running one, or ``release``) forwards ``FS_IOC_MEASURE_VERITY``
+    and ``FS_IOC_ENABLE_VERITY`` on FUSE with their variable-length arguments (Linux 6.10)."""
+    return kernel_version(release) >= FORWARDED_SINCE
 
 
 def _os_error(code: int, message: str) -> OSError:

@@ -19,7 +19,12 @@ from pyverity.format.params import TreeParams
 from pyverity.fs.xattr import attr_name, get_attr
 from pyverity.fuse.config import MountConfig
 from pyverity.fuse.ops import VerityFS
-from pyverity.fuse.verity_ioctl import FS_IOC_ENABLE_VERITY, FS_IOC_MEASURE_VERITY, parse_enable
+from pyverity.fuse.verity_ioctl import (
+    FS_IOC_ENABLE_VERITY,
+    FS_IOC_MEASURE_VERITY,
+    kernel_forwards_verity,
+    parse_enable,
+)
 from pyverity.hashing.api import build_tree
 from pyverity.keys import Keyring
 from pyverity.keys.builtin_sig import builtin_signature
@@ -165,6 +170,37 @@ def test_measure_ioctl(tmp_path: Path) -> None:
     flags = ctypes.create_string_buffer(4)
     assert fs.ioctl("/f", 0x80086601, None, fi, 0, ctypes.addressof(flags)) == 0
     assert struct.unpack("=I", flags.raw)[0] == 0x00100000  # FS_VERITY_FL
+
+
+def test_verity_ioctls_need_linux_6_10(tmp_path: Path) -> None:
+    """Before 6.10 FUSE passes only the fixed-size structure (4 bytes for MEASURE: writing the
+    digest there overran libfuse's buffer and crashed the server on 6.1): ENOTTY, untouched."""
+    assert not kernel_forwards_verity("6.9.12-amd64")
+    assert kernel_forwards_verity("6.10.0")
+    assert kernel_forwards_verity("6.12.95+deb12-amd64")
+    src = tmp_path / "src"
+    src.mkdir()
+    config = MountConfig(src, tmp_path / "mnt", rw=True, reader=ReaderOptions(xattr_ns=NS))
+    fs = VerityFS(config, context=lambda: (0, 0, 1), kernel_release="6.1.0-57-amd64")
+    protect(src / "f", os.urandom(10000))
+    (src / "g").write_bytes(b"g" * 5000)
+    fi, gi = _open(fs, "/f"), _open(fs, "/g")
+    buf = _measure_buffer(64)
+    before = buf.raw
+    assert (
+        _errno(lambda: fs.ioctl("/f", FS_IOC_MEASURE_VERITY, None, fi, 0, ctypes.addressof(buf)))
+        == errno.ENOTTY
+    )
+    assert buf.raw == before
+    enable = _enable_buffer()
+    assert (
+        _errno(lambda: fs.ioctl("/g", FS_IOC_ENABLE_VERITY, None, gi, 0, ctypes.addressof(enable)))
+        == errno.ENOTTY
+    )
+    assert get_attr(src / "g", attr_name(NS, "verity")) is None
+    flags = ctypes.create_string_buffer(4)  # FS_IOC_GETFLAGS still answered (fileattr_get)
+    assert fs.ioctl("/f", 0x80086601, None, fi, 0, ctypes.addressof(flags)) == 0
+    assert struct.unpack("=I", flags.raw)[0] == 0x00100000
 
 
 def _enable_buffer(
