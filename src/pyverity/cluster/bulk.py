@@ -67,7 +67,8 @@ def _want(ref: FileRef, **kw: object) -> Want:
     try:
         return Want(ref, listed_seen(ref), **kw)  # type: ignore[arg-type]
     except OSError as e:
-        return Want(ref, None, error=f"can't open '{ref.path}': {e.strerror}")
+        error = f"can't open '{ref.path}': {e.strerror}"
+        return Want(ref, None, error=error, extra=kw.get("extra"))
 
 
 def _failure(got: Got) -> Outcome[object]:
@@ -200,8 +201,9 @@ def manifest_source(
                 if found.is_symlink:
                     yield Want(ref, None, extra=SymlinkEntry(found.path, found.target))
                 else:
-                    w = _want(ref, params=digest.params, hashes=digest.file_hashes)
-                    yield Want(w.ref, w.listed, w.params, w.hashes, w.error, extra=found.path)
+                    yield _want(
+                        ref, params=digest.params, hashes=digest.file_hashes, extra=found.path
+                    )
 
         with _digester(opts, on_done) as d:
             for got in d.run(wants()):

@@ -91,11 +91,15 @@ def listed_seen(ref: FileRef) -> Seen:
     return seen_of(os.stat(_client_path(ref), follow_symlinks=False))  # noqa: PTH116
 
 
-def _worker_path(ref: FileRef) -> tuple[str, str]:
-    """(root, path) for a worker: absolute, so that every machine opens the same file."""
+def _worker_path(ref: FileRef, absolute: dict[str, str]) -> tuple[str, str]:
+    """(root, path) for a worker: absolute, so that every machine opens the same file
+    (``absolute``: the roots made absolute so far, each once per run)."""
     if ref.root is None:
         return "", os.path.abspath(ref.rel)  # noqa: PTH100
-    return os.path.abspath(ref.root), ref.rel  # noqa: PTH100
+    root = absolute.get(ref.root)
+    if root is None:
+        root = absolute[ref.root] = os.path.abspath(ref.root)  # noqa: PTH100
+    return root, ref.rel
 
 
 @dataclass
@@ -133,12 +137,13 @@ class Digester:
         open_: dict[int, _Partial] = {}
         done: dict[int, Got] = {}
         next_index = 0
+        absolute: dict[str, str] = {}
 
         def jobs() -> Iterator[Job]:
             for i, w in enumerate(wants):
                 js: list[Job] = []
                 if w.error is None and w.listed is not None:
-                    root, path = _worker_path(w.ref)
+                    root, path = _worker_path(w.ref, absolute)
                     js = jobs_for(
                         i, path, w.listed.size, self.cut, params=w.params, hashes=w.hashes,
                         root=root,
@@ -159,11 +164,11 @@ class Digester:
         replies: list[Reply]
         for unit, replies in self.engine.run(units, hold=lambda: len(done) > BUFFER):
             for r in results_of(unit, replies):
-                p = open_[r.job.index]
+                p = open_[r.job.file]
                 p.results.append(r)
                 if len(p.results) == p.count:
-                    del open_[r.job.index]
-                    done[r.job.index] = self._finish(p)
+                    del open_[r.job.file]
+                    done[r.job.file] = self._finish(p)
             yield from ready()
         yield from ready()
 

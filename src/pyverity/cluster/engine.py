@@ -98,11 +98,14 @@ class Engine(Generic[U, R]):
         try:
             fill()
             while pending:
-                for fut in self._completed(distributed, list(pending)):
-                    unit = pending.pop(fut)
+                done = self._completed(distributed, list(pending))
+                for fut in done:
                     if fut.status == "error":
                         raise self._failed(fut)
-                    result = fut.result()
+                # One round trip for all the results in (not one per future).
+                results = self._client.gather(done)
+                for fut, result in zip(done, results, strict=True):
+                    unit = pending.pop(fut)
                     fut.release()
                     yield unit, result
                 fill()

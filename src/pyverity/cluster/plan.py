@@ -9,6 +9,7 @@ hash (``Kind.HASH``) is sequential and stays one task per file, whatever its siz
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -48,8 +49,7 @@ def jobs_for(
     """
     if params is None:
         return [Job(index, path, Kind.HASH, size, hashes=hashes, root=root)] if hashes else []
-    height = subtree_height(params, cut.task_bytes)
-    sub = subtree_bytes(params, height)
+    height, sub = _shape(params, cut.task_bytes)
     if size <= max(sub, cut.task_bytes):
         kind = Kind.ONEPASS if hashes else Kind.TREE
         return [Job(index, path, kind, size, params, hashes=hashes, root=root)]
@@ -70,6 +70,13 @@ def jobs_for(
         )
         for p, s in enumerate(range(0, size, step))
     ]
+
+
+@functools.lru_cache(maxsize=64)
+def _shape(params: TreeParams, task_bytes: int) -> tuple[int, int]:
+    """The height of a range's subtrees and the bytes each covers (the same for every file)."""
+    height = subtree_height(params, task_bytes)
+    return height, subtree_bytes(params, height)
 
 
 def batches(jobs: Iterable[Job], cut: Cut) -> Iterator[list[Job]]:
