@@ -257,7 +257,7 @@ class Scheduler:
             if spec is None:
                 return
             if worker is None:
-                self._build_here(job, fd)
+                self._build_here(job, fd, rec)
                 return
             worker.start(job, spec, fd)
         finally:
@@ -266,8 +266,9 @@ class Scheduler:
         self.metrics["builds_started"] += 1
         self.db.put(rec.evolve(state=State.BUILDING, progress=job.offset, error=""))
 
-    def _build_here(self, job: Job, fd: int) -> None:
-        """Build a small file in this process: no worker, no messages (ADR 0006)."""
+    def _build_here(self, job: Job, fd: int, rec: FileRecord) -> None:
+        """Build a small file in this process: no worker, no messages (ADR 0006). ``rec`` is
+        its row, read just before (nothing else runs meanwhile)."""
         self.metrics["builds_started"] += 1
         if job.protection is None:
             return
@@ -281,7 +282,7 @@ class Scheduler:
             self._failed(job, msg.FailureKind.OS, e.strerror or str(e))
         else:
             self.metrics["bytes_hashed"] += job.snapshot.size
-            self._done(job, built)
+            self._done(job, built, rec)
 
     def _spec(self, job: Job, rec: FileRecord, fd: int, *, resume: bool) -> msg.BuildSpec | None:
         """Check the file open as ``fd`` is the row's and fill in ``job``; its build's spec, or
@@ -479,8 +480,9 @@ class Scheduler:
         self.db.put(rec.evolve(state=State.PENDING, error=message))
         self.retry_at[job.path] = time.monotonic() + delay
 
-    def _done(self, job: Job, built: MerkleTree) -> None:
-        rec = self._current(job)
+    def _done(self, job: Job, built: MerkleTree, current: FileRecord | None = None) -> None:
+        """Appraise and settle a finished build (``current``: its row, if just read)."""
+        rec = current or self._current(job)
         if rec is None or job.protection is None:
             return
         if rec.snapshot != job.snapshot:

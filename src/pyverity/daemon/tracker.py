@@ -256,11 +256,11 @@ class Tracker:
         if moved is not None and self._renamed(path, moved):
             return
         if ev.change is not Change.ATTR:
-            self.scan_file(path, Cause.APPEARED, rec)
+            self.scan_file(path, Cause.APPEARED, rec, looked_up=True)
             return
         if seq and seq <= self._attr_mark.get(path, 0):
             return  # setxattr twice (descriptor, signature): one look saw both (ADR 0006)
-        self.scan_file(path, Cause.ATTR, rec)
+        self.scan_file(path, Cause.ATTR, rec, looked_up=True)
         if len(self._attr_mark) > 4096:
             self._attr_mark.clear()
         self._attr_mark[path] = self.watcher.mark(path)
@@ -303,10 +303,16 @@ class Tracker:
     # -- scanning ---------------------------------------------------------------------------------
 
     def scan_file(
-        self, path: str, cause: Cause = Cause.SCAN, rec: FileRecord | None = None
+        self,
+        path: str,
+        cause: Cause = Cause.SCAN,
+        rec: FileRecord | None = None,
+        *,
+        looked_up: bool = False,
     ) -> None:
-        """Observe ``path`` and apply what follows (``rec``: its row, if already looked up)."""
-        if rec is None:
+        """Observe ``path`` and apply what follows (``rec``: its row, if ``looked_up`` or not
+        None)."""
+        if rec is None and not looked_up:
             rec = self.db.get(path)
         if rec is None and not self._has_attrs(path):
             return

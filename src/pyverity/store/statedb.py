@@ -30,6 +30,8 @@ __all__ = ["SCHEMA_VERSION", "Checkpoint", "FileRecord", "State", "StateDB", "To
 
 #: ``PRAGMA user_version`` of the current schema (0 or 1: the per-path ``files`` table).
 SCHEMA_VERSION = 2
+#: Paths (and inodes' links) a writable connection remembers before it starts over.
+_REMEMBERED = 1 << 16
 
 
 class State(enum.StrEnum):
@@ -239,6 +241,11 @@ class StateDB:
             )
         self._readonly = readonly
         self._in_tx = False
+        #: What this connection read or wrote of ``paths`` (the daemon is its only writer),
+        #: so that a file's row costs no lookup of its inode or links per change: path ->
+        #: inode id (None: no row), and inode id -> its sorted paths.
+        self._inode_ids: dict[bytes, int | None] = {}
+        self._links: dict[int, list[str]] = {}
 
     def close(self) -> None:
         if self._in_tx:
@@ -269,12 +276,29 @@ class StateDB:
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
+                self._forget_paths()  # the transaction may be rolled back
                 raise StorageError(f"state database commit failed: {e}") from e
             self._in_tx = False
 
+    def _forget_paths(self) -> None:
+        self._inode_ids.clear()
+        self._links.clear()
+
+    def _remember(self, key: bytes, inode: int | None) -> None:
+        if self._readonly:  # another process writes: nothing read stays true
+            return
+        if len(self._inode_ids) >= _REMEMBERED:
+            self._forget_paths()
+        self._inode_ids[key] = inode
+
     def _inode_of(self, path: str) -> int | None:
-        r = self._query("SELECT inode FROM paths WHERE path=?", (os.fsencode(path),)).fetchone()
-        return None if r is None else int(r[0])
+        key = os.fsencode(path)
+        if key in self._inode_ids:
+            return self._inode_ids[key]
+        r = self._query("SELECT inode FROM paths WHERE path=?", (key,)).fetchone()
+        inode = None if r is None else int(r[0])
+        self._remember(key, inode)
+        return inode
 
     def _drop_if_orphan(self, inode: int) -> bool:
         cur = self._write(
@@ -319,12 +343,16 @@ class StateDB:
         )
         rid, created = cur.fetchone()
         if before != rid:
+            key = os.fsencode(rec.path)
             self._write(
                 "INSERT INTO paths (path, inode) VALUES (?, ?)"
                 " ON CONFLICT(path) DO UPDATE SET inode=excluded.inode",
-                (os.fsencode(rec.path), rid),
+                (key, rid),
             )
+            self._remember(key, rid)
+            self._links.pop(rid, None)
             if before is not None:
+                self._links.pop(before, None)
                 self._drop_if_orphan(before)
         return rec.evolve(id=rid, created_ns=created, updated_ns=now)
 
@@ -340,7 +368,10 @@ class StateDB:
         inode = self._inode_of(path)
         if inode is None:
             return True
-        self._write("DELETE FROM paths WHERE path=?", (os.fsencode(path),))
+        key = os.fsencode(path)
+        self._write("DELETE FROM paths WHERE path=?", (key,))
+        self._remember(key, None)
+        self._links.pop(inode, None)
         return self._drop_if_orphan(inode)
 
     def put_checkpoint(self, cp: Checkpoint) -> None:
@@ -377,8 +408,16 @@ class StateDB:
 
     def paths_of(self, file_id: int) -> list[str]:
         """Every path of the inode row ``file_id``, sorted."""
-        rows = self._query("SELECT path FROM paths WHERE inode=? ORDER BY path", (file_id,))
-        return [os.fsdecode(p) for (p,) in rows]
+        known = self._links.get(file_id)
+        if known is None:
+            rows = self._query("SELECT path FROM paths WHERE inode=? ORDER BY path", (file_id,))
+            known = [os.fsdecode(p) for (p,) in rows]
+            if self._readonly:
+                return known
+            if len(self._links) >= _REMEMBERED:
+                self._links.clear()
+            self._links[file_id] = known
+        return list(known)
 
     def records(self, states: Iterable[State] | None = None) -> Iterator[FileRecord]:
         """All paths' rows (or those in ``states``), ordered by path."""

@@ -134,6 +134,43 @@ def test_links_share_one_inode_row(tmp_path: Path) -> None:
         assert db.get_checkpoint(c.id) is None
 
 
+def test_what_the_writer_remembers_of_paths_is_what_the_file_holds(tmp_path: Path) -> None:
+    """Links and inodes are remembered by the writing connection: each answer stays the one a
+    fresh connection reads, through links, moves, deletes and a path given a new inode; a
+    read-only connection remembers nothing (the writer is another process)."""
+
+    def fresh(file_id: int) -> list[str]:
+        with StateDB(tmp_path / "s.db", readonly=True) as other:
+            return other.paths_of(file_id)
+
+    db = StateDB(tmp_path / "s.db")
+    ro = StateDB(tmp_path / "s.db", readonly=True)
+    a = db.put(_rec("/r/a", ino=2))
+    assert a.id is not None
+    db.commit()
+    assert ro.paths_of(a.id) == ["/r/a"]
+    steps = [
+        lambda: db.put(_rec("/r/b", ino=2)),  # a link
+        lambda: db.put(_rec("/r/a", ino=3)),  # /r/a now names another inode
+        lambda: db.delete("/r/b"),  # inode 2's last path
+        lambda: db.put(_rec("/r/b", ino=3)),
+        lambda: db.delete("/r/a"),
+    ]
+    for step in steps:
+        step()
+        db.commit()
+        for rec in [*db.by_inode(1, 2), *db.by_inode(1, 3)]:
+            assert rec.id is not None
+            assert db.paths_of(rec.id) == fresh(rec.id) == ro.paths_of(rec.id)
+        for path in ("/r/a", "/r/b"):
+            assert db._inode_of(path) == ro._inode_of(path)
+    assert db.paths_of(a.id) == fresh(a.id) == []
+    three = db.by_inode(1, 3)
+    assert [r.path for r in three] == ["/r/b"]
+    ro.close()
+    db.close()
+
+
 def test_ctime_and_recheck_round_trip(tmp_path: Path) -> None:
     with StateDB(tmp_path / "s.db") as db:
         db.put(_rec("/a").evolve(ctime_ns=123, recheck=True))
