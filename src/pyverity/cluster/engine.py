@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from pyverity.cluster.connect import ClusterError
+from pyverity.cluster.tasks import Opaque, run_opaque
 
 __all__ = ["Engine"]
 
@@ -93,7 +94,8 @@ class Engine(Generic[U, R]):
                 except StopIteration:
                     exhausted = True
                     return
-                pending[self._client.submit(self._fn, unit, pure=False)] = unit
+                fut = self._client.submit(run_opaque, self._fn, Opaque(unit), pure=False)
+                pending[fut] = unit
 
         try:
             fill()

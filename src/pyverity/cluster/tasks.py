@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import enum
 import os
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from pyverity.errors import Error, FileChangedError, InputError
 from pyverity.format.descriptor import Descriptor
@@ -26,6 +28,7 @@ from pyverity.fs.openfile import open_regular
 __all__ = [
     "Job",
     "Kind",
+    "Opaque",
     "Reply",
     "Result",
     "Seen",
@@ -33,6 +36,7 @@ __all__ = [
     "file_hashes",
     "results_of",
     "run_jobs",
+    "run_opaque",
     "run_unit",
     "seen_of",
 ]
@@ -219,3 +223,39 @@ def results_of(jobs: list[Job], replies: list[Reply]) -> list[Result]:
 def run_jobs(jobs: list[Job]) -> list[Result]:
     """:func:`run_unit` and :func:`results_of` in this process."""
     return results_of(jobs, run_unit(jobs))
+
+
+class Opaque:
+    """An argument carried as bytes, pickled once on the client and loaded only where it is
+    used. Dask's ``submit`` walks every list and tuple of the arguments for futures (for a
+    unit of named tuples, that cost more than pickling it), and the scheduler deserializes
+    every task it is given: both see one bytes object instead of a unit's hundreds of jobs.
+    The worker trusts these bytes as it trusts the rest of what Dask sends it."""
+
+    __slots__ = ("_blob", "_value")
+
+    def __init__(self, value: object) -> None:
+        self._value = value
+        self._blob: bytes | None = None
+
+    @property
+    def value(self) -> object:
+        if self._blob is not None:
+            self._value = pickle.loads(self._blob)  # noqa: S301 - see the class's docstring
+            self._blob = None
+        return self._value
+
+    def __reduce__(self) -> tuple[Callable[[bytes], Opaque], tuple[bytes]]:
+        blob = self._blob if self._blob is not None else pickle.dumps(self._value, protocol=5)
+        return _opaque, (blob,)
+
+
+def _opaque(blob: bytes) -> Opaque:
+    o = Opaque(None)
+    o._blob = blob
+    return o
+
+
+def run_opaque(fn: Callable[[Any], object], arg: Opaque) -> object:
+    """What the engine submits: ``fn`` of the value ``arg`` carries."""
+    return fn(arg.value)
