@@ -98,9 +98,11 @@ class Scheduler:
 
     def enqueue(self, rec: FileRecord, priority: int) -> None:
         """Queue a build of ``rec``'s inode, unless one is queued or running under any of its
-        paths (then a first use only raises that job's priority)."""
+        paths (then a first use only raises that job's priority). A build being cancelled does
+        not count: the new one starts once it has stopped."""
         for p in self.tracker.links(rec):
-            if p in self.running:
+            running = self.running.get(p)
+            if running is not None and running.stopping is not msg.StopReason.CANCEL:
                 return
             queued = self.queue.get(p)
             if queued is not None:
@@ -127,7 +129,9 @@ class Scheduler:
         queued = self.queue.remove(path) is not None
         self.retry_at.pop(path, None)
         job = self.running.get(path)
-        if job is not None and job.worker is not None and not job.stopping:
+        stopping = job.stopping if job is not None else None
+        if job is not None and job.worker is not None and stopping is not msg.StopReason.CANCEL:
+            # A yielding build is cancelled too: it would be queued again for old attributes.
             job.stopping = msg.StopReason.CANCEL
             job.worker.tell(msg.Cancel(job.job_id))
             self.metrics["builds_cancelled"] += 1

@@ -177,6 +177,33 @@ def test_a_build_starts_from_the_look_that_queued_it_unless_the_file_changed(
     assert rec.digest == f"sha256:{other.digest().hex()}"
 
 
+def test_new_attributes_during_a_build_are_built_once_it_stops(tmp_path: Path) -> None:
+    """``pyverity sign`` writes the descriptor, then the signature: a build of the first
+    value, cancelled by the second, is followed by a build of the second (none was queued
+    while the cancelled one still ran, and the file stayed PENDING)."""
+    from pyverity.format.params import TreeParams
+
+    require_user_xattrs(tmp_path)
+    sim = DaemonSim(tmp_path, auto=False).start()
+    f = _file(sim, "big.bin", os.urandom(BIG))
+    _protect(sim, f)
+    sim.settle()
+    assert sim.state(f) == "BUILDING"
+    other = protect_with_pyverity(f, TreeParams(block_size=1024)).descriptor
+    sim.emit(Change.ATTR, f)
+    sim.settle()
+    assert sim.state(f) == "PENDING"  # the build of the old value is being cancelled
+    (worker,) = sim.pool.workers
+    sim.pool.auto = True
+    worker.run()  # it sees the Cancel and stops
+    sim.settle()
+    rec = sim.record(f)
+    assert rec is not None
+    assert sim.state(f) == "READY"
+    assert rec.digest == f"sha256:{other.digest().hex()}"
+    assert len(worker.builds) == 2
+
+
 def test_write_during_a_build_cancels_it_and_stays_stale(tmp_path: Path) -> None:
     require_user_xattrs(tmp_path)
     sim = DaemonSim(tmp_path, auto=False).start()
