@@ -17,11 +17,17 @@ from typing import TYPE_CHECKING
 from pyverity.errors import Error, Reason
 from pyverity.format.digest import format_digest
 from pyverity.format.merkletree import MerkleTree
+from pyverity.protect import (
+    InvalidProtectionError,
+    ProtectionKind,
+    read_protection,
+    verify_declared_signature,
+)
+from pyverity.protect.gate import Verdict, VerdictState, appraisal_result
 
 if TYPE_CHECKING:
     from pyverity.keys import Keyring
     from pyverity.protect import Protection
-    from pyverity.protect.gate import Verdict
 
 __all__ = ["Declared", "appraise", "load_keyring", "mismatch", "read_declared"]
 
@@ -63,13 +69,6 @@ def load_keyring(path: Path | None) -> Keyring | None:
 
 def read_declared(fd: int, namespace: str, keyring: Keyring | None) -> Declared:
     """Read and check both attributes of the open file ``fd``."""
-    from pyverity.protect import (
-        InvalidProtectionError,
-        ProtectionKind,
-        read_protection,
-        verify_declared_signature,
-    )
-
     try:
         prot = read_protection(fd, namespace)
     except InvalidProtectionError as e:
@@ -90,8 +89,6 @@ def appraise(protection: Protection, built: MerkleTree, keyring: Keyring | None)
     """The gate's verdict on a freshly built tree (:func:`pyverity.protect.gate.appraisal_result`:
     what the attributes declare, and their signature), with the computed digest; a failure's
     message starts with its reason."""
-    from pyverity.protect.gate import appraisal_result
-
     verdict = appraisal_result(protection, built.descriptor, keyring)
     digest = str(built.file_digest())
     message = verdict.message
@@ -102,8 +99,6 @@ def appraise(protection: Protection, built: MerkleTree, keyring: Keyring | None)
 
 def mismatch(protection: Protection, message: str, digest: str | None) -> Verdict:
     """A MISMATCH verdict the daemon finds itself (the kernel enforces another digest)."""
-    from pyverity.protect.gate import Verdict, VerdictState
-
     return Verdict(
         VerdictState.MISMATCH, Reason.CONTENT_MISMATCH, message, protection.kind, digest=digest
     )

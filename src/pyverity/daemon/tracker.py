@@ -178,7 +178,16 @@ class Tracker:
         if decision.build and rec.state is State.PENDING and builds.building(rec):
             rec = rec.evolve(state=State.BUILDING)  # already being built, and not stopping
         if old is not None and old.state != rec.state:
-            log.info("%s: %s -> %s %s", path, old.state, rec.state, rec.error)
+            # The usual way to READY is at DEBUG (a line per file); the rest says why.
+            routine = rec.state in (State.PENDING, State.BUILDING, State.READY) and not rec.error
+            log.log(
+                logging.DEBUG if routine else logging.INFO,
+                "%s: %s -> %s %s",
+                path,
+                old.state,
+                rec.state,
+                rec.error,
+            )
         rec = self.db.put(rec)
         if decision.build:
             if self._recently_written(path):

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,16 @@ class FileRecord:
         return FileIdentity((self.dev, self.ino, self.size, self.mtime_ns))
 
     def evolve(self, **changes: object) -> FileRecord:
-        return replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with ``changes`` (field names only; no check of the values' types). Made
+        without ``dataclasses.replace``, which costs several microseconds per row."""
+        if not changes.keys() <= _RECORD_FIELDS:
+            raise TypeError(f"FileRecord has no field {sorted(changes.keys() - _RECORD_FIELDS)}")
+        new = object.__new__(FileRecord)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
+
+_RECORD_FIELDS = frozenset(f.name for f in fields(FileRecord))
 
 
 @dataclass(frozen=True)
