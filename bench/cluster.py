@@ -436,6 +436,7 @@ def main() -> int:
     _cache(big)
     sample = [*sorted(small.rglob("f*"))[:: max(1, a.files // 100)], big]
 
+    print(f"data: {base} (kept: delete it, or give it to --dir to run again)")
     print(f"CPU: {cpu()}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     rows: list[Row] = []
