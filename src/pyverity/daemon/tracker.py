@@ -323,8 +323,8 @@ class Tracker:
         None)."""
         if rec is None and not looked_up:
             rec = self.db.get(path)
-        if rec is None and not self._has_attrs(path):
-            return
+        if rec is None and cause is not Cause.ATTR and not self._has_attrs(path):
+            return  # an attribute event is looked at anyway: the look reads both attributes
         obs = self.observe(path)
         if obs is None:
             if rec is not None:
