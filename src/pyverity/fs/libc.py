@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 __all__ = ["libc"]
@@ -12,5 +11,7 @@ __all__ = ["libc"]
 
 @functools.cache
 def libc() -> ctypes.CDLL:
-    """``libc`` with ``use_errno``; cached, as ``find_library`` may run ``ldconfig``."""
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    """``libc`` with ``use_errno``; cached. The process's own symbols (``dlopen(NULL)``), which
+    hold the C library Python runs on: no ``ctypes.util.find_library``, whose import costs
+    about 10 ms of every command's start-up and which may run ``ldconfig``."""
+    return ctypes.CDLL(None, use_errno=True)
