@@ -53,10 +53,12 @@ from pyverity.errors import Error, UsageError
 from pyverity.format.digest import format_digest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pyverity.cluster.bulk import Options
     from pyverity.fs.openfile import FileRef
     from pyverity.keys import Signer
-    from pyverity.protect.sign import HashedFile
+    from pyverity.protect.sign import HashedFile, SignedFile
 
 __all__ = ["main"]
 
@@ -190,16 +192,10 @@ def _imasig(
     if cluster is not None:
         return _imasig_cluster(args, signer, ns, cluster=cluster, files=files, progress=progress)
     worst = 0
+    write = not args.sigfile
     for ref in files:
-        try:
-            done = imasign_file(ref, signer, alg, namespace=ns, write=not args.sigfile)
-            assert done.signature is not None  # noqa: S101
-            if args.sigfile:
-                _write_sigfile(ref.path, done.signature.to_bytes())
-        except Error as e:
-            print_failure(ref.path, e.message, e.remedy)
-            worst = max(worst, e.exit_code)
-            progress.failed += 1
+        sign = functools.partial(imasign_file, ref, signer, alg, namespace=ns, write=write)
+        worst = max(worst, _sign_one(ref.path, sign, args, progress))
         progress.done += 1
     if args.recursive:
         progress.summary()
@@ -226,25 +222,36 @@ def _imasig_cluster(
     bar = cluster_bar("sign", len(files))
     worst = 0
     for out in file_hash_outcomes(cluster, files, alg, on_done=bar.got):
-        try:
-            if out.failure is not None or out.value is None:
-                failure = out.failure
-                assert failure is not None  # noqa: S101
-                print_failure(out.path, failure.message, failure.remedy)
-                worst = max(worst, failure.exit_code)
-                continue
-            done = imasign_hashed(out.value, signer, namespace=ns, write=not args.sigfile)
-            assert done.signature is not None  # noqa: S101
-            if args.sigfile:
-                _write_sigfile(out.path, done.signature.to_bytes())
-        except Error as e:
-            print_failure(out.path, e.message, e.remedy)
-            worst = max(worst, e.exit_code)
-            progress.failed += 1
+        if out.failure is not None or out.value is None:
+            failure = out.failure
+            assert failure is not None  # noqa: S101
+            print_failure(out.path, failure.message, failure.remedy)
+            worst = max(worst, failure.exit_code)
+            continue
+        write = not args.sigfile
+        sign = functools.partial(imasign_hashed, out.value, signer, namespace=ns, write=write)
+        worst = max(worst, _sign_one(out.path, sign, args, progress))
     bar.close()
     progress.done, progress.failed = bar.files, progress.failed + bar.failed
     progress.summary()
     return worst
+
+
+def _sign_one(
+    path: str, sign: Callable[[], SignedFile], args: argparse.Namespace, progress: Progress
+) -> int:
+    """One file's classic signature: made (and written) by ``sign``, its ``.sig`` written with
+    ``--sigfile``; a failure printed and counted. The failure's exit code, else 0."""
+    try:
+        done = sign()
+        assert done.signature is not None  # noqa: S101
+        if args.sigfile:
+            _write_sigfile(path, done.signature.to_bytes())
+    except Error as e:
+        print_failure(path, e.message, e.remedy)
+        progress.failed += 1
+        return e.exit_code
+    return 0
 
 
 def _write_sigfile(path: str, value: bytes) -> None:
