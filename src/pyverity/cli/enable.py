@@ -145,6 +145,14 @@ def print_failure(path: str, message: str, remedy: str | None = None) -> None:
         sys.stderr.write(f"{remedy}\n")
 
 
+def report_failed(out: Outcome[Any]) -> int:
+    """Print the failure of an outcome that has no value; its exit code."""
+    failure = out.failure
+    assert failure is not None  # noqa: S101 - an outcome holds a value or a failure
+    print_failure(out.path, failure.message, failure.remedy)
+    return failure.exit_code
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="pyverity enable",
@@ -261,9 +269,8 @@ def main(argv: list[str]) -> int:
                 worst = max(
                     worst, _kernel_enable(out.value, quiet=args.recursive, signature=signature)
                 )
-        elif out.failure is not None:
-            print_failure(out.path, out.failure.message, out.failure.remedy)
-            worst = max(worst, out.failure.exit_code)
+        else:
+            worst = max(worst, report_failed(out))
     if args.recursive and not progress.enabled:
         progress.summary()
     if args.wait and written:

@@ -46,6 +46,7 @@ from pyverity.cli.enable import (
     add_wait_options,
     namespace_of,
     print_failure,
+    report_failed,
     tree_params_of,
     wait_for_daemon,
 )
@@ -222,11 +223,8 @@ def _imasig_cluster(
     bar = cluster_bar("sign", len(files))
     worst = 0
     for out in file_hash_outcomes(cluster, files, alg, on_done=bar.got):
-        if out.failure is not None or out.value is None:
-            failure = out.failure
-            assert failure is not None  # noqa: S101
-            print_failure(out.path, failure.message, failure.remedy)
-            worst = max(worst, failure.exit_code)
+        if out.value is None:
+            worst = max(worst, report_failed(out))
             continue
         write = not args.sigfile
         sign = functools.partial(imasign_hashed, out.value, signer, namespace=ns, write=write)
@@ -290,11 +288,8 @@ def _verity(
         bar = cluster_bar("sign", len(files))
         outcomes = hashed_outcomes(cluster, files, params, on_done=bar.got)
     for out in outcomes:
-        if out.failure is not None or out.value is None:
-            failure = out.failure
-            assert failure is not None  # noqa: S101
-            print_failure(out.path, failure.message, failure.remedy)
-            worst = max(worst, failure.exit_code)
+        if out.value is None:
+            worst = max(worst, report_failed(out))
             continue
         desc = out.value.descriptor
         try:
