@@ -1,14 +1,14 @@
 """Choosing the accelerator's interleave width by measurement, not by CPU family (ADR 0003).
 
-Which width hashes fastest depends on the core, not on its vendor's family number: on AMD
-Zen 5 sixteen AVX-512 lanes win; on Zen 4 (which splits 512-bit operations in two) two, three
-or four SHA-NI streams and sixteen lanes lie within about 10 % of each other, their order
-changing from run to run (README); on Intel Sapphire Rapids sixteen lanes again. So the first process that needs a width
-measures them all, on data in memory, interleaved (one run of each width per round, so that a
-change of load hits them alike), and keeps each width's best of five rounds: a few
-milliseconds, well under 20. The winner is cached per machine in the user's cache directory
-(``$XDG_CACHE_HOME/pyverity``, else ``~/.cache/pyverity``), in a file named after a key made
-of the CPU's signature (vendor, brand, family/model/stepping, feature bits, from cpuid) and the
+Which width hashes fastest depends on the core, not on its vendor's family number: on AMD Zen 5
+sixteen AVX-512 lanes win; on Zen 4 (which splits 512-bit operations in two) two, three or four
+SHA-NI streams and sixteen lanes lie within about 10 % of each other, their order changing from
+run to run (README); on Intel Sapphire Rapids sixteen lanes again. So the first process that
+needs a width measures them all, on data in memory, interleaved (one run of each width per
+round, so that a change of load hits them alike), and keeps each width's best of five rounds: a
+few milliseconds, well under 20. The winner is cached per machine in the user's cache directory
+(``$XDG_CACHE_HOME/pyverity``, else ``~/.cache/pyverity``), in a file named after a key made of
+the CPU's signature (vendor, brand, family/model/stepping, feature bits, from cpuid) and the
 accelerator's build, so that another CPU, a VM moved to another host or a rebuilt accelerator
 measures again. ``PYVERITY_HASH_WIDTH`` overrides the choice.
 
