@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -157,11 +156,10 @@ def test_first_use_jumps_two_busy_workers(
         d.wait_state(b, "BUILDING", timeout=30)
     # The attribute is written while both workers are busy; then a first use asks for it.
     setfattr(small, "user.verity", small_desc)
-    t0 = time.monotonic()
     reply = client.build_now(small, state_dir=d.state, timeout=10)
-    elapsed = time.monotonic() - t0
     assert reply["state"] == "READY"
-    assert elapsed < 2.0, elapsed
+    # Served before the big builds: it did not wait for a worker to finish (no time bound:
+    # the preemption and the big builds' states say it).
     states = [str(d.record(b).state) for b in bigs]  # type: ignore[union-attr]
     assert set(states) <= {"BUILDING", "PENDING"}, states  # the big builds are not done
     assert d.metrics()["pyverity_builds_preempted_total"] >= 1
