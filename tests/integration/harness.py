@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from pyverity.format.digest import parse_digest
 from pyverity.store.cache import TreeCache
 from pyverity.store.statedb import FileRecord, StateDB
 from tests.support.polling import wait_until
+from tests.support.procs import stop
 from tests.support.protect import TOOL_TIMEOUT, fsverity_digest, protect, setfattr
 
 __all__ = [
@@ -80,13 +80,8 @@ class Daemon:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop(self.proc, timeout=20)
         self.proc = None
 
     def kill9(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from tests.support.polling import wait_until
+from tests.support.procs import stop
 from tests.unit.reader import helpers as reader_helpers
 from tests.unit.reader.helpers import flip
 
@@ -83,13 +83,7 @@ def mounted(
             pytest.fail(f"mount did not come up: {log.read_text()}")
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
+        rc = stop(proc, timeout=15)
         if is_mounted(mountpoint):
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
             pytest.fail(f"mount left behind after SIGTERM: {log.read_text()}")

@@ -15,7 +15,6 @@ of output (``rc=N out...`` / ``rc=N err...``), and what the source directory sho
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from pyverity.fs.xattr import get_attr
 from tests.support.polling import wait_until
+from tests.support.procs import stop
 from tests.support.protect import protect_with_pyverity
 
 NS = "user"
@@ -61,13 +61,7 @@ def main(directory: str, log_path: str) -> None:
         if mounted(mnt):
             checks(src, mnt)
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-        try:
-            rc = server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            rc = server.wait()
+        rc = stop(server, timeout=60)
         print("server exit", rc, flush=True)
         print("unmounted x", not mounted(mnt), flush=True)
         print("seconds x", f"{time.monotonic() - started:.1f}", flush=True)
