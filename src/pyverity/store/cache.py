@@ -164,8 +164,13 @@ class TreeCache:
             raise StorageError(f"cannot create the tree cache in {directory}: {e.strerror}") from e
 
     def path_for(self, algorithm: str, digest: bytes) -> Path:
+        return Path(self._entry(algorithm, digest)[1])
+
+    def _entry(self, algorithm: str, digest: bytes) -> tuple[str, str]:
+        """The fan-out directory of the entry for ``algorithm:digest``, and the entry's path."""
         hexd = _check_digest(algorithm, digest)
-        return self._objects / algorithm / hexd[:2] / hexd
+        parent = f"{self._objects_s}/{algorithm}/{hexd[:2]}"
+        return parent, f"{parent}/{hexd}"
 
     def clean_temp(self) -> int:
         """Remove temp files left by a crashed writer; call only while holding the state lock."""
@@ -242,10 +247,7 @@ class TreeCache:
         if tree.tree is None:
             raise StorageError("cannot cache a tree that was not kept")
         desc = tree.descriptor
-        algorithm = desc.hash_alg.name
-        hexd = _check_digest(algorithm, desc.digest())
-        parent = f"{self._objects_s}/{algorithm}/{hexd[:2]}"
-        final = f"{parent}/{hexd}"
+        parent, final = self._entry(desc.hash_alg.name, desc.digest())
         tmp = f"{self._tmp_s}/{os.getpid()}-{self._token}-{next(self._serial)}"
         try:
             if parent not in self._made:
