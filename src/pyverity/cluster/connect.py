@@ -33,7 +33,16 @@ from pyverity.errors import ConfigurationError, UsageError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["ClusterError", "Target", "Tls", "check_tls", "connect", "is_loopback", "parse_target"]
+__all__ = [
+    "ClusterError",
+    "Target",
+    "Tls",
+    "check_tls",
+    "connect",
+    "error_line",
+    "is_loopback",
+    "parse_target",
+]
 
 #: Seconds to reach a scheduler before giving up.
 CONNECT_TIMEOUT = 10
@@ -140,6 +149,15 @@ def _reason(e: ssl.SSLError) -> str:
     return re.sub(r"^\[\w+\]\s*|\s*\(_ssl\.c:\d+\)$", "", text).lower() or type(e).__name__
 
 
+def error_line(e: BaseException, *, last: bool = False, default: str | None = None) -> str:
+    """One line of an exception's text for a one-line message: the first (``last``: the last),
+    else ``default``, else the exception's type name."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__ if default is None else default
+    return lines[-1] if last else lines[0]
+
+
 def is_loopback(host: str) -> bool:
     """Whether every address ``host`` resolves to is a loopback address."""
     try:
@@ -192,7 +210,7 @@ def _unreachable(target: Target, e: BaseException) -> ClusterError:
         cause = cause.__cause__ or cause.__context__
     else:
         cause = None
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = error_line(e)
     if isinstance(cause, ssl.SSLCertVerificationError):
         return ClusterError(
             f"the scheduler at {target.address} has a certificate the TLS CA given did not sign"

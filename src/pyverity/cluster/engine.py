@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from pyverity.cluster.connect import ClusterError
+from pyverity.cluster.connect import ClusterError, error_line
 from pyverity.cluster.tasks import Opaque, run_opaque
 
 __all__ = ["Engine"]
@@ -43,9 +43,7 @@ class Engine(Generic[U, R]):
         self.window = window
 
     def _lost(self, e: BaseException) -> ClusterError:
-        text = (str(e).strip().splitlines() or [type(e).__name__])[
-            -1 if "cancelled" in str(e) else 0
-        ]
+        text = error_line(e, last="cancelled" in str(e))
         if type(e).__name__ == "KilledWorker":
             return ClusterError(
                 f"a task killed the cluster's workers again and again: {text}",
@@ -66,7 +64,7 @@ class Engine(Generic[U, R]):
 
         tb = "".join(traceback.format_tb(fut.traceback()))
         log.debug("the task's traceback on its worker:\n%s", tb)
-        first = (str(e).strip().splitlines() or [""])[0]
+        first = error_line(e, default="")
         return ClusterError(
             f"a task failed on a worker of {self.address}: {type(e).__name__}: {first}",
             remedy="run again; if it fails again, report it with the output of PYVERITY_DEBUG=1",
