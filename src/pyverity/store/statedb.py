@@ -293,12 +293,13 @@ class StateDB:
         self._inode_ids.clear()
         self._links.clear()
 
-    def _remember(self, key: bytes, inode: int | None) -> None:
+    def _remember(self, table: dict[Any, Any], key: object, value: object) -> None:
+        """Keep ``key -> value`` in ``table`` (one of the two above), unless read-only."""
         if self._readonly:  # another process writes: nothing read stays true
             return
-        if len(self._inode_ids) >= _REMEMBERED:
+        if len(table) >= _REMEMBERED:
             self._forget_paths()
-        self._inode_ids[key] = inode
+        table[key] = value
 
     def _inode_of(self, path: str) -> int | None:
         key = os.fsencode(path)
@@ -306,7 +307,7 @@ class StateDB:
             return self._inode_ids[key]
         r = self._query("SELECT inode FROM paths WHERE path=?", (key,)).fetchone()
         inode = None if r is None else int(r[0])
-        self._remember(key, inode)
+        self._remember(self._inode_ids, key, inode)
         return inode
 
     def _drop_if_orphan(self, inode: int) -> bool:
@@ -358,7 +359,7 @@ class StateDB:
                 " ON CONFLICT(path) DO UPDATE SET inode=excluded.inode",
                 (key, rid),
             )
-            self._remember(key, rid)
+            self._remember(self._inode_ids, key, rid)
             self._links.pop(rid, None)
             if before is not None:
                 self._links.pop(before, None)
@@ -379,7 +380,7 @@ class StateDB:
             return True
         key = os.fsencode(path)
         self._write("DELETE FROM paths WHERE path=?", (key,))
-        self._remember(key, None)
+        self._remember(self._inode_ids, key, None)
         self._links.pop(inode, None)
         return self._drop_if_orphan(inode)
 
@@ -421,11 +422,7 @@ class StateDB:
         if known is None:
             rows = self._query("SELECT path FROM paths WHERE inode=? ORDER BY path", (file_id,))
             known = [os.fsdecode(p) for (p,) in rows]
-            if self._readonly:
-                return known
-            if len(self._links) >= _REMEMBERED:
-                self._links.clear()
-            self._links[file_id] = known
+            self._remember(self._links, file_id, known)
         return list(known)
 
     def records(self, states: Iterable[State] | None = None) -> Iterator[FileRecord]:
