@@ -19,13 +19,13 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pyverity.cluster.connect import Target, connect
 from pyverity.cluster.digests import Digester, Got, Want, listed_seen
 from pyverity.cluster.plan import Cut
 from pyverity.errors import Error
-from pyverity.fs.openfile import FileRef
+from pyverity.fs.openfile import FileIdentity, FileRef
 
 if TYPE_CHECKING:
     from pyverity.format.ima import KernelHashAlgo
@@ -44,6 +44,8 @@ __all__ = [
     "manifest_source",
     "measured_outcomes",
 ]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,25 @@ def _failure(got: Got) -> Outcome[object]:
     return Outcome(got.want.ref.path, None, failure)
 
 
+def _outcomes(
+    opts: Options,
+    wants: Iterable[Want],
+    on_done: Callable[[Got], None] | None,
+    value: Callable[[Got, FileIdentity], T | None],
+) -> Iterator[Outcome[T]]:
+    """One outcome per file: ``value(got, identity)`` of each hashed as wanted (None: not what
+    was asked for), else the failure."""
+    from pyverity.protect.batch import Outcome
+
+    with _digester(opts, on_done) as d:
+        for got in d.run(wants):
+            made = value(got, got.identity) if got.ok and got.identity is not None else None
+            if made is None:
+                yield _failure(got)  # type: ignore[misc]
+            else:
+                yield Outcome(got.want.ref.path, made, None)
+
+
 def hashed_outcomes(
     opts: Options,
     files: Iterable[FileRef],
@@ -87,16 +108,14 @@ def hashed_outcomes(
     *,
     on_done: Callable[[Got], None] | None = None,
 ) -> Iterator[Outcome[HashedFile]]:
-    from pyverity.protect.batch import Outcome
     from pyverity.protect.sign import HashedFile
 
-    with _digester(opts, on_done) as d:
-        for got in d.run(_want(ref, params=params) for ref in files):
-            if not got.ok or got.descriptor is None or got.identity is None:
-                yield _failure(got)  # type: ignore[misc]
-                continue
-            ref = got.want.ref
-            yield Outcome(ref.path, HashedFile(ref.path, got.identity, got.descriptor, ref), None)
+    def hashed(got: Got, identity: FileIdentity) -> HashedFile | None:
+        ref = got.want.ref
+        desc = got.descriptor
+        return None if desc is None else HashedFile(ref.path, identity, desc, ref)
+
+    return _outcomes(opts, (_want(ref, params=params) for ref in files), on_done, hashed)
 
 
 def file_hash_outcomes(
@@ -107,20 +126,19 @@ def file_hash_outcomes(
     on_done: Callable[[Got], None] | None = None,
 ) -> Iterator[Outcome[FileHash]]:
     """The whole-file hash of each file (one sequential task per file), for ``--imasig``."""
-    from pyverity.protect.batch import Outcome
     from pyverity.protect.sign import FileHash
 
     name = alg.hashlib_name
     if name is None:  # algo_by_name() refuses these at the CLI
         raise ValueError(f"hash algorithm {alg.name} is not computable here")
-    with _digester(opts, on_done) as d:
-        for got in d.run(_want(ref, hashes=(name,)) for ref in files):
-            if not got.ok or len(got.hashes) != 1 or got.identity is None:
-                yield _failure(got)  # type: ignore[misc]
-                continue
-            ref = got.want.ref
-            digest = got.hashes[0][1]
-            yield Outcome(ref.path, FileHash(ref.path, got.identity, alg, digest, ref), None)
+
+    def file_hash(got: Got, identity: FileIdentity) -> FileHash | None:
+        ref = got.want.ref
+        if len(got.hashes) != 1:
+            return None
+        return FileHash(ref.path, identity, alg, got.hashes[0][1], ref)
+
+    return _outcomes(opts, (_want(ref, hashes=(name,)) for ref in files), on_done, file_hash)
 
 
 def _measure_want(ref: FileRef, namespace: str) -> Want:
