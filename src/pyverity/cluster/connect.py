@@ -46,6 +46,8 @@ __all__ = [
 
 #: Seconds to reach a scheduler before giving up.
 CONNECT_TIMEOUT = 10
+#: A TLS file (CA bundle, certificate, key) is read at most this far (docs/cli.md).
+TLS_FILE_LIMIT = 1 << 20
 
 
 class ClusterError(ConfigurationError):
@@ -113,16 +115,14 @@ def _no_password() -> bytes:
 def check_tls(
     tls: Tls, names: tuple[str, str, str] = ("--tls-ca", "--tls-cert", "--tls-key")
 ) -> None:
-    """Refuse, with one line, TLS files that are missing, unreadable, not PEM, or a key that
-    does not match its certificate (``names``: what the user called them)."""
+    """Refuse, with one line, TLS files that are missing, unreadable, not regular files, larger
+    than :data:`TLS_FILE_LIMIT`, not PEM, or a key that does not match its certificate
+    (``names``: what the user called them)."""
+    from pyverity.fs.inputs import read_input
+
     for name, path in zip(names, (tls.ca, tls.cert, tls.key), strict=True):
-        if path is None:
-            continue
-        try:
-            with open(path, "rb") as f:
-                f.read(1)
-        except OSError as e:
-            raise ClusterError(f"can't read {name} '{path}': {e.strerror}") from None
+        if path is not None:  # a regular file (a FIFO or a device would block OpenSSL)
+            read_input(path, name, TLS_FILE_LIMIT)
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     try:
         ctx.load_verify_locations(cafile=tls.ca)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,9 @@ def _pem_files(tmp: Path) -> dict[str, Path]:
         ("ca", "cert", "other", "and its matching private key (key values mismatch)"),
         ("ca", "cert", None, "--tls-cert '{cert}': not a PEM certificate and its matching"),
         ("ca", "cert", "encrypted", "the TLS client key is encrypted"),
+        ("fifo", "cert", "key", "--tls-ca '{fifo}' is a FIFO"),  # never opened to block
+        ("ca", "zero", "key", "--tls-cert '{zero}' is a character device"),
+        ("ca", "cert", "dir", "--tls-key '{dir}' is a directory"),
     ],
 )
 def test_tls_files_are_checked_before_anything_runs(
@@ -118,6 +122,8 @@ def test_tls_files_are_checked_before_anything_runs(
     text: str,
 ) -> None:
     files = {**_pem_files(tmp_path), "missing": tmp_path / "missing.pem"}
+    files |= {"fifo": tmp_path / "fifo", "zero": Path("/dev/zero"), "dir": tmp_path}
+    os.mkfifo(files["fifo"])
     argv = ["verify", "-r", str(tmp_path), "--cluster", "tls://127.0.0.1:1",
             "--tls-ca", str(files[ca]), "--tls-cert", str(files[cert])]  # fmt: skip
     if key is not None:
