@@ -58,10 +58,10 @@ class Options:
 @contextlib.contextmanager
 def _digester(opts: Options, on_done: Callable[[Got], None] | None) -> Iterator[Digester]:
     from pyverity.cluster.engine import Engine
-    from pyverity.cluster.tasks import run_unit
+    from pyverity.cluster.tasks import Job, Reply, load_replies, run_packed
 
     with connect(opts.target) as client:
-        engine: Engine[object, object] = Engine(client, run_unit)  # type: ignore[arg-type]
+        engine: Engine[list[Job], list[Reply]] = Engine(client, run_packed, decode=load_replies)
         yield Digester(engine, opts.cut, recheck=opts.recheck, on_done=on_done)
 
 

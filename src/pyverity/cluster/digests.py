@@ -21,7 +21,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyverity.cluster.plan import Cut, batches, jobs_for
 from pyverity.cluster.tasks import (
@@ -32,7 +32,7 @@ from pyverity.cluster.tasks import (
     Result,
     Seen,
     file_hashes,
-    results_of,
+    result_of,
     seen_of,
 )
 from pyverity.errors import Error, FileChangedError, InputError
@@ -46,10 +46,10 @@ __all__ = ["BUFFER", "Digester", "Got", "Want", "listed_seen"]
 BUFFER = 50_000
 
 
-@dataclass(frozen=True)
-class Want:
+class Want(NamedTuple):
     """One file to compute: opened here as ``ref``; ``listed`` its stat when listed (None:
-    nothing to compute, or ``error`` already known)."""
+    nothing to compute, or ``error`` already known). Named tuples, this and :class:`Got`:
+    one of each is made per file (a frozen dataclass costs about twice as much to build)."""
 
     ref: FileRef
     listed: Seen | None
@@ -60,8 +60,7 @@ class Want:
     extra: Any = None
 
 
-@dataclass(frozen=True)
-class Got:
+class Got(NamedTuple):
     want: Want
     descriptor: Descriptor | None = None
     hashes: Hashes = ()
@@ -134,7 +133,8 @@ class Digester:
         self._rng = secrets.SystemRandom()
 
     def run(self, wants: Iterable[Want]) -> Iterator[Got]:
-        open_: dict[int, _Partial] = {}
+        # A file of one job waits as its Want; one cut into parts as a _Partial.
+        waiting: dict[int, Want | _Partial] = {}
         done: dict[int, Got] = {}
         next_index = 0
         absolute: dict[str, str] = {}
@@ -149,9 +149,9 @@ class Digester:
                         root=root,
                     )  # fmt: skip
                 if not js:
-                    done[i] = self._finish(_Partial(w, 0))
+                    done[i] = self._finish(w, [])
                     continue
-                open_[i] = _Partial(w, len(js))
+                waiting[i] = w if len(js) == 1 else _Partial(w, len(js))
                 yield from js
 
         def ready() -> Iterator[Got]:
@@ -163,33 +163,38 @@ class Digester:
         units = batches(jobs(), self.cut)
         replies: list[Reply]
         for unit, replies in self.engine.run(units, hold=lambda: len(done) > BUFFER):
-            for r in results_of(unit, replies):
-                p = open_[r.job.file]
-                p.results.append(r)
-                if len(p.results) == p.count:
-                    del open_[r.job.file]
-                    done[r.job.file] = self._finish(p)
+            for job, reply in zip(unit, replies, strict=True):
+                i = job.file
+                w = waiting[i]
+                if isinstance(w, _Partial):
+                    w.results.append(result_of(job, reply))
+                    if len(w.results) < w.count:
+                        continue
+                    del waiting[i]
+                    done[i] = self._finish(w.want, w.results)
+                else:
+                    del waiting[i]
+                    done[i] = self._finish(w, [result_of(job, reply)])
             yield from ready()
         yield from ready()
 
-    def _finish(self, p: _Partial) -> Got:
-        got = self._assemble(p)
+    def _finish(self, want: Want, results: list[Result]) -> Got:
+        got = self._assemble(want, results)
         if self.on_done is not None:
             self.on_done(got)
         return got
 
-    def _assemble(self, p: _Partial) -> Got:
-        w = p.want
+    def _assemble(self, w: Want, results: list[Result]) -> Got:
         if w.error is not None or w.listed is None:
             return Got(w, error=w.error)
-        for r in p.results:
+        for r in results:
             if r.error is not None:
                 return Got(w, error=r.error, error_class=_class(r))
-        seen = {r.seen for r in p.results}
-        if p.results and seen != {w.listed}:
-            return Got(w, error=CHANGED, error_class=FileChangedError)
-        descriptor, hashes = _combine(w, p.results)
-        recheck = bool(p.results) and self.recheck > 0 and self._rng.random() < self.recheck
+        for r in results:
+            if r.seen != w.listed:
+                return Got(w, error=CHANGED, error_class=FileChangedError)
+        descriptor, hashes = _combine(w, results)
+        recheck = bool(results) and self.recheck > 0 and self._rng.random() < self.recheck
         if not recheck:
             # lstat (no open): a symlink swapped in on the way shows another inode -> changed;
             # whoever writes opens the file again beneath its root and checks it once more.

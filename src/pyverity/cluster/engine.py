@@ -28,11 +28,21 @@ _POLL = 5.0
 
 
 class Engine(Generic[U, R]):
-    """Runs ``fn(unit)`` on the cluster for each unit; yields ``(unit, result)`` unordered."""
+    """Runs ``fn(unit)`` on the cluster for each unit; yields ``(unit, result)`` unordered
+    (``decode``: what is made of each result here, e.g. :func:`~.tasks.load_replies` of the
+    bytes :func:`~.tasks.run_packed` returns)."""
 
-    def __init__(self, client: Any, fn: Callable[[U], R], *, window: int | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        fn: Callable[[U], Any],
+        *,
+        window: int | None = None,
+        decode: Callable[[Any], R] | None = None,
+    ) -> None:
         self._client = client
         self._fn = fn
+        self._decode = decode
         self.address = str(getattr(client, "scheduler", None) and client.scheduler.address)
         if window is None:
             try:
@@ -107,7 +117,7 @@ class Engine(Generic[U, R]):
                 for fut, result in zip(done, results, strict=True):
                     unit = pending.pop(fut)
                     fut.release()
-                    yield unit, result
+                    yield unit, result if self._decode is None else self._decode(result)
                 fill()
         except ClusterError:
             raise

@@ -49,6 +49,9 @@ def jobs_for(
     """
     if params is None:
         return [Job(index, path, Kind.HASH, size, hashes=hashes, root=root)] if hashes else []
+    if size <= cut.task_bytes:  # the usual small file, without looking up the subtree shape
+        kind = Kind.ONEPASS if hashes else Kind.TREE
+        return [Job(index, path, kind, size, params, hashes, root=root)]
     height, sub = _shape(params, cut.task_bytes)
     if size <= max(sub, cut.task_bytes):
         kind = Kind.ONEPASS if hashes else Kind.TREE

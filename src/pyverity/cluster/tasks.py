@@ -2,10 +2,13 @@
 
 Every function here is a picklable top-level function of plain values. A unit of work is a
 list of :class:`Job` (several whole small files, or one byte range of a big file); the task
-(:func:`run_unit`) sends back one compact :data:`Reply` per job, in order (plain tuples and
-bytes: no job echoed, a root hash rather than a descriptor, so a reply costs little to pickle
-and to load on the client), each with the (size, mtime, ctime, inode) the worker saw while it
-read (:class:`Seen`); the client turns them into :class:`Result` s (:func:`results_of`) and
+(:func:`run_unit`) makes one compact :data:`Reply` per job, in order (plain tuples and bytes:
+no job echoed, a root hash rather than a descriptor), each with the (size, mtime, ctime, inode)
+the worker saw while it read (:data:`Seen`). On a cluster the task is :func:`run_packed`: the
+unit's replies go back as **one bytes object** (:func:`pack_replies`), which Dask sends as it
+is; a list of tuples it would serialize one element at a time (a dispatch lookup and a pickle
+per file, on the worker's event loop, while the task thread waits for the GIL). The client
+loads them (:func:`load_replies`), turns them into :class:`Result` s (:func:`results_of`) and
 compares that stat with its own before it uses the digest. Errors come back as values, so a
 bad file never fails a task (a task fails only when its worker dies, and the scheduler then
 runs it again elsewhere).
@@ -17,7 +20,6 @@ import enum
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from pyverity.errors import Error, FileChangedError, InputError
@@ -34,18 +36,24 @@ __all__ = [
     "Seen",
     "file_digests",
     "file_hashes",
+    "load_replies",
+    "pack_replies",
+    "result_of",
     "results_of",
     "run_jobs",
     "run_opaque",
+    "run_packed",
     "run_unit",
     "seen_of",
+    "stat_key",
 ]
 
 
 class Seen(tuple[int, int, int, int]):
     """``(size, mtime_ns, ctime_ns, ino)``: what a file looked like, compared between worker
     and client (st_dev differs across machines mounting the same storage, so it is left out).
-    A tuple, as :class:`~pyverity.fs.openfile.FileIdentity`: it crosses the wire per file."""
+    A tuple, as :class:`~pyverity.fs.openfile.FileIdentity`; a worker sends it as a plain tuple
+    (:func:`stat_key`: a tuple subclass costs a reduce call per file to pickle), equal to this."""
 
     __slots__ = ()
 
@@ -54,8 +62,13 @@ class Seen(tuple[int, int, int, int]):
         return self[0]
 
 
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """The plain tuple of :class:`Seen`'s fields (what crosses the wire)."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
 def seen_of(st: os.stat_result) -> Seen:
-    return Seen((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return Seen(stat_key(st))
 
 
 class Kind(enum.Enum):
@@ -96,7 +109,7 @@ Value = Descriptor | tuple[bytes, ...] | Hashes | tuple[Descriptor, Hashes]
 #: What a worker sends for one job: (seen, value, error, changed). The value is a root hash
 #: (TREE), subtree roots (RANGE), digests in the order asked (HASH) or (root hash, digests)
 #: (ONEPASS).
-Reply = tuple[Seen | None, object, str | None, bool]
+Reply = tuple[tuple[int, int, int, int] | None, object, str | None, bool]
 
 
 def _open(job: Job, roots: dict[str, int]) -> int:
@@ -114,10 +127,11 @@ def _open(job: Job, roots: dict[str, int]) -> int:
     return open_regular_beneath(root_fd, job.path, os.path.join(job.root, job.path))  # noqa: PTH118
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
+    """A job's reply as the client uses it (a named tuple: one per file)."""
+
     job: Job
-    seen: Seen | None
+    seen: tuple[int, int, int, int] | None
     #: A descriptor (TREE), subtree roots (RANGE), ``(name, digest)`` pairs (HASH) or both
     #: (ONEPASS: ``(descriptor, pairs)``).
     value: Value | None
@@ -132,11 +146,11 @@ def run_job(job: Job, roots: dict[str, int]) -> Reply:
     except Error as e:
         return None, None, e.message, False
     try:
-        seen = seen_of(os.fstat(fd))
-        if seen.size != job.size:
+        seen = stat_key(os.fstat(fd))
+        if seen[0] != job.size:
             raise FileChangedError("file changed size since it was listed")
         value = _hash(fd, job)
-        if seen_of(os.fstat(fd)) != seen:
+        if stat_key(os.fstat(fd)) != seen:
             raise FileChangedError("file changed while it was being hashed")
     except Error as e:
         return None, None, e.message, isinstance(e, FileChangedError)
@@ -197,6 +211,23 @@ def run_unit(jobs: list[Job]) -> list[Reply]:
             os.close(fd)
 
 
+def pack_replies(replies: list[Reply]) -> bytes:
+    """A unit's replies as one bytes object (plain tuples, ints and bytes, pickled in C)."""
+    return pickle.dumps(replies, protocol=5)
+
+
+def load_replies(blob: bytes) -> list[Reply]:
+    """The client's side of :func:`pack_replies`. The bytes come from a worker, trusted as
+    everything Dask delivers from it is (Dask itself unpickles a task's result)."""
+    replies: list[Reply] = pickle.loads(blob)  # noqa: S301 - see the docstring
+    return replies
+
+
+def run_packed(jobs: list[Job]) -> bytes:
+    """The cluster task: :func:`run_unit`, its replies packed (:func:`pack_replies`)."""
+    return pack_replies(run_unit(jobs))
+
+
 def _value(job: Job, value: object) -> Value:
     if job.kind is Kind.HASH:
         return tuple(zip(job.hashes, value, strict=True))  # type: ignore[call-overload]
@@ -211,13 +242,15 @@ def _value(job: Job, value: object) -> Value:
     return Descriptor.for_tree(job.params, job.size, value)  # type: ignore[arg-type]
 
 
+def result_of(job: Job, reply: Reply) -> Result:
+    """The client's view of one job's reply."""
+    seen, value, error, changed = reply
+    return Result(job, seen, None if error is not None else _value(job, value), error, changed)
+
+
 def results_of(jobs: list[Job], replies: list[Reply]) -> list[Result]:
     """The client's view of a unit's replies (in the unit's order)."""
-    out = []
-    for job, (seen, value, error, changed) in zip(jobs, replies, strict=True):
-        v = None if error is not None else _value(job, value)
-        out.append(Result(job, None if seen is None else Seen(seen), v, error, changed))
-    return out
+    return [result_of(job, reply) for job, reply in zip(jobs, replies, strict=True)]
 
 
 def run_jobs(jobs: list[Job]) -> list[Result]:
