@@ -10,8 +10,11 @@ processes on 127.0.0.1, then, for
 
 the wall time of ``--jobs N`` and of ``--cluster tcp://…``, run interleaved (local, cluster,
 local, cluster, ...), the best of ``--repeat`` each, the ratio cluster/local against the target
-(at most 1.15) and the 1-minute load average when each best run ended. It checks that both
-produce the same bytes (manifest entries; the attributes of a sample of files).
+(at most 1.15), the 1-minute load average when each best run ended and the CPU seconds of
+each best run (the command's, with its children; on the cluster also the scheduler's and each
+worker's: on one shared machine the cluster is CPU-bound, so this says where its time went).
+It checks that both produce the same bytes (manifest entries; the attributes of a sample of
+files).
 
 Then the throughput model of docs/cluster.md, measured in this process: one core's tree hashing
 (what a worker does with a range of a big file) and whole-file SHA-256, the client's v3
@@ -109,21 +112,34 @@ class Cluster:
                     raise
                 time.sleep(0.2)
 
+    def cpu(self) -> list[float]:
+        """CPU seconds so far of the scheduler, then of each worker (/proc/PID/stat)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = []
+        for p in self.procs:
+            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out.append((int(fields[11]) + int(fields[12])) / tick)  # utime + stime
+        return out
+
     def close(self) -> None:
         for p in self.procs:
             p.kill()
             p.wait()
 
 
-def _run(*args: str | Path) -> float:
+def _run(*args: str | Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and its children) of one pyverity run."""
+    before = os.times()
     t = time.perf_counter()
     cmd = [sys.executable, "-m", "pyverity.cli", *map(str, args)]
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     elapsed = time.perf_counter() - t
+    after = os.times()
     if done.returncode != 0:
         sys.stderr.buffer.write(done.stderr)
         raise SystemExit(f"pyverity {' '.join(map(str, args))}: exit {done.returncode}")
-    return elapsed
+    cpu = after.children_user + after.children_system
+    return elapsed, cpu - before.children_user - before.children_system
 
 
 def _attrs(paths: list[Path]) -> list[tuple[bytes, bytes]]:
@@ -222,7 +238,7 @@ def client_per_file(small: Path) -> float:
     """
     from pyverity.cluster.bulk import _want
     from pyverity.cluster.digests import Digester
-    from pyverity.cluster.tasks import Job, Reply, run_unit
+    from pyverity.cluster.tasks import Job, Reply, load_replies, pack_replies, run_unit
     from pyverity.format.params import TreeParams
     from pyverity.fs.openfile import FileRef
 
@@ -238,7 +254,7 @@ def client_per_file(small: Path) -> float:
                 if key not in replies:
                     replies[key] = run_unit(unit)
                 pickle.loads(pickle.dumps(unit, protocol=5))  # noqa: S301 - our own bytes
-                yield unit, pickle.loads(pickle.dumps(replies[key], protocol=5))  # noqa: S301
+                yield unit, load_replies(pack_replies(replies[key]))  # as on the wire
 
     params = TreeParams()
 
@@ -281,16 +297,16 @@ t0 = time.perf_counter()
 import distributed
 t1 = time.perf_counter()
 from pyverity.cluster.connect import connect, parse_target
-from pyverity.cluster.tasks import Opaque, run_opaque, run_unit
+from pyverity.cluster.tasks import Opaque, run_opaque, run_packed
 with connect(parse_target(sys.argv[1])) as c:
     t2 = time.perf_counter()
-    c.submit(run_opaque, run_unit, Opaque([]), pure=False).result()
+    c.submit(run_opaque, run_packed, Opaque([]), pure=False).result()
     t3 = time.perf_counter()
     for _ in range(20):
-        c.submit(run_opaque, run_unit, Opaque([]), pure=False).result()
+        c.submit(run_opaque, run_packed, Opaque([]), pure=False).result()
     t4 = time.perf_counter()
     cpu = time.process_time()
-    c.gather([c.submit(run_opaque, run_unit, Opaque([]), pure=False) for _ in range(200)])
+    c.gather([c.submit(run_opaque, run_packed, Opaque([]), pure=False) for _ in range(200)])
     cpu = time.process_time() - cpu
 print(t1 - t0, t2 - t1, t3 - t2, (t4 - t3) / 20, cpu / 200)
 """
@@ -345,9 +361,11 @@ def _cases(base: Path, files: int, size: int) -> list[Case]:
 
 
 def _measure(
-    case: Case, n: int, address: str, base: Path, sample: list[Path], *, repeat: int
+    case: Case, n: int, cluster: Cluster, base: Path, sample: list[Path], *, repeat: int
 ) -> Row | None:
-    """Local and cluster runs of ``case``, interleaved; the best of each (None: bytes differ)."""
+    """Local and cluster runs of ``case``, interleaved; the best of each (None: bytes differ),
+    with the CPU seconds of the best runs: the command's (the local pool's processes are its
+    children), and the scheduler's and the workers' during the cluster's."""
     label, verb, tree = case
     key, cert = base / "rsa2048-key.pem", base / "rsa2048.pem"
     out = {"local": base / "m.local", "cluster": base / "m.cluster"}
@@ -356,17 +374,21 @@ def _measure(
     else:
         args = ["sign", "-r", "--key", key, "--cert", cert, tree]
     best = {"local": (float("inf"), 0.0), "cluster": (float("inf"), 0.0)}
+    cpus: dict[str, list[float]] = {}
     seen: dict[str, object] = {}
     for _ in range(repeat):
         for mode in ("local", "cluster"):
             extra: list[str | Path] = ["--jobs", str(n)]
             if mode == "cluster":
-                extra = ["--cluster", address]
+                extra = ["--cluster", cluster.address]
             if verb == "manifest":
                 extra += ["-o", out[mode]]
-            t = _run(*args, *extra)
+            procs = cluster.cpu() if mode == "cluster" else []
+            t, cpu = _run(*args, *extra)
             if t < best[mode][0]:
                 best[mode] = (t, _load())
+                after = cluster.cpu() if mode == "cluster" else []
+                cpus[mode] = [cpu] + [b - a for a, b in zip(procs, after, strict=True)]
             if verb == "manifest":
                 seen[mode] = _entries(out[mode])
             else:
@@ -375,8 +397,12 @@ def _measure(
         print(f"!! {label}, N = {n}: the cluster's bytes differ from the local run's")
         return None
     (lt, ll), (ct, cl) = best["local"], best["cluster"]
+    client, sched, *workers = cpus["cluster"]
     print(f"  N = {n}: {label}: local {lt:.2f} s (load {ll:.2f}), cluster {ct:.2f} s"
-          f" (load {cl:.2f}), ratio {ct / lt:.2f}", flush=True)  # fmt: skip
+          f" (load {cl:.2f}), ratio {ct / lt:.2f}; CPU s of the best runs: local"
+          f" {cpus['local'][0]:.2f}, cluster {client + sched + sum(workers):.2f} (client"
+          f" {client:.2f}, scheduler {sched:.2f}, workers"
+          f" {' + '.join(f'{w:.2f}' for w in workers)})", flush=True)  # fmt: skip
     return label, n, lt, ct, ll, cl
 
 
@@ -446,7 +472,7 @@ def main() -> int:
         try:
             fixed[n] = fixed_cost(cluster.address, a.repeat)  # the first on fresh workers
             for case in _cases(base, a.files, size):
-                row = _measure(case, n, cluster.address, base, sample, repeat=a.repeat)
+                row = _measure(case, n, cluster, base, sample, repeat=a.repeat)
                 if row is None:
                     return 1
                 rows.append(row)

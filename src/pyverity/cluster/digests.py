@@ -237,8 +237,6 @@ def _class(r: Result) -> type[Error]:
 
 
 def _combine(w: Want, results: list[Result]) -> tuple[Descriptor | None, Hashes]:
-    from pyverity.hashing.subtree import fold_roots
-
     descriptor: Descriptor | None = None
     hashes: Hashes = ()
     roots: list[tuple[int, tuple[bytes, ...]]] = []
@@ -259,6 +257,8 @@ def _combine(w: Want, results: list[Result]) -> tuple[Descriptor | None, Hashes]
             roots.append((r.job.part, r.value))  # type: ignore[arg-type]
             height = r.job.height
     if roots:
+        from pyverity.hashing.subtree import fold_roots  # here: not per small file
+
         assert w.params is not None  # noqa: S101
         assert w.listed is not None  # noqa: S101
         flat = [root for _, rs in sorted(roots) for root in rs]

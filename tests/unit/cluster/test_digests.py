@@ -8,14 +8,15 @@ from pathlib import Path
 
 from pyverity.cluster.digests import Digester, Want, listed_seen
 from pyverity.cluster.plan import Cut
-from pyverity.cluster.tasks import Job, Reply, run_unit
+from pyverity.cluster.tasks import Job, Reply, load_replies, run_packed
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileRef
 from pyverity.hashing.onepass import hash_once
 
 
 class InlineEngine:
-    """Runs units here, last first (results out of order), calling ``between`` before each."""
+    """Runs units here as a worker does (replies packed, then loaded), last first (results
+    out of order), calling ``between`` before each."""
 
     def __init__(self, between: Callable[[], None] | None = None, lie: bool = False) -> None:
         self.between = between
@@ -27,7 +28,7 @@ class InlineEngine:
         for unit in reversed(list(units)):
             if self.between is not None:
                 self.between()
-            replies = run_unit(unit)
+            replies = load_replies(run_packed(unit))
             if self.lie:  # a wrong root hash for every file (ONEPASS: (root, digests))
                 replies = [(seen, (bytes(32), value[1]), error, changed)  # type: ignore[index]
                            for seen, value, error, changed in replies]  # fmt: skip

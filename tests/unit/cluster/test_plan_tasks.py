@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickletools
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from pyverity.cluster.connect import parse_target
 from pyverity.cluster.plan import Cut, batches, jobs_for
-from pyverity.cluster.tasks import Kind, run_jobs
+from pyverity.cluster.tasks import Kind, load_replies, run_jobs, run_packed, run_unit
 from pyverity.errors import UsageError
 from pyverity.format.params import TreeParams
 from pyverity.hashing import build_tree
@@ -55,6 +56,27 @@ def test_changed_and_missing_files_come_back_as_values(tmp_path: Path) -> None:
     (missing,) = run_jobs([jobs_for(0, str(tmp_path / "nope"), 1, Cut(), params=TreeParams())[0]])
     assert missing.error is not None
     assert not missing.changed
+
+
+def test_a_units_replies_go_back_as_plain_data(tmp_path: Path) -> None:
+    """run_packed's bytes hold only tuples, ints, bytes, strings and None (no class to look up
+    per file: a Seen or a Descriptor in a reply would cost a reduce per file both ways)."""
+    (tmp_path / "a").write_bytes(os.urandom(5000))
+    (tmp_path / "b").write_bytes(os.urandom(70_000))
+    cut = Cut(task_bytes=1 << 20)
+    jobs = [
+        jobs_for(0, "a", 5000, cut, params=TreeParams(), hashes=("sha256",), root=str(tmp_path))[0],
+        jobs_for(1, "b", 70_000, cut, params=TreeParams(), root=str(tmp_path))[0],
+        jobs_for(2, "nope", 1, cut, params=TreeParams(), root=str(tmp_path))[0],
+    ]
+    blob = run_packed(jobs)
+    assert isinstance(blob, bytes)
+    ops = {op.name for op, _, _ in pickletools.genops(blob)}
+    assert not ops & {"GLOBAL", "STACK_GLOBAL", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ"}
+    replies = load_replies(blob)
+    assert replies == run_unit(jobs)
+    assert [r[2] is None for r in replies] == [True, True, False]
+    assert type(replies[0][0]) is tuple
 
 
 def test_targets() -> None:
