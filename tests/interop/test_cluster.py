@@ -367,6 +367,29 @@ def test_local_cluster_and_no_dask_without_the_flag(tmp_path: Path) -> None:
     assert out.stdout.strip().endswith("False")
 
 
+def test_the_collector_is_tuned_for_the_run_and_put_back(cluster: Cluster) -> None:
+    """connect() freezes what Dask made and raises the first generation's threshold while the
+    run lasts; afterwards, and after a failed connection, the collector is as it was."""
+    import gc
+
+    from pyverity.cluster.connect import ClusterError, connect, parse_target
+
+    before = gc.get_threshold()
+    assert gc.isenabled()
+    with connect(parse_target(cluster.address)) as client:
+        assert client.status == "running"
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold()[0] >= 10_000
+    assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == (before, 0, True)
+    with (
+        pytest.raises(ClusterError, match="no TLS CA"),
+        connect(parse_target(f"tls://127.0.0.1:{_port()}")),
+    ):
+        pass  # refused once Dask is imported, before connecting
+    assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == (before, 0, True)
+
+
 def test_a_task_that_raises_is_not_a_lost_scheduler(cluster: Cluster) -> None:
     from pyverity.cluster.connect import ClusterError
     from pyverity.cluster.engine import Engine
