@@ -73,6 +73,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_delay(pid: int) -> float:
+    """Seconds ``pid``'s main thread has waited for a CPU while runnable (``schedstat``)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -179,6 +187,9 @@ def bench_many(base: Path, count: int) -> dict[str, float]:
     prepare = time.perf_counter() - t0
     try:
         cpu0 = cpu_seconds(d.proc.pid)
+        workers = children(d.proc.pid)
+        workers0 = sum(cpu_seconds(w) for w in workers)
+        delay0 = run_delay(d.proc.pid)
         t_first = time.perf_counter()
         for f, desc, sig in values:
             os.setxattr(f, "user.verity", desc)
@@ -198,12 +209,16 @@ def bench_many(base: Path, count: int) -> dict[str, float]:
             time.sleep(0.05)
         t_done = time.perf_counter()
         cpu = cpu_seconds(d.proc.pid) - cpu0
+        workers_cpu = sum(cpu_seconds(w) for w in workers) - workers0
+        delay = run_delay(d.proc.pid) - delay0
         mem = d.memory()
     finally:
         d.stop()
     return {
         "prepare_s": prepare,
         "daemon_cpu_s": cpu,
+        "workers_cpu_s": workers_cpu,
+        "daemon_run_delay_s": delay,
         "write_s": t_last - t_first,
         "ready_after_last_s": t_done - t_last,
         "ready": ready,
@@ -397,7 +412,9 @@ def main() -> None:
             print(f"{a.files} signed 16-64 KiB files: {r['ready']:.0f} READY"
                   f" {r['ready_after_last_s']:.1f} s after the last setxattr"
                   f" (writing the attributes took {r['write_s']:.1f} s; daemon CPU from the"
-                  f" first setxattr {r['daemon_cpu_s']:.1f} s);"
+                  f" first setxattr {r['daemon_cpu_s']:.1f} s, its workers'"
+                  f" {r['workers_cpu_s']:.1f} s; the daemon waited for a CPU"
+                  f" {r['daemon_run_delay_s']:.1f} s);"
                   f" daemon VmHWM {r['daemon_hwm'] / MiB:.0f} MiB,"
                   f" worker VmHWM {r['worker_hwm'] / MiB:.0f} MiB")  # fmt: skip
         if "status" not in a.skip:

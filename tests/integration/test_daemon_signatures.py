@@ -154,6 +154,8 @@ def test_first_use_jumps_two_busy_workers(
         setfattr(b, "user.verity", big_desc)
     for b in bigs:
         d.wait_state(b, "BUILDING", timeout=30)
+        # Hashing has begun (a build asked to yield at offset 0 has nothing to resume from).
+        d.wait_for(lambda b=b: d.record(b).progress > 0, timeout=30, what=f"{b} progressing")  # type: ignore[union-attr]
     # The attribute is written while both workers are busy; then a first use asks for it.
     setfattr(small, "user.verity", small_desc)
     reply = client.build_now(small, state_dir=d.state, timeout=10)

@@ -23,7 +23,7 @@ from pyverity.daemon.config import DaemonConfig
 from pyverity.daemon.core import Daemon
 from pyverity.daemon.pool import Job
 from pyverity.daemon.server import Peer
-from pyverity.daemon.worker import run_build
+from pyverity.daemon.worker import run_batch, run_build
 from pyverity.fs.watch import Change, WatchEvent
 from pyverity.store.statedb import FileRecord
 from tests.support.polling import wait_until
@@ -119,8 +119,12 @@ class FakeWorker:
     outbox: deque[msg.FromWorker] = field(default_factory=deque)
     #: The build handed over and not run yet (``auto=False``).
     held: tuple[msg.BuildSpec, int] | None = None
+    #: The batch of small files handed over and not run yet (``auto=False``).
+    held_batch: tuple[msg.SmallBatch, list[int]] | None = None
+    batch: dict[int, Job] = field(default_factory=dict)
     dead: bool = False
     builds: list[msg.BuildSpec] = field(default_factory=list)
+    batches: list[msg.SmallBatch] = field(default_factory=list)
 
     def fileno(self) -> int:
         return self.signal.fd
@@ -133,13 +137,35 @@ class FakeWorker:
         if self.pool.auto:
             self.run()
 
+    def start_batch(self, jobs: list[Job], batch: msg.SmallBatch, fds: list[int]) -> None:
+        self.batch = {j.job_id: j for j in jobs}
+        for j in jobs:
+            j.worker = self
+        self.batches.append(batch)
+        self.held_batch = (batch, [os.dup(fd) for fd in fds])
+        if self.pool.auto:
+            self.run()
+
     def run(self) -> None:
-        """Run the held build now (it sees any Cancel or Yield told before)."""
+        """Run the held build or batch now (a build sees any Cancel or Yield told before)."""
+        if self.held_batch is not None:
+            batch, fds = self.held_batch
+            self.held_batch = None
+            run_batch(_Conn(self), batch, fds)  # type: ignore[arg-type] # a Connection's subset
         if self.held is None:
             return
         spec, fd = self.held
         self.held = None
         run_build(_Conn(self), spec, fd)  # type: ignore[arg-type] # a Connection's subset
+
+    def _drop_held(self) -> None:
+        if self.held is not None:
+            os.close(self.held[1])
+            self.held = None
+        if self.held_batch is not None:
+            for fd in self.held_batch[1]:
+                os.close(fd)
+            self.held_batch = None
 
     def tell(self, m: msg.ToWorker) -> None:
         self.inbox.append(m)
@@ -155,15 +181,11 @@ class FakeWorker:
     def kill(self) -> None:
         """Die as a crashed worker does: the daemon sees EOF on its next read."""
         self.dead = True
-        if self.held is not None:
-            os.close(self.held[1])
-            self.held = None
+        self._drop_held()
         self.signal.set()
 
     def stop(self) -> None:
-        if self.held is not None:
-            os.close(self.held[1])
-            self.held = None
+        self._drop_held()
         self.signal.close()
 
 
@@ -184,7 +206,7 @@ class FakePool:
         return self._workers
 
     def idle(self) -> FakeWorker | None:
-        return next((w for w in self._workers if w.job is None), None)
+        return next((w for w in self._workers if w.job is None and not w.batch), None)
 
     def replace(self, dead: Any) -> FakeWorker:
         new = self._new()
@@ -196,7 +218,9 @@ class FakePool:
             w.stop()
 
     def busy(self) -> bool:
-        return any(w.outbox or w.dead or (w.held and self.auto) for w in self._workers)
+        return any(
+            w.outbox or w.dead or ((w.held or w.held_batch) and self.auto) for w in self._workers
+        )
 
 
 @dataclass
@@ -261,7 +285,7 @@ class DaemonSim:
     def _idle(self) -> bool:
         s = self.d.scheduler
         due = bool(s.queue) and (self.pool.idle() is not None or s.more_now)
-        return not (self.pool.busy() or due or s.retry_at)
+        return not (self.pool.busy() or due or s.retry_at or self.d.tracker.watcher.pending)
 
     def settle(self, timeout: float = 30) -> None:
         """Step the loop until no event, message or startable build is left, then commit.

@@ -24,7 +24,7 @@ from pyverity.daemon.control import ControlService
 from pyverity.daemon.pool import BuildWorker, Pool, WorkerPool
 from pyverity.daemon.protection import load_keyring
 from pyverity.daemon.scheduler import Scheduler
-from pyverity.daemon.tracker import Tracker
+from pyverity.daemon.tracker import EVENTS_PER_TURN, Tracker
 from pyverity.daemon.watcher import Watcher, open_watch
 from pyverity.errors import ConfigurationError
 from pyverity.fs.watch import Watch
@@ -179,7 +179,7 @@ class Daemon:
         )
 
     def _events(self) -> None:
-        self.tracker.process_events()
+        self.tracker.process_events(EVENTS_PER_TURN)
 
     def _watch_worker(self, w: BuildWorker) -> None:
         fd = w.fileno()
@@ -196,8 +196,8 @@ class Daemon:
     def step(self, timeout: float = 0.1) -> None:
         """One turn: start what is due, handle what is readable, expire waiters, commit."""
         self.scheduler.dispatch()
-        if self.scheduler.more_now:
-            timeout = 0  # small files still queued: look around, then build on
+        if self.scheduler.more_now or self.tracker.watcher.pending:
+            timeout = 0  # small files or events still queued: look around, then go on
         for key, _ in self._sel.select(timeout):
             key.data()
         self.control.expire_waiters()

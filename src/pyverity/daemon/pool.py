@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import send_handle
+from multiprocessing.reduction import send_handle, sendfds
 from typing import TYPE_CHECKING, Protocol
 
 from pyverity.daemon import protocol as msg
@@ -46,7 +46,15 @@ log = logging.getLogger(__name__)
 
 FIRST_USE = 0
 BACKGROUND = 1
-_FROM_WORKER = (msg.Hello, msg.Progress, msg.Checkpoint, msg.Stopped, msg.Failed, msg.Done)
+_FROM_WORKER = (
+    msg.Hello,
+    msg.Progress,
+    msg.Checkpoint,
+    msg.Stopped,
+    msg.Failed,
+    msg.Done,
+    msg.BatchDone,
+)
 
 
 @dataclass(eq=False)
@@ -72,6 +80,8 @@ class Job:
     start: int = 0
     #: SHA-256 over the leaf hashes saved so far (the checkpoint's checksum).
     leaves_sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
+    #: Part of a worker's batch of small files (it neither yields nor checkpoints).
+    batched: bool = False
 
 
 class JobQueue:
@@ -124,9 +134,11 @@ class JobQueue:
 
 
 class BuildWorker(Protocol):
-    """A worker as the scheduler uses it: one build at a time."""
+    """A worker as the scheduler uses it: one build, or one batch of small files, at a time."""
 
     job: Job | None
+    #: The jobs of the batch it is building, by job id (empty: none).
+    batch: dict[int, Job]
     #: ``time.monotonic()`` when it was started.
     started: float
 
@@ -137,6 +149,11 @@ class BuildWorker(Protocol):
 
     def start(self, job: Job, spec: msg.BuildSpec, fd: int) -> None:
         """Start building ``job`` over ``fd`` (the worker keeps its own copy of the fd)."""
+        ...
+
+    def start_batch(self, jobs: list[Job], batch: msg.SmallBatch, fds: list[int]) -> None:
+        """Start building ``jobs`` (``batch``'s items, in order) over ``fds`` (the worker
+        keeps its own copies)."""
         ...
 
     def tell(self, m: msg.ToWorker) -> None: ...
@@ -185,6 +202,7 @@ class Worker:
             child.close()
         self.conn = Connection(parent.detach())
         self.job: Job | None = None
+        self.batch: dict[int, Job] = {}
         self.started = time.monotonic()
 
     @property
@@ -199,6 +217,14 @@ class Worker:
         job.worker = self
         self.conn.send(spec)
         send_handle(self.conn, fd, self.pid)
+
+    def start_batch(self, jobs: list[Job], batch: msg.SmallBatch, fds: list[int]) -> None:
+        self.batch = {j.job_id: j for j in jobs}
+        for j in jobs:
+            j.worker = self
+        self.conn.send(batch)
+        with socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            sendfds(s, fds)
 
     def tell(self, m: msg.ToWorker) -> None:
         try:
@@ -235,7 +261,7 @@ class WorkerPool:
         return self._workers
 
     def idle(self) -> Worker | None:
-        return next((w for w in self._workers if w.job is None), None)
+        return next((w for w in self._workers if w.job is None and not w.batch), None)
 
     def replace(self, dead: BuildWorker) -> Worker:
         """Replace a worker that exited (its socket closed)."""

@@ -3,8 +3,9 @@ a finished build, both through :mod:`pyverity.protect` (no second parser or veri
 
 :func:`observe_fd` turns one ``fstat`` plus one read of both attributes into what the lifecycle
 needs: the fingerprint of the raw values, whether any is present, the parsed protection or the
-reason it is INVALID. A signature over a declared descriptor is checked right away (cheap: no
-content involved), so an untrusted key or a forged signature is INVALID without a build.
+reason it is INVALID. A signature over a declared descriptor is checked right away for a file
+that is not small (no content involved), so an untrusted key or a forged signature is INVALID
+without a long build; a small file's is checked by the gate with its build (ADR 0006).
 """
 
 from __future__ import annotations
@@ -67,20 +68,25 @@ def load_keyring(path: Path | None) -> Keyring | None:
     return Keyring.from_directory(path)
 
 
-def read_declared(fd: int, namespace: str, keyring: Keyring | None) -> Declared:
-    """Read and check both attributes of the open file ``fd``."""
+def read_declared(
+    fd: int, namespace: str, keyring: Keyring | None, *, check_signature: bool = True
+) -> Declared:
+    """Read and check both attributes of the open file ``fd``. ``check_signature`` False leaves
+    a signed descriptor's signature to the gate at the end of the build (a small file's build
+    costs less than the check, and a worker does both: ADR 0006)."""
     try:
         prot = read_protection(fd, namespace)
     except InvalidProtectionError as e:
         return Declared(e.fingerprint, True, None, str(e))
     if prot.kind is ProtectionKind.NONE:
         return Declared(prot.fingerprint, False)
-    if prot.kind is ProtectionKind.VERITY_SIGNED and prot.unverified_descriptor is not None:
+    signed = prot.kind is ProtectionKind.VERITY_SIGNED
+    if check_signature and signed and prot.unverified_descriptor is not None:
         try:
             verify_declared_signature(prot, keyring)
         except Error as e:
             return Declared(prot.fingerprint, True, None, f"{e.reason or Reason.MALFORMED}: {e}")
-    if prot.kind is ProtectionKind.VERITY_SIGNED and keyring is None:
+    if signed and keyring is None:
         return Declared(prot.fingerprint, True, None, "signed, but the daemon has no keyring")
     return Declared(prot.fingerprint, True, prot)
 

@@ -4,7 +4,9 @@ They travel pickled over the worker's socket pair (:class:`multiprocessing.conne
 the file itself follows a :class:`BuildSpec` as a descriptor (``SCM_RIGHTS``). The daemon sends
 :class:`BuildSpec`, :class:`Cancel`, :class:`Yield` and :class:`Exit`; a worker answers
 :class:`Hello` once, then for each build :class:`Progress` and :class:`Checkpoint` messages and
-one of :class:`Done`, :class:`Stopped` or :class:`Failed`.
+one of :class:`Done`, :class:`Stopped` or :class:`Failed`. Small files travel in batches
+(ADR 0006): a :class:`SmallBatch` and its files' descriptors, answered by one
+:class:`BatchDone` whose :class:`SmallResult` per file carries the tree and the gate's verdict.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pyverity.fs.openfile import FileIdentity
 
 __all__ = [
+    "BatchDone",
     "BuildSpec",
     "Cancel",
     "Checkpoint",
@@ -25,6 +28,9 @@ __all__ = [
     "FromWorker",
     "Hello",
     "Progress",
+    "SmallBatch",
+    "SmallItem",
+    "SmallResult",
     "StopReason",
     "Stopped",
     "ToWorker",
@@ -83,7 +89,31 @@ class Exit:
     pass
 
 
-ToWorker = BuildSpec | Cancel | Yield | Exit
+@dataclass(frozen=True)
+class SmallItem:
+    """One small file of a batch: its build's id, the identity it must still have, and the
+    fingerprint of the attribute values its row was made from (the worker reads them again
+    from the descriptor and appraises only those)."""
+
+    job_id: int
+    snapshot: FileIdentity
+    attr_fp: bytes
+
+
+@dataclass(frozen=True)
+class SmallBatch:
+    """Build and appraise each of ``items``, whose descriptors follow in the same order (one
+    ``SCM_RIGHTS`` message), with the attributes of ``namespace`` and the keyring directory
+    ``keyring`` (None: no keyring). With ``temp_dir``, the tree cache's temp directory, each
+    appraised tree's entry is written there for the daemon to publish."""
+
+    items: tuple[SmallItem, ...]
+    namespace: str
+    keyring: str | None
+    temp_dir: str | None = None
+
+
+ToWorker = BuildSpec | SmallBatch | Cancel | Yield | Exit
 
 
 # -- worker to daemon --------------------------------------------------------------------------
@@ -132,4 +162,29 @@ class Done:
     tree: bytes
 
 
-FromWorker = Hello | Progress | Checkpoint | Stopped | Failed | Done
+@dataclass(frozen=True)
+class SmallResult:
+    """One file of a :class:`SmallBatch`: the gate's verdict on its tree (``state`` to
+    ``digest`` as in :class:`pyverity.protect.gate.Verdict`) with the descriptor and the tree
+    bytes or the temp file its cache entry was written to (``entry``), or, ``failure`` set, why
+    it could not be built (``message``)."""
+
+    job_id: int
+    failure: FailureKind | None
+    message: str
+    state: str = ""
+    reason: str = ""
+    kind: str = ""
+    keyid: int | None = None
+    digest: str | None = None
+    descriptor: bytes = b""
+    tree: bytes = b""
+    entry: str = ""
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    results: tuple[SmallResult, ...]
+
+
+FromWorker = Hello | Progress | Checkpoint | Stopped | Failed | Done | BatchDone

@@ -9,11 +9,13 @@ published before their state is committed — and hands results to the tracker a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyverity.daemon import kernelstore, lifecycle
@@ -21,14 +23,17 @@ from pyverity.daemon import protocol as msg
 from pyverity.daemon.lifecycle import Cause, Decision
 from pyverity.daemon.pool import BACKGROUND, FIRST_USE, BuildWorker, Job, JobQueue, Pool
 from pyverity.daemon.protection import appraise, mismatch
+from pyverity.daemon.tracker import EVENTS_PER_TURN
 from pyverity.daemon.watcher import open_beneath
-from pyverity.errors import Error, FileChangedError, IntegrityError, StorageError
+from pyverity.errors import Error, FileChangedError, IntegrityError, Reason, StorageError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileIdentity
 from pyverity.hashing.small import SMALL_FILE_MAX, build_small
+from pyverity.protect import ProtectionKind
 from pyverity.protect.gate import Verdict, VerdictState
+from pyverity.store.cache import TreeCache
 from pyverity.store.statedb import Checkpoint, FileRecord, State
 
 if TYPE_CHECKING:
@@ -50,6 +55,10 @@ _MAX_RETRIES = 5
 _INLINE_SECONDS = 0.02
 #: How many queued jobs that wait for a worker one dispatch steps over to reach small files.
 _MAX_STEPPED_OVER = 32
+#: A batch of small files for a worker: at most this many files (one ``SCM_RIGHTS`` message
+#: holds up to 253 descriptors) and about this many bytes.
+_BATCH_FILES = 64
+_BATCH_BYTES = 4 << 20
 
 
 class Scheduler:
@@ -88,6 +97,8 @@ class Scheduler:
         #: when a build settles or is cancelled (two statements and an unlink per file saved).
         self._checkpointed: set[int] = set()
         self._job_ids = 0
+        #: Workers write their batches' cache entries for the daemon to publish.
+        self._caching = config.backend == "cache"
 
     def _pool(self) -> Pool:
         if self.pool is None:
@@ -132,8 +143,10 @@ class Scheduler:
         stopping = job.stopping if job is not None else None
         if job is not None and job.worker is not None and stopping is not msg.StopReason.CANCEL:
             # A yielding build is cancelled too: it would be queued again for old attributes.
+            # A batch is not interrupted: its result for this file is dropped.
             job.stopping = msg.StopReason.CANCEL
-            job.worker.tell(msg.Cancel(job.job_id))
+            if not job.batched:
+                job.worker.tell(msg.Cancel(job.job_id))
             self.metrics["builds_cancelled"] += 1
             return True
         return queued
@@ -175,12 +188,13 @@ class Scheduler:
 
     def write_progress(self) -> None:
         for job in self.running.values():
-            self.db.set_progress(job.path, job.progress)
+            if not job.batched:
+                self.db.set_progress(job.path, job.progress)
 
     def ask_to_yield(self) -> None:
         """Ask running builds to checkpoint and stop (shutdown)."""
         for job in self.running.values():
-            if job.worker is not None and not job.stopping:
+            if job.worker is not None and not job.stopping and not job.batched:
                 job.stopping = msg.StopReason.YIELD
                 job.worker.tell(msg.Yield(job.job_id))
 
@@ -188,7 +202,7 @@ class Scheduler:
 
     def dispatch(self) -> None:
         pool = self._pool()
-        self.tracker.process_events()
+        self.tracker.process_events(EVENTS_PER_TURN)
         deferred: list[Job] = []
         now = time.monotonic()
         for path, when in list(self.retry_at.items()):
@@ -197,30 +211,32 @@ class Scheduler:
                 rec = self.db.get(path)
                 if rec is not None and rec.state in (State.PENDING, State.BUILDING):
                     self.enqueue(rec, BACKGROUND)
-        # Small files are built here, without a worker (ADR 0006), for up to _INLINE_SECONDS;
-        # the others go to idle workers. A job that waits for a worker is stepped over (a few)
-        # to reach the small files queued behind it.
+        # Small files go to an idle worker in batches; with none idle and no batch out (the
+        # workers on big files), they are built here for up to _INLINE_SECONDS (ADR 0006). The
+        # others go to idle workers. A job that waits for a worker is stepped over (a few) to
+        # reach the small files queued behind it.
         stepped_over = 0
         self.more_now = False
+        batch = _Batch()
         while True:
-            small_left = time.monotonic() - now < _INLINE_SECONDS
             worker = pool.idle()
-            if worker is None and not small_left:
-                self.more_now = len(self.queue) > 0
+            inline = (
+                worker is None
+                and not self._batches_out()
+                and time.monotonic() - now < _INLINE_SECONDS
+            )
+            if worker is None and not inline:
+                self.more_now = len(self.queue) > 0 and not self._batches_out()
                 break
             job = self.queue.pop()
             if job is None:
                 break
             waiting = job.priority == BACKGROUND and self.settle_until.get(job.path, 0.0) > now
-            if job.path in self.running or waiting:
+            if job.path in self.running or job.path in batch.paths or waiting:
                 deferred.append(job)
                 continue
             small = 0 <= job.size <= SMALL_FILE_MAX
-            if small and not small_left:  # its turn comes at the next dispatch
-                deferred.append(job)
-                self.more_now = True
-                break
-            if not small and worker is None:
+            if not small and (worker is None or batch.jobs):
                 deferred.append(job)
                 stepped_over += 1
                 if stepped_over > _MAX_STEPPED_OVER:
@@ -228,16 +244,30 @@ class Scheduler:
                 continue
             self.settle_until.pop(job.path, None)
             try:
-                self._start(None if small else worker, job)
+                if not small or worker is None:
+                    self._start(worker, job)
+                elif self._prepare_batched(job, batch) and batch.full():
+                    self._send(worker, batch)
+                    batch = _Batch()
             except Error as e:  # one file's trouble must not stop the daemon
                 log.warning("%s: cannot start its build: %s", job.path, e)
+        worker = pool.idle()
+        if batch.jobs and worker is not None:
+            self._send(worker, batch)
         for job in deferred:
             self.queue.push(job)
         if self.queue.peek_priority() == FIRST_USE and pool.idle() is None:
             self._preempt()
 
+    def _batches_out(self) -> bool:
+        return any(job.batched for job in self.running.values())
+
     def _preempt(self) -> None:
-        victims = [j for j in self.running.values() if j.priority == BACKGROUND and not j.stopping]
+        victims = [
+            j
+            for j in self.running.values()
+            if j.priority == BACKGROUND and not j.stopping and not j.batched
+        ]
         yielding = any(j.stopping is msg.StopReason.YIELD for j in self.running.values())
         worker = victims[0].worker if victims and not yielding else None
         if worker is not None:
@@ -245,17 +275,60 @@ class Scheduler:
             worker.tell(msg.Yield(victims[0].job_id))
             self.metrics["builds_preempted"] += 1
 
+    def _open(self, job: Job) -> tuple[FileRecord, int] | None:
+        """``job``'s row, if it is still for these attributes, and the file opened again."""
+        rec = self.db.get(job.path)
+        if rec is None or rec.attr_fp != job.attr_fp:
+            return None
+        try:
+            return rec, open_beneath(self.roots, job.path)
+        except OSError:
+            self.tracker.apply(job.path, rec, Decision(None, cancel=True))
+            return None
+
+    def _prepare_batched(self, job: Job, batch: _Batch) -> bool:
+        """Check ``job``'s small file and add it to ``batch``; whether it was added."""
+        opened = self._open(job)
+        if opened is None:
+            return False
+        rec, fd = opened
+        try:
+            if self._spec(job, rec, fd, resume=False) is None:
+                os.close(fd)
+                return False
+        except BaseException:
+            os.close(fd)
+            raise
+        batch.add(job, fd)
+        return True
+
+    def _send(self, worker: BuildWorker, batch: _Batch) -> None:
+        """Hand ``batch`` to ``worker``; its rows stay PENDING until the results are in."""
+        items = tuple(msg.SmallItem(j.job_id, j.snapshot, j.attr_fp) for j in batch.jobs)
+        keyring = None if self.config.keyring is None else str(self.config.keyring)
+        store = self.store
+        temp_dir = store.temp_dir if isinstance(store, TreeCache) and self._caching else None
+        try:
+            worker.start_batch(
+                batch.jobs,
+                msg.SmallBatch(items, self.config.xattr_ns, keyring, temp_dir),
+                batch.fds,
+            )
+        finally:
+            for fd in batch.fds:
+                os.close(fd)
+        for job in batch.jobs:
+            job.batched = True
+            self.running[job.path] = job
+        self.metrics["builds_started"] += len(batch.jobs)
+
     def _start(self, worker: BuildWorker | None, job: Job) -> None:
         """Start ``job`` on ``worker``, or build it here and now (``worker`` None: a small
         file, whose state goes from PENDING to its result in one transaction)."""
-        rec = self.db.get(job.path)
-        if rec is None or rec.attr_fp != job.attr_fp:
+        opened = self._open(job)
+        if opened is None:
             return
-        try:
-            fd = open_beneath(self.roots, job.path)
-        except OSError:
-            self.tracker.apply(job.path, rec, Decision(None, cancel=True))
-            return
+        rec, fd = opened
         try:
             spec = self._spec(job, rec, fd, resume=worker is not None)
             if spec is None:
@@ -319,6 +392,7 @@ class Scheduler:
         job.leaf_bytes = len(leaves)
         job.leaves_sha256 = hashlib.sha256(leaves)
         job.stopping = None
+        job.batched = False
         job.protection = prot
         job.file_id = file_id
         spec = msg.BuildSpec(
@@ -399,10 +473,45 @@ class Scheduler:
         job = worker.job
         worker.job = None
         if job is not None:
-            job.worker = None
-            if self.running.get(job.path) is job:
-                del self.running[job.path]
+            self._release(job)
         return job
+
+    def _release(self, job: Job) -> None:
+        job.worker = None
+        if self.running.get(job.path) is job:
+            del self.running[job.path]
+
+    def _batch_done(self, worker: BuildWorker, m: msg.BatchDone) -> None:
+        """Appraised results of a batch: each settled as a finished build is."""
+        jobs, worker.batch = worker.batch, {}
+        for r in m.results:
+            job = jobs.pop(r.job_id, None)
+            if job is not None:
+                self._release(job)
+            published = job is not None and self._small_done(job, r)
+            if r.entry and not published:  # the worker's temp file goes
+                with contextlib.suppress(OSError):
+                    Path(r.entry).unlink()
+        for job in jobs.values():  # not answered (cannot happen with our worker): build again
+            self._release(job)
+            self.queue.push(Job(job.path, job.priority, job.attr_fp, size=job.size))
+
+    def _small_done(self, job: Job, r: msg.SmallResult) -> bool:
+        """Settle one file of a batch; whether its cache entry was taken for publishing."""
+        if r.failure is not None:
+            self._failed(job, r.failure, r.message)
+            return False
+        self.metrics["bytes_hashed"] += job.snapshot.size
+        tree = MerkleTree(Descriptor.from_bytes(r.descriptor), r.tree or None)
+        verdict = Verdict(
+            VerdictState(r.state),
+            Reason(r.reason),
+            r.message,
+            ProtectionKind(r.kind),
+            r.keyid,
+            r.digest,
+        )
+        return self._done(job, tree, None, verdict, r.entry)
 
     def on_worker(self, worker: BuildWorker) -> None:
         """Read one message of ``worker`` and act on it."""
@@ -410,6 +519,9 @@ class Scheduler:
             m = worker.recv()
         except (EOFError, OSError):
             self._worker_died(worker)
+            return
+        if isinstance(m, msg.BatchDone):
+            self._batch_done(worker, m)
             return
         job = worker.job
         if isinstance(m, msg.Hello) or job is None or m.job_id != job.job_id:
@@ -484,18 +596,28 @@ class Scheduler:
         self.db.put(rec.evolve(state=State.PENDING, error=message))
         self.retry_at[job.path] = time.monotonic() + delay
 
-    def _done(self, job: Job, built: MerkleTree, current: FileRecord | None = None) -> None:
-        """Appraise and settle a finished build (``current``: its row, if just read)."""
+    def _done(
+        self,
+        job: Job,
+        built: MerkleTree,
+        current: FileRecord | None = None,
+        verdict: Verdict | None = None,
+        entry: str = "",
+    ) -> bool:
+        """Appraise and settle a finished build (``current``: its row, if just read;
+        ``verdict``: the gate's, if a worker appraised it already; ``entry``: the temp file
+        the worker wrote its cache entry to). Whether ``entry`` was taken for publishing."""
         rec = current or self._current(job)
         if rec is None or job.protection is None:
-            return
+            return False
         if rec.snapshot != job.snapshot:
             # Touched during the build (no write event): hash the current content again.
             self.db.put(rec.evolve(state=State.PENDING))
             self.enqueue(rec, job.priority)
-            return
+            return False
         descriptor = built.descriptor
-        verdict = appraise(job.protection, built, self.keyring)
+        if verdict is None:
+            verdict = appraise(job.protection, built, self.keyring)
         if not verdict.ok and job.start > 0 and rec.id is not None:
             # Resumed from a checkpoint: rule out the saved leaves before blaming the content.
             log.warning("%s: resumed build does not match; building again from 0", job.path)
@@ -503,7 +625,7 @@ class Scheduler:
             self._drop_checkpoint(rec.id)
             self.db.put(rec.evolve(state=State.PENDING, progress=0))
             self.enqueue(rec, job.priority)
-            return
+            return False
         refused = ""
         in_kernel = False
         if verdict.ok and self.config.backend == "kernel":
@@ -512,18 +634,24 @@ class Scheduler:
                 in_kernel = not refused
             except FileChangedError as e:
                 self._failed(job, msg.FailureKind.FILE_CHANGED, str(e))
-                return
+                return False
             except IntegrityError as e:
                 why = f"kernel fs-verity: {e.message}"
                 verdict = mismatch(job.protection, why, verdict.digest)
+        taken = False
         if verdict.ok and not in_kernel:
             try:
-                self.store.put(built)
+                if entry and isinstance(self.store, TreeCache):
+                    taken = True  # adopt removes it if it cannot be published
+                    self.store.adopt(entry, descriptor)
+                else:
+                    self.store.put(built)
             except StorageError as e:
                 self._failed(job, msg.FailureKind.STORAGE, str(e))
-                return
+                return taken
         self.retries.pop(job.path, None)
         self._settled(rec, verdict, kernelstore.FALLBACK + refused if refused else "")
+        return taken
 
     def _settled(self, rec: FileRecord, verdict: Verdict, note: str) -> None:
         """Commit a finished appraisal (READY, or MISMATCH/INVALID with its reason)."""
@@ -551,6 +679,11 @@ class Scheduler:
 
     def _worker_died(self, worker: BuildWorker) -> None:
         job = self._finish(worker)
+        batch, worker.batch = worker.batch, {}
+        for lost in batch.values():
+            self._release(lost)
+            if not lost.stopping:
+                self.queue.push(Job(lost.path, lost.priority, lost.attr_fp, size=lost.size))
         log.warning("worker %d exited", worker.pid)
         if self.stopping:
             return
@@ -559,3 +692,22 @@ class Scheduler:
         self.on_replaced(worker, self._pool().replace(worker))
         if job is not None and not job.stopping:
             self.queue.push(Job(job.path, job.priority, job.attr_fp))
+
+
+class _Batch:
+    """Small files gathered for one worker: their jobs and descriptors, in order."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+        self.fds: list[int] = []
+        self.paths: set[str] = set()
+        self.size = 0
+
+    def add(self, job: Job, fd: int) -> None:
+        self.jobs.append(job)
+        self.fds.append(fd)
+        self.paths.add(job.path)
+        self.size += job.snapshot.size
+
+    def full(self) -> bool:
+        return len(self.jobs) >= _BATCH_FILES or self.size >= _BATCH_BYTES

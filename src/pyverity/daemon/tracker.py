@@ -26,6 +26,7 @@ from pyverity.errors import Error, FormatError, StorageError
 from pyverity.format.digest import parse_digest
 from pyverity.fs.openfile import identity
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr
+from pyverity.hashing.small import SMALL_FILE_MAX
 from pyverity.store.kernel import kernel_digest
 from pyverity.store.statedb import FileRecord, State, StateDB
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from pyverity.keys import Keyring
     from pyverity.store.cache import TreeStore
 
-__all__ = ["RECENT_SECONDS", "SETTLE_SECONDS", "Builds", "Tracker"]
+__all__ = ["EVENTS_PER_TURN", "RECENT_SECONDS", "SETTLE_SECONDS", "Builds", "Tracker"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ RECENT_SECONDS = 0.25
 _BUSY = (State.PENDING, State.BUILDING)
 #: Looks kept for the builds they queued (about a kilobyte each).
 _MAX_LOOKS = 16384
+#: How many queued events one call handles at most (:meth:`Tracker.process_events`); the rest
+#: wait for the next turn of the loop, so that workers get builds while a burst of events
+#: (10,000 ``setxattr`` s) is worked through.
+EVENTS_PER_TURN = 256
 
 
 class Builds(Protocol):
@@ -127,7 +132,9 @@ class Tracker:
         if not stat.S_ISREG(st.st_mode):
             return None
         try:
-            declared = read_declared(fd, self.config.xattr_ns, self.keyring)
+            declared = read_declared(
+                fd, self.config.xattr_ns, self.keyring, check_signature=st.st_size > SMALL_FILE_MAX
+            )
         except Error as e:  # e.g. EIO reading an attribute: INVALID, with the reason
             reason = f"cannot read the attributes: {e}"
             declared = Declared(hashlib.sha256(reason.encode()).digest(), True, None, reason)
@@ -214,18 +221,23 @@ class Tracker:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def process_events(self) -> None:
-        """Handle every event the watcher has queued, oldest first."""
+    def process_events(self, limit: int = 0) -> None:
+        """Handle the events the watcher has queued, oldest first: all of them, or at most
+        ``limit`` (the rest stay queued: :attr:`Watcher.pending`), so that builds can start
+        between the events of a burst (ADR 0006)."""
         try:
             self.watcher.pull()
         except Error as e:  # e.g. the inotify watch limit, reached by a new directory
             log.warning("%s", e)
-        while (item := self.watcher.next_event()) is not None:
+        handled = 0
+        while (not limit or handled < limit) and (item := self.watcher.next_event()) is not None:
+            handled += 1
             try:
                 self.handle(item[1], item[0])
             except Error as e:
                 log.warning("%s: %s", item[1].path, e)
-        self._moved.clear()  # moved out of the roots: already forgotten
+        if not self.watcher.pending:
+            self._moved.clear()  # moved out of the roots: already forgotten
 
     def _recently_written(self, path: str) -> bool:
         when = self._written.get(path)

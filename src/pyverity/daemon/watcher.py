@@ -178,6 +178,11 @@ class Watcher:
                 self._seq += 1
                 self._queue.append((self._seq, ev))
 
+    @property
+    def pending(self) -> bool:
+        """Events are queued (pulled from the kernel, not handed out yet)."""
+        return bool(self._queue)
+
     def next_event(self) -> tuple[int, FileEvent] | None:
         """The oldest queued event and its number, or None when the queue is empty."""
         if not self._queue:

@@ -5,28 +5,43 @@ that started it), holds a shared lock on the state directory's ``workers.lock`` 
 waits for old workers to be gone), and never writes the state or the cache: it receives a
 :class:`~.protocol.BuildSpec` and the file's descriptor over its socket (``SCM_RIGHTS``), and
 sends back progress, checkpoints and the finished tree (:mod:`.protocol`); the daemon commits.
+A batch of small files (:class:`~.protocol.SmallBatch`, their descriptors in one message) is
+built and appraised here by the same gate the daemon uses, and answered in one message: the
+daemon keeps the events, the rows and the commit (ADR 0006).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import functools
 import os
 import platform
 import signal
+import socket
 import sys
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import recv_handle
+from multiprocessing.reduction import recv_handle, recvfds
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyverity.daemon import protocol as msg
+from pyverity.daemon.protection import appraise, load_keyring
 from pyverity.errors import Error, FileChangedError, StorageError
 from pyverity.format.hashalg import by_number
 from pyverity.format.params import TreeParams
 from pyverity.fs.libc import libc
 from pyverity.hashing.resumable import Stopped, build_from_offset
+from pyverity.hashing.small import build_small
+from pyverity.protect import InvalidProtectionError, read_protection
+from pyverity.store.cache import write_entry
 
-__all__ = ["main", "set_death_signal", "set_io_idle"]
+if TYPE_CHECKING:
+    from pyverity.keys import Keyring
+
+__all__ = ["main", "run_batch", "set_death_signal", "set_io_idle"]
 
 _PR_SET_PDEATHSIG = 1
 #: ioprio_set syscall numbers; IOPRIO_CLASS_IDLE = 3, IOPRIO_WHO_PROCESS = 1.
@@ -105,6 +120,72 @@ def run_build(conn: Connection, spec: msg.BuildSpec, fd: int) -> None:
         os.close(fd)
 
 
+@functools.lru_cache(maxsize=4)
+def _keyring(path: str | None) -> Keyring | None:
+    return load_keyring(Path(path) if path is not None else None)
+
+
+def _small(
+    item: msg.SmallItem, fd: int, batch: msg.SmallBatch, keyring: Keyring | None
+) -> msg.SmallResult:
+    """Build and appraise one file of a batch (its attributes read again from ``fd``)."""
+    fail = functools.partial(msg.SmallResult, item.job_id)
+    try:
+        prot = read_protection(fd, batch.namespace)
+        if prot.fingerprint != item.attr_fp:
+            return fail(msg.FailureKind.FILE_CHANGED, "attributes changed since it was queued")
+        built = build_small(fd, prot.tree_params(), item.snapshot)
+        verdict = appraise(prot, built, keyring)
+    except InvalidProtectionError as e:  # changed into something unusable: looked at again
+        return fail(msg.FailureKind.FILE_CHANGED, f"attributes changed since it was queued: {e}")
+    except Error as e:
+        return fail(_failure(e), str(e))
+    except OSError as e:
+        return fail(msg.FailureKind.OS, e.strerror or str(e))
+    tree, entry = built.tree or b"", ""
+    if verdict.ok and batch.temp_dir is not None:
+        path = f"{batch.temp_dir}/{os.getpid()}-b{item.job_id}"
+        try:
+            write_entry(path, built)
+        except OSError:
+            with contextlib.suppress(OSError):
+                Path(path).unlink()
+        else:  # the daemon publishes it: the tree need not travel
+            tree, entry = b"", path
+    return msg.SmallResult(
+        item.job_id,
+        None,
+        verdict.message,
+        verdict.state.value,
+        verdict.reason.value,
+        verdict.kind.value,
+        verdict.keyid,
+        verdict.digest,
+        built.descriptor.to_bytes(),
+        tree,
+        entry,
+    )
+
+
+def run_batch(conn: Connection, batch: msg.SmallBatch, fds: list[int]) -> None:
+    """Build and appraise every file of ``batch`` over ``fds`` (all closed at the end), and
+    answer with one :class:`~.protocol.BatchDone`."""
+    try:
+        keyring = _keyring(batch.keyring)
+        results = tuple(
+            _small(item, fd, batch, keyring) for item, fd in zip(batch.items, fds, strict=True)
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
+    conn.send(msg.BatchDone(results))
+
+
+def _recv_fds(conn: Connection, count: int) -> list[int]:
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        return list(recvfds(s, count))
+
+
 def main(argv: list[str]) -> int:
     sock_fd, parent, lock_path, nice = int(argv[0]), int(argv[1]), argv[2], int(argv[3])
     set_death_signal()
@@ -126,6 +207,8 @@ def main(argv: list[str]) -> int:
             if isinstance(m, msg.BuildSpec):
                 fd = recv_handle(conn)
                 run_build(conn, m, fd)
+            elif isinstance(m, msg.SmallBatch):
+                run_batch(conn, m, _recv_fds(conn, len(m.items)))
     except (EOFError, OSError):
         return 0
 

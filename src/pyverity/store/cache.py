@@ -42,6 +42,7 @@ __all__ = [
     "TreeStore",
     "open_store",
     "verify_tree",
+    "write_entry",
 ]
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,24 @@ def _sync_data(files: list[str], directory: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def write_entry(path: str, tree: MerkleTree, *, sync: bool = False) -> None:
+    """Write ``tree``'s entry (its descriptor, then the tree) to the new file ``path``
+    (``O_EXCL``, 0600), ``fsync`` ed if ``sync``. Raises :class:`OSError`; a daemon's worker
+    writes its batch's entries with it into :attr:`TreeCache.temp_dir`, for the daemon to
+    publish (:meth:`TreeCache.adopt`)."""
+    if tree.tree is None:
+        raise StorageError("cannot cache a tree that was not kept")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        data = memoryview(tree.descriptor.to_bytes() + tree.tree)
+        while data:
+            data = data[os.write(fd, data) :]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class TreeCache:
@@ -244,30 +263,37 @@ class TreeCache:
         for the directories), which the daemon calls before it commits the states that refer
         to the entries.
         """
-        if tree.tree is None:
-            raise StorageError("cannot cache a tree that was not kept")
-        desc = tree.descriptor
-        parent, final = self._entry(desc.hash_alg.name, desc.digest())
         tmp = f"{self._tmp_s}/{os.getpid()}-{self._token}-{next(self._serial)}"
         try:
-            if parent not in self._made:
-                Path(parent).mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-                self._made.add(parent)
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            try:
-                data = memoryview(desc.to_bytes() + tree.tree)
-                while data:
-                    data = data[os.write(fd, data) :]
-                if not self._batch:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_entry(tmp, tree, sync=not self._batch)
         except OSError as e:
             with contextlib.suppress(OSError):
                 Path(tmp).unlink()
             raise StorageError(f"cannot write the tree cache: {e.strerror}") from e
+        self.adopt(tmp, tree.descriptor)
+
+    @property
+    def temp_dir(self) -> str:
+        """Where entries are written before they are published."""
+        return self._tmp_s
+
+    def adopt(self, tmp: str, descriptor: Descriptor) -> None:
+        """Publish the entry of ``descriptor`` written to ``tmp`` (in :attr:`temp_dir`, by
+        :func:`write_entry`) as :meth:`put` publishes its own (its data synced by the same
+        :meth:`flush`). The file is removed if it cannot be published."""
+        parent, final = self._entry(descriptor.hash_alg.name, descriptor.digest())
+        if os.path.dirname(tmp) != self._tmp_s:  # noqa: PTH120 - strings on the write path
+            raise StorageError(f"{tmp} is not in the cache's temp directory")
+        try:
+            if parent not in self._made:
+                Path(parent).mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+                self._made.add(parent)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink()
+            raise StorageError(f"cannot write the tree cache: {e.strerror}") from e
+        if not self._batch:
+            _sync_data([tmp], self._tmp)
         self._unpublished.append((tmp, final))
         if not self._batch:
             self.flush()

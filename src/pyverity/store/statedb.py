@@ -32,6 +32,8 @@ __all__ = ["SCHEMA_VERSION", "Checkpoint", "FileRecord", "State", "StateDB", "To
 SCHEMA_VERSION = 2
 #: Paths (and inodes' links) a writable connection remembers before it starts over.
 _REMEMBERED = 1 << 16
+#: Inodes' rows it remembers (a few MiB) before it starts over.
+_ROWS_REMEMBERED = 1 << 13
 
 
 class State(enum.StrEnum):
@@ -255,6 +257,8 @@ class StateDB:
         #: inode id (None: no row), and inode id -> its sorted paths.
         self._inode_ids: dict[bytes, int | None] = {}
         self._links: dict[int, list[str]] = {}
+        #: Inode id -> its row as last written or read (under any of its paths).
+        self._rows: dict[int, FileRecord] = {}
 
     def close(self) -> None:
         if self._in_tx:
@@ -292,12 +296,16 @@ class StateDB:
     def _forget_paths(self) -> None:
         self._inode_ids.clear()
         self._links.clear()
+        self._rows.clear()
 
     def _remember(self, table: dict[Any, Any], key: object, value: object) -> None:
-        """Keep ``key -> value`` in ``table`` (one of the two above), unless read-only."""
+        """Keep ``key -> value`` in ``table`` (one of the three above), unless read-only."""
         if self._readonly:  # another process writes: nothing read stays true
             return
-        if len(table) >= _REMEMBERED:
+        if table is self._rows:
+            if len(table) >= _ROWS_REMEMBERED:
+                table.clear()  # rows are only used with a path's remembered inode
+        elif len(table) >= _REMEMBERED:
             self._forget_paths()
         table[key] = value
 
@@ -315,7 +323,10 @@ class StateDB:
             "DELETE FROM inodes WHERE id=? AND NOT EXISTS (SELECT 1 FROM paths WHERE inode=?)",
             (inode, inode),
         )
-        return cur.rowcount > 0
+        if cur.rowcount > 0:
+            self._rows.pop(inode, None)
+            return True
+        return False
 
     def put(self, rec: FileRecord) -> FileRecord:
         """Store the state of ``rec``'s inode and link ``rec.path`` to it; returns ``rec`` with
@@ -364,9 +375,14 @@ class StateDB:
             if before is not None:
                 self._links.pop(before, None)
                 self._drop_if_orphan(before)
-        return rec.evolve(id=rid, created_ns=created, updated_ns=now)
+        stored = rec.evolve(id=rid, created_ns=created, updated_ns=now)
+        self._remember(self._rows, rid, stored)
+        return stored
 
     def set_progress(self, path: str, progress: int) -> None:
+        inode = self._inode_of(path)
+        if inode is not None:
+            self._rows.pop(inode, None)
         self._write(
             "UPDATE inodes SET progress=?, updated_ns=?"
             " WHERE id=(SELECT inode FROM paths WHERE path=?)",
@@ -402,11 +418,23 @@ class StateDB:
             raise StorageError(f"state database read failed: {e}") from e
 
     def get(self, path: str) -> FileRecord | None:
-        r = self._query(
-            f"SELECT {_COLUMNS} {_FROM} WHERE p.path=?",
-            (os.fsencode(path),),
-        ).fetchone()
-        return None if r is None else _row(r)
+        key = os.fsencode(path)
+        if key in self._inode_ids:  # the daemon's writer: what it wrote or read is still true
+            inode = self._inode_ids[key]
+            if inode is None:
+                return None
+            row = self._rows.get(inode)
+            if row is not None:
+                return row if row.path == path else row.evolve(path=path)
+        r = self._query(f"SELECT {_COLUMNS} {_FROM} WHERE p.path=?", (key,)).fetchone()
+        if r is None:
+            self._remember(self._inode_ids, key, None)
+            return None
+        rec = _row(r)
+        if rec.id is not None:
+            self._remember(self._inode_ids, key, rec.id)
+            self._remember(self._rows, rec.id, rec)
+        return rec
 
     def by_inode(self, dev: int, ino: int) -> list[FileRecord]:
         """The inode's state through each of its paths (empty if it has no row)."""

@@ -4,6 +4,7 @@ them, builds run when it lets them, and every check waits on state (``settle``),
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -11,8 +12,11 @@ import pytest
 
 from pyverity.daemon import protocol as msg
 from pyverity.fs.watch import Change
+from pyverity.fs.xattr import set_attr
 from pyverity.hashing import build_tree
 from pyverity.hashing.small import SMALL_FILE_MAX
+from pyverity.keys import load_signer, sign_v3
+from pyverity.keys.generate import GeneratedKey, generate_key
 from tests.support.daemon import DaemonSim
 from tests.support.protect import protect_with_pyverity
 from tests.support.xattrs import require_user_xattrs
@@ -40,6 +44,14 @@ def _protect(sim: DaemonSim, f: Path) -> bytes:
     tree = protect_with_pyverity(f, ns="user")
     sim.emit(Change.ATTR, f)
     return tree.descriptor.to_bytes() + (tree.tree or b"")
+
+
+def _sign(f: Path, key: GeneratedKey) -> None:
+    """Write ``f``'s descriptor and a v3 signature of it by ``key`` (no event)."""
+    desc = build_tree(f).descriptor
+    signer = load_signer(str(key.key_path), cert=str(key.cert_path))
+    set_attr(f, "user.verity", desc.to_bytes())
+    set_attr(f, "user.ima", sign_v3(signer, desc.hash_algorithm, desc.digest()).to_bytes())
 
 
 def _cache_entry(sim: DaemonSim, digest: str) -> bytes:
@@ -93,26 +105,84 @@ def test_write_makes_stale_chmod_and_touch_do_not_a_new_value_rebuilds(sim: Daem
     assert sim.state(f) == "READY"
 
 
-def test_small_files_are_built_by_the_daemon_itself(tmp_path: Path) -> None:
+def test_small_files_go_to_a_worker_in_one_batch_or_are_built_here(tmp_path: Path) -> None:
+    """An idle worker takes the small files queued together as one batch (one message, its
+    verdicts appraised there); with the worker on a big file, the daemon builds them itself."""
     require_user_xattrs(tmp_path)
     sim = DaemonSim(tmp_path, auto=False).start()  # workers would wait to be told
     small = [_file(sim, f"s{i}.bin", os.urandom(n)) for i, n in enumerate((0, 1, 50_000))]
-    big = _file(sim, "big.bin", os.urandom(BIG))
-    entries = [_protect(sim, f) for f in [*small, big]]
+    entries = [_protect(sim, f) for f in small]
+    sim.settle()
+    assert [sim.state(f) for f in small] == ["PENDING"] * 3  # the batch is out, not run yet
+    (worker,) = sim.pool.workers
+    assert [len(b.items) for b in worker.batches] == [3]
+    worker.run()
     sim.settle()
     assert [sim.state(f) for f in small] == ["READY"] * 3
-    assert sim.state(big) == "BUILDING"  # the one worker has it
-    for f, entry in zip(small, entries, strict=False):
+    for f, entry in zip(small, entries, strict=True):
         rec = sim.record(f)
         assert rec is not None
         assert _cache_entry(sim, rec.digest) == entry
-    (worker,) = sim.pool.workers
+    big = _file(sim, "big.bin", os.urandom(BIG))
+    _protect(sim, big)
+    sim.settle()
+    assert sim.state(big) == "BUILDING"  # the one worker has it
+    later = [_file(sim, f"t{i}.bin") for i in range(2)]
+    for f in later:
+        _protect(sim, f)
+    sim.settle()
+    assert [sim.state(f) for f in later] == ["READY"] * 2  # built by the daemon itself
+    assert len(worker.batches) == 1
     sim.pool.auto = True
     worker.run()
     sim.settle()
     assert sim.state(big) == "READY"
     assert len(worker.builds) == 1
-    assert _metric(sim, "builds_started") == 4
+    assert _metric(sim, "builds_started") == 6
+
+
+def test_a_batch_with_a_bad_signature_or_changed_attributes(tmp_path: Path) -> None:
+    """A small file's signature is checked with its build (by the worker's gate): an untrusted
+    one is INVALID; a file whose attributes change while its batch is out is built again for
+    the new values; a cancelled file's result is dropped."""
+    from pyverity.format.params import TreeParams
+
+    require_user_xattrs(tmp_path)
+    keys = tmp_path / "keys"
+    trusted = generate_key(keys / "trusted", "ecdsa")
+    stranger = generate_key(keys / "stranger", "ecdsa")
+    ring = keys / "ring"
+    ring.mkdir()
+    shutil.copy(trusted.cert_path, ring / "trusted.pem")
+    sim = DaemonSim(tmp_path, auto=False, keyring=ring).start()
+    good, bad, moving = (_file(sim, n) for n in ("good.bin", "bad.bin", "moving.bin"))
+    _sign(good, trusted)
+    _sign(bad, stranger)
+    _sign(moving, trusted)
+    for f in (good, bad, moving):
+        sim.emit(Change.ATTR, f)
+    sim.settle()
+    assert [sim.state(f) for f in (good, bad, moving)] == ["PENDING"] * 3
+    new = protect_with_pyverity(moving, TreeParams(block_size=1024), ns="user").descriptor
+    os.removexattr(moving, "user.ima")  # now a plain descriptor of other parameters
+    (worker,) = sim.pool.workers
+    worker.run()  # builds the three before the daemon sees the new attribute's event
+    sim.settle()
+    assert sim.state(good) == "READY"
+    assert sim.state(moving) == "PENDING"  # the worker saw other values: looked at again
+    assert len(worker.batches) == 2
+    sim.emit(Change.ATTR, moving)
+    sim.pool.auto = True
+    worker.run()
+    sim.settle()
+    rec = sim.record(bad)
+    assert rec is not None
+    assert str(rec.state) == "INVALID"
+    assert rec.error.startswith("unknown key"), rec.error
+    rec = sim.record(moving)
+    assert rec is not None
+    assert str(rec.state) == "READY"
+    assert rec.digest == f"sha256:{new.digest().hex()}"
 
 
 def test_a_small_file_changed_as_it_is_built_is_not_ready(tmp_path: Path) -> None:
@@ -156,7 +226,9 @@ def test_a_build_starts_from_the_look_that_queued_it_unless_the_file_changed(
     sim = DaemonSim(tmp_path).start()
     reads: list[int] = []
     read = tracker.read_declared
-    monkeypatch.setattr(tracker, "read_declared", lambda fd, *a: reads.append(fd) or read(fd, *a))
+    monkeypatch.setattr(
+        tracker, "read_declared", lambda fd, *a, **kw: reads.append(fd) or read(fd, *a, **kw)
+    )
     f = _file(sim, "a.bin")
     _protect(sim, f)
     sim.settle()

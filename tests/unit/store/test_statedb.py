@@ -135,8 +135,9 @@ def test_links_share_one_inode_row(tmp_path: Path) -> None:
 
 
 def test_what_the_writer_remembers_of_paths_is_what_the_file_holds(tmp_path: Path) -> None:
-    """Links and inodes are remembered by the writing connection: each answer stays the one a
-    fresh connection reads, through links, moves, deletes and a path given a new inode; a
+    """Links, inodes and rows are remembered by the writing connection: each answer stays the
+    one a fresh connection reads, through links, moves, progress, deletes and a path given a
+    new inode; a
     read-only connection remembers nothing (the writer is another process)."""
 
     def fresh(file_id: int) -> list[str]:
@@ -151,12 +152,16 @@ def test_what_the_writer_remembers_of_paths_is_what_the_file_holds(tmp_path: Pat
     assert ro.paths_of(a.id) == ["/r/a"]
     steps = [
         lambda: db.put(_rec("/r/b", ino=2)),  # a link
+        lambda: db.set_progress("/r/b", 7),  # through the other link
         lambda: db.put(_rec("/r/a", ino=3)),  # /r/a now names another inode
         lambda: db.delete("/r/b"),  # inode 2's last path
         lambda: db.put(_rec("/r/b", ino=3)),
+        lambda: db.put(_rec("/r/b", State.READY, ino=3)),  # seen through /r/a too
+        lambda: db.set_progress("/r/b", 9),
         lambda: db.delete("/r/a"),
     ]
     for step in steps:
+        db.get("/r/a")  # rows read before the step are remembered too
         step()
         db.commit()
         for rec in [*db.by_inode(1, 2), *db.by_inode(1, 3)]:
@@ -164,6 +169,7 @@ def test_what_the_writer_remembers_of_paths_is_what_the_file_holds(tmp_path: Pat
             assert db.paths_of(rec.id) == fresh(rec.id) == ro.paths_of(rec.id)
         for path in ("/r/a", "/r/b"):
             assert db._inode_of(path) == ro._inode_of(path)
+            assert db.get(path) == ro.get(path)
     assert db.paths_of(a.id) == fresh(a.id) == []
     three = db.by_inode(1, 3)
     assert [r.path for r in three] == ["/r/b"]
