@@ -22,6 +22,11 @@ class MountConfig:
     keep_cache: bool = True
     #: Readahead asked of the kernel for the mount (KiB; 0 keeps FUSE's 128).
     readahead_kb: int = 4096
+    #: libfuse worker threads at most (0: one per CPU this process may run on, at least 2).
+    #: Reads are CPU-bound (copy, hash, reply): more workers than cores only share the cores
+    #: (and the GIL) between reads, so each finishes later. The cost: an open that builds a
+    #: tree or waits for the daemon holds a worker meanwhile.
+    threads: int = 0
     #: ``--unsafe-no-verify``: fs-verity off — every file served without verification,
     #: appraisal or measurement (the baseline of ``bench/read.py``). Nothing else turns
     #: fs-verity off: ``--mode log|off`` keep it.

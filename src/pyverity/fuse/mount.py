@@ -24,11 +24,25 @@ from pyverity.errors import ConfigurationError, StorageError
 from pyverity.fuse.config import MountConfig
 from pyverity.fuse.ops import OpenHook, VerityFS
 
-__all__ = ["is_mounted", "run_mount", "umount"]
+__all__ = ["is_mounted", "run_mount", "umount", "worker_threads"]
 
 log = logging.getLogger(__name__)
 
 _LOOP_ENDED = 8
+#: The first libfuse that takes ``-o max_threads`` (older ones refuse the mount for it).
+_MAX_THREADS_SINCE = (3, 12)
+
+
+def worker_threads(config: MountConfig, libfuse: tuple[int, int]) -> int | None:
+    """libfuse's ``max_threads`` for the mount, or None where libfuse cannot be told (< 3.12).
+
+    ``config.threads``, else one per CPU this process may run on (at least 2): libfuse's
+    default of 10 lets more reads than there are cores run at once, and they then share the
+    cores and the GIL, so that the read the kernel waits for is finished last.
+    """
+    if libfuse < _MAX_THREADS_SINCE:
+        return None
+    return config.threads or max(2, len(os.sched_getaffinity(0)))
 
 
 def _load_mfusepy() -> object:
@@ -102,6 +116,9 @@ def run_mount(
     }
     if not config.rw:
         options["ro"] = True
+    threads = worker_threads(config, (mfusepy.fuse_version_major, mfusepy.fuse_version_minor))  # type: ignore[attr-defined]
+    if threads is not None:
+        options["max_threads"] = threads
     log.info("mounting %s on %s (%s)", source, config.mountpoint, "rw" if config.rw else "ro")
     try:
         _fuse_class(mfusepy, ops)(ops, os.fspath(config.mountpoint), raw_fi=True, **options)
