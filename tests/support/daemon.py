@@ -120,7 +120,7 @@ class FakeWorker:
     #: The build handed over and not run yet (``auto=False``).
     held: tuple[msg.BuildSpec, int] | None = None
     #: The batch of small files handed over and not run yet (``auto=False``).
-    held_batch: tuple[msg.SmallBatch, list[int]] | None = None
+    held_batch: msg.SmallBatch | None = None
     batch: dict[int, Job] = field(default_factory=dict)
     dead: bool = False
     builds: list[msg.BuildSpec] = field(default_factory=list)
@@ -137,21 +137,20 @@ class FakeWorker:
         if self.pool.auto:
             self.run()
 
-    def start_batch(self, jobs: list[Job], batch: msg.SmallBatch, fds: list[int]) -> None:
+    def start_batch(self, jobs: list[Job], batch: msg.SmallBatch) -> None:
         self.batch = {j.job_id: j for j in jobs}
         for j in jobs:
             j.worker = self
         self.batches.append(batch)
-        self.held_batch = (batch, [os.dup(fd) for fd in fds])
+        self.held_batch = batch
         if self.pool.auto:
             self.run()
 
     def run(self) -> None:
         """Run the held build or batch now (a build sees any Cancel or Yield told before)."""
         if self.held_batch is not None:
-            batch, fds = self.held_batch
-            self.held_batch = None
-            run_batch(_Conn(self), batch, fds)  # type: ignore[arg-type] # a Connection's subset
+            batch, self.held_batch = self.held_batch, None
+            run_batch(_Conn(self), batch)  # type: ignore[arg-type] # a Connection's subset
         if self.held is None:
             return
         spec, fd = self.held
@@ -162,10 +161,7 @@ class FakeWorker:
         if self.held is not None:
             os.close(self.held[1])
             self.held = None
-        if self.held_batch is not None:
-            for fd in self.held_batch[1]:
-                os.close(fd)
-            self.held_batch = None
+        self.held_batch = None
 
     def tell(self, m: msg.ToWorker) -> None:
         self.inbox.append(m)

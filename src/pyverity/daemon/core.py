@@ -103,10 +103,11 @@ class Daemon:
         warning = ima_policy_warning(config.xattr_ns)
         if warning:
             log.warning("%s", warning)
-        # fanotify reports the whole filesystem, the daemon's own writes (state, cache) too:
-        # those are skipped unread (it never protects its own files).
+        # fanotify reports the whole filesystem, the daemon's own writes (state, cache) and its
+        # workers' (cache entries) too: those are skipped unread (it never protects its files).
+        self._quiet_pids = {os.getpid()}
         self._make_watch = watch or (
-            lambda roots: open_watch(config.watcher, roots, ignore_pid=os.getpid())
+            lambda roots: open_watch(config.watcher, roots, ignore_pids=self._quiet_pids)
         )
         self._make_pool = pool or (lambda lock: WorkerPool(config.workers, lock, config.nice))
         keyring = load_keyring(config.keyring)
@@ -182,11 +183,13 @@ class Daemon:
         self.tracker.process_events(EVENTS_PER_TURN)
 
     def _watch_worker(self, w: BuildWorker) -> None:
+        self._quiet_pids.add(w.pid)
         fd = w.fileno()
         self._workers[w] = fd
         self._sel.register(fd, selectors.EVENT_READ, lambda: self.scheduler.on_worker(w))
 
     def _replaced(self, dead: BuildWorker, new: BuildWorker) -> None:
+        self._quiet_pids.discard(dead.pid)
         fd = self._workers.pop(dead, None)
         if fd is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import send_handle, sendfds
+from multiprocessing.reduction import send_handle
 from typing import TYPE_CHECKING, Protocol
 
 from pyverity.daemon import protocol as msg
@@ -151,9 +151,8 @@ class BuildWorker(Protocol):
         """Start building ``job`` over ``fd`` (the worker keeps its own copy of the fd)."""
         ...
 
-    def start_batch(self, jobs: list[Job], batch: msg.SmallBatch, fds: list[int]) -> None:
-        """Start building ``jobs`` (``batch``'s items, in order) over ``fds`` (the worker
-        keeps its own copies)."""
+    def start_batch(self, jobs: list[Job], batch: msg.SmallBatch) -> None:
+        """Start building ``jobs`` (``batch``'s items, in order)."""
         ...
 
     def tell(self, m: msg.ToWorker) -> None: ...
@@ -218,13 +217,11 @@ class Worker:
         self.conn.send(spec)
         send_handle(self.conn, fd, self.pid)
 
-    def start_batch(self, jobs: list[Job], batch: msg.SmallBatch, fds: list[int]) -> None:
+    def start_batch(self, jobs: list[Job], batch: msg.SmallBatch) -> None:
         self.batch = {j.job_id: j for j in jobs}
         for j in jobs:
             j.worker = self
         self.conn.send(batch)
-        with socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            sendfds(s, fds)
 
     def tell(self, m: msg.ToWorker) -> None:
         try:

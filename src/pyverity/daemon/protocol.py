@@ -5,8 +5,8 @@ the file itself follows a :class:`BuildSpec` as a descriptor (``SCM_RIGHTS``). T
 :class:`BuildSpec`, :class:`Cancel`, :class:`Yield` and :class:`Exit`; a worker answers
 :class:`Hello` once, then for each build :class:`Progress` and :class:`Checkpoint` messages and
 one of :class:`Done`, :class:`Stopped` or :class:`Failed`. Small files travel in batches
-(ADR 0006): a :class:`SmallBatch` and its files' descriptors, answered by one
-:class:`BatchDone` whose :class:`SmallResult` per file carries the tree and the gate's verdict.
+(ADR 0006): a :class:`SmallBatch` of paths, which the worker opens beneath the roots, answered
+by one :class:`BatchDone` whose :class:`SmallResult` per file carries the gate's verdict.
 """
 
 from __future__ import annotations
@@ -91,23 +91,26 @@ class Exit:
 
 @dataclass(frozen=True)
 class SmallItem:
-    """One small file of a batch: its build's id, the identity it must still have, and the
-    fingerprint of the attribute values its row was made from (the worker reads them again
-    from the descriptor and appraises only those)."""
+    """One small file of a batch: its build's id, its path (opened by the worker beneath its
+    root), the identity it must still have, and the fingerprint of the attribute values its
+    row was made from (the worker reads them again from the open file and appraises only
+    those)."""
 
     job_id: int
+    path: str
     snapshot: FileIdentity
     attr_fp: bytes
 
 
 @dataclass(frozen=True)
 class SmallBatch:
-    """Build and appraise each of ``items``, whose descriptors follow in the same order (one
-    ``SCM_RIGHTS`` message), with the attributes of ``namespace`` and the keyring directory
-    ``keyring`` (None: no keyring). With ``temp_dir``, the tree cache's temp directory, each
-    appraised tree's entry is written there for the daemon to publish."""
+    """Build and appraise each of ``items`` (paths beneath ``roots``) with the attributes of
+    ``namespace`` and the keyring directory ``keyring`` (None: no keyring). With ``temp_dir``,
+    the tree cache's temp directory, each appraised tree's entry is written there for the
+    daemon to publish."""
 
     items: tuple[SmallItem, ...]
+    roots: tuple[str, ...]
     namespace: str
     keyring: str | None
     temp_dir: str | None = None

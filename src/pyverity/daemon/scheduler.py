@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from pyverity.daemon import kernelstore, lifecycle
 from pyverity.daemon import protocol as msg
-from pyverity.daemon.lifecycle import Cause, Decision
+from pyverity.daemon.lifecycle import Cause, Decision, Observation
 from pyverity.daemon.pool import BACKGROUND, FIRST_USE, BuildWorker, Job, JobQueue, Pool
 from pyverity.daemon.protection import appraise, mismatch
 from pyverity.daemon.tracker import EVENTS_PER_TURN
@@ -205,26 +205,21 @@ class Scheduler:
         self.tracker.process_events(EVENTS_PER_TURN)
         deferred: list[Job] = []
         now = time.monotonic()
-        for path, when in list(self.retry_at.items()):
-            if when <= now:
-                del self.retry_at[path]
-                rec = self.db.get(path)
-                if rec is not None and rec.state in (State.PENDING, State.BUILDING):
-                    self.enqueue(rec, BACKGROUND)
+        self._retry_due(now)
         # Small files go to an idle worker in batches; with none idle and no batch out (the
         # workers on big files), they are built here for up to _INLINE_SECONDS (ADR 0006). The
         # others go to idle workers. A job that waits for a worker is stepped over (a few) to
         # reach the small files queued behind it.
+        # (The kernel backend checks each file's kernel state on an open descriptor first: its
+        # small files are built here.)
+        batching = self.config.backend != "kernel"
         stepped_over = 0
         self.more_now = False
         batch = _Batch()
         while True:
             worker = pool.idle()
-            inline = (
-                worker is None
-                and not self._batches_out()
-                and time.monotonic() - now < _INLINE_SECONDS
-            )
+            budget = time.monotonic() - now < _INLINE_SECONDS
+            inline = budget and (not batching or (worker is None and not self._batches_out()))
             if worker is None and not inline:
                 self.more_now = len(self.queue) > 0 and not self._batches_out()
                 break
@@ -242,22 +237,43 @@ class Scheduler:
                 if stepped_over > _MAX_STEPPED_OVER:
                     break
                 continue
+            to_worker = batching and worker is not None
+            if small and not (inline or to_worker):  # its turn comes at the next dispatch
+                deferred.append(job)
+                self.more_now = True
+                break
             self.settle_until.pop(job.path, None)
             try:
-                if not small or worker is None:
-                    self._start(worker, job)
-                elif self._prepare_batched(job, batch) and batch.full():
-                    self._send(worker, batch)
-                    batch = _Batch()
+                batch = self._begin(job, worker if to_worker or not small else None, batch, small)
             except Error as e:  # one file's trouble must not stop the daemon
                 log.warning("%s: cannot start its build: %s", job.path, e)
-        worker = pool.idle()
-        if batch.jobs and worker is not None:
-            self._send(worker, batch)
+        if batch.jobs:
+            worker = pool.idle()  # the one the batch was gathered for: nothing else took it
+            if worker is not None:
+                self._send(worker, batch)
         for job in deferred:
             self.queue.push(job)
         if self.queue.peek_priority() == FIRST_USE and pool.idle() is None:
             self._preempt()
+
+    def _begin(self, job: Job, worker: BuildWorker | None, batch: _Batch, small: bool) -> _Batch:
+        """Start ``job`` on ``worker``, or here (``worker`` None), or, a small file, in
+        ``batch`` for ``worker``; the batch to gather the next small files into."""
+        if not small or worker is None:
+            self._start(worker, job)
+        elif self._prepare_batched(job, batch) and batch.full():
+            self._send(worker, batch)
+            return _Batch()
+        return batch
+
+    def _retry_due(self, now: float) -> None:
+        """Queue again the builds whose retry time has come."""
+        for path, when in list(self.retry_at.items()):
+            if when <= now:
+                del self.retry_at[path]
+                rec = self.db.get(path)
+                if rec is not None and rec.state in (State.PENDING, State.BUILDING):
+                    self.enqueue(rec, BACKGROUND)
 
     def _batches_out(self) -> bool:
         return any(job.batched for job in self.running.values())
@@ -287,36 +303,36 @@ class Scheduler:
             return None
 
     def _prepare_batched(self, job: Job, batch: _Batch) -> bool:
-        """Check ``job``'s small file and add it to ``batch``; whether it was added."""
-        opened = self._open(job)
-        if opened is None:
+        """Check ``job``'s small file and add it to ``batch``; whether it was added. The look
+        that queued it is taken as it is: the worker opens the file again and builds it only
+        with that identity and those attribute values (else the daemon looks again)."""
+        rec = self.db.get(job.path)
+        if rec is None or rec.attr_fp != job.attr_fp:
             return False
-        rec, fd = opened
-        try:
-            if self._spec(job, rec, fd, resume=False) is None:
-                os.close(fd)
+        obs = self.tracker.take_look(job.path)
+        if obs is None:  # not remembered: looked at again here
+            opened = self._open(job)
+            if opened is None:
                 return False
-        except BaseException:
-            os.close(fd)
-            raise
-        batch.add(job, fd)
+            try:
+                obs = self.tracker.observe_fd(job.path, opened[1])
+            finally:
+                os.close(opened[1])
+        prot = self._checked(job, rec, obs)
+        if prot is None or rec.id is None:
+            return False
+        self._claim(job, rec.id, obs.snapshot, prot)  # type: ignore[union-attr] # checked
+        batch.add(job)
         return True
 
     def _send(self, worker: BuildWorker, batch: _Batch) -> None:
         """Hand ``batch`` to ``worker``; its rows stay PENDING until the results are in."""
-        items = tuple(msg.SmallItem(j.job_id, j.snapshot, j.attr_fp) for j in batch.jobs)
+        items = tuple(msg.SmallItem(j.job_id, j.path, j.snapshot, j.attr_fp) for j in batch.jobs)
         keyring = None if self.config.keyring is None else str(self.config.keyring)
         store = self.store
         temp_dir = store.temp_dir if isinstance(store, TreeCache) and self._caching else None
-        try:
-            worker.start_batch(
-                batch.jobs,
-                msg.SmallBatch(items, self.config.xattr_ns, keyring, temp_dir),
-                batch.fds,
-            )
-        finally:
-            for fd in batch.fds:
-                os.close(fd)
+        ns = self.config.xattr_ns
+        worker.start_batch(batch.jobs, msg.SmallBatch(items, self.roots, ns, keyring, temp_dir))
         for job in batch.jobs:
             job.batched = True
             self.running[job.path] = job
@@ -365,16 +381,8 @@ class Scheduler:
         """Check the file open as ``fd`` is the row's and fill in ``job``; its build's spec, or
         None if it is not to be built (then the row says why). ``resume``: from a checkpoint."""
         obs = self.tracker.look_again(job.path, fd)
-        if obs is None or obs.declared.fingerprint != rec.attr_fp:
-            if obs is not None:
-                self.tracker.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.ATTR))
-            return None
-        if obs.snapshot != rec.snapshot:
-            self._unexplained_change(job, rec, obs.snapshot)
-            return None
-        prot = obs.declared.protection
-        if prot is None or not prot.has_tree:
-            self.tracker.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.REBUILD))
+        prot = self._checked(job, rec, obs)
+        if prot is None or obs is None:
             return None
         if self.config.backend == "kernel" and self._kernel_verity(job.path, rec, fd, prot):
             return None
@@ -385,16 +393,7 @@ class Scheduler:
         offset, leaves = 0, b""
         if resume:  # a small file is built again from 0; its checkpoint goes when it settles
             offset, leaves = self._saved_leaves(file_id, rec.attr_fp, obs.snapshot, params)
-        self._job_ids += 1
-        job.job_id = self._job_ids
-        job.snapshot = obs.snapshot
-        job.offset = job.progress = job.start = offset
-        job.leaf_bytes = len(leaves)
-        job.leaves_sha256 = hashlib.sha256(leaves)
-        job.stopping = None
-        job.batched = False
-        job.protection = prot
-        job.file_id = file_id
+        self._claim(job, file_id, obs.snapshot, prot, offset=offset, leaves=leaves)
         spec = msg.BuildSpec(
             job_id=job.job_id,
             alg=params.hash_alg.number,
@@ -411,6 +410,45 @@ class Scheduler:
         elif resume:  # a worker's build (the daemon's own, of small files, are not logged)
             log.info("%s: building from offset 0", job.path)
         return spec
+
+    def _checked(self, job: Job, rec: FileRecord, obs: Observation | None) -> Protection | None:
+        """The protection to build ``job`` for, if a look at its file (``obs``; None: gone or
+        not regular) still shows the row's attributes and identity; else None, and the row
+        says what follows."""
+        if obs is None or obs.declared.fingerprint != rec.attr_fp:
+            if obs is not None:
+                self.tracker.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.ATTR))
+            return None
+        if obs.snapshot != rec.snapshot:
+            self._unexplained_change(job, rec, obs.snapshot)
+            return None
+        prot = obs.declared.protection
+        if prot is None or not prot.has_tree:
+            self.tracker.apply(job.path, rec, lifecycle.on_observe(rec, obs, Cause.REBUILD))
+            return None
+        return prot
+
+    def _claim(
+        self,
+        job: Job,
+        file_id: int,
+        snapshot: FileIdentity,
+        prot: Protection,
+        *,
+        offset: int = 0,
+        leaves: bytes = b"",
+    ) -> None:
+        """Fill in ``job`` for a build from ``offset`` (after the level-0 hashes ``leaves``)."""
+        self._job_ids += 1
+        job.job_id = self._job_ids
+        job.snapshot = snapshot
+        job.offset = job.progress = job.start = offset
+        job.leaf_bytes = len(leaves)
+        job.leaves_sha256 = hashlib.sha256(leaves)
+        job.stopping = None
+        job.batched = False
+        job.protection = prot
+        job.file_id = file_id
 
     def _kernel_verity(self, path: str, rec: FileRecord, fd: int, prot: Protection) -> bool:
         """Kernel backend: a file that already has fs-verity is READY (the kernel's descriptor
@@ -695,17 +733,15 @@ class Scheduler:
 
 
 class _Batch:
-    """Small files gathered for one worker: their jobs and descriptors, in order."""
+    """Small files gathered for one worker, in order."""
 
     def __init__(self) -> None:
         self.jobs: list[Job] = []
-        self.fds: list[int] = []
         self.paths: set[str] = set()
         self.size = 0
 
-    def add(self, job: Job, fd: int) -> None:
+    def add(self, job: Job) -> None:
         self.jobs.append(job)
-        self.fds.append(fd)
         self.paths.add(job.path)
         self.size += job.snapshot.size
 

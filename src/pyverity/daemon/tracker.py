@@ -145,12 +145,16 @@ class Tracker:
         build when the file has not changed since (same identity, same ctime, which every
         attribute write moves), else a new look. A change whose event is still on its way is
         handled when it arrives, as one during the build is."""
-        seen = self._looks.pop(path, None)
+        seen = self.take_look(path)
         if seen is not None:
             st = os.fstat(fd)
             if identity(st) == seen.snapshot and st.st_ctime_ns == seen.ctime_ns:
                 return seen
         return self.observe_fd(path, fd)
+
+    def take_look(self, path: str) -> Observation | None:
+        """The look that queued ``path``'s pending build, if it is remembered (once)."""
+        return self._looks.pop(path, None)
 
     def _has_attrs(self, path: str) -> bool:
         ns = self.config.xattr_ns

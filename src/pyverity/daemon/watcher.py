@@ -19,7 +19,7 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
 from pyverity.errors import ConfigurationError
@@ -99,13 +99,16 @@ def open_beneath(roots: tuple[str, ...], path: str) -> int:
         os.close(pfd)
 
 
-def open_watch(kind: str, roots: tuple[str, ...], *, ignore_pid: int = 0) -> kernel.Watch:
+def open_watch(
+    kind: str, roots: tuple[str, ...], *, ignore_pids: Container[int] = ()
+) -> kernel.Watch:
     """The kernel watcher ``kind`` names over ``roots``.
 
     ``auto`` tries fanotify (one mark per filesystem; needs CAP_SYS_ADMIN and Linux 5.9) and
     falls back to inotify, saying why, where fanotify cannot be used: EPERM, EXDEV (a btrfs
     subvolume), EOPNOTSUPP, ENODEV, or an old kernel. ``fanotify`` refuses to start instead.
-    With fanotify, changes made by process ``ignore_pid`` are not reported.
+    With fanotify, changes made by the processes ``ignore_pids`` are not reported (a set the
+    caller may change later).
     """
     if kind not in WATCHERS:
         raise ConfigurationError(f"unknown watcher '{kind}' (use {', '.join(WATCHERS)})")
@@ -115,7 +118,7 @@ def open_watch(kind: str, roots: tuple[str, ...], *, ignore_pid: int = 0) -> ker
 
     fan: FanotifyWatch | None = None
     try:
-        fan = FanotifyWatch(ignore_pid=ignore_pid)
+        fan = FanotifyWatch(ignore_pids=ignore_pids)
         for root in roots:
             fan.add_root(root)
     except FanotifyError as e:

@@ -20,15 +20,15 @@ import functools
 import os
 import platform
 import signal
-import socket
 import sys
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import recv_handle, recvfds
+from multiprocessing.reduction import recv_handle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyverity.daemon import protocol as msg
 from pyverity.daemon.protection import appraise, load_keyring
+from pyverity.daemon.watcher import open_beneath
 from pyverity.errors import Error, FileChangedError, StorageError
 from pyverity.format.hashalg import by_number
 from pyverity.format.params import TreeParams
@@ -125,10 +125,23 @@ def _keyring(path: str | None) -> Keyring | None:
     return load_keyring(Path(path) if path is not None else None)
 
 
-def _small(
+def _small(item: msg.SmallItem, batch: msg.SmallBatch, keyring: Keyring | None) -> msg.SmallResult:
+    """Build and appraise one file of a batch, opened beneath its root (its attributes read
+    again from the open file)."""
+    fail = functools.partial(msg.SmallResult, item.job_id)
+    try:
+        fd = open_beneath(batch.roots, item.path)
+    except OSError as e:  # gone, or not what it was: the daemon looks at it again
+        return fail(msg.FailureKind.FILE_CHANGED, f"cannot open it again: {e.strerror}")
+    try:
+        return _small_open(item, fd, batch, keyring)
+    finally:
+        os.close(fd)
+
+
+def _small_open(
     item: msg.SmallItem, fd: int, batch: msg.SmallBatch, keyring: Keyring | None
 ) -> msg.SmallResult:
-    """Build and appraise one file of a batch (its attributes read again from ``fd``)."""
     fail = functools.partial(msg.SmallResult, item.job_id)
     try:
         prot = read_protection(fd, batch.namespace)
@@ -167,23 +180,10 @@ def _small(
     )
 
 
-def run_batch(conn: Connection, batch: msg.SmallBatch, fds: list[int]) -> None:
-    """Build and appraise every file of ``batch`` over ``fds`` (all closed at the end), and
-    answer with one :class:`~.protocol.BatchDone`."""
-    try:
-        keyring = _keyring(batch.keyring)
-        results = tuple(
-            _small(item, fd, batch, keyring) for item, fd in zip(batch.items, fds, strict=True)
-        )
-    finally:
-        for fd in fds:
-            os.close(fd)
-    conn.send(msg.BatchDone(results))
-
-
-def _recv_fds(conn: Connection, count: int) -> list[int]:
-    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        return list(recvfds(s, count))
+def run_batch(conn: Connection, batch: msg.SmallBatch) -> None:
+    """Build and appraise every file of ``batch``; answer with one :class:`~.protocol.BatchDone`."""
+    keyring = _keyring(batch.keyring)
+    conn.send(msg.BatchDone(tuple(_small(item, batch, keyring) for item in batch.items)))
 
 
 def main(argv: list[str]) -> int:
@@ -208,7 +208,7 @@ def main(argv: list[str]) -> int:
                 fd = recv_handle(conn)
                 run_build(conn, m, fd)
             elif isinstance(m, msg.SmallBatch):
-                run_batch(conn, m, _recv_fds(conn, len(m.items)))
+                run_batch(conn, m)
     except (EOFError, OSError):
         return 0
 

@@ -27,7 +27,7 @@ import logging
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,11 +178,11 @@ class FanotifyEvent:
         return next((r for r in self.info if r.info_type == info_type), None)
 
 
-def parse_events(buf: bytes, skip_pid: int = 0) -> Iterator[FanotifyEvent]:
+def parse_events(buf: bytes, skip_pids: Container[int] = ()) -> Iterator[FanotifyEvent]:
     """The events in ``buf``, each checked against its own lengths and against ``buf``'s.
 
-    Events caused by process ``skip_pid`` (a thread group id, as fanotify reports it) are
-    skipped before their records are decoded (their descriptor, if any, still closed).
+    Events caused by the processes ``skip_pids`` (thread group ids, as fanotify reports them)
+    are skipped before their records are decoded (their descriptor, if any, still closed).
     """
     off = 0
     while off < len(buf):
@@ -193,7 +193,7 @@ def parse_events(buf: bytes, skip_pid: int = 0) -> Iterator[FanotifyEvent]:
             raise FormatError(f"fanotify: metadata version {vers}, expected 3")
         if not _METADATA.size <= meta_len <= event_len <= len(buf) - off:
             raise FormatError(f"fanotify: bad lengths (event {event_len}, metadata {meta_len})")
-        if pid == skip_pid and skip_pid:
+        if pid in skip_pids:
             if fd >= 0:
                 os.close(fd)
             off += event_len
@@ -265,16 +265,16 @@ class Fanotify:
             err = ctypes.get_errno()
             raise FanotifyError(f"fanotify_mark({path})", err, remedy=_remedy(err))
 
-    def read(self, skip_pid: int = 0) -> Iterator[FanotifyEvent]:
-        """Parsed events available now (none of process ``skip_pid``); any descriptor an event
-        carries is closed."""
+    def read(self, skip_pids: Container[int] = ()) -> Iterator[FanotifyEvent]:
+        """Parsed events available now (none of the processes ``skip_pids``); any descriptor
+        an event carries is closed."""
         while True:
             try:
                 buf = os.read(self.fd, READ_SIZE)
             except BlockingIOError:
                 return
             try:
-                for ev in parse_events(buf, skip_pid):
+                for ev in parse_events(buf, skip_pids):
                     if ev.metadata.fd >= 0:
                         os.close(ev.metadata.fd)
                     yield ev
@@ -385,11 +385,12 @@ class FanotifyWatch:
     pass them through :func:`pyverity.fs.watch.filter_to_roots`.
     """
 
-    def __init__(self, *, ignore_pid: int = 0) -> None:
-        """``ignore_pid``: a process whose own changes are not reported (the daemon's writes to
-        its state and cache, which it never protects, are as many events as it handles)."""
+    def __init__(self, *, ignore_pids: Container[int] = ()) -> None:
+        """``ignore_pids``: processes whose own changes are not reported (the daemon's and its
+        workers' writes to its state and cache, which it never protects, are as many events as
+        it handles); a set the caller may change later (workers are replaced)."""
         self._fan = Fanotify()
-        self._ignore_pid = ignore_pid
+        self._ignore_pids = ignore_pids
         self._res = HandleResolver()
         self._mask = DAEMON_MASK
         self._renames = 0
@@ -425,7 +426,7 @@ class FanotifyWatch:
         self._res.invalidate()
 
     def read(self) -> Iterator[WatchEvent]:
-        for ev in self._fan.read(self._ignore_pid):
+        for ev in self._fan.read(self._ignore_pids):
             yield from self.translate(ev)
 
     def translate(self, ev: FanotifyEvent) -> Iterator[WatchEvent]:

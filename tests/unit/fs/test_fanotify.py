@@ -158,7 +158,7 @@ def test_attribute_writes_chmod_and_utime_are_attrib(watch: FanotifyWatch, root:
 
 
 def test_changes_of_the_ignored_process_are_not_reported(root: str) -> None:
-    w = FanotifyWatch(ignore_pid=os.getpid())
+    w = FanotifyWatch(ignore_pids={os.getpid()})
     w.add_root(root)
     try:
         own, other = os.path.join(root, "own"), os.path.join(root, "other")  # noqa: PTH118
@@ -367,9 +367,9 @@ def test_events_of_the_skipped_pid_are_not_decoded() -> None:
     buf = meta(Fan.ATTRIB, bad_record) + meta(Fan.CREATE, fid(Fan.INFO_TYPE_FID, b"\x03" * 8))
     with pytest.raises(FormatError):
         list(parse_events(buf))
-    assert [e.metadata.mask for e in parse_events(buf, skip_pid=1234)] == []
+    assert [e.metadata.mask for e in parse_events(buf, skip_pids={1234})] == []
     good = meta(Fan.CREATE, fid(Fan.INFO_TYPE_FID, b"\x03" * 8))
-    assert [e.metadata.mask for e in parse_events(good, skip_pid=99)] == [Fan.CREATE]
+    assert [e.metadata.mask for e in parse_events(good, skip_pids={99, 7})] == [Fan.CREATE]
 
 
 def test_overflow_is_its_own_event() -> None:
