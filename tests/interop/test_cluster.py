@@ -369,7 +369,8 @@ def test_local_cluster_and_no_dask_without_the_flag(tmp_path: Path) -> None:
 
 def test_the_collector_is_tuned_for_the_run_and_put_back(cluster: Cluster) -> None:
     """connect() freezes what Dask made and raises the first generation's threshold while the
-    run lasts; afterwards, and after a failed connection, the collector is as it was."""
+    run lasts; afterwards, and after a failed connection, the collector is as it was; with
+    objects frozen already it is left alone."""
     import gc
 
     from pyverity.cluster.connect import ClusterError, connect, parse_target
@@ -388,6 +389,14 @@ def test_the_collector_is_tuned_for_the_run_and_put_back(cluster: Cluster) -> No
     ):
         pass  # refused once Dask is imported, before connecting
     assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == (before, 0, True)
+    gc.freeze()  # someone else's: left alone (unfreeze would thaw it)
+    try:
+        frozen = gc.get_freeze_count()
+        with connect(parse_target(cluster.address)):
+            assert gc.get_threshold() == before
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_a_task_that_raises_is_not_a_lost_scheduler(cluster: Cluster) -> None:

@@ -236,39 +236,47 @@ def _unreachable(target: Target, e: BaseException) -> ClusterError:
 def connect(target: Target) -> Iterator[Client]:
     """A connected client (and, for ``local``, its cluster), closed on exit.
 
-    The cyclic garbage collector is tuned for the run, and put back as it was when it ends:
+    The cyclic garbage collector is tuned for the run, and put back as it was when it ends
+    (left alone if something was frozen already: :func:`gc.unfreeze` would thaw that too):
 
     * importing Dask and connecting make some 50,000 objects that live for the whole run: the
       collector is off meanwhile (it ran about 140 times during the import alone, 70-100 ms
       here), then they are frozen out of its sight (:func:`gc.freeze`, as Python's
       documentation suggests for long-lived state), so that no collection walks them again
-      (each full one did: two in manifest create of 10,000 small files, 100-200 ms);
+      (each full one did: two in manifest create of 10,000 small files, 100-200 ms). For
+      ``local`` it is on again before the LocalCluster starts (its workers could be forked);
     * the run's own objects (the files in flight, thousands) are young and die young: a first
       generation of 10,000 objects instead of 700 collects them about 15 times less often
       (40-100 ms less in that run).
     """
     enabled = gc.isenabled()
     threshold = gc.get_threshold()
-    gc.disable()
+    tune = gc.get_freeze_count() == 0
+    if tune:
+        gc.disable()
     try:
-        with _connected(target) as client:
+        distributed = _import()
+        if tune and target.address is None:
             gc.freeze()
-            gc.set_threshold(max(threshold[0], 10_000), *threshold[1:])
-            try:
+            if enabled:
+                gc.enable()
+        with _connected(distributed, target) as client:
+            if tune:
+                gc.freeze()
+                gc.set_threshold(max(threshold[0], 10_000), *threshold[1:])
                 if enabled:
                     gc.enable()
-                yield client
-            finally:
-                gc.set_threshold(*threshold)
-                gc.unfreeze()
+            yield client
     finally:
-        if enabled:
-            gc.enable()
+        if tune:
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
+            if enabled:
+                gc.enable()
 
 
 @contextlib.contextmanager
-def _connected(target: Target) -> Iterator[Client]:
-    distributed = _import()
+def _connected(distributed: Any, target: Target) -> Iterator[Client]:
     for name in ("distributed", "distributed.client", "distributed.worker", "distributed.nanny",
                  "distributed.scheduler", "distributed.core", "distributed.comm"):  # fmt: skip
         logging.getLogger(name).setLevel(logging.CRITICAL)
