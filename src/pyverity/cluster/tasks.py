@@ -4,7 +4,7 @@ Every function here is a picklable top-level function of plain values. A unit of
 list of :class:`Job` (several whole small files, or one byte range of a big file); the task
 (:func:`run_unit`) makes one compact :data:`Reply` per job, in order (plain tuples and bytes:
 no job echoed, a root hash rather than a descriptor), each with the (size, mtime, ctime, inode)
-the worker saw while it read (:data:`Seen`). On a cluster the task is :func:`run_packed`: the
+the worker saw while it read (:class:`Seen`). On a cluster the task is :func:`run_packed`: the
 unit's replies go back as **one bytes object** (:func:`pack_replies`), which Dask sends as it
 is; a list of tuples it would serialize one element at a time (a dispatch lookup and a pickle
 per file, on the worker's event loop, while the task thread waits for the GIL). The client
