@@ -105,15 +105,15 @@ class SmallItem:
 @dataclass(frozen=True)
 class SmallBatch:
     """Build and appraise each of ``items`` (paths beneath ``roots``) with the attributes of
-    ``namespace`` and the keyring directory ``keyring`` (None: no keyring). With ``temp_dir``,
-    the tree cache's temp directory, each appraised tree's entry is written there for the
-    daemon to publish."""
+    ``namespace`` and the keyring directory ``keyring`` (None: no keyring). With ``cache_dir``,
+    the daemon's tree cache, each tree that appraised is published there unsynced
+    (:meth:`pyverity.store.cache.TreeCache.put_unsynced`) rather than sent back."""
 
     items: tuple[SmallItem, ...]
     roots: tuple[str, ...]
     namespace: str
     keyring: str | None
-    temp_dir: str | None = None
+    cache_dir: str | None = None
 
 
 ToWorker = BuildSpec | SmallBatch | Cancel | Yield | Exit
@@ -169,7 +169,7 @@ class Done:
 class SmallResult:
     """One file of a :class:`SmallBatch`: the gate's verdict on its tree (``state`` to
     ``digest`` as in :class:`pyverity.protect.gate.Verdict`) with the descriptor and the tree
-    bytes or the temp file its cache entry was written to (``entry``), or, ``failure`` set, why
+    bytes, or ``published`` (the entry is in the cache, not synced), or, ``failure`` set, why
     it could not be built (``message``)."""
 
     job_id: int
@@ -182,7 +182,7 @@ class SmallResult:
     digest: str | None = None
     descriptor: bytes = b""
     tree: bytes = b""
-    entry: str = ""
+    published: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,11 @@ published before their state is committed — and hands results to the tracker a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyverity.daemon import kernelstore, lifecycle
@@ -330,9 +328,9 @@ class Scheduler:
         items = tuple(msg.SmallItem(j.job_id, j.path, j.snapshot, j.attr_fp) for j in batch.jobs)
         keyring = None if self.config.keyring is None else str(self.config.keyring)
         store = self.store
-        temp_dir = store.temp_dir if isinstance(store, TreeCache) and self._caching else None
+        cache = str(store.directory) if isinstance(store, TreeCache) and self._caching else None
         ns = self.config.xattr_ns
-        worker.start_batch(batch.jobs, msg.SmallBatch(items, self.roots, ns, keyring, temp_dir))
+        worker.start_batch(batch.jobs, msg.SmallBatch(items, self.roots, ns, keyring, cache))
         for job in batch.jobs:
             job.batched = True
             self.running[job.path] = job
@@ -526,19 +524,16 @@ class Scheduler:
             job = jobs.pop(r.job_id, None)
             if job is not None:
                 self._release(job)
-            published = job is not None and self._small_done(job, r)
-            if r.entry and not published:  # the worker's temp file goes
-                with contextlib.suppress(OSError):
-                    Path(r.entry).unlink()
+                self._small_done(job, r)
         for job in jobs.values():  # not answered (cannot happen with our worker): build again
             self._release(job)
             self.queue.push(Job(job.path, job.priority, job.attr_fp, size=job.size))
 
-    def _small_done(self, job: Job, r: msg.SmallResult) -> bool:
-        """Settle one file of a batch; whether its cache entry was taken for publishing."""
+    def _small_done(self, job: Job, r: msg.SmallResult) -> None:
+        """Settle one file of a batch."""
         if r.failure is not None:
             self._failed(job, r.failure, r.message)
-            return False
+            return
         self.metrics["bytes_hashed"] += job.snapshot.size
         tree = MerkleTree(Descriptor.from_bytes(r.descriptor), r.tree or None)
         verdict = Verdict(
@@ -549,7 +544,7 @@ class Scheduler:
             r.keyid,
             r.digest,
         )
-        return self._done(job, tree, None, verdict, r.entry)
+        self._done(job, tree, None, verdict, published=r.published)
 
     def on_worker(self, worker: BuildWorker) -> None:
         """Read one message of ``worker`` and act on it."""
@@ -640,19 +635,20 @@ class Scheduler:
         built: MerkleTree,
         current: FileRecord | None = None,
         verdict: Verdict | None = None,
-        entry: str = "",
-    ) -> bool:
+        *,
+        published: bool = False,
+    ) -> None:
         """Appraise and settle a finished build (``current``: its row, if just read;
-        ``verdict``: the gate's, if a worker appraised it already; ``entry``: the temp file
-        the worker wrote its cache entry to). Whether ``entry`` was taken for publishing."""
+        ``verdict``: the gate's, if a worker appraised it already; ``published``: the worker
+        published the cache entry, to be made durable before the commit)."""
         rec = current or self._current(job)
         if rec is None or job.protection is None:
-            return False
+            return
         if rec.snapshot != job.snapshot:
             # Touched during the build (no write event): hash the current content again.
             self.db.put(rec.evolve(state=State.PENDING))
             self.enqueue(rec, job.priority)
-            return False
+            return
         descriptor = built.descriptor
         if verdict is None:
             verdict = appraise(job.protection, built, self.keyring)
@@ -663,7 +659,7 @@ class Scheduler:
             self._drop_checkpoint(rec.id)
             self.db.put(rec.evolve(state=State.PENDING, progress=0))
             self.enqueue(rec, job.priority)
-            return False
+            return
         refused = ""
         in_kernel = False
         if verdict.ok and self.config.backend == "kernel":
@@ -672,24 +668,21 @@ class Scheduler:
                 in_kernel = not refused
             except FileChangedError as e:
                 self._failed(job, msg.FailureKind.FILE_CHANGED, str(e))
-                return False
+                return
             except IntegrityError as e:
                 why = f"kernel fs-verity: {e.message}"
                 verdict = mismatch(job.protection, why, verdict.digest)
-        taken = False
         if verdict.ok and not in_kernel:
             try:
-                if entry and isinstance(self.store, TreeCache):
-                    taken = True  # adopt removes it if it cannot be published
-                    self.store.adopt(entry, descriptor)
+                if published and isinstance(self.store, TreeCache):
+                    self.store.published(descriptor)
                 else:
                     self.store.put(built)
             except StorageError as e:
                 self._failed(job, msg.FailureKind.STORAGE, str(e))
-                return taken
+                return
         self.retries.pop(job.path, None)
         self._settled(rec, verdict, kernelstore.FALLBACK + refused if refused else "")
-        return taken
 
     def _settled(self, rec: FileRecord, verdict: Verdict, note: str) -> None:
         """Commit a finished appraisal (READY, or MISMATCH/INVALID with its reason)."""

@@ -19,7 +19,7 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
 
 from pyverity.errors import ConfigurationError
@@ -71,7 +71,9 @@ def walk_files(top: str) -> Iterator[tuple[str, bool]]:
         os.close(root_fd)
 
 
-def open_beneath(roots: tuple[str, ...], path: str) -> int:
+def open_beneath(
+    roots: tuple[str, ...], path: str, root_fds: Mapping[str, int] | None = None
+) -> int:
     """Open the regular file ``path`` read-only without following any symlink below its root.
 
     The path is resolved beneath the root's descriptor by :mod:`pyverity.fs.beneath`
@@ -79,6 +81,7 @@ def open_beneath(roots: tuple[str, ...], path: str) -> int:
     directory swapped for a symlink cannot lead out of the roots; the file is opened
     ``O_NONBLOCK`` (a FIFO or device never blocks) once ``fstat`` shows a regular file.
     Raises :class:`OSError` (``ELOOP``, ``ENOENT``, ``EXDEV`` outside the roots).
+    ``root_fds``: the roots already open (``O_PATH``), for a caller opening many files.
     """
     root = next((r for r in roots if path.startswith(r.rstrip(os.sep) + os.sep)), None)
     if root is None:
@@ -86,17 +89,24 @@ def open_beneath(roots: tuple[str, ...], path: str) -> int:
     rel = path[len(root.rstrip(os.sep)) + 1 :]
     if any(p in ("", ".", "..") for p in rel.split(os.sep)):  # noqa: PTH206 (keeps . and ..)
         raise OSError(errno.EINVAL, "not a canonical path", path)
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    given = root_fds.get(root) if root_fds is not None else None
+    root_fd = open_root(root) if given is None else given
     try:
         pfd = beneath.open_beneath(root_fd, rel, os.O_PATH)
     finally:
-        os.close(root_fd)
+        if given is None:
+            os.close(root_fd)
     try:
         if not stat.S_ISREG(os.fstat(pfd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
         return beneath.reopen(pfd, os.O_RDONLY | os.O_NONBLOCK)
     finally:
         os.close(pfd)
+
+
+def open_root(root: str) -> int:
+    """``root`` opened ``O_PATH`` (no symlink followed at its end), for :func:`open_beneath`."""
+    return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def open_watch(

@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import functools
+import importlib
 import os
 import platform
 import signal
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from pyverity.daemon import protocol as msg
 from pyverity.daemon.protection import appraise, load_keyring
-from pyverity.daemon.watcher import open_beneath
+from pyverity.daemon.watcher import open_beneath, open_root
 from pyverity.errors import Error, FileChangedError, StorageError
 from pyverity.format.hashalg import by_number
 from pyverity.format.params import TreeParams
@@ -36,7 +37,7 @@ from pyverity.fs.libc import libc
 from pyverity.hashing.resumable import Stopped, build_from_offset
 from pyverity.hashing.small import build_small
 from pyverity.protect import InvalidProtectionError, read_protection
-from pyverity.store.cache import write_entry
+from pyverity.store.cache import TreeCache
 
 if TYPE_CHECKING:
     from pyverity.keys import Keyring
@@ -121,16 +122,23 @@ def run_build(conn: Connection, spec: msg.BuildSpec, fd: int) -> None:
 
 
 @functools.lru_cache(maxsize=4)
+def _cache(directory: str) -> TreeCache:
+    return TreeCache(directory, batch_dir_sync=True)
+
+
+@functools.lru_cache(maxsize=4)
 def _keyring(path: str | None) -> Keyring | None:
     return load_keyring(Path(path) if path is not None else None)
 
 
-def _small(item: msg.SmallItem, batch: msg.SmallBatch, keyring: Keyring | None) -> msg.SmallResult:
-    """Build and appraise one file of a batch, opened beneath its root (its attributes read
-    again from the open file)."""
+def _small(
+    item: msg.SmallItem, batch: msg.SmallBatch, keyring: Keyring | None, roots: dict[str, int]
+) -> msg.SmallResult:
+    """Build and appraise one file of a batch, opened beneath its root (``roots``: the roots
+    open), its attributes read again from the open file."""
     fail = functools.partial(msg.SmallResult, item.job_id)
     try:
-        fd = open_beneath(batch.roots, item.path)
+        fd = open_beneath(batch.roots, item.path, roots)
     except OSError as e:  # gone, or not what it was: the daemon looks at it again
         return fail(msg.FailureKind.FILE_CHANGED, f"cannot open it again: {e.strerror}")
     try:
@@ -155,16 +163,14 @@ def _small_open(
         return fail(_failure(e), str(e))
     except OSError as e:
         return fail(msg.FailureKind.OS, e.strerror or str(e))
-    tree, entry = built.tree or b"", ""
-    if verdict.ok and batch.temp_dir is not None:
-        path = f"{batch.temp_dir}/{os.getpid()}-b{item.job_id}"
+    tree, published = built.tree or b"", False
+    if verdict.ok and batch.cache_dir is not None:
         try:
-            write_entry(path, built)
-        except OSError:
-            with contextlib.suppress(OSError):
-                Path(path).unlink()
-        else:  # the daemon publishes it: the tree need not travel
-            tree, entry = b"", path
+            _cache(batch.cache_dir).put_unsynced(built)
+        except StorageError:
+            pass  # the tree travels, and the daemon writes the entry
+        else:  # the daemon makes it durable before it commits READY
+            tree, published = b"", True
     return msg.SmallResult(
         item.job_id,
         None,
@@ -176,14 +182,23 @@ def _small_open(
         verdict.digest,
         built.descriptor.to_bytes(),
         tree,
-        entry,
+        published,
     )
 
 
 def run_batch(conn: Connection, batch: msg.SmallBatch) -> None:
     """Build and appraise every file of ``batch``; answer with one :class:`~.protocol.BatchDone`."""
     keyring = _keyring(batch.keyring)
-    conn.send(msg.BatchDone(tuple(_small(item, batch, keyring) for item in batch.items)))
+    roots: dict[str, int] = {}
+    try:
+        for r in batch.roots:
+            with contextlib.suppress(OSError):  # gone: its files fail to open, one by one
+                roots[r] = open_root(r)
+        results = tuple(_small(item, batch, keyring, roots) for item in batch.items)
+    finally:
+        for fd in roots.values():
+            os.close(fd)
+    conn.send(msg.BatchDone(results))
 
 
 def main(argv: list[str]) -> int:
@@ -200,6 +215,7 @@ def main(argv: list[str]) -> int:
     conn = Connection(sock_fd)
     try:
         conn.send(msg.Hello(os.getpid()))
+        importlib.import_module("pyverity.keys.keyring")  # before the first batch's keyring
         while True:
             m = conn.recv()
             if isinstance(m, msg.Exit):

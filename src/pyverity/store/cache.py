@@ -42,7 +42,6 @@ __all__ = [
     "TreeStore",
     "open_store",
     "verify_tree",
-    "write_entry",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,19 +131,21 @@ def _sync_data(files: list[str], directory: Path) -> None:
     if len(files) > 4 and _syncfs(directory):
         return
     for f in files:
-        with contextlib.suppress(FileNotFoundError):
-            fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _fsync_file(f)
 
 
-def write_entry(path: str, tree: MerkleTree, *, sync: bool = False) -> None:
+def _fsync_file(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_entry(path: str, tree: MerkleTree, *, sync: bool = False) -> None:
     """Write ``tree``'s entry (its descriptor, then the tree) to the new file ``path``
-    (``O_EXCL``, 0600), ``fsync`` ed if ``sync``. Raises :class:`OSError`; a daemon's worker
-    writes its batch's entries with it into :attr:`TreeCache.temp_dir`, for the daemon to
-    publish (:meth:`TreeCache.adopt`)."""
+    (``O_EXCL``, 0600), ``fsync`` ed if ``sync``. Raises :class:`OSError`."""
     if tree.tree is None:
         raise StorageError("cannot cache a tree that was not kept")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -176,6 +177,8 @@ class TreeCache:
         self._made: set[str] = set()
         #: Batched mode: written, not yet synced temp files and where they go.
         self._unpublished: list[tuple[str, str]] = []
+        #: Entries other processes published, not yet synced (:meth:`published`).
+        self._foreign: list[str] = []
         try:
             for d in (self.directory, self._objects, self._tmp):
                 d.mkdir(mode=_DIR_MODE, exist_ok=True)
@@ -263,64 +266,75 @@ class TreeCache:
         for the directories), which the daemon calls before it commits the states that refer
         to the entries.
         """
-        tmp = f"{self._tmp_s}/{os.getpid()}-{self._token}-{next(self._serial)}"
+        self._unpublished.append(self._write_temp(tree, sync=not self._batch))
+        if not self._batch:
+            self.flush()
+
+    def put_unsynced(self, tree: MerkleTree) -> None:
+        """Publish ``tree``'s entry at once, not synced: a daemon's worker, whose daemon calls
+        :meth:`published` for it and makes it durable with its next :meth:`flush`, before it
+        commits a state that refers to it. An entry a crash left torn before that is refused
+        by :meth:`get` as any corrupted one (and no committed state refers to it)."""
+        tmp, final = self._write_temp(tree, sync=False)
         try:
-            write_entry(tmp, tree, sync=not self._batch)
+            self._rename(tmp, final)
         except OSError as e:
             with contextlib.suppress(OSError):
                 Path(tmp).unlink()
-            raise StorageError(f"cannot write the tree cache: {e.strerror}") from e
-        self.adopt(tmp, tree.descriptor)
+            raise StorageError(f"cannot publish cache entry {final}: {e.strerror}") from e
 
-    @property
-    def temp_dir(self) -> str:
-        """Where entries are written before they are published."""
-        return self._tmp_s
+    def published(self, descriptor: Descriptor) -> None:
+        """Another process published ``descriptor``'s entry (:meth:`put_unsynced`): the next
+        :meth:`flush` makes it durable."""
+        self._foreign.append(self._entry(descriptor.hash_alg.name, descriptor.digest())[1])
 
-    def adopt(self, tmp: str, descriptor: Descriptor) -> None:
-        """Publish the entry of ``descriptor`` written to ``tmp`` (in :attr:`temp_dir`, by
-        :func:`write_entry`) as :meth:`put` publishes its own (its data synced by the same
-        :meth:`flush`). The file is removed if it cannot be published."""
-        parent, final = self._entry(descriptor.hash_alg.name, descriptor.digest())
-        if os.path.dirname(tmp) != self._tmp_s:  # noqa: PTH120 - strings on the write path
-            raise StorageError(f"{tmp} is not in the cache's temp directory")
+    def _write_temp(self, tree: MerkleTree, *, sync: bool) -> tuple[str, str]:
+        """``tree``'s entry written to a new temp file; the temp file and the entry's path."""
+        desc = tree.descriptor
+        parent, final = self._entry(desc.hash_alg.name, desc.digest())
+        tmp = f"{self._tmp_s}/{os.getpid()}-{self._token}-{next(self._serial)}"
         try:
             if parent not in self._made:
                 Path(parent).mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
                 self._made.add(parent)
+            _write_entry(tmp, tree, sync=sync)
         except OSError as e:
             with contextlib.suppress(OSError):
                 Path(tmp).unlink()
             raise StorageError(f"cannot write the tree cache: {e.strerror}") from e
-        if not self._batch:
-            _sync_data([tmp], self._tmp)
-        self._unpublished.append((tmp, final))
-        if not self._batch:
-            self.flush()
+        return tmp, final
+
+    def _rename(self, tmp: str, final: str) -> None:
+        try:
+            os.rename(tmp, final)  # noqa: PTH104 - strings on the write path
+        except FileNotFoundError:  # its directory was removed since it was made
+            parent = os.path.dirname(final)  # noqa: PTH120
+            self._made.discard(parent)
+            Path(parent).mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            os.rename(tmp, final)  # noqa: PTH104
 
     def flush(self) -> None:
-        """Publish the batch: sync the temp files' data, rename them, sync their directories."""
+        """Publish the batch: sync the temp files' data, rename them, sync their directories;
+        and make the entries other processes published durable."""
         batch, self._unpublished = self._unpublished, []
+        foreign, self._foreign = self._foreign, []
         if self._batch and batch:
             _sync_data([tmp for tmp, _ in batch], self._tmp)
         for tmp, final in batch:
-            parent = os.path.dirname(final)  # noqa: PTH120 - strings on the write path
             try:
-                try:
-                    os.rename(tmp, final)  # noqa: PTH104
-                except FileNotFoundError:  # its directory was removed since it was made
-                    self._made.discard(parent)
-                    Path(parent).mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-                    os.rename(tmp, final)  # noqa: PTH104
+                self._rename(tmp, final)
             except OSError as e:
                 with contextlib.suppress(OSError):
                     Path(tmp).unlink()
                 log.warning("cannot publish cache entry %s: %s", final, e.strerror)
                 continue
-            self._dirty_dirs.add(parent)
+            self._dirty_dirs.add(os.path.dirname(final))  # noqa: PTH120
         dirs, self._dirty_dirs = self._dirty_dirs, set()
-        if self._batch and len(dirs) > 4 and _syncfs(self._objects):
-            return  # the renames are durable: one syncfs instead of a fsync per directory
+        dirs.update(os.path.dirname(f) for f in foreign)  # noqa: PTH120
+        if (foreign or (self._batch and len(dirs) > 4)) and _syncfs(self._objects):
+            return  # data and renames durable: one syncfs instead of a fsync per file and dir
+        for f in foreign:
+            _fsync_file(f)
         for d in dirs:
             with contextlib.suppress(FileNotFoundError):
                 fsync_dir(d)

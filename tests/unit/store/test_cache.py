@@ -138,3 +138,37 @@ def test_an_entry_is_published_after_its_directory_was_removed(tmp_path: Path) -
     cache.put(second)
     cache.flush()
     assert path.read_bytes() == second.descriptor.to_bytes() + (second.tree or b"")
+
+
+def test_an_entry_a_worker_published_is_made_durable_by_the_daemons_next_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon's worker publishes at once, unsynced; the daemon's flush (before it commits
+    READY) makes the entry durable: one ``syncfs``, or the entry and its directory synced."""
+    from pyverity.store import cache
+
+    worker = TreeCache(tmp_path / "c", batch_dir_sync=True)
+    daemon = TreeCache(tmp_path / "c", batch_dir_sync=True)
+    t = _tree(os.urandom(50_000))
+    worker.put_unsynced(t)
+    d = t.descriptor.digest()
+    got = daemon.get("sha256", d)
+    assert got is not None
+    assert got.verified() == t
+    assert list((tmp_path / "c" / "tmp").iterdir()) == []
+    synced: list[object] = []
+    monkeypatch.setattr(cache, "_syncfs", lambda where: synced.append(where) or True)
+    daemon.flush()
+    assert synced == []  # nothing to make durable
+    daemon.published(t.descriptor)
+    daemon.flush()
+    assert len(synced) == 1
+    daemon.flush()
+    assert len(synced) == 1  # once
+    monkeypatch.setattr(cache, "_syncfs", lambda where: False)  # e.g. not supported
+    monkeypatch.setattr(cache, "_fsync_file", synced.append)
+    monkeypatch.setattr(cache, "fsync_dir", synced.append)
+    daemon.published(t.descriptor)
+    daemon.flush()
+    entry = str(daemon.path_for("sha256", d))
+    assert synced[1:] == [entry, os.path.dirname(entry)]  # noqa: PTH120
