@@ -30,7 +30,15 @@ if TYPE_CHECKING:
     from pyverity.keys import Keyring
     from pyverity.protect import Protection
 
-__all__ = ["Declared", "appraise", "load_keyring", "mismatch", "read_declared"]
+__all__ = [
+    "Declared",
+    "appraise",
+    "keyring_certificates",
+    "keyring_from_certificates",
+    "load_keyring",
+    "mismatch",
+    "read_declared",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,29 @@ def load_keyring(path: Path | None) -> Keyring | None:
     from pyverity.keys import Keyring
 
     return Keyring.from_directory(path)
+
+
+#: A keyring as it travels to a worker: each certificate's DER bytes and where it came from.
+KeyringCertificates = tuple[tuple[bytes, str], ...]
+
+
+def keyring_certificates(keyring: Keyring | None) -> KeyringCertificates | None:
+    """``keyring``'s certificates, for a worker to appraise with exactly the daemon's keys
+    (not the directory's contents at some later time)."""
+    if keyring is None:
+        return None
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return tuple((c.cert.public_bytes(Encoding.DER), c.public_key.source) for c in keyring)
+
+
+def keyring_from_certificates(certs: KeyringCertificates | None) -> Keyring | None:
+    """The keyring :func:`keyring_certificates` described."""
+    if certs is None:
+        return None
+    from pyverity.keys import Keyring, parse_certificate
+
+    return Keyring.from_certificates(parse_certificate(der, source) for der, source in certs)
 
 
 def read_declared(

@@ -105,14 +105,15 @@ class SmallItem:
 @dataclass(frozen=True)
 class SmallBatch:
     """Build and appraise each of ``items`` (paths beneath ``roots``) with the attributes of
-    ``namespace`` and the keyring directory ``keyring`` (None: no keyring). With ``cache_dir``,
+    ``namespace`` and the daemon's keyring (its certificates' DER bytes and sources; None: no
+    keyring). With ``cache_dir``,
     the daemon's tree cache, each tree that appraised is published there unsynced
     (:meth:`pyverity.store.cache.TreeCache.put_unsynced`) rather than sent back."""
 
     items: tuple[SmallItem, ...]
     roots: tuple[str, ...]
     namespace: str
-    keyring: str | None
+    keyring: tuple[tuple[bytes, str], ...] | None
     cache_dir: str | None = None
 
 

@@ -20,7 +20,7 @@ from pyverity.daemon import kernelstore, lifecycle
 from pyverity.daemon import protocol as msg
 from pyverity.daemon.lifecycle import Cause, Decision, Observation
 from pyverity.daemon.pool import BACKGROUND, FIRST_USE, BuildWorker, Job, JobQueue, Pool
-from pyverity.daemon.protection import appraise, mismatch
+from pyverity.daemon.protection import appraise, keyring_certificates, mismatch
 from pyverity.daemon.tracker import EVENTS_PER_TURN
 from pyverity.daemon.watcher import open_beneath
 from pyverity.errors import Error, FileChangedError, IntegrityError, Reason, StorageError
@@ -95,8 +95,10 @@ class Scheduler:
         #: when a build settles or is cancelled (two statements and an unlink per file saved).
         self._checkpointed: set[int] = set()
         self._job_ids = 0
-        #: Workers write their batches' cache entries for the daemon to publish.
+        #: Workers publish their batches' cache entries (made durable by the daemon).
         self._caching = config.backend == "cache"
+        #: The keys workers appraise batches with: the daemon's own, as loaded.
+        self._certificates = keyring_certificates(keyring)
 
     def _pool(self) -> Pool:
         if self.pool is None:
@@ -326,7 +328,7 @@ class Scheduler:
     def _send(self, worker: BuildWorker, batch: _Batch) -> None:
         """Hand ``batch`` to ``worker``; its rows stay PENDING until the results are in."""
         items = tuple(msg.SmallItem(j.job_id, j.path, j.snapshot, j.attr_fp) for j in batch.jobs)
-        keyring = None if self.config.keyring is None else str(self.config.keyring)
+        keyring = self._certificates
         store = self.store
         cache = str(store.directory) if isinstance(store, TreeCache) and self._caching else None
         ns = self.config.xattr_ns

@@ -24,11 +24,10 @@ import signal
 import sys
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyverity.daemon import protocol as msg
-from pyverity.daemon.protection import appraise, load_keyring
+from pyverity.daemon.protection import appraise, keyring_from_certificates
 from pyverity.daemon.watcher import open_beneath, open_root
 from pyverity.errors import Error, FileChangedError, StorageError
 from pyverity.format.hashalg import by_number
@@ -127,8 +126,8 @@ def _cache(directory: str) -> TreeCache:
 
 
 @functools.lru_cache(maxsize=4)
-def _keyring(path: str | None) -> Keyring | None:
-    return load_keyring(Path(path) if path is not None else None)
+def _keyring(certs: tuple[tuple[bytes, str], ...] | None) -> Keyring | None:
+    return keyring_from_certificates(certs)
 
 
 def _small(

@@ -142,8 +142,8 @@ def test_small_files_go_to_a_worker_in_one_batch_or_are_built_here(tmp_path: Pat
 
 
 def test_a_batch_with_a_bad_signature_or_changed_attributes(tmp_path: Path) -> None:
-    """A small file's signature is checked with its build (by the worker's gate): an untrusted
-    one is INVALID; a file whose attributes change while its batch is out is built again for
+    """A small file's signature is checked with its build (by the worker's gate, with the
+    daemon's keys): an untrusted one is INVALID; a file whose attributes change while its batch is out is built again for
     the new values; a cancelled file's result is dropped."""
     from pyverity.format.params import TreeParams
 
@@ -155,6 +155,8 @@ def test_a_batch_with_a_bad_signature_or_changed_attributes(tmp_path: Path) -> N
     ring.mkdir()
     shutil.copy(trusted.cert_path, ring / "trusted.pem")
     sim = DaemonSim(tmp_path, auto=False, keyring=ring).start()
+    # Workers appraise with the daemon's keys as it loaded them, not the directory's later.
+    shutil.copy(stranger.cert_path, ring / "later.pem")
     good, bad, moving = (_file(sim, n) for n in ("good.bin", "bad.bin", "moving.bin"))
     _sign(good, trusted)
     _sign(bad, stranger)
