@@ -477,13 +477,15 @@ class _Root:
         self._out.update(obj)
 
 
-def test_a_worker_that_dies_is_replaced_and_the_build_done_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [50_000, BIG], ids=["in-a-batch", "alone"])
+def test_a_worker_that_dies_is_replaced_and_the_build_done_again(tmp_path: Path, size: int) -> None:
     require_user_xattrs(tmp_path)
     sim = DaemonSim(tmp_path, auto=False).start()
-    f = _file(sim, "d.bin")
+    f = _file(sim, "d.bin", os.urandom(size))
     _protect(sim, f)
     sim.settle()
     (worker,) = sim.pool.workers
+    assert len(worker.batches if size < BIG else worker.builds) == 1
     worker.kill()
     sim.pool.auto = True
     sim.settle()
