@@ -143,8 +143,8 @@ def test_small_files_go_to_a_worker_in_one_batch_or_are_built_here(tmp_path: Pat
 
 def test_a_batch_with_a_bad_signature_or_changed_attributes(tmp_path: Path) -> None:
     """A small file's signature is checked with its build (by the worker's gate, with the
-    daemon's keys): an untrusted one is INVALID; a file whose attributes change while its batch is out is built again for
-    the new values; a cancelled file's result is dropped."""
+    daemon's keys): an untrusted one is INVALID; a file whose attributes change while its
+    batch is out is looked at again and built for the new values."""
     from pyverity.format.params import TreeParams
 
     require_user_xattrs(tmp_path)
