@@ -3,7 +3,8 @@
 :class:`~.tracker.Tracker` (events, observations, the state database),
 :class:`~.scheduler.Scheduler` (queue, workers, partial builds, the tree store, the kernel
 backend) and :class:`~.control.ControlService` (the socket). Only this process writes the state
-database and the tree store (DESIGN.md §10). :meth:`Daemon.step` is one turn of the loop;
+database (DESIGN.md §10); its workers publish the cache entries of small files' batches, which
+it makes durable before it commits (ADR 0006). :meth:`Daemon.step` is one turn of the loop;
 tests drive it directly with an in-memory watcher and pool (``tests/support/daemon.py``).
 """
 

@@ -5,6 +5,9 @@ worker the descriptor of the file it opened again and checked against the row, c
 workers send back — progress; checkpoints (leaf hashes appended with their checksum, then the
 row); finished trees, appraised through :func:`.protection.appraise` (the ``protect`` gate) and
 published before their state is committed — and hands results to the tracker as decisions.
+Small files go to idle workers in batches of paths (the worker opens, builds and appraises
+each, and publishes its cache entry; the flush before the commit makes those durable), or are
+built here while every worker is on a bigger file (ADR 0006).
 """
 
 from __future__ import annotations

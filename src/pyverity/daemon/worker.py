@@ -2,12 +2,14 @@
 
 It dies with the daemon (``PR_SET_PDEATHSIG``, and a check that its parent is still the one
 that started it), holds a shared lock on the state directory's ``workers.lock`` (a new daemon
-waits for old workers to be gone), and never writes the state or the cache: it receives a
+waits for old workers to be gone), and never writes the state: it receives a
 :class:`~.protocol.BuildSpec` and the file's descriptor over its socket (``SCM_RIGHTS``), and
 sends back progress, checkpoints and the finished tree (:mod:`.protocol`); the daemon commits.
-A batch of small files (:class:`~.protocol.SmallBatch`, their descriptors in one message) is
-built and appraised here by the same gate the daemon uses, and answered in one message: the
-daemon keeps the events, the rows and the commit (ADR 0006).
+A batch of small files (:class:`~.protocol.SmallBatch`: paths, opened here beneath the roots)
+is built and appraised here by the same gate the daemon uses, with the daemon's keys, each
+tree that appraised published in the cache unsynced (the daemon makes it durable before it
+commits READY), and answered in one message: the daemon keeps the events, the rows and the
+commit (ADR 0006).
 """
 
 from __future__ import annotations
