@@ -148,10 +148,12 @@ def _cut_mid_build(d: Daemon, f: Path) -> int:
 def test_corrupt_checkpoint_never_ends_in_a_false_mismatch(
     make_daemon: Callable[..., Daemon], tmp_path: Path, also_checksum: bool
 ) -> None:
-    d = make_daemon("--workers", "1")
+    # Checkpoints often, of a build long enough to be cut after one is committed (with the
+    # default 1 s interval a 256 MiB build could end first on an idle machine).
+    d = make_daemon("--workers", "1", "--checkpoint-interval", "0.05")
     d.root.mkdir(exist_ok=True)
     f = d.root / "big.bin"
-    write_file(f, 256 * MiB, sparse=True)
+    write_file(f, 1024 * MiB, sparse=True)
     digest, desc, tree = protect(f, tmp_path, *OPTS, ns=d.ns)
     file_id = _cut_mid_build(d, f)
     leaves = d.state / "partial" / f"{file_id}.leaves"
