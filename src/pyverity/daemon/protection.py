@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyverity.daemon.protocol import KeyringCertificates
 from pyverity.errors import Error, Reason
 from pyverity.format.digest import format_digest
 from pyverity.format.merkletree import MerkleTree
@@ -74,10 +75,6 @@ def load_keyring(path: Path | None) -> Keyring | None:
     from pyverity.keys import Keyring
 
     return Keyring.from_directory(path)
-
-
-#: A keyring as it travels to a worker: each certificate's DER bytes and where it came from.
-KeyringCertificates = tuple[tuple[bytes, str], ...]
 
 
 def keyring_certificates(keyring: Keyring | None) -> KeyringCertificates | None:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from pyverity.errors import Reason
 from pyverity.fs.openfile import FileIdentity
+from pyverity.protect import ProtectionKind
+from pyverity.protect.gate import Verdict, VerdictState
 
 __all__ = [
     "BatchDone",
@@ -27,6 +30,7 @@ __all__ = [
     "FailureKind",
     "FromWorker",
     "Hello",
+    "KeyringCertificates",
     "Progress",
     "SmallBatch",
     "SmallItem",
@@ -89,6 +93,10 @@ class Exit:
     pass
 
 
+#: A keyring as it travels to a worker: each certificate's DER bytes and where it came from.
+KeyringCertificates = tuple[tuple[bytes, str], ...]
+
+
 @dataclass(frozen=True)
 class SmallItem:
     """One small file of a batch: its build's id, its path (opened by the worker beneath its
@@ -105,15 +113,14 @@ class SmallItem:
 @dataclass(frozen=True)
 class SmallBatch:
     """Build and appraise each of ``items`` (paths beneath ``roots``) with the attributes of
-    ``namespace`` and the daemon's keyring (its certificates' DER bytes and sources; None: no
-    keyring). With ``cache_dir``,
-    the daemon's tree cache, each tree that appraised is published there unsynced
+    ``namespace`` and the daemon's keyring (None: no keyring). With ``cache_dir``, the daemon's
+    tree cache, each tree that appraised is published there unsynced
     (:meth:`pyverity.store.cache.TreeCache.put_unsynced`) rather than sent back."""
 
     items: tuple[SmallItem, ...]
     roots: tuple[str, ...]
     namespace: str
-    keyring: tuple[tuple[bytes, str], ...] | None
+    keyring: KeyringCertificates | None
     cache_dir: str | None = None
 
 
@@ -184,6 +191,37 @@ class SmallResult:
     descriptor: bytes = b""
     tree: bytes = b""
     published: bool = False
+
+    @classmethod
+    def of(
+        cls, job_id: int, verdict: Verdict, descriptor: bytes, tree: bytes, *, published: bool
+    ) -> SmallResult:
+        """A verdict as it travels (its ``error`` stays behind: exceptions do not pickle
+        reliably, and the daemon needs only the rest)."""
+        return cls(
+            job_id,
+            None,
+            verdict.message,
+            verdict.state.value,
+            verdict.reason.value,
+            verdict.kind.value,
+            verdict.keyid,
+            verdict.digest,
+            descriptor,
+            tree,
+            published,
+        )
+
+    def verdict(self) -> Verdict:
+        """The verdict :meth:`of` sent."""
+        return Verdict(
+            VerdictState(self.state),
+            Reason(self.reason),
+            self.message,
+            ProtectionKind(self.kind),
+            self.keyid,
+            self.digest,
+        )
 
 
 @dataclass(frozen=True)

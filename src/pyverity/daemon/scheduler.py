@@ -26,13 +26,12 @@ from pyverity.daemon.pool import BACKGROUND, FIRST_USE, BuildWorker, Job, JobQue
 from pyverity.daemon.protection import appraise, keyring_certificates, mismatch
 from pyverity.daemon.tracker import EVENTS_PER_TURN
 from pyverity.daemon.watcher import open_beneath
-from pyverity.errors import Error, FileChangedError, IntegrityError, Reason, StorageError
+from pyverity.errors import Error, FileChangedError, IntegrityError, StorageError
 from pyverity.format.descriptor import Descriptor
 from pyverity.format.merkletree import MerkleTree
 from pyverity.format.params import TreeParams
 from pyverity.fs.openfile import FileIdentity
-from pyverity.hashing.small import SMALL_FILE_MAX, build_small
-from pyverity.protect import ProtectionKind
+from pyverity.hashing.small import build_small, is_small
 from pyverity.protect.gate import Verdict, VerdictState
 from pyverity.store.cache import TreeCache
 from pyverity.store.statedb import Checkpoint, FileRecord, State
@@ -233,7 +232,7 @@ class Scheduler:
             if job.path in self.running or job.path in batch.paths or waiting:
                 deferred.append(job)
                 continue
-            small = 0 <= job.size <= SMALL_FILE_MAX
+            small = is_small(job.size)
             if not small and (worker is None or batch.jobs):
                 deferred.append(job)
                 stepped_over += 1
@@ -541,15 +540,7 @@ class Scheduler:
             return
         self.metrics["bytes_hashed"] += job.snapshot.size
         tree = MerkleTree(Descriptor.from_bytes(r.descriptor), r.tree or None)
-        verdict = Verdict(
-            VerdictState(r.state),
-            Reason(r.reason),
-            r.message,
-            ProtectionKind(r.kind),
-            r.keyid,
-            r.digest,
-        )
-        self._done(job, tree, None, verdict, published=r.published)
+        self._done(job, tree, None, r.verdict(), published=r.published)
 
     def on_worker(self, worker: BuildWorker) -> None:
         """Read one message of ``worker`` and act on it."""

@@ -26,7 +26,7 @@ from pyverity.errors import Error, FormatError, StorageError
 from pyverity.format.digest import parse_digest
 from pyverity.fs.openfile import identity
 from pyverity.fs.xattr import IMA_SUFFIX, VERITY_SUFFIX, attr_name, get_attr
-from pyverity.hashing.small import SMALL_FILE_MAX
+from pyverity.hashing.small import is_small
 from pyverity.store.kernel import kernel_digest
 from pyverity.store.statedb import FileRecord, State, StateDB
 
@@ -134,7 +134,7 @@ class Tracker:
             return None
         try:
             declared = read_declared(
-                fd, self.config.xattr_ns, self.keyring, check_signature=st.st_size > SMALL_FILE_MAX
+                fd, self.config.xattr_ns, self.keyring, check_signature=not is_small(st.st_size)
             )
         except Error as e:  # e.g. EIO reading an attribute: INVALID, with the reason
             reason = f"cannot read the attributes: {e}"

@@ -58,7 +58,7 @@ def walk_files(top: str) -> Iterator[tuple[str, bool]]:
     walked through descriptors without following symlinks (:func:`.beneath.walk_tree`)."""
     yield top, True
     try:
-        root_fd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        root_fd = open_root(top)
     except OSError:
         return
     try:

@@ -128,7 +128,7 @@ def _cache(directory: str) -> TreeCache:
 
 
 @functools.lru_cache(maxsize=4)
-def _keyring(certs: tuple[tuple[bytes, str], ...] | None) -> Keyring | None:
+def _keyring(certs: msg.KeyringCertificates | None) -> Keyring | None:
     return keyring_from_certificates(certs)
 
 
@@ -172,18 +172,8 @@ def _small_open(
             pass  # the tree travels, and the daemon writes the entry
         else:  # the daemon makes it durable before it commits READY
             tree, published = b"", True
-    return msg.SmallResult(
-        item.job_id,
-        None,
-        verdict.message,
-        verdict.state.value,
-        verdict.reason.value,
-        verdict.kind.value,
-        verdict.keyid,
-        verdict.digest,
-        built.descriptor.to_bytes(),
-        tree,
-        published,
+    return msg.SmallResult.of(
+        item.job_id, verdict, built.descriptor.to_bytes(), tree, published=published
     )
 
 

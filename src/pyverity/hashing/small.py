@@ -19,10 +19,15 @@ from pyverity.fs.readexact import pread_blocks
 from pyverity.hashing.folder import TreeFolder
 from pyverity.hashing.runhash import RunHasher, run_hasher
 
-__all__ = ["SMALL_FILE_MAX", "build_small"]
+__all__ = ["SMALL_FILE_MAX", "build_small", "is_small"]
 
 #: Files up to this size are built by the daemon itself: about 0.3 ms of hashing at most.
 SMALL_FILE_MAX = 1 << 20
+
+
+def is_small(size: int) -> bool:
+    """A file of ``size`` bytes (-1: unknown) is small: built by :func:`build_small`."""
+    return 0 <= size <= SMALL_FILE_MAX
 
 
 @functools.lru_cache(maxsize=64)
